@@ -1,0 +1,81 @@
+"""The ``mlsmith`` command: one Typer app, one module per verb.
+
+Every verb module exposes ``command``, a plain function Typer turns into a subcommand. Heavy
+libraries (torch, pandas, MLflow) are imported inside the commands, so ``mlsmith --help`` is
+instant. User errors (:class:`mlsmith.errors.MlsmithError`) print one clear message and exit 2;
+anything else is a bug and keeps its traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+import typer
+
+from mlsmith.cli import evaluate, predict, train
+from mlsmith.errors import MlsmithError
+
+app = typer.Typer(
+    name="mlsmith",
+    help="A dataset and one YAML config in; a trained, evaluated, tracked model out.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+app.command("train", no_args_is_help=True)(train.command)
+app.command("evaluate", no_args_is_help=True)(evaluate.command)
+app.command("predict", no_args_is_help=True)(predict.command)
+
+
+@app.callback(invoke_without_command=True)
+def _root(
+    version: bool = typer.Option(False, "--version", help="Print the version and exit."),
+) -> None:
+    if version:
+        from mlsmith import __version__
+
+        typer.echo(f"mlsmith {__version__}")
+        raise typer.Exit()
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``mlsmith`` console script; exits with the command's status."""
+    _configure_logging()
+    try:
+        result = app(args=argv, standalone_mode=False)
+    except MlsmithError as error:
+        typer.secho(f"error: {error}", fg="red", err=True)
+        sys.exit(error.exit_code)
+    except click.exceptions.Abort:
+        typer.echo("aborted", err=True)
+        sys.exit(130)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+class _Formatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        message = record.getMessage()
+        if record.levelno >= logging.WARNING:
+            return f"{record.levelname.lower()}: {message}"
+        return message
+
+
+def _configure_logging() -> None:
+    """mlsmith's warnings and progress lines go to stderr; stdout stays for results."""
+    logger = logging.getLogger("mlsmith")
+    if not any(getattr(h, "_mlsmith", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(_Formatter())
+        handler._mlsmith = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False

@@ -1,0 +1,32 @@
+"""``mlsmith train CONFIG [a.b=value ...] [--resume RUN_DIR]``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import typer
+
+
+def command(
+    config: Path = typer.Argument(..., help="YAML config file.", show_default=False),
+    overrides: list[str] = typer.Argument(
+        None,
+        help="Config overrides, e.g. train.epochs=5 train.optimizer.lr=3e-4.",
+        show_default=False,
+    ),
+    resume: Path | None = typer.Option(
+        None, "--resume", help="Continue the run in this directory from its last checkpoint."
+    ),
+    progress: bool | None = typer.Option(
+        None,
+        "--progress/--no-progress",
+        help="Live progress bar (default: on when attached to a terminal).",
+    ),
+) -> None:
+    """Train, evaluate on the test split and track a run; prints the run directory last."""
+    from mlsmith.api import train
+    from mlsmith.cli.output import print_metrics
+
+    run = train(config, overrides or [], resume=resume, progress=progress)
+    print_metrics(run.metrics, title=f"{run.config.experiment} / {run.id}")
+    typer.echo(str(run.path))

@@ -1,0 +1,372 @@
+"""The experiment configuration: Pydantic models, YAML loading and ``a.b=value`` overrides.
+
+Every section forbids unknown keys, so a typo fails before any work starts, with a suggestion.
+Paths written in a YAML file are relative to that file; paths given as overrides on the command
+line are relative to the working directory. Both are stored absolute in the resolved config.
+"""
+
+from __future__ import annotations
+
+import types
+import typing
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from mlsmith.errors import ConfigError, did_you_mean
+
+Mode = Literal["auto", "min", "max"]
+Task = Literal["auto", "binary", "multiclass", "regression"]
+BUILTIN_PREFIX = "sklearn:"
+
+
+class Section(BaseModel):
+    """Base for every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+class SplitConfig(Section):
+    """How rows are divided into train, validation and test splits."""
+
+    val: float = Field(0.15, ge=0.0, lt=1.0, description="fraction of rows for validation")
+    test: float = Field(0.15, ge=0.0, lt=1.0, description="fraction of rows for the test split")
+    stratify: bool | None = Field(
+        None, description="keep class proportions in every split; default: yes for classification"
+    )
+    group: str | None = Field(None, description="column whose values never straddle two splits")
+    time: str | None = Field(
+        None, description="column to split chronologically on: oldest rows train, newest test"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        if self.val + self.test >= 1.0:
+            raise ValueError(
+                f"val + test must leave rows for training, found val={self.val} test={self.test}"
+            )
+        if self.group and self.time:
+            raise ValueError("choose one of 'group' and 'time', found both")
+        return self
+
+
+class DataConfig(Section):
+    """Where the data is and what to learn from it."""
+
+    type: Literal["tabular"] = "tabular"
+    path: str = Field(description="CSV or Parquet file, or a built-in such as sklearn:iris")
+    target: str = Field(description="the column to predict")
+    task: Task = "auto"
+    drop: list[str] = Field(default_factory=list, description="columns to ignore")
+    categorical: list[str] | None = Field(
+        None, description="categorical columns; default: every non-numeric column"
+    )
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    val_path: str | None = Field(None, description="a fixed validation file")
+    test_path: str | None = Field(None, description="a fixed test file")
+
+
+# --- model ------------------------------------------------------------------------------------
+
+
+class EmbeddingConfig(Section):
+    """Size of the embedding learned for each categorical column."""
+
+    rule: Literal["fastai", "sqrt", "fixed"] = Field(
+        "fastai", description="fastai: 1.6*n^0.56; sqrt: ceil(sqrt(n)); fixed: always `dim`"
+    )
+    dim: int = Field(8, ge=1, description="the size used by rule 'fixed'")
+    max_dim: int = Field(64, ge=1, description="upper bound for every rule")
+
+
+class MLPConfig(Section):
+    """A multilayer perceptron over standardized numerics and categorical embeddings."""
+
+    type: Literal["mlp"] = "mlp"
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [256, 128])
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    activation: Literal["relu", "gelu", "silu", "tanh", "leaky_relu"] = "relu"
+    norm: Literal["none", "batch", "layer"] = "none"
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+
+
+ModelConfig = MLPConfig
+
+
+# --- training ---------------------------------------------------------------------------------
+
+
+class OptimizerConfig(Section):
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-2, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
+    nesterov: bool = Field(False, description="sgd only")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adam and adamw only")
+
+
+class SchedulerConfig(Section):
+    name: Literal["none", "cosine", "onecycle", "step", "plateau"] = "none"
+    warmup_epochs: float = Field(0.0, ge=0.0, description="linear warmup from lr/100, in epochs")
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine floor, as a share of lr")
+    step_size: int = Field(10, ge=1, description="step: epochs between decays")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step: decay factor")
+    factor: float = Field(0.1, gt=0.0, lt=1.0, description="plateau: decay factor")
+    patience: int = Field(5, ge=0, description="plateau: epochs without improvement")
+
+
+class EarlyStoppingConfig(Section):
+    enabled: bool = True
+    monitor: str = "val/loss"
+    mode: Mode = Field("auto", description="auto: min for losses and errors, max otherwise")
+    patience: int = Field(10, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class CheckpointConfig(Section):
+    monitor: str = Field("val/loss", description="metric that picks best.pt")
+    mode: Mode = "auto"
+    every_n_steps: int | None = Field(
+        None, ge=1, description="also write last.pt every N optimizer steps inside an epoch"
+    )
+
+
+class TrainConfig(Section):
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    grad_accum_steps: int = Field(1, ge=1)
+    grad_clip: float | None = Field(None, gt=0.0, description="max global gradient norm")
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    compile: bool = Field(False, description="torch.compile the model")
+    deterministic: bool = Field(False, description="deterministic algorithms only")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    drop_last: bool = False
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value: Any) -> Any:
+        # YAML reads `precision: 32` as an integer.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
+
+
+# --- tracking and evaluation ------------------------------------------------------------------
+
+
+class TrackConfig(Section):
+    enabled: bool = True
+    uri: str | None = Field(None, description="MLflow tracking URI; default: SQLite in output_dir")
+    experiment: str | None = Field(None, description="MLflow experiment; default: `experiment`")
+
+
+class EvalConfig(Section):
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for the 95% CIs")
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+
+
+class Config(Section):
+    """The whole experiment: one YAML file."""
+
+    experiment: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = 42
+    output_dir: str = "runs"
+    data: DataConfig
+    model: ModelConfig = Field(default_factory=MLPConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    track: TrackConfig = Field(default_factory=TrackConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-compatible dict of every value, defaults included."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys to leaf values, e.g. {'train.optimizer.lr': 0.001}."""
+        return flatten(self.to_dict())
+
+
+# --- loading ----------------------------------------------------------------------------------
+
+_PATH_KEYS = (("data", "path"), ("data", "val_path"), ("data", "test_path"))
+
+
+def load_config(
+    source: str | Path | dict[str, Any] | Config, overrides: list[str] | None = None
+) -> Config:
+    """Build a validated :class:`Config` from a YAML path, a dict or a Config, plus overrides.
+
+    Raises ConfigError naming the file, the key path, what was expected and what was found.
+    """
+    overrides = list(overrides or [])
+    if isinstance(source, Config):
+        raw: dict[str, Any] = source.to_dict()
+        origin = "config"
+    elif isinstance(source, dict):
+        raw = _deep_copy(source)
+        origin = "config"
+    else:
+        path = Path(source)
+        raw = read_yaml_mapping(path)
+        origin = str(path)
+        raw.setdefault("experiment", _experiment_name(path.stem))
+        _absolutize_paths(raw, path.parent)
+
+    overridden = apply_overrides(raw, overrides)
+    _absolutize_paths(raw, Path.cwd())
+    try:
+        return Config.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(exc, origin, overridden)) from None
+
+
+def read_yaml_mapping(path: Path) -> dict[str, Any]:
+    """Read a YAML file whose top level must be a mapping."""
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if loaded is None:
+        raise ConfigError(f"{path}: the file is empty; expected a mapping with at least 'data'")
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, found {_kind(loaded)}")
+    return loaded
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> set[tuple[str, ...]]:
+    """Apply ``a.b=value`` strings to ``raw`` in place; values are parsed as YAML.
+
+    Returns the key paths that were set, so errors can say they came from the command line.
+    """
+    touched: set[tuple[str, ...]] = set()
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key or any(not part for part in key.split(".")):
+            raise ConfigError(
+                f"override '{item}' must look like key.path=value, e.g. train.lr=3e-4"
+            )
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"override '{item}': value is not valid YAML: {exc}") from None
+        parts = tuple(key.split("."))
+        node = raw
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                where = ".".join(parts[: i + 1])
+                raise ConfigError(
+                    f"override '{item}': '{where}' holds {_kind(child)}, not a section"
+                )
+            node = child
+        node[parts[-1]] = value
+        touched.add(parts)
+    return touched
+
+
+def format_validation_error(
+    exc: ValidationError, origin: str, overridden: set[tuple[str, ...]] | None = None
+) -> str:
+    """Turn Pydantic's errors into lines of 'where: key: expected ..., found ...'."""
+    overridden = overridden or set()
+    lines = []
+    for err in exc.errors():
+        loc = tuple(str(p) for p in err["loc"])
+        key = ".".join(loc) or "(top level)"
+        where = "command line" if loc in overridden else origin
+        kind = err["type"]
+        if kind == "extra_forbidden":
+            known = _fields_at(Config, loc[:-1])
+            hint = did_you_mean(loc[-1], known)
+            choices = ", ".join(sorted(known))
+            lines.append(f"{where}: {key}: unknown key{hint}; valid keys here: {choices}")
+        elif kind == "missing":
+            lines.append(f"{where}: {key}: required key is missing")
+        else:
+            msg = err["msg"]
+            if msg.startswith("Input should be "):
+                msg = "expected " + msg[len("Input should be ") :]
+            elif msg.startswith("Value error, "):
+                msg = msg[len("Value error, ") :]
+            lines.append(f"{where}: {key}: {msg}, found {err['input']!r}")
+    head = "invalid configuration:" if len(lines) > 1 else "invalid configuration: "
+    return head + ("\n  " + "\n  ".join(lines) if len(lines) > 1 else lines[0])
+
+
+def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Flatten nested dicts to dotted keys; lists stay values."""
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        dotted = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, dotted + "."))
+        else:
+            out[dotted] = value
+    return out
+
+
+def _fields_at(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
+    """Field names of the section found by following ``loc`` from ``model``."""
+    current: type[BaseModel] | None = model
+    for part in loc:
+        if current is None or part not in current.model_fields:
+            return []
+        current = _section_type(current.model_fields[part].annotation)
+    return list(current.model_fields) if current else []
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        for arg in typing.get_args(annotation):
+            found = _section_type(arg)
+            if found:
+                return found
+    return None
+
+
+def _absolutize_paths(raw: dict[str, Any], base: Path) -> None:
+    for section, key in _PATH_KEYS:
+        block = raw.get(section)
+        if not isinstance(block, dict):
+            continue
+        value = block.get(key)
+        if isinstance(value, str) and value and not value.startswith(BUILTIN_PREFIX):
+            path = Path(value).expanduser()
+            block[key] = str(path if path.is_absolute() else (base / path).resolve())
+
+
+def _experiment_name(stem: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem).lstrip("._-")
+    return cleaned or "default"
+
+
+def _deep_copy(tree: dict[str, Any]) -> dict[str, Any]:
+    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in tree.items()}
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number"}.get(
+        type(value), type(value).__name__
+    )

@@ -1,0 +1,1 @@
+"""Data kinds: reading tables, splitting, fitted preprocessing and fast in-memory batches."""

@@ -1,0 +1,110 @@
+"""Train / validation / test splits: stratified, grouped or chronological, always seeded."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mlsmith.config import SplitConfig
+from mlsmith.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class SplitIndices:
+    """Row positions of each split in the source table, each sorted ascending."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+
+
+def split_rows(
+    frame: pd.DataFrame,
+    cfg: SplitConfig,
+    *,
+    val: float,
+    test: float,
+    classification: bool,
+    target: str,
+    seed: int,
+    source: str,
+) -> SplitIndices:
+    """Divide ``frame``'s rows into train/val/test with the given fractions (0: a fixed file).
+
+    Chronological splits never shuffle. Group splits keep every value of the group column in
+    one split. Otherwise classification targets are stratified unless ``stratify: false``.
+    """
+    n = len(frame)
+    positions = np.arange(n)
+    if cfg.time:
+        order = np.argsort(_sortable(frame[cfg.time], cfg.time, source), kind="stable")
+        n_test, n_val = round(n * test), round(n * val)
+        n_train = n - n_test - n_val
+        return _indices(order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :])
+
+    rest, test_idx = _cut(frame, positions, test, cfg, classification, target, seed)
+    # The validation share is of the whole table, so rescale it to what the test cut left.
+    val_share = val / (1.0 - test) if test < 1.0 else 0.0
+    train_idx, val_idx = _cut(frame, rest, val_share, cfg, classification, target, seed + 1)
+    return _indices(train_idx, val_idx, test_idx)
+
+
+def _cut(
+    frame: pd.DataFrame,
+    positions: np.ndarray,
+    share: float,
+    cfg: SplitConfig,
+    classification: bool,
+    target: str,
+    seed: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split ``positions`` into (keep, cut) with about ``share`` of them in ``cut``."""
+    if share <= 0.0 or len(positions) == 0:
+        return positions, positions[:0]
+    from sklearn.model_selection import GroupShuffleSplit, train_test_split
+
+    if cfg.group:
+        groups = frame[cfg.group].to_numpy()[positions]
+        splitter = GroupShuffleSplit(n_splits=1, test_size=share, random_state=seed)
+        keep, cut = next(splitter.split(positions, groups=groups))
+        return positions[keep], positions[cut]
+
+    stratify = cfg.stratify if cfg.stratify is not None else classification
+    labels = frame[target].to_numpy()[positions] if stratify else None
+    try:
+        keep, cut = train_test_split(positions, test_size=share, random_state=seed, stratify=labels)
+    except ValueError as exc:
+        if labels is None:
+            raise DataError(
+                f"cannot split {len(positions)} rows with share {share}: {exc}"
+            ) from None
+        # Too few rows in some class to stratify; a random split still works, so warn and go on.
+        log.warning("stratified split impossible (%s); using a random split instead", exc)
+        keep, cut = train_test_split(positions, test_size=share, random_state=seed)
+    return np.asarray(keep), np.asarray(cut)
+
+
+def _sortable(column: pd.Series, name: str, source: str) -> np.ndarray:
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_datetime64_any_dtype(column):
+        return column.to_numpy()
+    try:
+        return pd.to_datetime(column).to_numpy()
+    except (ValueError, TypeError):
+        raise DataError(
+            f"{source}: time column '{name}' holds values that are neither numbers nor dates, "
+            f"e.g. {column.iloc[0]!r}"
+        ) from None
+
+
+def _indices(train: np.ndarray, val: np.ndarray, test: np.ndarray) -> SplitIndices:
+    return SplitIndices(np.sort(train), np.sort(val), np.sort(test))

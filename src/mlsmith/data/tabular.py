@@ -1,0 +1,346 @@
+"""Tabular data: read, split, and a preprocessor fitted on the training split only.
+
+Numeric columns are imputed with the training median and standardized; categorical columns are
+mapped to indices for embeddings, with index 0 kept for values never seen in training. The
+fitted state is plain JSON (no pickles), so a saved run can be loaded safely anywhere.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mlsmith.config import Config
+from mlsmith.data.base import PREPROCESSING_FILE, PreparedData, Split
+from mlsmith.data.splits import split_rows
+from mlsmith.data.tables import fingerprint, read_table, require_columns
+from mlsmith.errors import ConfigError, DataError
+from mlsmith.files import read_json, write_json
+from mlsmith.tasks import ClassificationTask, Task, fit_task, infer_task, task_from_dict
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+MISSING = "<missing>"
+UNKNOWN_INDEX = 0
+
+
+class TabularPreprocessor:
+    """Median imputation + standardization for numerics; vocabularies for categoricals."""
+
+    kind = "tabular"
+
+    def __init__(
+        self,
+        *,
+        target: str,
+        task: Task,
+        numeric: list[str],
+        medians: list[float],
+        means: list[float],
+        stds: list[float],
+        categorical: list[str],
+        vocabularies: list[list[str]],
+    ) -> None:
+        self.target = target
+        self.task = task
+        self.numeric = numeric
+        self.medians = np.asarray(medians, dtype=np.float64)
+        self.means = np.asarray(means, dtype=np.float64)
+        self.stds = np.asarray(stds, dtype=np.float64)
+        self.categorical = categorical
+        self.vocabularies = vocabularies
+        self._lookups = [_lookup(v) for v in vocabularies]
+
+    @classmethod
+    def fit(
+        cls, features: pd.DataFrame, *, target: str, task: Task, categorical: list[str]
+    ) -> TabularPreprocessor:
+        """Learn imputation, scaling and vocabularies from the training rows' features alone."""
+        numeric = [c for c in features.columns if c not in categorical]
+        values = _numeric_matrix(features, numeric, "training split")
+        medians = np.zeros(len(numeric))
+        means = np.zeros(len(numeric))
+        stds = np.ones(len(numeric))
+        if numeric:
+            with np.errstate(all="ignore"):
+                # An all-missing column gets median 0: it is then constant and carries nothing.
+                medians = np.nan_to_num(np.nanmedian(values, axis=0), nan=0.0)
+            filled = np.where(np.isnan(values), medians, values)
+            means = filled.mean(axis=0)
+            stds = np.where(filled.std(axis=0) > 1e-12, filled.std(axis=0), 1.0)
+        return cls(
+            target=target,
+            task=task,
+            numeric=numeric,
+            medians=medians.tolist(),
+            means=means.tolist(),
+            stds=stds.tolist(),
+            categorical=categorical,
+            vocabularies=[sorted(set(_category_keys(features[c]))) for c in categorical],
+        )
+
+    @property
+    def features(self) -> list[str]:
+        return self.numeric + self.categorical
+
+    def transform(self, frame: pd.DataFrame, source: str = "input") -> dict[str, np.ndarray]:
+        """Raw rows to {'numeric': float32 (n, n_num), 'categorical': int64 (n, n_cat)}."""
+        require_columns(frame, self.features, source, "feature")
+        values = _numeric_matrix(frame, self.numeric, source)
+        values = np.where(np.isnan(values), self.medians, values)
+        numeric = ((values - self.means) / self.stds).astype(np.float32)
+        categorical = np.empty((len(frame), len(self.categorical)), dtype=np.int64)
+        for j, (column, lookup) in enumerate(zip(self.categorical, self._lookups, strict=True)):
+            # get_indexer gives -1 for unseen values; +1 maps that to the unknown bucket 0.
+            categorical[:, j] = lookup.get_indexer(_category_keys(frame[column])) + 1
+        return {"numeric": numeric, "categorical": categorical}
+
+    def to_split(self, frame: pd.DataFrame, source: str) -> Split:
+        require_columns(frame, [self.target], source, "target")
+        frame = drop_missing_target(frame, self.target, source)
+        return Split(self.transform(frame, source), self.task.encode(frame[self.target]))
+
+    def model_inputs(self) -> dict[str, Any]:
+        return {
+            "n_numeric": len(self.numeric),
+            # +1 for the unknown bucket at index 0.
+            "cardinalities": [len(v) + 1 for v in self.vocabularies],
+        }
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind,
+            "target": self.target,
+            "task": self.task.to_dict(),
+            "numeric": self.numeric,
+            "medians": self.medians.tolist(),
+            "means": self.means.tolist(),
+            "stds": self.stds.tolist(),
+            "categorical": self.categorical,
+            "vocabularies": self.vocabularies,
+        }
+
+    def save(self, directory: Path) -> None:
+        write_json(Path(directory) / PREPROCESSING_FILE, self.to_dict())
+
+    @classmethod
+    def load(cls, directory: Path) -> TabularPreprocessor:
+        state = read_json(Path(directory) / PREPROCESSING_FILE)
+        state.pop("kind")
+        state["task"] = task_from_dict(state["task"])
+        return cls(**state)
+
+
+def prepare(config: Config, *, preprocessor: TabularPreprocessor | None = None) -> PreparedData:
+    """Read, clean, split and encode the configured table.
+
+    A given ``preprocessor`` (from a run being resumed or evaluated) is used instead of fitting a
+    new one; the split is recomputed from the seed and must land on the same rows.
+    """
+    import pandas as pd
+
+    data = config.data
+    main = _load(data.path, config, role="data")
+    val_file = _load(data.val_path, config, role="validation") if data.val_path else None
+    test_file = _load(data.test_path, config, role="test") if data.test_path else None
+
+    labelled = pd.concat(
+        [f[data.target] for f in (main, val_file, test_file) if f is not None], ignore_index=True
+    )
+    kind = infer_task(labelled, data.task, data.path)
+    indices = split_rows(
+        main,
+        data.split,
+        val=0.0 if val_file is not None else data.split.val,
+        test=0.0 if test_file is not None else data.split.test,
+        classification=kind != "regression",
+        target=data.target,
+        seed=config.seed,
+        source=data.path,
+    )
+    train = main.iloc[indices.train]
+    val = val_file if val_file is not None else main.iloc[indices.val]
+    test = test_file if test_file is not None else main.iloc[indices.test]
+    if len(train) == 0 or len(val) == 0:
+        raise DataError(
+            f"{data.path}: {len(main)} rows leave {len(train)} for training and {len(val)} for "
+            "validation; both need at least one (add rows or change data.split)"
+        )
+
+    if preprocessor is None:
+        task = fit_task(kind, labelled, train[data.target])
+        preprocessor = TabularPreprocessor.fit(
+            train[_feature_columns(train, config)],
+            target=data.target,
+            task=task,
+            categorical=_categorical_columns(train, config),
+        )
+    _warn_missing_classes(preprocessor.task, {"train": train, "val": val}, data.target)
+
+    def encode(frame: pd.DataFrame, name: str) -> Split:
+        return Split(
+            preprocessor.transform(frame, name), preprocessor.task.encode(frame[data.target])
+        )
+
+    prints = [fingerprint(main)] + [fingerprint(f) for f in (val_file, test_file) if f is not None]
+    return PreparedData(
+        task=preprocessor.task,
+        preprocessor=preprocessor,
+        train=encode(train, "training split"),
+        val=encode(val, "validation split"),
+        test=encode(test, "test split") if len(test) else None,
+        fingerprint=prints[0] if len(prints) == 1 else "+".join(prints),
+        summary={
+            "source": data.path,
+            "rows": {"train": len(train), "val": len(val), "test": len(test)},
+            "task": preprocessor.task.kind,
+            "numeric": preprocessor.numeric,
+            "categorical": preprocessor.categorical,
+        },
+    )
+
+
+def load_preprocessor(directory: Path) -> TabularPreprocessor:
+    """The preprocessor saved in a run directory."""
+    return TabularPreprocessor.load(directory)
+
+
+def load_labelled(path: str, config: Config) -> pd.DataFrame:
+    """Read a labelled table for evaluation, applying the config's ``drop`` list."""
+    return _load(path, config, role="data")
+
+
+def drop_missing_target(frame: pd.DataFrame, target: str, source: str) -> pd.DataFrame:
+    missing = frame[target].isna()
+    if missing.any():
+        log.warning(
+            "%s: dropped %d of %d rows whose target '%s' is missing",
+            source,
+            int(missing.sum()),
+            len(frame),
+            target,
+        )
+        frame = frame.loc[~missing]
+    return frame
+
+
+def _load(path: str, config: Config, role: str) -> pd.DataFrame:
+    data = config.data
+    frame = read_table(path)
+    if len(frame) == 0:
+        raise DataError(f"{path}: the {role} table is empty (0 rows)")
+    require_columns(frame, [data.target], path, "target")
+    require_columns(frame, data.drop, path, "data.drop")
+    frame = drop_missing_target(frame, data.target, path)
+    if len(frame) == 0:
+        raise DataError(f"{path}: every row's target '{data.target}' is missing")
+    # Split-control columns are not features: group ids and timestamps would leak or overfit.
+    aside = _split_columns(config)
+    if role == "data":
+        require_columns(frame, aside, path, "data.split")
+    unusable = [
+        c
+        for c in frame.columns
+        if c not in aside and str(frame[c].dtype).startswith(("datetime", "timedelta"))
+    ]
+    if unusable:
+        log.warning(
+            "%s: ignoring date/time columns %s (derive numeric features from them)", path, unusable
+        )
+    frame = frame[[c for c in frame.columns if c not in set(data.drop) | set(unusable)]]
+    if role == "data" and not _feature_columns(frame, config):
+        raise DataError(f"{path}: no feature columns left besides the target '{data.target}'")
+    return frame.reset_index(drop=True)
+
+
+def _split_columns(config: Config) -> list[str]:
+    return [c for c in (config.data.split.group, config.data.split.time) if c]
+
+
+def _feature_columns(frame: pd.DataFrame, config: Config) -> list[str]:
+    aside = {config.data.target, *_split_columns(config)}
+    return [c for c in frame.columns if c not in aside]
+
+
+def _categorical_columns(train: pd.DataFrame, config: Config) -> list[str]:
+    import pandas as pd
+
+    data = config.data
+    candidates = _feature_columns(train, config)
+    if data.categorical is not None:
+        require_columns(train, data.categorical, data.path, "data.categorical")
+        if data.target in data.categorical:
+            raise ConfigError(f"data.categorical: lists the target '{data.target}'")
+        chosen = [c for c in candidates if c in data.categorical]
+    else:
+        chosen = [
+            c
+            for c in candidates
+            if pd.api.types.is_bool_dtype(train[c]) or not pd.api.types.is_numeric_dtype(train[c])
+        ]
+    for column in chosen:
+        distinct = train[column].nunique()
+        if distinct > 0.9 * len(train) and len(train) >= 50:
+            log.warning(
+                "column '%s' has %d distinct values in %d training rows: it looks like an "
+                "identifier; add it to data.drop unless it really carries signal",
+                column,
+                distinct,
+                len(train),
+            )
+    return chosen
+
+
+def _numeric_matrix(frame: pd.DataFrame, columns: list[str], source: str) -> np.ndarray:
+    import pandas as pd
+
+    out = np.empty((len(frame), len(columns)), dtype=np.float64)
+    for j, column in enumerate(columns):
+        raw = frame[column]
+        values = pd.to_numeric(raw, errors="coerce")
+        bad = values.isna() & raw.notna()
+        if bad.any():
+            raise DataError(
+                f"{source}: numeric column '{column}' holds a non-numeric value "
+                f"{raw[bad].iloc[0]!r} (row {int(np.flatnonzero(bad.to_numpy())[0])}); list it "
+                "in data.categorical if it is a category"
+            )
+        out[:, j] = values.to_numpy(dtype=np.float64, na_value=np.nan)
+    return out
+
+
+def _category_keys(column: pd.Series) -> np.ndarray:
+    """Category values as text, so 3, 3.0 and '3' (CSV chunks type them differently) agree."""
+    import pandas as pd
+
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        return np.array(
+            [
+                MISSING if np.isnan(v) else (str(int(v)) if v.is_integer() else repr(v))
+                for v in values.tolist()
+            ],
+            dtype=object,
+        )
+    return np.array([MISSING if pd.isna(v) else str(v) for v in column.tolist()], dtype=object)
+
+
+def _lookup(vocabulary: list[str]) -> pd.Index:
+    import pandas as pd
+
+    return pd.Index(vocabulary, dtype=object)
+
+
+def _warn_missing_classes(task: Task, frames: dict[str, pd.DataFrame], target: str) -> None:
+    if not isinstance(task, ClassificationTask):
+        return
+    for name, frame in frames.items():
+        absent = task.absent_classes(frame[target])
+        if absent:
+            log.warning("%s split has no rows of class(es) %s", name, absent)

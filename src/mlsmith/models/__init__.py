@@ -1,0 +1,1 @@
+"""Model families behind one contract (:class:`mlsmith.models.base.Model`)."""

@@ -1,0 +1,70 @@
+"""Torch network families: build a ``torch.nn.Module``, train it with the :class:`Trainer`."""
+
+from __future__ import annotations
+
+from abc import abstractmethod
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from mlsmith.config import Config
+from mlsmith.data.batches import TensorBatches
+from mlsmith.models.base import FitContext, FitSummary, Model
+from mlsmith.training.checkpoint import BEST, LAST, load_checkpoint
+from mlsmith.training.device import resolve_device
+from mlsmith.training.trainer import Trainer, predict_raw
+
+if TYPE_CHECKING:
+    from mlsmith.data.base import PreparedData, Preprocessor
+
+CHECKPOINT_DIR = "checkpoints"
+
+
+class NeuralModel(Model):
+    """A network trained by the Trainer; its fitted form is ``checkpoints/best.pt``."""
+
+    def __init__(self, config: Config, preprocessor: Preprocessor) -> None:
+        super().__init__(config, preprocessor)
+        # Built right away so the seeded global RNG gives the same initial weights every time.
+        self.network = self.build_network()
+        self.device = torch.device("cpu")
+
+    @abstractmethod
+    def build_network(self) -> torch.nn.Module:
+        """The untrained network for ``self.config.model`` and ``self.preprocessor``."""
+
+    def fit(self, data: PreparedData, context: FitContext) -> FitSummary:
+        cfg = self.config.train
+        train = TensorBatches.from_split(
+            data.train, cfg.batch_size, shuffle=True, seed=self.config.seed, drop_last=cfg.drop_last
+        )
+        val = TensorBatches.from_split(data.val, cfg.eval_batch_size)
+        checkpoints = context.run_dir / CHECKPOINT_DIR
+        trainer = Trainer(
+            cfg, checkpoint_dir=checkpoints, callbacks=context.callbacks, metadata=context.metadata
+        )
+        resume = checkpoints / LAST if context.resume and (checkpoints / LAST).exists() else None
+        result = trainer.fit(self.network, train, val, self.task, resume=resume)
+        self.device = trainer.device
+        return FitSummary(result.history, result.best_epoch, result.stopped_early)
+
+    def predict_raw(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        batches = TensorBatches(inputs, None, self.config.train.eval_batch_size).to(self.device)
+        raw, _ = predict_raw(self.network, batches)
+        return raw
+
+    @classmethod
+    def load(
+        cls, run_dir: Path, config: Config, preprocessor: Preprocessor, device: str = "auto"
+    ) -> NeuralModel:
+        model = cls(config, preprocessor)
+        model.device = resolve_device(device)
+        state = load_checkpoint(Path(run_dir) / CHECKPOINT_DIR / BEST, map_location=model.device)
+        model.network.load_state_dict(state["model"])
+        model.network.to(model.device).eval()
+        return model
+
+    def artifacts(self, run_dir: Path) -> list[Path]:
+        return [Path(run_dir) / CHECKPOINT_DIR / BEST]

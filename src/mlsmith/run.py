@@ -1,0 +1,281 @@
+"""The run directory and the :class:`Run` object: paths, environment capture, evaluate, predict.
+
+A run directory is the complete, self-describing record of one training run::
+
+    <output_dir>/<experiment>/<run-id>/
+        config.yaml          the fully resolved config
+        run.json             status, timings, data fingerprint, environment, MLflow run id
+        history.csv          one row per epoch
+        preprocessing.json   the fitted preprocessing (raw rows in, model inputs out)
+        checkpoints/         best.pt and last.pt
+        metrics.json         split -> metric -> {"value", "ci95"}
+        confusion_matrix.json, test_predictions.csv   (classification / all tasks)
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import platform
+import secrets
+import subprocess
+import sys
+from functools import cached_property
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mlsmith.config import Config, load_config
+from mlsmith.errors import RunError
+from mlsmith.files import read_json, write_json, write_text
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlsmith.data.base import Preprocessor, Split
+    from mlsmith.models.base import Model
+
+CONFIG_FILE = "config.yaml"
+INFO_FILE = "run.json"
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+CONFUSION_FILE = "confusion_matrix.json"
+TEST_PREDICTIONS_FILE = "test_predictions.csv"
+
+PACKAGES = ("torch", "numpy", "pandas", "scikit-learn", "pydantic", "mlflow-skinny", "mlflow")
+
+
+def new_run_dir(config: Config) -> Path:
+    """Create ``<output_dir>/<experiment>/<timestamp>-<random>`` and return it."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    path = Path(config.output_dir) / config.experiment / f"{stamp}-{secrets.token_hex(2)}"
+    path.mkdir(parents=True, exist_ok=False)
+    return path.resolve()
+
+
+def git_state(directory: Path) -> dict[str, Any] | None:
+    """Commit and dirtiness of the git work tree holding ``directory``, if any."""
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=directory, capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode != 0:
+            return None
+        status = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=directory,
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
+
+
+def capture_environment(device: str) -> dict[str, Any]:
+    """Code version, library versions and hardware, as modded-nanogpt logs at the top of a run."""
+    from mlsmith import __version__
+
+    versions = {}
+    for package in PACKAGES:
+        try:
+            versions[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    hardware: dict[str, Any] = {"cpu_count": _cpu_count(), "machine": platform.machine()}
+    if device.startswith("cuda"):
+        import torch
+
+        hardware["gpu"] = torch.cuda.get_device_name(torch.device(device))
+    return {
+        "mlsmith": __version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "packages": versions,
+        "device": device,
+        "hardware": hardware,
+        "project_git": git_state(Path.cwd()),
+        "mlsmith_git": git_state(Path(__file__).parent),
+        "command": " ".join(sys.argv),
+    }
+
+
+def code_version(environment: dict[str, Any]) -> str:
+    """One line naming mlsmith's version and the commits of the project and of mlsmith."""
+    parts = [f"mlsmith {environment['mlsmith']}"]
+    for key in ("project_git", "mlsmith_git"):
+        state = environment.get(key)
+        if state:
+            parts.append(
+                f"{key.split('_')[0]} {state['commit'][:12]}{'+dirty' if state['dirty'] else ''}"
+            )
+    return ", ".join(parts)
+
+
+class Run:
+    """A finished (or interrupted) run, loaded from its directory."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = Path(path).resolve()
+        if not self.path.is_dir():
+            raise RunError(f"run directory not found: {self.path}")
+        if not (self.path / CONFIG_FILE).is_file():
+            raise RunError(f"{self.path}: not a run directory (no {CONFIG_FILE})")
+        self.config: Config = load_config(self.path / CONFIG_FILE)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+    @property
+    def id(self) -> str:
+        return self.path.name
+
+    @property
+    def info(self) -> dict[str, Any]:
+        file = self.path / INFO_FILE
+        return read_json(file) if file.is_file() else {}
+
+    @property
+    def history(self) -> pd.DataFrame:
+        import pandas as pd
+
+        file = self.path / HISTORY_FILE
+        return pd.read_csv(file) if file.is_file() else pd.DataFrame()
+
+    @property
+    def metrics(self) -> dict[str, Any]:
+        file = self.path / METRICS_FILE
+        return read_json(file) if file.is_file() else {}
+
+    @cached_property
+    def preprocessor(self) -> Preprocessor:
+        from mlsmith import registry
+
+        module = registry.data_kind(self.config.data.type)
+        try:
+            preprocessor: Preprocessor = module.load_preprocessor(self.path)
+        except FileNotFoundError:
+            raise RunError(f"{self.path}: the fitted preprocessing is missing") from None
+        return preprocessor
+
+    @cached_property
+    def model(self) -> Model:
+        from mlsmith import registry
+
+        family = registry.model_family(self.config.model.type)
+        return family.load(self.path, self.config, self.preprocessor)
+
+    # --- evaluation ---------------------------------------------------------------------------
+
+    def evaluate(
+        self, data: str | Path | pd.DataFrame | None = None, *, name: str | None = None
+    ) -> dict[str, dict[str, Any]]:
+        """Metrics with confidence intervals, written into ``metrics.json`` under ``name``.
+
+        Without ``data`` the run's own test split is rebuilt (from the seed, checked against the
+        recorded data fingerprint) and scored with the best checkpoint.
+        """
+        from mlsmith import registry
+        from mlsmith.data.tables import read_table
+
+        if data is None:
+            module = registry.data_kind(self.config.data.type)
+            prepared = module.prepare(self.config, preprocessor=self.preprocessor)
+            recorded = self.info.get("data_fingerprint")
+            if recorded and prepared.fingerprint != recorded:
+                raise RunError(
+                    f"the data at {self.config.data.path} changed since this run was trained "
+                    f"(fingerprint {prepared.fingerprint}, recorded {recorded}); pass the data "
+                    "to evaluate explicitly"
+                )
+            split, name = (prepared.test, "test") if prepared.test else (prepared.val, "val")
+            return {name: self.evaluate_split(split, name)}
+        if isinstance(data, (str, Path)):
+            frame, label = read_table(str(data)), name or f"data:{Path(data).name}"
+        else:
+            frame, label = data, name or "data:frame"
+        split = self.preprocessor.to_split(frame, label)
+        if len(split) == 0:
+            raise RunError(f"{label}: no labelled rows to evaluate")
+        return {label: self.evaluate_split(split, label)}
+
+    def evaluate_split(self, split: Split, name: str) -> dict[str, Any]:
+        """Score the model on ``split``; record metrics (and, for the test split, predictions)."""
+        from mlsmith.evaluation import confusion, evaluate_outputs
+
+        task = self.model.task
+        decoded = self.model.predict(split.inputs)
+        truth = task.truth(split.target)
+        metrics = evaluate_outputs(
+            task.kind,
+            truth,
+            decoded,
+            n_resamples=self.config.eval.bootstrap,
+            confidence=self.config.eval.confidence,
+            seed=self.config.seed,
+        )
+        self._merge_json(METRICS_FILE, name, metrics)
+        if task.is_classification:
+            self._merge_json(
+                CONFUSION_FILE,
+                name,
+                {"labels": [str(c) for c in task.classes], "matrix": confusion(truth, decoded)},
+            )
+        if name == "test":
+            self._write_predictions(truth, decoded)
+        return metrics
+
+    def _merge_json(self, filename: str, key: str, value: Any) -> None:
+        file = self.path / filename
+        content = read_json(file) if file.is_file() else {}
+        content[key] = value
+        write_json(file, content)
+
+    def _write_predictions(self, truth: np.ndarray, decoded: np.ndarray) -> None:
+        from mlsmith.prediction import decoded_frame
+
+        task = self.model.task
+        frame = decoded_frame(task, decoded)
+        labels = np.asarray(task.classes, dtype=object)[truth] if task.is_classification else truth
+        frame.insert(0, "target", labels)
+        write_text(self.path / TEST_PREDICTIONS_FILE, frame.to_csv(index=False))
+
+    # --- prediction ---------------------------------------------------------------------------
+
+    def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
+        """Predictions for raw rows: ``prediction`` plus ``proba_<class>`` for classification."""
+        from mlsmith.prediction import predict_frame
+
+        return predict_frame(self.model, frame)
+
+    def predict_file(
+        self,
+        input_path: str | Path,
+        output_path: str | Path,
+        *,
+        chunk_rows: int = 50_000,
+        keep_columns: list[str] | None = None,
+    ) -> int:
+        """Predict a CSV/Parquet file of any size in constant memory; returns the row count."""
+        from mlsmith.prediction import predict_file
+
+        return predict_file(
+            self.model,
+            str(input_path),
+            Path(output_path),
+            chunk_rows=chunk_rows,
+            keep_columns=keep_columns,
+        )
+
+
+def load_run(path: str | Path) -> Run:
+    """Open a run directory written by :func:`mlsmith.train`."""
+    return Run(path)
+
+
+def _cpu_count() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -1,0 +1,278 @@
+"""What is being predicted: the target's encoding, the loss, and how raw outputs are read.
+
+A task is fitted from the labelled data (class list, or the target's mean and standard deviation
+on the training split) and saved with the run as JSON, so prediction decodes outputs exactly as
+training encoded targets.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar
+
+import numpy as np
+
+from mlsmith.errors import DataError
+
+if TYPE_CHECKING:
+    import pandas as pd
+    import torch
+
+log = logging.getLogger(__name__)
+
+# Integer targets with at most this many distinct values are read as classes, not quantities.
+MAX_AUTO_CLASSES = 20
+
+
+class Task(ABC):
+    """Base for the three supervised tasks."""
+
+    kind: ClassVar[str]
+    # Labels in output order for classification; empty for regression.
+    classes: list[Any] = []  # noqa: RUF012 (overridden per instance, never mutated)
+
+    @property
+    @abstractmethod
+    def n_outputs(self) -> int:
+        """Width of the model's last layer."""
+
+    @abstractmethod
+    def encode(self, target: pd.Series) -> np.ndarray:
+        """Raw target values to what the loss expects (float32 or int64)."""
+
+    @abstractmethod
+    def truth(self, encoded: np.ndarray) -> np.ndarray:
+        """Encoded targets to what metrics expect: class indices or original-scale values."""
+
+    @abstractmethod
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The loss *summed* over the batch; the trainer divides by the true sample count."""
+
+    @abstractmethod
+    def decode(self, raw: np.ndarray) -> np.ndarray:
+        """Raw model outputs (n, n_outputs) to probabilities (n, C) or values (n,)."""
+
+    @abstractmethod
+    def labels(self, decoded: np.ndarray) -> np.ndarray:
+        """Decoded outputs to predicted labels in the target's original values."""
+
+    @abstractmethod
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe state; :func:`task_from_dict` reverses it."""
+
+    @property
+    def is_classification(self) -> bool:
+        return self.kind != "regression"
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        from mlsmith import evaluation
+
+        if self.is_classification:
+            return evaluation.CLASSIFICATION_METRICS
+        return evaluation.REGRESSION_METRICS
+
+    def metrics(self, truth: np.ndarray, decoded: np.ndarray) -> dict[str, float]:
+        """Point metrics (no intervals) for per-epoch validation."""
+        from mlsmith import evaluation
+
+        if self.is_classification:
+            return evaluation.classification_metrics(truth, decoded)
+        return evaluation.regression_metrics(truth, decoded)
+
+
+class ClassificationTask(Task):
+    def __init__(self, classes: list[Any]) -> None:
+        self.classes = list(classes)
+        self._index = {_label_key(c): i for i, c in enumerate(self.classes)}
+
+    def encode(self, target: pd.Series) -> np.ndarray:
+        keys = [_label_key(v) for v in target.tolist()]
+        unknown = sorted({k for k in keys if k not in self._index})
+        if unknown:
+            raise DataError(
+                f"target '{target.name}' has labels not seen in the training data: "
+                f"{', '.join(map(str, unknown[:10]))}; known labels: "
+                f"{', '.join(map(str, self.classes))}"
+            )
+        return np.fromiter((self._index[k] for k in keys), dtype=np.int64, count=len(keys))
+
+    def truth(self, encoded: np.ndarray) -> np.ndarray:
+        return encoded.astype(np.int64)
+
+    def absent_classes(self, target: pd.Series) -> list[Any]:
+        """Classes with no row in ``target``."""
+        present = {_label_key(v) for v in target.unique()}
+        return [c for c in self.classes if _label_key(c) not in present]
+
+    def labels(self, decoded: np.ndarray) -> np.ndarray:
+        return np.asarray(self.classes, dtype=object)[decoded.argmax(axis=1)]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "classes": self.classes}
+
+
+class BinaryTask(ClassificationTask):
+    """Two classes; one logit, the second class (in sorted order) is the positive one."""
+
+    kind = "binary"
+
+    @property
+    def n_outputs(self) -> int:
+        return 1
+
+    def encode(self, target: pd.Series) -> np.ndarray:
+        return super().encode(target).astype(np.float32)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        return F.binary_cross_entropy_with_logits(
+            output.float().squeeze(-1), target, reduction="sum"
+        )
+
+    def decode(self, raw: np.ndarray) -> np.ndarray:
+        logits = raw.reshape(len(raw), -1)[:, 0].astype(np.float64)
+        positive = 1.0 / (1.0 + np.exp(-logits))
+        return np.stack([1.0 - positive, positive], axis=1)
+
+
+class MulticlassTask(ClassificationTask):
+    kind = "multiclass"
+
+    @property
+    def n_outputs(self) -> int:
+        return len(self.classes)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        return F.cross_entropy(output.float(), target, reduction="sum")
+
+    def decode(self, raw: np.ndarray) -> np.ndarray:
+        logits = raw.astype(np.float64)
+        logits -= logits.max(axis=1, keepdims=True)
+        exp = np.exp(logits)
+        return exp / exp.sum(axis=1, keepdims=True)
+
+
+class RegressionTask(Task):
+    """The network predicts the standardized target; decoding restores the original units."""
+
+    kind = "regression"
+
+    def __init__(self, mean: float, std: float) -> None:
+        self.mean = float(mean)
+        self.std = float(std) if std > 0 and math.isfinite(std) else 1.0
+
+    @property
+    def n_outputs(self) -> int:
+        return 1
+
+    def encode(self, target: pd.Series) -> np.ndarray:
+        import pandas as pd
+
+        values = pd.to_numeric(target, errors="coerce").to_numpy(dtype=np.float64)
+        if np.isnan(values).any():
+            bad = target[np.isnan(values)].iloc[0]
+            raise DataError(f"regression target '{target.name}' has a non-numeric value: {bad!r}")
+        return ((values - self.mean) / self.std).astype(np.float32)
+
+    def truth(self, encoded: np.ndarray) -> np.ndarray:
+        return encoded.astype(np.float64) * self.std + self.mean
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        import torch.nn.functional as F
+
+        return F.mse_loss(output.float().squeeze(-1), target, reduction="sum")
+
+    def decode(self, raw: np.ndarray) -> np.ndarray:
+        return raw.reshape(len(raw), -1)[:, 0].astype(np.float64) * self.std + self.mean
+
+    def labels(self, decoded: np.ndarray) -> np.ndarray:
+        return decoded
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "mean": self.mean, "std": self.std}
+
+
+def infer_task(target: pd.Series, requested: str, source: str) -> str:
+    """Pick binary / multiclass / regression for ``target`` (already without missing values)."""
+    import pandas as pd
+
+    n_unique = target.nunique()
+    if requested != "auto":
+        kind = requested
+    elif (
+        pd.api.types.is_bool_dtype(target)
+        or not pd.api.types.is_numeric_dtype(target)
+        or (_all_integral(target) and n_unique <= MAX_AUTO_CLASSES)
+    ):
+        kind = "binary" if n_unique == 2 else "multiclass"
+    else:
+        kind = "regression"
+    if kind != "regression" and n_unique < 2:
+        raise DataError(
+            f"{source}: target '{target.name}' has a single class ({target.iloc[0]!r}); "
+            "classification needs at least two"
+        )
+    if kind == "binary" and n_unique != 2:
+        raise DataError(
+            f"{source}: task 'binary' needs exactly 2 classes in '{target.name}', found {n_unique}"
+        )
+    if kind == "regression" and not pd.api.types.is_numeric_dtype(target):
+        raise DataError(
+            f"{source}: task 'regression' needs a numeric target, '{target.name}' holds "
+            f"{target.dtype} values such as {target.iloc[0]!r}"
+        )
+    if requested == "auto":
+        log.info("task inferred from '%s': %s (%d distinct values)", target.name, kind, n_unique)
+    return kind
+
+
+def fit_task(kind: str, labelled: pd.Series, train_target: pd.Series) -> Task:
+    """Build the task: classes from every labelled row, target scale from the training split."""
+    if kind == "regression":
+        values = train_target.astype(float)
+        return RegressionTask(values.mean(), values.std(ddof=0))
+    classes = sorted({_python_scalar(v) for v in labelled.tolist()}, key=_sort_key)
+    return BinaryTask(classes) if kind == "binary" else MulticlassTask(classes)
+
+
+def task_from_dict(state: dict[str, Any]) -> Task:
+    kind = state["kind"]
+    if kind == "regression":
+        return RegressionTask(state["mean"], state["std"])
+    return (BinaryTask if kind == "binary" else MulticlassTask)(state["classes"])
+
+
+def _all_integral(values: pd.Series) -> bool:
+    array = values.to_numpy(dtype=np.float64)
+    return bool(np.all(np.isfinite(array)) and np.all(array == np.round(array)))
+
+
+def _python_scalar(value: Any) -> Any:
+    """numpy scalars to plain Python, integral floats to int, so labels survive JSON."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _label_key(value: Any) -> str:
+    # Labels compare by their text so 1, 1.0 and "1" (CSV chunks may type them differently) agree.
+    return str(_python_scalar(value))
+
+
+def _sort_key(value: Any) -> tuple[int, Any]:
+    return (
+        (0, value)
+        if isinstance(value, (int, float)) and not isinstance(value, bool)
+        else (
+            1,
+            str(value),
+        )
+    )

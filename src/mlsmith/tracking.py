@@ -1,0 +1,162 @@
+"""Experiment tracking with MLflow; the only module that imports mlflow.
+
+Tracking is a passenger, not the driver: if the store cannot be reached or fails mid-run, the
+tracker warns once, switches itself off and training goes on; the run directory is always the
+complete record.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from mlsmith.config import TrackConfig
+from mlsmith.training.callbacks import Callback
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from mlsmith.training.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# MLflow accepts at most this many params or metrics in one log_batch call.
+BATCH_LIMIT = 100
+
+
+def default_uri(output_dir: str | Path) -> str:
+    """The local SQLite store: ``<output_dir>/mlflow.db``."""
+    return f"sqlite:///{(Path(output_dir).resolve() / 'mlflow.db').as_posix()}"
+
+
+def _guarded(method: Callable[..., T]) -> Callable[..., T | None]:
+    """Run a tracking call; on any failure warn, switch tracking off and return None."""
+
+    @functools.wraps(method)
+    def wrapper(self: Tracker, *args: Any, **kwargs: Any) -> T | None:
+        if self.client is None:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # any store failure must not stop training
+            log.warning(
+                "MLflow tracking failed (%s: %s); training continues without it and the run "
+                "directory stays complete",
+                type(exc).__name__,
+                str(exc).splitlines()[0][:300] if str(exc) else "",
+            )
+            self.client = None
+            return None
+
+    return wrapper
+
+
+class Tracker(Callback):
+    """Logs one mlsmith run as one MLflow run: params, per-epoch metrics, artifacts, tags."""
+
+    def __init__(self, config: TrackConfig, *, output_dir: str | Path, experiment: str) -> None:
+        self.uri = config.uri or default_uri(output_dir)
+        self.experiment = config.experiment or experiment
+        self.artifact_root = Path(output_dir).resolve() / "mlartifacts"
+        self.client: MlflowClient | None = None
+        self.run_id: str | None = None
+        if config.enabled:
+            self._connect()
+
+    @property
+    def active(self) -> bool:
+        return self.client is not None and self.run_id is not None
+
+    def _connect(self) -> None:
+        try:
+            for name in ("mlflow.store.db.utils", "alembic.runtime.migration", "alembic"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+            from mlflow import MlflowClient
+
+            self.client = MlflowClient(tracking_uri=self.uri)
+        except Exception as exc:
+            log.warning("MLflow tracking unavailable (%s); training continues without it", exc)
+            self.client = None
+
+    @_guarded
+    def start(
+        self,
+        *,
+        run_name: str,
+        params: dict[str, Any],
+        tags: dict[str, str],
+        resume_id: str | None = None,
+    ) -> str:
+        """Create (or reopen, when resuming) the MLflow run; returns its id."""
+        assert self.client is not None
+        if resume_id:
+            self.client.update_run(resume_id, status="RUNNING")
+            self.run_id = resume_id
+            return resume_id
+        experiment = self.client.get_experiment_by_name(self.experiment)
+        if experiment is None:
+            location = self.artifact_root.as_uri() if self.uri.startswith("sqlite") else None
+            experiment_id = self.client.create_experiment(
+                self.experiment, artifact_location=location
+            )
+        else:
+            experiment_id = experiment.experiment_id
+        run = self.client.create_run(experiment_id, tags=tags, run_name=run_name)
+        self.run_id = run.info.run_id
+        self._log_params(params)
+        return self.run_id
+
+    def _log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        assert self.client is not None and self.run_id is not None
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(items), BATCH_LIMIT):
+            self.client.log_batch(self.run_id, params=items[i : i + BATCH_LIMIT])
+
+    @_guarded
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        if self.client is None or self.run_id is None:
+            return
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        for i in range(0, len(items), BATCH_LIMIT):
+            self.client.log_batch(self.run_id, metrics=items[i : i + BATCH_LIMIT])
+
+    @_guarded
+    def log_artifacts(self, paths: list[Path], artifact_path: str | None = None) -> None:
+        if self.client is None or self.run_id is None:
+            return
+        for path in paths:
+            if path.exists():
+                self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    @_guarded
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.client is None or self.run_id is None:
+            return
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+
+    @_guarded
+    def finish(self, status: str = "FINISHED") -> None:
+        """Close the MLflow run as FINISHED, FAILED or KILLED."""
+        if self.client is None or self.run_id is None:
+            return
+        self.client.set_terminated(self.run_id, status=status)
+
+    # --- trainer callback ---------------------------------------------------------------------
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
+        metrics = {k: v for k, v in row.items() if k not in ("epoch", "step")}
+        self.log_metrics(metrics, step=int(row["epoch"]))
+
+    def on_exception(self, trainer: Trainer, error: BaseException) -> None:
+        self.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")

@@ -1,0 +1,1 @@
+"""The generic training loop and its parts: precision, optimizers, checkpoints, callbacks."""

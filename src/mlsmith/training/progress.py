@@ -1,0 +1,112 @@
+"""Training progress on the terminal: a Rich bar on a TTY, one plain line per epoch otherwise."""
+
+from __future__ import annotations
+
+import sys
+import time
+from typing import TYPE_CHECKING, Any, TextIO
+
+from mlsmith.training.callbacks import Callback
+
+if TYPE_CHECKING:
+    from mlsmith.training.trainer import Trainer
+
+# Shown in the per-epoch line when present, in this order.
+LINE_KEYS = (
+    "train/loss",
+    "val/loss",
+    "val/accuracy",
+    "val/roc_auc",
+    "val/f1_macro",
+    "val/rmse",
+    "val/r2",
+)
+
+
+def format_epoch(row: dict[str, float], epochs: int) -> str:
+    """One human line for an epoch's history row."""
+    parts = [f"epoch {int(row['epoch'])}/{epochs}"]
+    parts += [f"{key} {row[key]:.4f}" for key in LINE_KEYS if key in row]
+    parts.append(f"lr {row['lr']:.2e}")
+    parts.append(f"{row['samples_per_s']:,.0f} samples/s")
+    parts.append(f"{row['epoch_time_s']:.1f}s")
+    return "  ".join(parts)
+
+
+class ProgressReporter(Callback):
+    """Reports to ``stream`` (stderr by default, so stdout stays clean for scripts)."""
+
+    # Reading the loss synchronises with the GPU; do it a few times a second at most.
+    REFRESH_S = 0.25
+
+    def __init__(self, stream: TextIO | None = None, *, live: bool | None = None) -> None:
+        self.stream = stream or sys.stderr
+        self.live = self.stream.isatty() if live is None else live
+        self._progress: Any = None
+        self._task: Any = None
+        self._last_refresh = 0.0
+
+    def on_fit_start(self, trainer: Trainer) -> None:
+        if not self.live:
+            return
+        from rich.console import Console
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
+        self._progress = Progress(
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeRemainingColumn(),
+            TextColumn("{task.fields[stats]}"),
+            console=Console(file=self.stream),
+            transient=False,
+        )
+        self._progress.start()
+        self._new_epoch(trainer)
+
+    def on_train_step_end(self, trainer: Trainer) -> None:
+        if self._progress is None:
+            return
+        now = time.perf_counter()
+        last_step = trainer.step_in_epoch >= trainer.steps_per_epoch
+        if now - self._last_refresh < self.REFRESH_S and not last_step:
+            return
+        self._last_refresh = now
+        self._progress.update(
+            self._task,
+            completed=trainer.step_in_epoch,
+            stats=f"loss {trainer.running_loss():.4f}",
+        )
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
+        line = format_epoch(row, trainer.epochs)
+        if self._progress is None:
+            print(line, file=self.stream, flush=True)
+            return
+        self._progress.update(self._task, completed=trainer.steps_per_epoch, stats="")
+        self._progress.console.print(line)
+        self._progress.remove_task(self._task)
+        if trainer.epoch < trainer.epochs and not trainer.should_stop:
+            self._new_epoch(trainer)
+
+    def on_fit_end(self, trainer: Trainer) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+            self._progress = None
+
+    def on_exception(self, trainer: Trainer, error: BaseException) -> None:
+        self.on_fit_end(trainer)
+
+    def _new_epoch(self, trainer: Trainer) -> None:
+        self._task = self._progress.add_task(
+            f"epoch {trainer.epoch + 1}/{trainer.epochs}",
+            total=trainer.steps_per_epoch,
+            completed=trainer.step_in_epoch,
+            stats="",
+        )
