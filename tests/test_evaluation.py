@@ -33,6 +33,7 @@ from mlsmith.evaluation import (
     classification_metrics,
     confusion,
     evaluate_outputs,
+    point_metrics,
     regression_metrics,
 )
 
@@ -275,3 +276,22 @@ def test_bootstrap_speed_binary_20k() -> None:
     print(f"binary bootstrap, n=20000, 1000 resamples: {elapsed:.2f} s")
     assert set(cis) == set(CLASSIFICATION_METRICS)
     assert elapsed < 20.0
+
+
+@pytest.mark.parametrize("kind", ["binary", "multiclass", "regression"])
+def test_point_metrics_equal_scikit_learn_values(kind: str) -> None:
+    rng = np.random.default_rng(7)
+    n = 300
+    if kind == "regression":
+        y = rng.normal(10.0, 2.0, n)
+        out = y + rng.normal(0.0, 1.0, n)
+        reference = regression_metrics(y, out)
+    else:
+        c = 2 if kind == "binary" else 4
+        y = rng.integers(0, c, n)
+        out = rng.dirichlet(np.ones(c), n)
+        reference = classification_metrics(y, out)
+    fast = point_metrics(kind, y, out)
+    assert fast.keys() == reference.keys()
+    for name, value in reference.items():
+        assert fast[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name

@@ -7,6 +7,7 @@ line are relative to the working directory. Both are stored absolute in the reso
 
 from __future__ import annotations
 
+import os
 import types
 import typing
 from pathlib import Path
@@ -32,7 +33,9 @@ BUILTIN_PREFIX = "sklearn:"
 class Section(BaseModel):
     """Base for every config section: unknown keys are errors, assignments are validated."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # Numbers where text is expected (`experiment: 2024`, an override `data.target=1`) are read
+    # as text, as YAML users expect; without this Pydantic rejects them.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
 # --- data -------------------------------------------------------------------------------------
@@ -246,6 +249,10 @@ def read_yaml_mapping(path: Path) -> dict[str, Any]:
         loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not a YAML text file (it is not valid UTF-8)") from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from None
     if loaded is None:
         raise ConfigError(f"{path}: the file is empty; expected a mapping with at least 'data'")
     if not isinstance(loaded, dict):
@@ -293,8 +300,8 @@ def format_validation_error(
     for err in exc.errors():
         loc = tuple(str(p) for p in err["loc"])
         key = ".".join(loc) or "(top level)"
-        where = "command line" if loc in overridden else origin
         kind = err["type"]
+        where = "command line" if _from_overrides(loc, kind, overridden) else origin
         if kind == "extra_forbidden":
             known = _fields_at(Config, loc[:-1])
             hint = did_you_mean(loc[-1], known)
@@ -311,6 +318,21 @@ def format_validation_error(
             lines.append(f"{where}: {key}: {msg}, found {err['input']!r}")
     head = "invalid configuration:" if len(lines) > 1 else "invalid configuration: "
     return head + ("\n  " + "\n  ".join(lines) if len(lines) > 1 else lines[0])
+
+
+def _from_overrides(loc: tuple[str, ...], kind: str, overridden: set[tuple[str, ...]]) -> bool:
+    """Whether the value at ``loc`` was set on the command line.
+
+    True when an override set it or a section holding it (``model.hidden=[64,0]`` fails at
+    ``model.hidden.1``), and for an unknown key that an override created (``train.optimzer.lr=1``
+    fails at ``train.optimzer``).
+    """
+    for path in overridden:
+        if loc[: len(path)] == path:
+            return True
+        if kind == "extra_forbidden" and path[: len(loc)] == loc:
+            return True
+    return False
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -358,12 +380,23 @@ def _absolutize_paths(raw: dict[str, Any], base: Path) -> None:
 
 
 def _experiment_name(stem: str) -> str:
-    cleaned = "".join(c if c.isalnum() or c in "._-" else "-" for c in stem).lstrip("._-")
+    # ASCII only: the experiment pattern rejects letters such as 'é' that isalnum() accepts.
+    cleaned = "".join(
+        c if (c.isascii() and c.isalnum()) or c in "._-" else "-" for c in stem
+    ).lstrip("._-")
     return cleaned or "default"
 
 
 def _deep_copy(tree: dict[str, Any]) -> dict[str, Any]:
-    return {k: _deep_copy(v) if isinstance(v, dict) else v for k, v in tree.items()}
+    """Copy nested dicts; Path values (natural in Python dicts) become the strings YAML gives."""
+    return {
+        k: _deep_copy(v)
+        if isinstance(v, dict)
+        else os.fspath(v)
+        if isinstance(v, os.PathLike)
+        else v
+        for k, v in tree.items()
+    }
 
 
 def _kind(value: Any) -> str:

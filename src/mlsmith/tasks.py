@@ -78,9 +78,7 @@ class Task(ABC):
         """Point metrics (no intervals) for per-epoch validation."""
         from mlsmith import evaluation
 
-        if self.is_classification:
-            return evaluation.classification_metrics(truth, decoded)
-        return evaluation.regression_metrics(truth, decoded)
+        return evaluation.point_metrics(self.kind, truth, decoded)
 
 
 class ClassificationTask(Task):
@@ -203,6 +201,9 @@ def infer_task(target: pd.Series, requested: str, source: str) -> str:
     import pandas as pd
 
     n_unique = target.nunique()
+    if pd.api.types.is_object_dtype(target):
+        # Count labels as encode() tells them apart: 1 and "1" (files typed differently) are one.
+        n_unique = len({_label_key(v) for v in target.unique()})
     if requested != "auto":
         kind = requested
     elif (
@@ -237,7 +238,11 @@ def fit_task(kind: str, labelled: pd.Series, train_target: pd.Series) -> Task:
     if kind == "regression":
         values = train_target.astype(float)
         return RegressionTask(values.mean(), values.std(ddof=0))
-    classes = sorted({_python_scalar(v) for v in labelled.tolist()}, key=_sort_key)
+    # One class per label key, so 1 and "1" from differently typed files are one class.
+    unique: dict[str, Any] = {}
+    for value in labelled.tolist():
+        unique.setdefault(_label_key(value), _python_scalar(value))
+    classes = sorted(unique.values(), key=_sort_key)
     return BinaryTask(classes) if kind == "binary" else MulticlassTask(classes)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -50,10 +51,18 @@ def split_rows(
         n_train = n - n_test - n_val
         return _indices(order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :])
 
-    rest, test_idx = _cut(frame, positions, test, cfg, classification, target, seed)
-    # The validation share is of the whole table, so rescale it to what the test cut left.
-    val_share = val / (1.0 - test) if test < 1.0 else 0.0
-    train_idx, val_idx = _cut(frame, rest, val_share, cfg, classification, target, seed + 1)
+    try:
+        rest, test_idx = _cut(frame, positions, test, cfg, classification, target, seed)
+        # The validation share is of the whole table, so rescale it to what the test cut left.
+        val_share = val / (1.0 - test) if test < 1.0 else 0.0
+        train_idx, val_idx = _cut(frame, rest, val_share, cfg, classification, target, seed + 1)
+    except ValueError as exc:
+        # scikit-learn refuses splits that leave a part empty (too few rows or groups).
+        by = f"groups of '{cfg.group}'" if cfg.group else "rows"
+        raise DataError(
+            f"{source}: cannot split {n} rows by {by} into train/val/test with val={val} "
+            f"test={test}: {exc} (add rows or change data.split)"
+        ) from None
     return _indices(train_idx, val_idx, test_idx)
 
 
@@ -83,12 +92,11 @@ def _cut(
         keep, cut = train_test_split(positions, test_size=share, random_state=seed, stratify=labels)
     except ValueError as exc:
         if labels is None:
-            raise DataError(
-                f"cannot split {len(positions)} rows with share {share}: {exc}"
-            ) from None
-        # Too few rows in some class to stratify; a random split still works, so warn and go on.
-        log.warning("stratified split impossible (%s); using a random split instead", exc)
+            raise
+        # Too few rows in some class to stratify; a random split may still work (if not, its
+        # ValueError becomes a DataError in split_rows), so warn and go on.
         keep, cut = train_test_split(positions, test_size=share, random_state=seed)
+        log.warning("stratified split impossible (%s); using a random split instead", exc)
     return np.asarray(keep), np.asarray(cut)
 
 
@@ -98,7 +106,10 @@ def _sortable(column: pd.Series, name: str, source: str) -> np.ndarray:
     if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_datetime64_any_dtype(column):
         return column.to_numpy()
     try:
-        return pd.to_datetime(column).to_numpy()
+        with warnings.catch_warnings():
+            # pandas warns before failing on text that is not dates; the DataError says it all.
+            warnings.simplefilter("ignore", UserWarning)
+            return pd.to_datetime(column).to_numpy()
     except (ValueError, TypeError):
         raise DataError(
             f"{source}: time column '{name}' holds values that are neither numbers nor dates, "

@@ -8,6 +8,7 @@ fitted state is plain JSON (no pickles), so a saved run can be loaded safely any
 from __future__ import annotations
 
 import logging
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -68,8 +69,10 @@ class TabularPreprocessor:
         means = np.zeros(len(numeric))
         stds = np.ones(len(numeric))
         if numeric:
-            with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"), warnings.catch_warnings():
                 # An all-missing column gets median 0: it is then constant and carries nothing.
+                # (nanmedian warns "All-NaN slice" through warnings, which errstate leaves on.)
+                warnings.simplefilter("ignore", RuntimeWarning)
                 medians = np.nan_to_num(np.nanmedian(values, axis=0), nan=0.0)
             filled = np.where(np.isnan(values), medians, values)
             means = filled.mean(axis=0)
@@ -312,6 +315,14 @@ def _numeric_matrix(frame: pd.DataFrame, columns: list[str], source: str) -> np.
                 "in data.categorical if it is a category"
             )
         out[:, j] = values.to_numpy(dtype=np.float64, na_value=np.nan)
+        infinite = np.isinf(out[:, j])
+        if infinite.any():
+            # An infinity would make the fitted mean infinite (unsaveable JSON) and the inputs NaN.
+            row = int(np.flatnonzero(infinite)[0])
+            raise DataError(
+                f"{source}: numeric column '{column}' holds an infinite value "
+                f"{float(out[row, j])!r} (row {row}); replace it, or empty the cell to impute it"
+            )
     return out
 
 

@@ -1,0 +1,298 @@
+"""Training-loop overhead: a minimal hand-written PyTorch loop vs the mlsmith Trainer vs Lightning.
+
+All three train the same MLP (mlsmith's TabularMLP) from the same initial weights on the same
+batches in the same order, with the same optimizer (AdamW, no decay on biases), and validate
+once per epoch. Whatever separates their throughput is loop overhead. The raw loop and the
+Trainer must end with the same weights (allclose), which proves the Trainer adds nothing to the
+maths. Runs alternate (raw, mlsmith, lightning, then rotated) and the table shows medians.
+
+    python bench/overhead.py                  # needs: pip install -e ".[bench]"
+    python bench/overhead.py --rows 20000 --repeats 3
+
+The last line reads ``overhead ratio (mlsmith / raw loop): X.XX``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import logging
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mlsmith.config import MLPConfig, TrainConfig
+from mlsmith.data.batches import TensorBatches
+from mlsmith.models.mlp import TabularMLP
+from mlsmith.tasks import BinaryTask
+from mlsmith.training.trainer import Trainer
+
+SEED = 0
+
+
+def make_data(rows: int, features: int) -> dict[str, np.ndarray]:
+    """A binary problem with a non-linear signal, already standardised like mlsmith's output."""
+    rng = np.random.default_rng(SEED)
+    x = rng.normal(size=(rows, features)).astype(np.float32)
+    logits = x[:, :8].sum(1) - 2.0 * x[:, 8] * x[:, 9] + np.sin(3 * x[:, 10])
+    y = (logits + rng.normal(scale=0.5, size=rows) > 0).astype(np.float32)
+    return {"x": x, "y": y}
+
+
+def make_model(features: int, hidden: list[int]) -> torch.nn.Module:
+    torch.manual_seed(SEED)
+    return TabularMLP(features, [], 1, MLPConfig(hidden=hidden, dropout=0.0))
+
+
+def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict[str, object]]:
+    params = list(model.parameters())
+    return [
+        {"params": [p for p in params if p.ndim >= 2], "weight_decay": weight_decay},
+        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
+    ]
+
+
+def epoch_orders(n: int, epochs: int) -> list[torch.Tensor]:
+    """The permutations TensorBatches draws: one seeded generator, one randperm per epoch."""
+    generator = torch.Generator().manual_seed(SEED)
+    return [torch.randperm(n, generator=generator) for _ in range(epochs)]
+
+
+# --- (a) the minimal hand-written loop --------------------------------------------------------
+
+
+def train_raw(model: torch.nn.Module, data: Data, args: argparse.Namespace) -> None:
+    optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
+    x, y = torch.from_numpy(data.train["x"]), torch.from_numpy(data.train["y"])
+    categorical = torch.zeros((args.batch_size, 0), dtype=torch.long)
+    for order in epoch_orders(len(y), args.epochs):
+        model.train()
+        xs, ys = x[order], y[order]
+        for i in range(0, len(ys), args.batch_size):
+            xb, yb = xs[i : i + args.batch_size], ys[i : i + args.batch_size]
+            out = model(xb, categorical[: len(yb)])
+            loss = F.binary_cross_entropy_with_logits(out.squeeze(-1), yb)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        validate_raw(model, data, args)
+
+
+def validate_raw(model: torch.nn.Module, data: Data, args: argparse.Namespace) -> float:
+    model.eval()
+    x, y = torch.from_numpy(data.val["x"]), torch.from_numpy(data.val["y"])
+    empty = torch.zeros((len(y), 0), dtype=torch.long)
+    total = 0.0
+    with torch.inference_mode():
+        for i in range(0, len(y), args.eval_batch_size):
+            out = model(x[i : i + args.eval_batch_size], empty[i : i + args.eval_batch_size])
+            total += F.binary_cross_entropy_with_logits(
+                out.squeeze(-1), y[i : i + args.eval_batch_size], reduction="sum"
+            ).item()
+    return total / len(y)
+
+
+# --- (b) the mlsmith Trainer ------------------------------------------------------------------
+
+
+def train_mlsmith(model: torch.nn.Module, data: Data, args: argparse.Namespace) -> None:
+    from mlsmith.training.progress import ProgressReporter
+
+    config = TrainConfig(
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        eval_batch_size=args.eval_batch_size,
+        optimizer={"name": "adamw", "lr": args.lr, "weight_decay": args.weight_decay},
+        early_stopping={"enabled": False},
+        device="cpu",
+    )
+
+    def batches(split: dict[str, np.ndarray], size: int, shuffle: bool) -> TensorBatches:
+        inputs = {
+            "numeric": split["x"],
+            "categorical": np.zeros((len(split["y"]), 0), dtype=np.int64),
+        }
+        return TensorBatches(inputs, split["y"], size, shuffle=shuffle, seed=SEED)
+
+    with tempfile.TemporaryDirectory() as checkpoints:
+        # As `mlsmith train` runs it, with checkpoints every epoch and the per-epoch log line.
+        trainer = Trainer(
+            config, checkpoint_dir=checkpoints, callbacks=[ProgressReporter(live=False)]
+        )
+        trainer.fit(
+            model,
+            batches(data.train, args.batch_size, shuffle=True),
+            batches(data.val, args.eval_batch_size, shuffle=False),
+            BinaryTask([0.0, 1.0]),
+        )
+        # fit() restores the best checkpoint; the comparison needs the final weights.
+        final = torch.load(Path(checkpoints) / "last.pt", weights_only=True)["model"]
+        model.load_state_dict(final)
+
+
+# --- (c) PyTorch Lightning --------------------------------------------------------------------
+
+
+def train_lightning(model: torch.nn.Module, data: Data, args: argparse.Namespace) -> None:
+    import lightning as L
+
+    class Module(L.LightningModule):
+        def __init__(self) -> None:
+            super().__init__()
+            self.net = model
+            self.empty = torch.zeros((max(args.batch_size, args.eval_batch_size), 0)).long()
+
+        def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> torch.Tensor:
+            xb, yb = batch
+            out = self.net(xb, self.empty[: len(yb)])
+            return F.binary_cross_entropy_with_logits(out.squeeze(-1), yb)
+
+        def validation_step(self, batch: tuple[torch.Tensor, torch.Tensor], _: int) -> None:
+            xb, yb = batch
+            out = self.net(xb, self.empty[: len(yb)])
+            self.log("val_loss", F.binary_cross_entropy_with_logits(out.squeeze(-1), yb))
+
+        def configure_optimizers(self) -> torch.optim.Optimizer:
+            return torch.optim.AdamW(param_groups(self.net, args.weight_decay), lr=args.lr)
+
+    class EpochBatches(torch.utils.data.Dataset[tuple[torch.Tensor, torch.Tensor]]):
+        """Pre-sliced batches in the same per-epoch order as the other two loops."""
+
+        def __init__(self) -> None:
+            self.x, self.y = torch.from_numpy(data.train["x"]), torch.from_numpy(data.train["y"])
+            self.orders = iter(epoch_orders(len(self.y), args.epochs))
+            self.starts = range(0, len(self.y), args.batch_size)
+
+        def __len__(self) -> int:
+            return len(self.starts)
+
+        def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+            if i == 0:
+                order = next(self.orders)
+                self.xs, self.ys = self.x[order], self.y[order]
+            s = self.starts[i]
+            return self.xs[s : s + args.batch_size], self.ys[s : s + args.batch_size]
+
+    val = torch.utils.data.TensorDataset(
+        torch.from_numpy(data.val["x"]), torch.from_numpy(data.val["y"])
+    )
+    with tempfile.TemporaryDirectory() as root:
+        trainer = L.Trainer(
+            max_epochs=args.epochs,
+            accelerator="cpu",
+            devices=1,
+            logger=False,
+            enable_progress_bar=False,
+            enable_model_summary=False,
+            num_sanity_val_steps=0,
+            default_root_dir=root,
+        )
+        trainer.fit(
+            Module(),
+            torch.utils.data.DataLoader(EpochBatches(), batch_size=None, shuffle=False),
+            torch.utils.data.DataLoader(val, batch_size=args.eval_batch_size),
+        )
+
+
+# --- harness ----------------------------------------------------------------------------------
+
+
+class Data:
+    def __init__(self, rows: int, features: int) -> None:
+        full = make_data(rows + rows // 10, features)
+        self.train = {k: v[:rows] for k, v in full.items()}
+        self.val = {k: v[rows:] for k, v in full.items()}
+
+
+def timed(
+    fn: Callable[[torch.nn.Module, Data, argparse.Namespace], None],
+    initial: torch.nn.Module,
+    data: Data,
+    args: argparse.Namespace,
+) -> tuple[float, torch.nn.Module]:
+    model = copy.deepcopy(initial)
+    started = time.perf_counter()
+    fn(model, data, args)
+    return time.perf_counter() - started, model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--rows", type=int, default=50_000)
+    parser.add_argument("--features", type=int, default=32)
+    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--eval-batch-size", type=int, default=1024)
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--weight-decay", type=float, default=1e-2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--no-lightning", action="store_true")
+    args = parser.parse_args()
+
+    logging.getLogger("lightning").setLevel(logging.ERROR)
+    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", module="lightning")
+    data = Data(args.rows, args.features)
+    initial = make_model(args.features, args.hidden)
+    loops: dict[str, Callable[[torch.nn.Module, Data, argparse.Namespace], None]] = {
+        "raw loop": train_raw,
+        "mlsmith Trainer": train_mlsmith,
+    }
+    if not args.no_lightning:
+        loops["Lightning"] = train_lightning
+    names = list(loops)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    finals: dict[str, torch.nn.Module] = {}
+    # One small run of each loop outside the clock: imports, allocator and kernel warm-up are
+    # one-off costs, not per-step overhead.
+    for fn in loops.values():
+        timed(fn, initial, Data(2_000, args.features), args)
+    for repeat in range(args.repeats):
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+            seconds, finals[name] = timed(loops[name], initial, data, args)
+            times[name].append(seconds)
+            print(f"  repeat {repeat + 1}: {name:<16} {seconds:6.2f} s", file=sys.stderr)
+
+    reference = finals["raw loop"].state_dict()
+    samples = args.rows * args.epochs
+    raw_median = statistics.median(times["raw loop"])
+    print(
+        f"\n{args.rows:,} rows x {args.features} features, MLP {args.hidden}, batch "
+        f"{args.batch_size}, {args.epochs} epochs, {args.repeats} repeats, torch "
+        f"{torch.__version__}, {torch.get_num_threads()} threads\n"
+    )
+    print(f"| {'loop':<16} | {'samples/s':>10} | {'vs raw':>6} | {'max |w - w_raw|':>15} |")
+    print(f"|{'-' * 18}|{'-' * 12}|{'-' * 8}|{'-' * 17}|")
+    for name in names:
+        median = statistics.median(times[name])
+        state = finals[name].state_dict()
+        diff = max((state[k] - reference[k]).abs().max().item() for k in reference)
+        print(
+            f"| {name:<16} | {samples / median:>10,.0f} | {raw_median / median:>6.3f} |"
+            f" {diff:>15.2e} |"
+        )
+    mlsmith_state = finals["mlsmith Trainer"].state_dict()
+    for key, value in reference.items():
+        if not torch.allclose(mlsmith_state[key], value, rtol=1e-4, atol=1e-5):
+            raise SystemExit(f"the Trainer's final weights differ from the raw loop's at {key}")
+    print("\nfinal weights: mlsmith Trainer == raw loop (allclose, rtol 1e-4, atol 1e-5)")
+    if "Lightning" in times:
+        ratio = statistics.median(times["Lightning"]) / statistics.median(
+            times["mlsmith Trainer"]
+        )
+        print(f"mlsmith vs Lightning: {ratio:.2f}x the samples/s")
+    ratio = raw_median / statistics.median(times["mlsmith Trainer"])
+    print(f"overhead ratio (mlsmith / raw loop): {ratio:.2f}")
+
+
+if __name__ == "__main__":
+    main()
