@@ -46,6 +46,9 @@ def test_fixture_values_are_kept(path: Path) -> None:
     for key, value in written.items():
         assert key in loaded, f"{key} disappeared"
         got = loaded[key]
+        if key == "output_dir":
+            # Stored absolute, resolved against the working directory.
+            value = str(Path(value).resolve())
         if value is not None and got is not None and type(got) is not type(value):
             # YAML 1.1 reads 3e-3 as text and `precision: 32` as a number; both are coerced.
             value = type(got)(value)

@@ -62,14 +62,14 @@ def train(
         cfg = _config_for_resume(run_dir, cfg)
         info = read_json(run_dir / INFO_FILE) if (run_dir / INFO_FILE).is_file() else {}
     else:
-        run_dir, info = new_run_dir(cfg), {}
+        run_dir, info = None, {}
     data_module = registry.data_kind(cfg.data.type)
     model_family = registry.model_family(cfg.model.type)
     device = str(resolve_device(cfg.train.device))
 
     seed_everything(cfg.seed)
     preprocessor = None
-    if resume is not None and info.get("data_fingerprint"):
+    if run_dir is not None and info.get("data_fingerprint"):
         preprocessor = data_module.load_preprocessor(run_dir)
     data = data_module.prepare(cfg, preprocessor=preprocessor)
     if info.get("data_fingerprint") and info["data_fingerprint"] != data.fingerprint:
@@ -77,6 +77,9 @@ def train(
             f"cannot resume {run_dir}: the data changed since it started (fingerprint "
             f"{data.fingerprint}, recorded {info['data_fingerprint']})"
         )
+    if run_dir is None:
+        # Only now: a config or data error must not leave an empty run directory behind.
+        run_dir = new_run_dir(cfg)
     environment = capture_environment(device)
     write_text(run_dir / CONFIG_FILE, cfg.to_yaml())
     data.preprocessor.save(run_dir)
@@ -124,7 +127,9 @@ def train(
         tracker.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
 
-    tracker.log_metrics(_final_metrics(results), step=summary.best_epoch or 0)
+    # Per-epoch keys (val/accuracy...) already have one point per epoch: log only their CIs.
+    per_epoch = {key for row in summary.history for key in row}
+    tracker.log_metrics(_final_metrics(results, per_epoch), step=summary.best_epoch or 0)
     tracker.log_artifacts(
         [run_dir / f for f in (CONFIG_FILE, METRICS_FILE, HISTORY_FILE, "preprocessing.json")]
         + model.artifacts(run_dir)
@@ -226,12 +231,18 @@ def _tags(run_dir: Path, fingerprint: str, environment: dict[str, Any]) -> dict[
     return tags
 
 
-def _final_metrics(results: dict[str, dict[str, Any]]) -> dict[str, float]:
-    """``{"test": {"accuracy": {"value", "ci95"}}}`` to flat MLflow metrics."""
+def _final_metrics(
+    results: dict[str, dict[str, Any]], per_epoch: set[str] | frozenset[str] = frozenset()
+) -> dict[str, float]:
+    """``{"test": {"accuracy": {"value", "ci95"}}}`` to flat MLflow metrics.
+
+    Point values whose key is in ``per_epoch`` are left out: the best epoch's value is already in
+    that metric's history, and logging it again would add a second point at the same step.
+    """
     flat: dict[str, float] = {}
     for split, metrics in results.items():
         for name, entry in metrics.items():
-            if entry.get("value") is not None:
+            if entry.get("value") is not None and f"{split}/{name}" not in per_epoch:
                 flat[f"{split}/{name}"] = entry["value"]
             low, high = entry.get("ci95") or (None, None)
             if low is not None and high is not None:

@@ -235,6 +235,9 @@ def load_config(
 
     overridden = apply_overrides(raw, overrides)
     _absolutize_paths(raw, Path.cwd())
+    # Stored absolute, so a run resumed or re-evaluated from elsewhere writes to the same place.
+    if isinstance(raw.get("output_dir", "runs"), (str, Path)):
+        raw["output_dir"] = str(Path(raw.get("output_dir", "runs")).resolve())
     try:
         return Config.model_validate(raw)
     except ValidationError as exc:

@@ -31,7 +31,13 @@ def decoded_frame(task: Task, decoded: np.ndarray) -> pd.DataFrame:
 def predict_frame(model: Model, frame: pd.DataFrame, source: str = "input") -> pd.DataFrame:
     """Predictions for raw rows, index aligned with ``frame``."""
     inputs = model.preprocessor.transform(frame, source)
-    out = decoded_frame(model.task, model.predict(inputs))
+    if len(frame) == 0:
+        # Models may return a (0, 1) array for no rows whatever their output width.
+        task = model.task
+        decoded = np.zeros((0, len(task.classes)) if task.is_classification else 0)
+    else:
+        decoded = model.predict(inputs)
+    out = decoded_frame(model.task, decoded)
     out.index = frame.index
     return out
 
@@ -54,20 +60,32 @@ def predict_file(
         raise DataError(
             f"{output_path}: unsupported output type '{output_path.suffix}'; use .csv or .parquet"
         )
-    keep = keep_columns or []
+    keep = list(dict.fromkeys(keep_columns or []))  # a column asked twice is kept once
+    outputs = ["prediction", *(f"proba_{label}" for label in model.task.classes)]
+    clashes = [c for c in keep if c in outputs]
+    if clashes:
+        raise DataError(
+            f"--keep column '{clashes[0]}' has the name of an output column "
+            f"({', '.join(outputs)}); rename it in {input_path}"
+        )
+    sep = "\t" if output_path.suffix.lower() == ".tsv" else ","  # as read_table reads it
     rows = 0
     writer: Any = None
     with atomic_path(output_path) as tmp:
         try:
             for chunk in iter_table(input_path, chunk_rows):
                 require_columns(chunk, keep, input_path, "--keep")
+                if len(chunk) == 0:
+                    continue
                 out = predict_frame(model, chunk, input_path)
                 if keep:
                     out = chunk[keep].join(out)
                 if fmt == "csv":
-                    out.to_csv(tmp, mode="a" if rows else "w", header=rows == 0, index=False)
+                    out.to_csv(
+                        tmp, sep=sep, mode="a" if rows else "w", header=rows == 0, index=False
+                    )
                 else:
-                    writer = _write_parquet(out, tmp, writer)
+                    writer = _write_parquet(out, tmp, writer, input_path)
                 rows += len(out)
         finally:
             if writer is not None:
@@ -77,7 +95,7 @@ def predict_file(
     return rows
 
 
-def _write_parquet(frame: pd.DataFrame, path: Path, writer: Any) -> Any:
+def _write_parquet(frame: pd.DataFrame, path: Path, writer: Any, source: str) -> Any:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -86,6 +104,19 @@ def _write_parquet(frame: pd.DataFrame, path: Path, writer: Any) -> Any:
         writer = pq.ParquetWriter(path, table.schema)
     else:
         # CSV chunks can infer different dtypes for the same column; the first chunk decides.
-        table = table.cast(writer.schema)
+        try:
+            table = table.cast(writer.schema)
+        except (pa.ArrowInvalid, pa.ArrowTypeError, pa.ArrowNotImplementedError):
+            changed = [
+                f"'{field.name}' ({writer.schema.field(field.name).type} in the first chunk, "
+                f"{field.type} later)"
+                for field in table.schema
+                if field.type != writer.schema.field(field.name).type
+            ]
+            raise DataError(
+                f"{source}: column {', '.join(changed)} changes type between chunks, which one "
+                "Parquet file cannot hold; write .csv, or raise --chunk-rows so the first chunk "
+                "shows the column's real type"
+            ) from None
     writer.write_table(table)
     return writer

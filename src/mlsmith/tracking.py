@@ -74,8 +74,11 @@ class Tracker(Callback):
 
     def _connect(self) -> None:
         try:
-            for name in ("mlflow.store.db.utils", "alembic.runtime.migration", "alembic"):
+            for name in ("alembic.runtime.migration", "alembic"):
                 logging.getLogger(name).setLevel(logging.WARNING)
+            # MLflow logs every failed SQL query at ERROR with a full traceback; the guarded
+            # methods below already report a failure once, in one line.
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
             from mlflow import MlflowClient
 
             self.client = MlflowClient(tracking_uri=self.uri)

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import logging
 import sys
+from typing import Any
 
-import click
 import typer
 
 from mlsmith.cli import evaluate, predict, train
@@ -49,15 +49,20 @@ def main(argv: list[str] | None = None) -> None:
     except MlsmithError as error:
         typer.secho(f"error: {error}", fg="red", err=True)
         sys.exit(error.exit_code)
-    except click.exceptions.Abort:
+    except typer.Abort:
         typer.echo("aborted", err=True)
         sys.exit(130)
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except click.ClickException as error:
-        error.show()
-        sys.exit(error.exit_code)
+    except typer.TyperException as error:
+        # Typer (0.26+) bundles its own click: usage errors are TyperExceptions with show().
+        show = getattr(error, "show", None)
+        if show is not None:
+            show()
+        else:
+            typer.echo(f"error: {error}", err=True)
+        sys.exit(getattr(error, "exit_code", 2))
     sys.exit(result if isinstance(result, int) else 0)
 
 
@@ -69,13 +74,27 @@ class _Formatter(logging.Formatter):
         return message
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is at the time of each record, never a stale one.
+
+    ``main`` may run many times in one process (tests capture and close stderr in between);
+    a handler holding the first stream would write to a closed file.
+    """
+
+    def __init__(self) -> None:
+        logging.Handler.__init__(self)
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+
 def _configure_logging() -> None:
     """mlsmith's warnings and progress lines go to stderr; stdout stays for results."""
     logger = logging.getLogger("mlsmith")
     if not any(getattr(h, "_mlsmith", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(_Formatter())
         handler._mlsmith = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logger.setLevel(logging.INFO)
-    logger.propagate = False

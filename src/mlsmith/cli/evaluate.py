@@ -9,7 +9,7 @@ import typer
 
 
 def command(
-    run: Path = typer.Argument(..., help="Run directory.", show_default=False),
+    run: Path = typer.Argument(..., metavar="RUN_DIR", help="Run directory.", show_default=False),
     data: Path | None = typer.Option(
         None, "--data", help="Labelled CSV/Parquet to score (default: the run's test split)."
     ),

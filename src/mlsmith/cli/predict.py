@@ -8,7 +8,7 @@ import typer
 
 
 def command(
-    run: Path = typer.Argument(..., help="Run directory.", show_default=False),
+    run: Path = typer.Argument(..., metavar="RUN_DIR", help="Run directory.", show_default=False),
     input_path: Path = typer.Option(
         ..., "--input", "-i", help="Raw rows: CSV or Parquet.", show_default=False
     ),

@@ -8,7 +8,9 @@ import typer
 
 
 def command(
-    config: Path = typer.Argument(..., help="YAML config file.", show_default=False),
+    config: Path = typer.Argument(
+        ..., metavar="CONFIG", help="YAML config file.", show_default=False
+    ),
     overrides: list[str] = typer.Argument(
         None,
         help="Config overrides, e.g. train.epochs=5 train.optimizer.lr=3e-4.",

@@ -1,0 +1,87 @@
+"""The model contract, checked the same way for every registered family and every task kind.
+
+A new family (boosted trees...) joins by registering itself in ``MODEL_FAMILIES``; it then has
+to pass this test unchanged. Per-family settings below only make the fit tiny and fast.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from tests.conftest import config_dict, make_table
+
+from mlsmith import registry
+from mlsmith.config import load_config
+from mlsmith.models.base import FitContext, FitSummary, Model
+
+KINDS = ("binary", "multiclass", "regression")
+# model.* settings that keep a family's fit to a fraction of a second on ~100 rows.
+FAST_SETTINGS: dict[str, dict[str, Any]] = {
+    "mlp": {"hidden": [8], "dropout": 0.0},
+}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("family", sorted(registry.MODEL_FAMILIES))
+def test_model_family_contract(family: str, kind: str, tmp_path: Path) -> None:
+    data_path = tmp_path / "data.csv"
+    make_table(kind, rows=120, seed=3).to_csv(data_path, index=False)
+    raw = config_dict(data_path, tmp_path / "runs", train={"epochs": 2, "batch_size": 16})
+    raw["model"] = {"type": family, **FAST_SETTINGS.get(family, {})}
+    config = load_config(raw)
+    data_module = registry.data_kind(config.data.type)
+    data = data_module.prepare(config)
+    assert data.task.kind == kind
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    data.preprocessor.save(run_dir)
+
+    cls = registry.model_family(family)
+    assert issubclass(cls, Model) and cls.family == family
+    model = cls(config, data.preprocessor)
+    assert model.task is data.preprocessor.task
+
+    summary = model.fit(data, FitContext(run_dir=run_dir))
+    assert isinstance(summary, FitSummary)
+    assert isinstance(summary.history, list)
+    assert summary.best_epoch is None or 1 <= summary.best_epoch <= max(len(summary.history), 1)
+    assert isinstance(summary.stopped_early, bool)
+
+    assert data.test is not None
+    inputs, n = data.test.inputs, len(data.test)
+    task = model.task
+    raw_out = model.predict_raw(inputs)
+    assert raw_out.shape == (n, task.n_outputs)
+    assert np.isfinite(raw_out).all()
+
+    decoded = model.predict(inputs)
+    np.testing.assert_allclose(decoded, task.decode(raw_out))
+    if task.is_classification:
+        assert decoded.shape == (n, len(task.classes))
+        assert ((decoded >= 0) & (decoded <= 1)).all()
+        np.testing.assert_allclose(decoded.sum(axis=1), 1.0, atol=1e-6)
+    else:
+        assert decoded.shape == (n,)
+        assert np.isfinite(decoded).all()
+        # In the target's units: near its mean (~10), not the standardized scale (~0).
+        assert abs(decoded.mean() - task.truth(data.test.target).mean()) < 5.0
+
+    # Rows are predicted independently: a slice gives the same values as the whole.
+    head = {name: array[:5] for name, array in inputs.items()}
+    np.testing.assert_allclose(model.predict(head), decoded[:5], rtol=1e-5, atol=1e-6)
+
+    files = model.artifacts(run_dir)
+    assert files, "a fitted model must be made of at least one file"
+    for file in files:
+        assert Path(file).is_file(), file
+        assert Path(file).resolve().is_relative_to(run_dir.resolve()), file
+
+    # A fresh process only has the run directory: the saved preprocessing and the artifacts.
+    preprocessor = data_module.load_preprocessor(run_dir)
+    loaded = cls.load(run_dir, config, preprocessor)
+    assert isinstance(loaded, cls)
+    np.testing.assert_array_equal(loaded.predict_raw(inputs), raw_out)
+    np.testing.assert_array_equal(loaded.predict(inputs), decoded)
