@@ -119,6 +119,12 @@ class OptimizerConfig(Section):
     nesterov: bool = Field(False, description="sgd only")
     betas: tuple[float, float] = Field((0.9, 0.999), description="adam and adamw only")
 
+    @model_validator(mode="after")
+    def _check(self) -> OptimizerConfig:
+        if self.name == "sgd" and self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0, found momentum=0")
+        return self
+
 
 class SchedulerConfig(Section):
     name: Literal["none", "cosine", "onecycle", "step", "plateau"] = "none"

@@ -51,7 +51,7 @@ class NeuralModel(Model):
         return FitSummary(result.history, result.best_epoch, result.stopped_early)
 
     def predict_raw(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        batches = TensorBatches(inputs, None, self.config.train.eval_batch_size).to(self.device)
+        batches = TensorBatches(inputs, None, self.config.train.eval_batch_size)
         raw, _ = predict_raw(self.network, batches)
         return raw
 

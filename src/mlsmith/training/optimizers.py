@@ -106,6 +106,14 @@ class LRSchedule:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_count = state["step_count"]
         if self.per_step is not None and state["per_step"] is not None:
+            # One-cycle stores its length; keep this run's (train.epochs may grow on resume),
+            # else stepping past the stored length raises. Same length: same values.
+            planned = {
+                key: getattr(self.per_step, key)
+                for key in ("total_steps", "_schedule_phases")
+                if isinstance(self.per_step, torch.optim.lr_scheduler.OneCycleLR)
+            }
             self.per_step.load_state_dict(state["per_step"])
+            self.per_step.__dict__.update(planned)
         if self.plateau is not None and state["plateau"] is not None:
             self.plateau.load_state_dict(state["plateau"])

@@ -45,6 +45,8 @@ class ProgressReporter(Callback):
         self._progress: Any = None
         self._task: Any = None
         self._last_refresh = 0.0
+        self._epoch_started = 0.0
+        self._epoch_start_samples = 0
 
     def on_fit_start(self, trainer: Trainer) -> None:
         if not self.live:
@@ -78,10 +80,12 @@ class ProgressReporter(Callback):
         if now - self._last_refresh < self.REFRESH_S and not last_step:
             return
         self._last_refresh = now
+        elapsed = now - self._epoch_started
+        rate = (trainer.samples_in_epoch - self._epoch_start_samples) / elapsed if elapsed else 0.0
         self._progress.update(
             self._task,
             completed=trainer.step_in_epoch,
-            stats=f"loss {trainer.running_loss():.4f}",
+            stats=f"loss {trainer.running_loss():.4f}  lr {trainer.lr:.2e}  {rate:,.0f} samples/s",
         )
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
@@ -104,6 +108,9 @@ class ProgressReporter(Callback):
         self.on_fit_end(trainer)
 
     def _new_epoch(self, trainer: Trainer) -> None:
+        self._epoch_started = time.perf_counter()
+        # Non-zero when resuming mid-epoch: those samples were not trained in this process.
+        self._epoch_start_samples = trainer.samples_in_epoch
         self._task = self._progress.add_task(
             f"epoch {trainer.epoch + 1}/{trainer.epochs}",
             total=trainer.steps_per_epoch,

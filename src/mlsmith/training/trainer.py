@@ -94,6 +94,7 @@ class Trainer:
         # Device-side running sum of the epoch's loss; read through running_loss() only, so
         # the loop itself never waits for the GPU.
         self._loss_sum: torch.Tensor | None = None
+        self.optimizer: torch.optim.Optimizer | None = None
         self._samples = 0
 
     # --- the loop -----------------------------------------------------------------------------
@@ -113,8 +114,8 @@ class Trainer:
         set_deterministic(cfg.deterministic)
         model.to(self.device)
         train.to(self.device)
-        val.to(self.device)
-        optimizer = build_optimizer(model, cfg.optimizer)
+        # val stays on the CPU: predict_raw moves it a batch at a time.
+        optimizer = self.optimizer = build_optimizer(model, cfg.optimizer)
         self.steps_per_epoch = train.n_steps(cfg.grad_accum_steps)
         schedule = LRSchedule(
             optimizer,
@@ -145,6 +146,7 @@ class Trainer:
             samples = state["loop"]["samples"]
             epoch_start_rng = state["loop"]["epoch_start_rng"]
             restore_rng_states(state["rng"])
+        self._loss_sum, self._samples = loss_sum, samples
         forward = torch.compile(model) if cfg.compile else model
 
         def save_last(loss_sum: torch.Tensor, samples: int, epoch_start_rng: torch.Tensor) -> None:
@@ -165,6 +167,20 @@ class Trainer:
             )
             save_checkpoint(self.checkpoint_dir / LAST, state)
 
+        def check_finite(loss_sum: torch.Tensor, samples: int) -> float:
+            """The epoch's mean loss so far; raises before non-finite weights are checkpointed."""
+            loss = float(loss_sum.item()) / max(samples, 1)
+            if math.isfinite(loss) and all(bool(p.isfinite().all()) for p in model.parameters()):
+                return loss
+            what = f"loss became {loss}" if not math.isfinite(loss) else "weights became non-finite"
+            last = self.checkpoint_dir / LAST
+            good = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint yet"
+            raise NonFiniteLossError(
+                f"training {what} in epoch {self.epoch + 1} (lr "
+                f"{optimizer.param_groups[0]['lr']:.3g}); {good}. Lower train.optimizer.lr, set "
+                "train.grad_clip, or check the inputs for extreme values"
+            )
+
         self.callbacks.call("on_fit_start", self)
         try:
             while self.epoch < cfg.epochs and not self.should_stop:
@@ -172,6 +188,7 @@ class Trainer:
                 train.generator.set_state(epoch_start_rng)
                 started = time.perf_counter()
                 skip = self.step_in_epoch
+                skipped_samples = samples  # resumed mid-epoch: not trained in this process
                 for step, micro_batches in enumerate(train.steps(cfg.grad_accum_steps)):
                     if step < skip:
                         continue  # resuming mid-epoch: these steps are already in the weights
@@ -181,9 +198,9 @@ class Trainer:
                     for inputs, target in micro_batches:
                         with self.precision.autocast():
                             output = forward(**inputs)
-                            loss = objective.loss(output, target) / n_step
-                        self.precision.backward(loss)
-                        loss_sum += loss.detach() * n_step
+                            summed = objective.loss(output, target)
+                        self.precision.backward(summed / n_step)
+                        loss_sum += summed.detach()
                     if cfg.grad_clip is not None:
                         self.precision.unscale(optimizer)
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -197,33 +214,29 @@ class Trainer:
                     self.callbacks.call("on_train_step_end", self)
                     every = cfg.checkpoint.every_n_steps
                     if every and self.global_step % every == 0 and step + 1 < self.steps_per_epoch:
+                        check_finite(loss_sum, samples)
                         save_last(loss_sum, samples, epoch_start_rng)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()  # honest timing: wait for queued kernels
                 train_time = time.perf_counter() - started
 
-                train_loss = float(loss_sum.item()) / max(samples, 1)
-                if not math.isfinite(train_loss):
-                    raise NonFiniteLossError(
-                        f"training loss became {train_loss} in epoch {self.epoch + 1} (lr "
-                        f"{optimizer.param_groups[0]['lr']:.3g}); the last good checkpoint is "
-                        f"{self.checkpoint_dir / LAST}. Lower train.optimizer.lr, set "
-                        "train.grad_clip, or check the inputs for extreme values"
-                    )
+                train_loss = check_finite(loss_sum, samples)
                 row = {
                     "epoch": self.epoch + 1,
                     "step": self.global_step,
                     "train/loss": train_loss,
                     **self.validate(model, val, objective),
                     "lr": float(optimizer.param_groups[0]["lr"]),
-                    "samples_per_s": samples / train_time if train_time > 0 else float("nan"),
+                    "samples_per_s": (samples - skipped_samples) / train_time
+                    if train_time > 0
+                    else float("nan"),
                     "epoch_time_s": time.perf_counter() - started,
                 }
                 self.history.append(row)
                 self.epoch += 1
                 self.step_in_epoch = 0
                 loss_sum.zero_()
-                samples = 0
+                samples = self._samples = 0
                 epoch_start_rng = train.generator.get_state()
 
                 schedule.after_epoch(row[self.monitor])
@@ -246,6 +259,16 @@ class Trainer:
         model.load_state_dict(load_checkpoint(best_path, map_location=self.device)["model"])
         self.callbacks.call("on_fit_end", self)
         return FitResult(self.history, self.best_epoch, self.best_score, stopped_early, best_path)
+
+    @property
+    def lr(self) -> float:
+        """The learning rate of the first parameter group right now (nan before fit)."""
+        return float(self.optimizer.param_groups[0]["lr"]) if self.optimizer else math.nan
+
+    @property
+    def samples_in_epoch(self) -> int:
+        """Training samples seen so far in the current epoch."""
+        return self._samples
 
     def running_loss(self) -> float:
         """Mean training loss of the epoch so far (synchronises with the device)."""
@@ -316,14 +339,17 @@ def predict_raw(
 ) -> tuple[np.ndarray, float]:
     """Raw outputs for every row of ``batches`` as a float32 array, and the mean loss if asked.
 
-    Outputs move to the CPU batch by batch, so a large evaluation set never has to fit on the
-    device at once.
+    Inputs move to the model's device and outputs back to the CPU batch by batch, so a large
+    evaluation set never has to fit on the device at once.
     """
     model.eval()
+    device = next(model.parameters()).device
     chunks: list[np.ndarray] = []
     loss_sum = torch.zeros((), dtype=torch.float64)
     with torch.inference_mode():
-        for inputs, target in batches:
+        for batch_inputs, batch_target in batches:
+            inputs = {k: v.to(device, non_blocking=True) for k, v in batch_inputs.items()}
+            target = batch_target.to(device, non_blocking=True)
             with autocast() if autocast else nullcontext():
                 output = model(**inputs)
             if objective is not None:
