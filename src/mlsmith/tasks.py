@@ -48,7 +48,11 @@ class Task(ABC):
 
     @abstractmethod
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The loss *summed* over the batch; the trainer divides by the true sample count."""
+        """The loss *averaged* over the batch, as a plain loop would compute it.
+
+        The trainer weights micro-batches by their share of the optimizer step, so with
+        accumulation (or a partial batch) every sample still counts equally.
+        """
 
     @abstractmethod
     def decode(self, raw: np.ndarray) -> np.ndarray:
@@ -127,9 +131,7 @@ class BinaryTask(ClassificationTask):
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
 
-        return F.binary_cross_entropy_with_logits(
-            output.float().squeeze(-1), target, reduction="sum"
-        )
+        return F.binary_cross_entropy_with_logits(output.float().squeeze(-1), target)
 
     def decode(self, raw: np.ndarray) -> np.ndarray:
         logits = raw.reshape(len(raw), -1)[:, 0].astype(np.float64)
@@ -147,7 +149,7 @@ class MulticlassTask(ClassificationTask):
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
 
-        return F.cross_entropy(output.float(), target, reduction="sum")
+        return F.cross_entropy(output.float(), target)
 
     def decode(self, raw: np.ndarray) -> np.ndarray:
         logits = raw.astype(np.float64)
@@ -184,7 +186,7 @@ class RegressionTask(Task):
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
 
-        return F.mse_loss(output.float().squeeze(-1), target, reduction="sum")
+        return F.mse_loss(output.float().squeeze(-1), target)
 
     def decode(self, raw: np.ndarray) -> np.ndarray:
         return raw.reshape(len(raw), -1)[:, 0].astype(np.float64) * self.std + self.mean

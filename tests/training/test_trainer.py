@@ -154,7 +154,7 @@ def test_grad_accumulation_with_drop_last_skips_the_partial_step(tmp_path: Path)
 def full_batch_gradient(model: nn.Module, x: np.ndarray, y: np.ndarray) -> list[torch.Tensor]:
     model = copy.deepcopy(model)
     loss = RegressionTask(0.0, 1.0).loss(model(torch.from_numpy(x)), torch.from_numpy(y))
-    (loss / len(y)).backward()
+    loss.backward()
     return [p.grad.clone() for p in model.parameters()]
 
 

@@ -192,15 +192,18 @@ class Trainer:
                 for step, micro_batches in enumerate(train.steps(cfg.grad_accum_steps)):
                     if step < skip:
                         continue  # resuming mid-epoch: these steps are already in the weights
-                    # Normalise by the samples in this optimizer step, so accumulating A batches
-                    # of B is the same update as one batch of A*B, partial last step included.
+                    # Weight each micro-batch's mean loss by its share of the step's samples, so
+                    # accumulating A batches of B is the same update as one batch of A*B, partial
+                    # last step included. Without accumulation the share is 1 and the maths is
+                    # exactly a plain loop's.
                     n_step = sum(len(target) for _, target in micro_batches)
                     for inputs, target in micro_batches:
                         with self.precision.autocast():
                             output = forward(**inputs)
-                            summed = objective.loss(output, target)
-                        self.precision.backward(summed / n_step)
-                        loss_sum += summed.detach()
+                            loss = objective.loss(output, target)
+                        share = len(target) / n_step
+                        self.precision.backward(loss if share == 1 else loss * share)
+                        loss_sum.add_(loss.detach(), alpha=len(target))
                     if cfg.grad_clip is not None:
                         self.precision.unscale(optimizer)
                         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -353,7 +356,7 @@ def predict_raw(
             with autocast() if autocast else nullcontext():
                 output = model(**inputs)
             if objective is not None:
-                loss_sum += objective.loss(output, target).double().cpu()
+                loss_sum += objective.loss(output, target).double().cpu() * len(target)
             chunks.append(output.float().cpu().numpy())
     raw = np.concatenate(chunks) if chunks else np.zeros((0, 1), dtype=np.float32)
-    return raw, float(loss_sum) / max(len(batches), 1)
+    return raw, float(loss_sum) / max(len(batches), 1)  # len() counts samples
