@@ -17,7 +17,9 @@ import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
+    Discriminator,
     Field,
+    Tag,
     ValidationError,
     field_validator,
     model_validator,
@@ -65,20 +67,96 @@ class SplitConfig(Section):
         return self
 
 
-class DataConfig(Section):
-    """Where the data is and what to learn from it."""
+class DataSourceConfig(Section):
+    """What every data kind shares: where the data is, the target, the task and the splits."""
+
+    path: str = Field(description="the data: a file, a folder or a built-in")
+    target: str = Field(description="the column to predict")
+    task: Task = "auto"
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    val_path: str | None = Field(None, description="a fixed validation file")
+    test_path: str | None = Field(None, description="a fixed test file")
+
+
+class DataConfig(DataSourceConfig):
+    """A table: CSV, TSV, Parquet or a built-in such as sklearn:iris."""
 
     type: Literal["tabular"] = "tabular"
     path: str = Field(description="CSV or Parquet file, or a built-in such as sklearn:iris")
-    target: str = Field(description="the column to predict")
-    task: Task = "auto"
     drop: list[str] = Field(default_factory=list, description="columns to ignore")
     categorical: list[str] | None = Field(
         None, description="categorical columns; default: every non-numeric column"
     )
-    split: SplitConfig = Field(default_factory=SplitConfig)
-    val_path: str | None = Field(None, description="a fixed validation file")
-    test_path: str | None = Field(None, description="a fixed test file")
+
+
+TabularDataConfig = DataConfig
+
+
+class AugmentConfig(Section):
+    """Training-time image augmentation (torchvision.transforms.v2); all off by default."""
+
+    crop_scale: tuple[float, float] | None = Field(
+        None, description="random resized crop with this area scale range, e.g. [0.8, 1.0]"
+    )
+    hflip: bool = Field(False, description="random horizontal flip")
+    rotation: float = Field(0.0, ge=0.0, le=180.0, description="random rotation, degrees")
+    color_jitter: float = Field(
+        0.0, ge=0.0, le=1.0, description="brightness/contrast/saturation jitter strength"
+    )
+    randaugment: bool = Field(False, description="RandAugment (2 ops, magnitude 9)")
+
+
+class ImageDataConfig(DataSourceConfig):
+    """Images: a folder with one subfolder per class, a CSV of paths, or a NumPy .npz."""
+
+    type: Literal["image"]
+    path: str = Field(description="a class-per-subfolder directory, a CSV of paths, or an .npz")
+    target: str = Field("label", description="the label column (CSV) or array (.npz)")
+    task: Literal["auto", "binary", "multiclass"] = "auto"
+    path_column: str = Field("path", description="CSV column of image paths (relative to it)")
+    image_key: str = Field("images", description=".npz array holding the images")
+    image_size: int | None = Field(
+        None, ge=8, description="square side the images are resized to; default: as stored"
+    )
+    channels: Literal[1, 3] | None = Field(None, description="default: from the data")
+    mean: list[float] | None = Field(None, description="per channel; default: from train")
+    std: list[float] | None = Field(None, description="per channel; default: from train")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    cache: Literal["auto", "memory", "stream"] = Field(
+        "auto", description="memory: decode once into a uint8 tensor; stream: a DataLoader"
+    )
+    cache_limit_mb: int = Field(2048, ge=1, description="auto: cache when it fits in this")
+    num_workers: int = Field(2, ge=0, description="DataLoader workers when streaming")
+
+
+class TokenizerConfig(Section):
+    """The tokenizer (Hugging Face `tokenizers`): trained on the training split, or loaded."""
+
+    kind: Literal["wordpiece", "bpe"] = "wordpiece"
+    vocab_size: int = Field(8000, ge=100)
+    min_frequency: int = Field(2, ge=1)
+    lowercase: bool = True
+    path: str | None = Field(
+        None, description="a local tokenizer.json or Hugging Face tokenizer directory"
+    )
+
+
+class TextDataConfig(DataSourceConfig):
+    """Text classification: a CSV/Parquet with a text column and a label column."""
+
+    type: Literal["text"]
+    path: str = Field(description="CSV, TSV or Parquet file")
+    task: Literal["auto", "binary", "multiclass"] = "auto"
+    text_column: str = Field("text", description="the column holding the text")
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    max_length: int = Field(256, ge=4, description="tokens kept per text (truncation)")
+
+
+DATA_CONFIGS: dict[str, type[DataSourceConfig]] = {
+    "tabular": DataConfig,
+    "image": ImageDataConfig,
+    "text": TextDataConfig,
+}
 
 
 # --- model ------------------------------------------------------------------------------------
@@ -105,7 +183,99 @@ class MLPConfig(Section):
     embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
 
 
-ModelConfig = MLPConfig
+class CNNConfig(Section):
+    """A small, fast CNN for small images: conv-BN-ReLU blocks, each halving the resolution."""
+
+    type: Literal["cnn"] = "cnn"
+    channels: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [32, 64, 128])
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    channels_last: bool = Field(False, description="channels-last memory format")
+
+
+class TorchvisionConfig(Section):
+    """A torchvision classification architecture, optionally with pretrained weights."""
+
+    type: Literal["torchvision"] = "torchvision"
+    arch: str = Field("resnet18", description="resnet18/34/50, efficientnet_b0, convnext_tiny...")
+    pretrained: bool = Field(False, description="start from the architecture's default weights")
+    freeze_backbone: bool = Field(False, description="train only the new classification head")
+    channels_last: bool = Field(False, description="channels-last memory format")
+
+
+class BagConfig(Section):
+    """fastText-style: averaged embeddings of tokens and hashed n-grams, then a linear layer."""
+
+    type: Literal["bag"] = "bag"
+    dim: int = Field(64, ge=1)
+    ngrams: int = Field(2, ge=1, le=4, description="1: tokens only; 2: + bigrams...")
+    buckets: int = Field(2**18, ge=1, description="hash buckets for the n-grams")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class TransformerConfig(Section):
+    """A TransformerEncoder with learned positions and mean or CLS pooling."""
+
+    type: Literal["transformer"] = "transformer"
+    dim: int = Field(128, ge=8)
+    depth: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    ff_mult: int = Field(4, ge=1, description="feed-forward width as a multiple of dim")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    pooling: Literal["mean", "cls"] = "mean"
+
+    @model_validator(mode="after")
+    def _check(self) -> TransformerConfig:
+        if self.dim % self.heads:
+            raise ValueError(
+                f"dim must be divisible by heads, found dim={self.dim}, heads={self.heads}"
+            )
+        return self
+
+
+MODEL_CONFIGS: dict[str, type[Section]] = {
+    "mlp": MLPConfig,
+    "cnn": CNNConfig,
+    "torchvision": TorchvisionConfig,
+    "bag": BagConfig,
+    "transformer": TransformerConfig,
+}
+# Which model types work on which data types; the first is the default.
+MODELS_FOR_DATA: dict[str, tuple[str, ...]] = {
+    "tabular": ("mlp",),
+    "image": ("cnn", "torchvision"),
+    "text": ("bag", "transformer"),
+}
+
+
+def _tag(default: str) -> Any:
+    def tag(value: Any) -> str:
+        if isinstance(value, dict):
+            return str(value.get("type", default))
+        return str(getattr(value, "type", default))
+
+    return tag
+
+
+AnyDataConfig = Annotated[
+    (
+        Annotated[DataConfig, Tag("tabular")]
+        | Annotated[ImageDataConfig, Tag("image")]
+        | Annotated[TextDataConfig, Tag("text")]
+    ),
+    Discriminator(_tag("tabular")),
+]
+ModelConfig = Annotated[
+    (
+        Annotated[MLPConfig, Tag("mlp")]
+        | Annotated[CNNConfig, Tag("cnn")]
+        | Annotated[TorchvisionConfig, Tag("torchvision")]
+        | Annotated[BagConfig, Tag("bag")]
+        | Annotated[TransformerConfig, Tag("transformer")]
+    ),
+    Discriminator(_tag("mlp")),
+]
+# Sections whose class depends on their `type` key, with the classes by type.
+TAGGED_SECTIONS: dict[str, dict[str, Any]] = {"data": DATA_CONFIGS, "model": MODEL_CONFIGS}
 
 
 # --- training ---------------------------------------------------------------------------------
@@ -195,11 +365,32 @@ class Config(Section):
     experiment: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
     seed: int = 42
     output_dir: str = "runs"
-    data: DataConfig
+    data: AnyDataConfig
     model: ModelConfig = Field(default_factory=MLPConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     track: TrackConfig = Field(default_factory=TrackConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model_for_data(cls, raw: Any) -> Any:
+        # The model's default type follows the data: an MLP for tables, a CNN for images...
+        if isinstance(raw, dict) and isinstance(raw.get("data"), dict):
+            kind = raw["data"].get("type", "tabular")
+            model = raw.get("model", {})
+            if kind in MODELS_FOR_DATA and isinstance(model, dict) and "type" not in model:
+                raw = {**raw, "model": {**model, "type": MODELS_FOR_DATA[kind][0]}}
+        return raw
+
+    @model_validator(mode="after")
+    def _model_fits_data(self) -> Config:
+        allowed = MODELS_FOR_DATA.get(self.data.type, ())
+        if self.model.type not in allowed:
+            raise ValueError(
+                f"model.type '{self.model.type}' does not work with data.type "
+                f"'{self.data.type}'; use one of: {', '.join(allowed)}"
+            )
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-compatible dict of every value, defaults included."""
@@ -307,12 +498,18 @@ def format_validation_error(
     overridden = overridden or set()
     lines = []
     for err in exc.errors():
-        loc = tuple(str(p) for p in err["loc"])
+        loc, tagged = _untag(tuple(str(p) for p in err["loc"]))
         key = ".".join(loc) or "(top level)"
         kind = err["type"]
         where = "command line" if _from_overrides(loc, kind, overridden) else origin
-        if kind == "extra_forbidden":
-            known = _fields_at(Config, loc[:-1])
+        if kind == "union_tag_invalid":
+            choices = (
+                ", ".join(TAGGED_SECTIONS[loc[0]]) if loc and loc[0] in TAGGED_SECTIONS else ""
+            )
+            found = err["ctx"].get("tag") if err.get("ctx") else None
+            lines.append(f"{where}: {key}.type: expected one of {choices}, found {found!r}")
+        elif kind == "extra_forbidden":
+            known = _fields_at(tagged, loc[1:-1]) if tagged else _fields_at(Config, loc[:-1])
             hint = did_you_mean(loc[-1], known)
             choices = ", ".join(sorted(known))
             lines.append(f"{where}: {key}: unknown key{hint}; valid keys here: {choices}")
@@ -324,7 +521,10 @@ def format_validation_error(
                 msg = "expected " + msg[len("Input should be ") :]
             elif msg.startswith("Value error, "):
                 msg = msg[len("Value error, ") :]
-            lines.append(f"{where}: {key}: {msg}, found {err['input']!r}")
+            if isinstance(err["input"], dict):  # a whole section: its keys say enough
+                lines.append(f"{where}: {key + ': ' if loc else ''}{msg}")
+            else:
+                lines.append(f"{where}: {key}: {msg}, found {err['input']!r}")
     head = "invalid configuration:" if len(lines) > 1 else "invalid configuration: "
     return head + ("\n  " + "\n  ".join(lines) if len(lines) > 1 else lines[0])
 
@@ -356,6 +556,14 @@ def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+def _untag(loc: tuple[str, ...]) -> tuple[tuple[str, ...], type[BaseModel] | None]:
+    """Drop the union tag Pydantic puts in error locations ('data', 'image', 'x' -> 'data.x');
+    also return the section class the tag chose."""
+    if len(loc) >= 2 and loc[0] in TAGGED_SECTIONS and loc[1] in TAGGED_SECTIONS[loc[0]]:
+        return (loc[0], *loc[2:]), TAGGED_SECTIONS[loc[0]][loc[1]]
+    return loc, None
+
+
 def _fields_at(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
     """Field names of the section found by following ``loc`` from ``model``."""
     current: type[BaseModel] | None = model
@@ -369,6 +577,8 @@ def _fields_at(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
 def _section_type(annotation: Any) -> type[BaseModel] | None:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
+    if typing.get_origin(annotation) is Annotated:
+        return _section_type(typing.get_args(annotation)[0])
     if typing.get_origin(annotation) in (Union, types.UnionType):
         for arg in typing.get_args(annotation):
             found = _section_type(arg)

@@ -39,6 +39,7 @@ from sklearn.metrics import (
     r2_score,
     recall_score,
     roc_auc_score,
+    top_k_accuracy_score,
 )
 
 CLASSIFICATION_METRICS: tuple[str, ...] = (
@@ -53,6 +54,13 @@ CLASSIFICATION_METRICS: tuple[str, ...] = (
     "log_loss",
 )
 REGRESSION_METRICS: tuple[str, ...] = ("mse", "rmse", "mae", "r2", "mape")
+# Top-5 accuracy is reported only with more than this many classes (else it is always 1).
+TOP_K = 5
+
+
+def classification_metric_names(n_classes: int) -> tuple[str, ...]:
+    """:data:`CLASSIFICATION_METRICS`, plus ``top5_accuracy`` when there are more than 5 classes."""
+    return CLASSIFICATION_METRICS + (("top5_accuracy",) if n_classes > TOP_K else ())
 TASK_KINDS: tuple[str, ...] = ("binary", "multiclass", "regression")
 
 # Upper bound on b * n per block of resamples: the float64 weight matrix and its few temporaries
@@ -97,7 +105,9 @@ def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, f
         "pr_auc": _mean_defined(np.array([ap]))[0],
         "log_loss": log_loss(y, proba, labels=labels),
     }
-    return {name: float(values[name]) for name in CLASSIFICATION_METRICS}
+    if n_classes > TOP_K:
+        values["top5_accuracy"] = top_k_accuracy_score(y, proba, k=TOP_K, labels=labels)
+    return {name: float(values[name]) for name in classification_metric_names(n_classes)}
 
 
 def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, float]:
@@ -125,7 +135,10 @@ def point_metrics(kind: str, y_true: np.ndarray, outputs: np.ndarray) -> dict[st
     loop several percent of its throughput on small epochs.
     """
     values = _weighted_metric_fn(kind, y_true, outputs)(np.ones((1, len(y_true))))
-    names = REGRESSION_METRICS if kind == "regression" else CLASSIFICATION_METRICS
+    if kind == "regression":
+        names = REGRESSION_METRICS
+    else:
+        names = classification_metric_names(np.asarray(outputs).shape[1])
     return {name: float(values[name][0]) for name in names}
 
 
@@ -245,7 +258,9 @@ def _classification_weighted(y: np.ndarray, proba: np.ndarray) -> _WeightedMetri
     loss = -np.log(np.clip(proba[np.arange(n), y], _EPS, 1.0 - _EPS))
     # One matrix product gives, per resample, class supports, predicted counts, true positives
     # and the summed log loss.
-    per_row = np.column_stack([true_hot, pred_hot, true_hot * pred_hot, loss])
+    # The true class is in the top k when fewer than k classes score strictly higher.
+    top_k = (proba > proba[np.arange(n), y][:, None]).sum(axis=1) < TOP_K
+    per_row = np.column_stack([true_hot, pred_hot, true_hot * pred_hot, top_k, loss])
     rankings = [_Ranking.build(proba[:, k], y == k) for k in _ranked_columns(y, n_classes)]
 
     def metrics(weights: np.ndarray) -> dict[str, np.ndarray]:
@@ -262,7 +277,7 @@ def _classification_weighted(y: np.ndarray, proba: np.ndarray) -> _WeightedMetri
         # Balanced accuracy, unlike recall_macro, skips classes with no true rows.
         balanced = _mean_defined(_safe_divide(tp, support, math.nan))
         roc, ap = zip(*(ranking.scores(weights) for ranking in rankings), strict=True)
-        return {
+        values = {
             "accuracy": tp.sum(axis=1) / total,
             "balanced_accuracy": balanced,
             "precision_macro": precision.mean(axis=1),
@@ -273,6 +288,9 @@ def _classification_weighted(y: np.ndarray, proba: np.ndarray) -> _WeightedMetri
             "pr_auc": _mean_defined(np.column_stack(ap)),
             "log_loss": sums[:, -1] / total,
         }
+        if n_classes > TOP_K:
+            values["top5_accuracy"] = sums[:, -2] / total
+        return values
 
     return metrics
 

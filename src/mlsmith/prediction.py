@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlsmith.data.tables import SUFFIXES, iter_table, require_columns
+from mlsmith.data.tables import SUFFIXES, require_columns
 from mlsmith.errors import DataError
 from mlsmith.files import atomic_path
 
@@ -60,7 +60,8 @@ def predict_file(
         raise DataError(
             f"{output_path}: unsupported output type '{output_path.suffix}'; use .csv or .parquet"
         )
-    keep = list(dict.fromkeys(keep_columns or []))  # a column asked twice is kept once
+    # The kind's identifying columns (an image's path) first; a column asked twice is kept once.
+    keep = list(dict.fromkeys([*model.preprocessor.output_columns, *(keep_columns or [])]))
     outputs = ["prediction", *(f"proba_{label}" for label in model.task.classes)]
     clashes = [c for c in keep if c in outputs]
     if clashes:
@@ -73,7 +74,7 @@ def predict_file(
     writer: Any = None
     with atomic_path(output_path) as tmp:
         try:
-            for chunk in iter_table(input_path, chunk_rows):
+            for chunk in model.preprocessor.iter_read(input_path, chunk_rows):
                 require_columns(chunk, keep, input_path, "--keep")
                 if len(chunk) == 0:
                     continue

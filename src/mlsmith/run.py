@@ -178,7 +178,6 @@ class Run:
         recorded data fingerprint) and scored with the best checkpoint.
         """
         from mlsmith import registry
-        from mlsmith.data.tables import read_table
 
         if data is None:
             module = registry.data_kind(self.config.data.type)
@@ -193,7 +192,7 @@ class Run:
             split, name = (prepared.test, "test") if prepared.test else (prepared.val, "val")
             return {name: self.evaluate_split(split, name)}
         if isinstance(data, (str, Path)):
-            frame, label = read_table(str(data)), name or f"data:{Path(data).name}"
+            frame, label = self.preprocessor.read(str(data)), name or f"data:{Path(data).name}"
         else:
             frame, label = data, name or "data:frame"
         split = self.preprocessor.to_split(frame, label)

@@ -75,7 +75,7 @@ class Task(ABC):
         from mlsmith import evaluation
 
         if self.is_classification:
-            return evaluation.CLASSIFICATION_METRICS
+            return evaluation.classification_metric_names(len(self.classes))
         return evaluation.REGRESSION_METRICS
 
     def metrics(self, truth: np.ndarray, decoded: np.ndarray) -> dict[str, float]:

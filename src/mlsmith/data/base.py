@@ -16,7 +16,11 @@ import numpy as np
 from mlsmith.tasks import Task
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     import pandas as pd
+
+    from mlsmith.data.batches import TensorBatches
 
 PREPROCESSING_FILE = "preprocessing.json"
 
@@ -33,10 +37,39 @@ class Split:
 
 
 class Preprocessor(Protocol):
-    """Fitted on the training split only; turns raw rows into model inputs."""
+    """Fitted on the training split only; turns raw rows into model inputs.
+
+    A "frame" is the data kind's raw rows as a DataFrame: table rows, image paths (or arrays),
+    texts. ``read``/``iter_read`` produce frames from a user's file, so evaluate and predict work
+    the same way for every kind.
+    """
 
     task: Task
     target: str
+    # Input columns copied into prediction output by default (e.g. an image's path).
+    output_columns: tuple[str, ...]
+
+    def read(self, path: str) -> pd.DataFrame:
+        """Raw rows from a file (or folder) a user passes to evaluate or predict."""
+        ...
+
+    def iter_read(self, path: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+        """The same rows in chunks of at most ``chunk_rows``, for data larger than memory."""
+        ...
+
+    def batches(
+        self,
+        split_inputs: dict[str, np.ndarray],
+        target: np.ndarray | None,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        train: bool = False,
+    ) -> TensorBatches:
+        """Batches for the Trainer or prediction; ``train`` turns on augmentation."""
+        ...
 
     def transform(self, frame: pd.DataFrame, source: str = "input") -> dict[str, np.ndarray]:
         """Raw rows (target column optional) to model inputs."""

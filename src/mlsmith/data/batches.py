@@ -69,13 +69,12 @@ class TensorBatches:
         micro-batches of B visits exactly the samples one batch of B*A would, partial last
         step included (or dropped with ``drop_last``).
         """
-        import torch
 
         n = len(self.target)
         per_step = self.batch_size * accumulate
         usable = n - n % per_step if self.drop_last else n
         if self.shuffle:
-            order = torch.randperm(n, generator=self.generator).to(self.target.device)
+            order = self.permutation(n).to(self.target.device)
             inputs = {k: v[order] for k, v in self.inputs.items()}
             target = self.target[order]
         else:
@@ -84,9 +83,25 @@ class TensorBatches:
             stop = min(start + per_step, usable)
             size = self.batch_size
             yield [
-                ({k: v[i : i + size] for k, v in inputs.items()}, target[i : i + size])
+                self.collate({k: v[i : i + size] for k, v in inputs.items()}, target[i : i + size])
                 for i in range(start, stop, size)
             ]
+
+    def permutation(self, n: int) -> torch.Tensor:
+        """This epoch's sample order; subclasses may group similar samples (e.g. by length).
+
+        Draws only from ``self.generator``, so the order is reproducible and resumable.
+        """
+        import torch
+
+        return torch.randperm(n, generator=self.generator)
+
+    def collate(self, inputs: dict[str, torch.Tensor], target: torch.Tensor) -> Batch:
+        """Turn a slice of the stored tensors into the model's batch (default: as is).
+
+        Subclasses decode, augment, normalise or trim padding here, one batch at a time.
+        """
+        return inputs, target
 
     def n_steps(self, accumulate: int = 1) -> int:
         """Optimizer steps per epoch for ``steps(accumulate)``."""

@@ -9,15 +9,17 @@ from __future__ import annotations
 
 import logging
 import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlsmith.config import Config
+from mlsmith.config import Config, DataConfig
 from mlsmith.data.base import PREPROCESSING_FILE, PreparedData, Split
+from mlsmith.data.batches import TensorBatches
 from mlsmith.data.splits import split_rows
-from mlsmith.data.tables import fingerprint, read_table, require_columns
+from mlsmith.data.tables import fingerprint, iter_table, read_table, require_columns
 from mlsmith.errors import ConfigError, DataError
 from mlsmith.files import read_json, write_json
 from mlsmith.tasks import ClassificationTask, Task, fit_task, infer_task, task_from_dict
@@ -35,6 +37,7 @@ class TabularPreprocessor:
     """Median imputation + standardization for numerics; vocabularies for categoricals."""
 
     kind = "tabular"
+    output_columns: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -109,6 +112,27 @@ class TabularPreprocessor:
         frame = drop_missing_target(frame, self.target, source)
         return Split(self.transform(frame, source), self.task.encode(frame[self.target]))
 
+    def read(self, path: str) -> pd.DataFrame:
+        return read_table(path)
+
+    def iter_read(self, path: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
+        return iter_table(path, chunk_rows)
+
+    def batches(
+        self,
+        split_inputs: dict[str, np.ndarray],
+        target: np.ndarray | None,
+        batch_size: int,
+        *,
+        shuffle: bool = False,
+        seed: int = 0,
+        drop_last: bool = False,
+        train: bool = False,
+    ) -> TensorBatches:
+        return TensorBatches(
+            split_inputs, target, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last
+        )
+
     def model_inputs(self) -> dict[str, Any]:
         return {
             "n_numeric": len(self.numeric),
@@ -148,7 +172,7 @@ def prepare(config: Config, *, preprocessor: TabularPreprocessor | None = None) 
     """
     import pandas as pd
 
-    data = config.data
+    data = _table_config(config)
     main = _load(data.path, config, role="data")
     val_file = _load(data.val_path, config, role="validation") if data.val_path else None
     test_file = _load(data.test_path, config, role="test") if data.test_path else None
@@ -234,7 +258,7 @@ def drop_missing_target(frame: pd.DataFrame, target: str, source: str) -> pd.Dat
 
 
 def _load(path: str, config: Config, role: str) -> pd.DataFrame:
-    data = config.data
+    data = _table_config(config)
     frame = read_table(path)
     if len(frame) == 0:
         raise DataError(f"{path}: the {role} table is empty (0 rows)")
@@ -262,6 +286,12 @@ def _load(path: str, config: Config, role: str) -> pd.DataFrame:
     return frame.reset_index(drop=True)
 
 
+def _table_config(config: Config) -> DataConfig:
+    if not isinstance(config.data, DataConfig):  # the registry routes by data.type
+        raise TypeError(f"tabular data got a data section of type '{config.data.type}'")
+    return config.data
+
+
 def _split_columns(config: Config) -> list[str]:
     return [c for c in (config.data.split.group, config.data.split.time) if c]
 
@@ -274,7 +304,7 @@ def _feature_columns(frame: pd.DataFrame, config: Config) -> list[str]:
 def _categorical_columns(train: pd.DataFrame, config: Config) -> list[str]:
     import pandas as pd
 
-    data = config.data
+    data = _table_config(config)
     candidates = _feature_columns(train, config)
     if data.categorical is not None:
         require_columns(train, data.categorical, data.path, "data.categorical")

@@ -10,7 +10,6 @@ import numpy as np
 import torch
 
 from mlsmith.config import Config
-from mlsmith.data.batches import TensorBatches
 from mlsmith.models.base import FitContext, FitSummary, Model
 from mlsmith.training.checkpoint import BEST, LAST, load_checkpoint
 from mlsmith.training.device import resolve_device
@@ -37,10 +36,17 @@ class NeuralModel(Model):
 
     def fit(self, data: PreparedData, context: FitContext) -> FitSummary:
         cfg = self.config.train
-        train = TensorBatches.from_split(
-            data.train, cfg.batch_size, shuffle=True, seed=self.config.seed, drop_last=cfg.drop_last
+        batches = self.preprocessor.batches
+        train = batches(
+            data.train.inputs,
+            data.train.target,
+            cfg.batch_size,
+            shuffle=True,
+            seed=self.config.seed,
+            drop_last=cfg.drop_last,
+            train=True,
         )
-        val = TensorBatches.from_split(data.val, cfg.eval_batch_size)
+        val = batches(data.val.inputs, data.val.target, cfg.eval_batch_size)
         checkpoints = context.run_dir / CHECKPOINT_DIR
         trainer = Trainer(
             cfg, checkpoint_dir=checkpoints, callbacks=context.callbacks, metadata=context.metadata
@@ -51,7 +57,7 @@ class NeuralModel(Model):
         return FitSummary(result.history, result.best_epoch, result.stopped_early)
 
     def predict_raw(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        batches = TensorBatches(inputs, None, self.config.train.eval_batch_size)
+        batches = self.preprocessor.batches(inputs, None, self.config.train.eval_batch_size)
         raw, _ = predict_raw(self.network, batches)
         return raw
 
