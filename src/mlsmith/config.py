@@ -100,10 +100,32 @@ class AugmentConfig(Section):
     )
     hflip: bool = Field(False, description="random horizontal flip")
     rotation: float = Field(0.0, ge=0.0, le=180.0, description="random rotation, degrees")
+    translate: float = Field(
+        0.0, ge=0.0, lt=1.0, description="random shift, as a fraction of the width and height"
+    )
     color_jitter: float = Field(
         0.0, ge=0.0, le=1.0, description="brightness/contrast/saturation jitter strength"
     )
     randaugment: bool = Field(False, description="RandAugment (2 ops, magnitude 9)")
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _check_scale(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0.0 < value[0] <= value[1] <= 1.0:
+            raise ValueError("expected [low, high] with 0 < low <= high <= 1")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any augmentation is on."""
+        return bool(
+            self.crop_scale
+            or self.hflip
+            or self.rotation
+            or self.translate
+            or self.color_jitter
+            or self.randaugment
+        )
 
 
 class ImageDataConfig(DataSourceConfig):
@@ -128,6 +150,22 @@ class ImageDataConfig(DataSourceConfig):
     cache_limit_mb: int = Field(2048, ge=1, description="auto: cache when it fits in this")
     num_workers: int = Field(2, ge=0, description="DataLoader workers when streaming")
 
+    @model_validator(mode="after")
+    def _check_normalization(self) -> ImageDataConfig:
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is None:
+                continue
+            allowed = (1, self.channels) if self.channels else (1, 3)
+            if len(values) not in allowed:
+                count = " or ".join(map(str, sorted(set(allowed))))
+                raise ValueError(
+                    f"{key}: expected one value per channel ({count} values), found {values}"
+                )
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise ValueError(f"std: every value must be > 0, found {self.std}")
+        return self
+
 
 class TokenizerConfig(Section):
     """The tokenizer (Hugging Face `tokenizers`): trained on the training split, or loaded."""
@@ -137,7 +175,9 @@ class TokenizerConfig(Section):
     min_frequency: int = Field(2, ge=1)
     lowercase: bool = True
     path: str | None = Field(
-        None, description="a local tokenizer.json or Hugging Face tokenizer directory"
+        None,
+        description="a local tokenizer.json or a directory holding one, used as is instead of "
+        "training one (relative to the working directory)",
     )
 
 
@@ -187,7 +227,10 @@ class CNNConfig(Section):
     """A small, fast CNN for small images: conv-BN-ReLU blocks, each halving the resolution."""
 
     type: Literal["cnn"] = "cnn"
-    channels: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [32, 64, 128])
+    channels: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [32, 64, 128], min_length=1, description="width of each block"
+    )
+    depth: int = Field(2, ge=1, le=4, description="conv-BN-ReLU layers per block")
     dropout: float = Field(0.2, ge=0.0, lt=1.0)
     channels_last: bool = Field(False, description="channels-last memory format")
 
@@ -206,7 +249,9 @@ class BagConfig(Section):
     """fastText-style: averaged embeddings of tokens and hashed n-grams, then a linear layer."""
 
     type: Literal["bag"] = "bag"
-    dim: int = Field(64, ge=1)
+    dim: int = Field(
+        16, ge=1, description="embedding width (fastText uses 10); the table is vocab + buckets"
+    )
     ngrams: int = Field(2, ge=1, le=4, description="1: tokens only; 2: + bigrams...")
     buckets: int = Field(2**18, ge=1, description="hash buckets for the n-grams")
     dropout: float = Field(0.0, ge=0.0, lt=1.0)

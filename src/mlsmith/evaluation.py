@@ -61,6 +61,8 @@ TOP_K = 5
 def classification_metric_names(n_classes: int) -> tuple[str, ...]:
     """:data:`CLASSIFICATION_METRICS`, plus ``top5_accuracy`` when there are more than 5 classes."""
     return CLASSIFICATION_METRICS + (("top5_accuracy",) if n_classes > TOP_K else ())
+
+
 TASK_KINDS: tuple[str, ...] = ("binary", "multiclass", "regression")
 
 # Upper bound on b * n per block of resamples: the float64 weight matrix and its few temporaries

@@ -18,11 +18,17 @@ if TYPE_CHECKING:
 # model.type -> Model subclass
 MODEL_FAMILIES: dict[str, str] = {
     "mlp": "mlsmith.models.mlp:MLPModel",
+    "cnn": "mlsmith.models.cnn:CNNModel",
+    "torchvision": "mlsmith.models.torchvision_net:TorchvisionModel",
+    "bag": "mlsmith.models.bag:BagModel",
+    "transformer": "mlsmith.models.transformer:TransformerModel",
 }
 
 # data.type -> module with prepare(config, preprocessor=None) and load_preprocessor(directory)
 DATA_KINDS: dict[str, str] = {
     "tabular": "mlsmith.data.tabular",
+    "image": "mlsmith.data.images",
+    "text": "mlsmith.data.text",
 }
 
 

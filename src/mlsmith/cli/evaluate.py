@@ -11,7 +11,10 @@ import typer
 def command(
     run: Path = typer.Argument(..., metavar="RUN_DIR", help="Run directory.", show_default=False),
     data: Path | None = typer.Option(
-        None, "--data", help="Labelled CSV/Parquet to score (default: the run's test split)."
+        None,
+        "--data",
+        help="Labelled CSV/Parquet (image runs: also a class-per-folder directory or an .npz) "
+        "to score (default: the run's test split).",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
 ) -> None:

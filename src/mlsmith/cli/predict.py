@@ -10,7 +10,11 @@ import typer
 def command(
     run: Path = typer.Argument(..., metavar="RUN_DIR", help="Run directory.", show_default=False),
     input_path: Path = typer.Option(
-        ..., "--input", "-i", help="Raw rows: CSV or Parquet.", show_default=False
+        ...,
+        "--input",
+        "-i",
+        help="Raw rows: CSV or Parquet; for image runs also a folder of images or an .npz.",
+        show_default=False,
     ),
     output_path: Path = typer.Option(
         ...,
