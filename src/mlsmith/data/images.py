@@ -280,8 +280,10 @@ def _pixels(image: Any) -> np.ndarray:
         wide = np.asarray(image).astype(np.int64)
         top = 65535 if mode.startswith("I;16") or wide.max(initial=0) > 255 else 255
         return np.clip((wide * 255 + top // 2) // top, 0, 255).astype(np.uint8)
-    if mode not in ("L", "RGB"):
-        image = image.convert("L" if mode in GRAY_MODES else "RGB")
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # what Pillow asks for palettes with transparency
+    if image.mode not in ("L", "RGB"):
+        image = image.convert("L" if image.mode in GRAY_MODES else "RGB")
     return np.array(image, dtype=np.uint8)
 
 
