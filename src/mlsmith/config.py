@@ -451,7 +451,12 @@ class Config(Section):
 
 # --- loading ----------------------------------------------------------------------------------
 
-_PATH_KEYS = (("data", "path"), ("data", "val_path"), ("data", "test_path"))
+_PATH_KEYS: tuple[tuple[str, ...], ...] = (
+    ("data", "path"),
+    ("data", "val_path"),
+    ("data", "test_path"),
+    ("data", "tokenizer", "path"),
+)
 
 
 def load_config(
@@ -633,8 +638,10 @@ def _section_type(annotation: Any) -> type[BaseModel] | None:
 
 
 def _absolutize_paths(raw: dict[str, Any], base: Path) -> None:
-    for section, key in _PATH_KEYS:
-        block = raw.get(section)
+    for *sections, key in _PATH_KEYS:
+        block: Any = raw
+        for section in sections:
+            block = block.get(section) if isinstance(block, dict) else None
         if not isinstance(block, dict):
             continue
         value = block.get(key)

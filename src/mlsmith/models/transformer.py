@@ -16,11 +16,12 @@ from mlsmith.models.text import TextModel
 
 
 class TextTransformer(nn.Module):
+    """Token ids and their attention mask in, one row of raw outputs per text out."""
+
     def __init__(
         self, vocab_size: int, max_length: int, n_outputs: int, cfg: TransformerConfig
     ) -> None:
         super().__init__()
-        self.pooling = cfg.pooling
         self.tokens = nn.Embedding(vocab_size, cfg.dim)
         # One more position for the CLS vector, which goes first.
         self.positions = nn.Parameter(torch.zeros(max_length + (cfg.pooling == "cls"), cfg.dim))
