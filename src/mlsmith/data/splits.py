@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mlsmith.config import SplitConfig
+from mlsmith.config import DataSourceConfig, SplitConfig
 from mlsmith.errors import DataError
 
 if TYPE_CHECKING:
@@ -119,3 +119,37 @@ def _sortable(column: pd.Series, name: str, source: str) -> np.ndarray:
 
 def _indices(train: np.ndarray, val: np.ndarray, test: np.ndarray) -> SplitIndices:
     return SplitIndices(np.sort(train), np.sort(val), np.sort(test))
+
+
+def split_frames(
+    main: pd.DataFrame,
+    val_file: pd.DataFrame | None,
+    test_file: pd.DataFrame | None,
+    data: DataSourceConfig,
+    *,
+    classification: bool,
+    seed: int,
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """Train, val and test rows: fixed files where given, seeded splits of ``main`` otherwise.
+
+    Raises DataError when training or validation would be empty.
+    """
+    indices = split_rows(
+        main,
+        data.split,
+        val=0.0 if val_file is not None else data.split.val,
+        test=0.0 if test_file is not None else data.split.test,
+        classification=classification,
+        target=data.target,
+        seed=seed,
+        source=data.path,
+    )
+    train = main.iloc[indices.train]
+    val = val_file if val_file is not None else main.iloc[indices.val]
+    test = test_file if test_file is not None else main.iloc[indices.test]
+    if len(train) == 0 or len(val) == 0:
+        raise DataError(
+            f"{data.path}: {len(main)} rows leave {len(train)} for training and {len(val)} for "
+            "validation; both need at least one (add rows or change data.split)"
+        )
+    return train, val, test

@@ -18,7 +18,7 @@ import numpy as np
 from mlsmith.config import Config, DataConfig
 from mlsmith.data.base import PREPROCESSING_FILE, PreparedData, Split
 from mlsmith.data.batches import TensorBatches
-from mlsmith.data.splits import split_rows
+from mlsmith.data.splits import split_frames
 from mlsmith.data.tables import fingerprint, iter_table, read_table, require_columns
 from mlsmith.errors import ConfigError, DataError
 from mlsmith.files import read_json, write_json
@@ -181,24 +181,9 @@ def prepare(config: Config, *, preprocessor: TabularPreprocessor | None = None) 
         [f[data.target] for f in (main, val_file, test_file) if f is not None], ignore_index=True
     )
     kind = infer_task(labelled, data.task, data.path)
-    indices = split_rows(
-        main,
-        data.split,
-        val=0.0 if val_file is not None else data.split.val,
-        test=0.0 if test_file is not None else data.split.test,
-        classification=kind != "regression",
-        target=data.target,
-        seed=config.seed,
-        source=data.path,
+    train, val, test = split_frames(
+        main, val_file, test_file, data, classification=kind != "regression", seed=config.seed
     )
-    train = main.iloc[indices.train]
-    val = val_file if val_file is not None else main.iloc[indices.val]
-    test = test_file if test_file is not None else main.iloc[indices.test]
-    if len(train) == 0 or len(val) == 0:
-        raise DataError(
-            f"{data.path}: {len(main)} rows leave {len(train)} for training and {len(val)} for "
-            "validation; both need at least one (add rows or change data.split)"
-        )
 
     if preprocessor is None:
         task = fit_task(kind, labelled, train[data.target])
