@@ -66,7 +66,8 @@ def config_dict(data_path: Path | str, output_dir: Path, **sections: Any) -> dic
         "model": {"type": "mlp", "hidden": [16], "dropout": 0.0},
         "train": {"epochs": 3, "batch_size": 32},
         "track": {"enabled": False},
-        "eval": {"bootstrap": 200},
+        # Reports cost seconds of matplotlib per run; tests/reports turns them on.
+        "eval": {"bootstrap": 200, "report": False},
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):

@@ -25,7 +25,7 @@ import yaml
 from tests.conftest import CliResult, config_dict, make_table
 
 EPOCHS = 5
-TIMING = ["samples_per_s", "epoch_time_s"]
+TIMING = ["samples_per_s", "epoch_time_s", "memory_mb"]
 pytestmark = pytest.mark.slow
 
 

@@ -23,6 +23,10 @@ _EXPORTS = {
     "train": "mlsmith.api",
     "evaluate": "mlsmith.api",
     "predict": "mlsmith.api",
+    "check": "mlsmith.api",
+    "lr_find": "mlsmith.api",
+    "report": "mlsmith.api",
+    "compare": "mlsmith.api",
     "load_run": "mlsmith.run",
     "Run": "mlsmith.run",
     "load_config": "mlsmith.config",
@@ -41,15 +45,19 @@ __all__ = [
     "Run",
     "RunError",
     "__version__",
+    "check",
+    "compare",
     "evaluate",
     "load_config",
     "load_run",
+    "lr_find",
     "predict",
+    "report",
     "train",
 ]
 
 if TYPE_CHECKING:
-    from mlsmith.api import evaluate, predict, train
+    from mlsmith.api import check, compare, evaluate, lr_find, predict, report, train
     from mlsmith.config import Config, load_config
     from mlsmith.errors import ConfigError, DataError, MlsmithError, RunError
     from mlsmith.run import Run, load_run

@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlsmith.config import Config, load_config
-from mlsmith.errors import ConfigError, RunError
+from mlsmith.errors import ConfigError, MlsmithError, PreflightError, RunError
 from mlsmith.files import read_json, write_json, write_text
 from mlsmith.run import (
     CONFIG_FILE,
     HISTORY_FILE,
     INFO_FILE,
     METRICS_FILE,
+    PREFLIGHT_FILE,
+    STEPS_FILE,
     Run,
     capture_environment,
     code_version,
@@ -25,6 +27,11 @@ from mlsmith.run import (
 if TYPE_CHECKING:
     import pandas as pd
 
+    from mlsmith.checks import CheckReport
+    from mlsmith.data.base import PreparedData
+    from mlsmith.models.base import FitSummary, Model
+    from mlsmith.reports.compare import Comparison
+    from mlsmith.training.lr_finder import LRFindResult
     from mlsmith.training.trainer import Trainer
 
 log = logging.getLogger(__name__)
@@ -32,7 +39,7 @@ log = logging.getLogger(__name__)
 # Keys that may differ between a run's stored config and the one given with --resume.
 RESUMABLE_KEYS = ("train.epochs", "experiment", "output_dir", "track.")
 
-__all__ = ["evaluate", "load_run", "predict", "train"]
+__all__ = ["check", "compare", "evaluate", "load_run", "lr_find", "predict", "report", "train"]
 
 
 def train(
@@ -77,9 +84,16 @@ def train(
             f"cannot resume {run_dir}: the data changed since it started (fingerprint "
             f"{data.fingerprint}, recorded {info['data_fingerprint']})"
         )
+    # Seed again so the initial weights do not depend on how much randomness data prep used.
+    seed_everything(cfg.seed)
+    model = model_family(cfg, data.preprocessor)
+    checks = _preflight(cfg, data, model) if cfg.train.preflight and resume is None else None
+    data.frames.clear()  # the raw rows were only needed by the checks
     if run_dir is None:
-        # Only now: a config or data error must not leave an empty run directory behind.
+        # Only now: a config, data or pre-flight error must not leave a run directory behind.
         run_dir = new_run_dir(cfg)
+    if checks is not None:
+        write_json(run_dir / PREFLIGHT_FILE, checks.to_dict())
     environment = capture_environment(device)
     write_text(run_dir / CONFIG_FILE, cfg.to_yaml())
     data.preprocessor.save(run_dir)
@@ -94,9 +108,6 @@ def train(
     )
     write_json(run_dir / INFO_FILE, info)
 
-    # Seed again so the initial weights do not depend on how much randomness data prep used.
-    seed_everything(cfg.seed)
-    model = model_family(cfg, data.preprocessor)
     tracker = Tracker(cfg.track, output_dir=cfg.output_dir, experiment=cfg.experiment)
     info["mlflow_run_id"] = tracker.start(
         run_name=run_dir.name,
@@ -123,7 +134,12 @@ def train(
             results["test"] = run.evaluate_split(data.test, "test")
     except BaseException as error:
         info["status"] = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
+        if isinstance(error, MlsmithError):
+            info["error"] = str(error)
         write_json(run_dir / INFO_FILE, info)
+        if isinstance(error, MlsmithError) and cfg.eval.report:
+            # A diverged run is exactly when a person wants the curves and the diagnosis.
+            tracker.log_artifacts(_write_reports_safely(run_dir))
         tracker.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
 
@@ -139,10 +155,13 @@ def train(
         best_epoch=summary.best_epoch,
         stopped_early=summary.stopped_early,
         epochs_run=len(summary.history),
+        observations=_observations(cfg, summary),
         train_seconds=info.get("train_seconds", 0.0) + time.perf_counter() - started,
         finished=time.time(),
     )
     write_json(run_dir / INFO_FILE, info)
+    reports = _write_reports_safely(run_dir) if cfg.eval.report else []
+    tracker.log_artifacts([*reports, run_dir / STEPS_FILE])
     tracker.finish("FINISHED")
     return run
 
@@ -175,26 +194,164 @@ def predict(
     return target.predict(data)
 
 
+def check(
+    config: str | Path | dict[str, Any] | Config,
+    overrides: list[str] | None = None,
+    *,
+    quick: bool = False,
+) -> CheckReport:
+    """Pre-flight checks of config, data and model, in seconds; trains nothing for real.
+
+    ``quick`` leaves out the one-batch overfitting test (what ``train`` runs first).
+    """
+    from mlsmith.checks import run_checks
+
+    return run_checks(load_config(config, overrides), quick=quick)
+
+
+def lr_find(
+    config: str | Path | dict[str, Any] | Config,
+    overrides: list[str] | None = None,
+    *,
+    min_lr: float = 1e-7,
+    max_lr: float = 10.0,
+    steps: int = 100,
+    output: str | Path | None = None,
+) -> LRFindResult:
+    """The exponential learning-rate range test: loss per LR, a plot and a suggested LR."""
+    from mlsmith.training.lr_finder import find_lr
+
+    return find_lr(
+        load_config(config, overrides), min_lr=min_lr, max_lr=max_lr, steps=steps, output=output
+    )
+
+
+def report(run: str | Path | Run) -> list[Path]:
+    """Write ``report.html``, ``REPORT.md`` and ``MODEL_CARD.md`` into the run directory.
+
+    They are also logged to the run's MLflow run when it was tracked; returns their paths.
+    """
+    from mlsmith.reports import write_reports
+
+    target = _as_run(run)
+    paths = write_reports(target.path)
+    _log_to_tracked_run(target, paths)
+    return paths
+
+
+def compare(runs: list[str | Path | Run], output: str | Path | None = None) -> Comparison:
+    """Compare two or more runs: the config keys that differ and their headline metrics with
+    CIs, also written as one HTML page with their learning curves overlaid.
+
+    ``output`` defaults to ``compare.html`` in the working directory; the returned
+    :class:`~mlsmith.reports.compare.Comparison` holds the table and the page's path
+    (``.output``).
+    """
+    from mlsmith.reports.compare import compare_runs
+
+    return compare_runs([_as_run(r).path for r in runs], output)
+
+
+def _log_to_tracked_run(run: Run, paths: list[Path]) -> None:
+    """Attach files to the MLflow run a finished run was tracked in, if any."""
+    from mlsmith.tracking import Tracker
+
+    info = run.info
+    if not info.get("mlflow_run_id") or not run.config.track.enabled:
+        return
+    tracker = Tracker(
+        run.config.track, output_dir=run.config.output_dir, experiment=run.config.experiment
+    )
+    tracker.run_id = info["mlflow_run_id"]
+    tracker.log_artifacts(paths)
+
+
 class HistoryWriter:
-    """Keeps ``history.csv`` equal to the trainer's history, rewritten atomically each epoch."""
+    """Keeps ``history.csv`` (per epoch) and ``steps.csv`` (per optimizer step) equal to the
+    trainer's records, rewritten atomically each epoch."""
 
     def __init__(self, run_dir: Path) -> None:
         self.path = run_dir / HISTORY_FILE
+        self.steps_path = run_dir / STEPS_FILE
 
     def on_fit_start(self, trainer: Trainer) -> None:
         # After a resume this drops epochs that ran after the checkpoint the run continues from.
-        self._write(trainer.history)
+        self._write(trainer)
 
     def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
-        self._write(trainer.history)
+        self._write(trainer)
 
-    def _write(self, history: list[dict[str, float]]) -> None:
+    def on_exception(self, trainer: Trainer, error: BaseException) -> None:
+        # The steps up to a failure (a NaN loss...) are what the report needs to explain it.
+        self._write(trainer)
+
+    def _write(self, trainer: Trainer) -> None:
         import pandas as pd
 
-        if history:
-            write_text(self.path, pd.DataFrame(history).to_csv(index=False))
+        from mlsmith.training.diagnostics import STEP_COLUMNS
+
+        if trainer.history:
+            write_text(self.path, pd.DataFrame(trainer.history).to_csv(index=False))
         else:
             self.path.unlink(missing_ok=True)
+        if trainer.step_rows:
+            frame = pd.DataFrame(trainer.step_rows, columns=list(STEP_COLUMNS))
+            frame = frame.astype({"step": "int64", "epoch": "int64"})
+            write_text(self.steps_path, frame.to_csv(index=False))
+        else:
+            self.steps_path.unlink(missing_ok=True)
+
+
+def _preflight(cfg: Config, data: PreparedData, model: Model) -> CheckReport:
+    """The quick pre-flight checks; a failing one stops the run before any training."""
+    from mlsmith.checks import preflight
+
+    started = time.perf_counter()
+    report = preflight(cfg, data, model)
+    for result in report.warnings:
+        log.warning("pre-flight %s: %s", result.name, result.detail)
+    if report.failed:
+        details = "; ".join(f"{r.name}: {r.detail}" for r in report.failures)
+        raise PreflightError(
+            f"pre-flight checks failed: {details}. Run `mlsmith check CONFIG` for the full "
+            "table, or set train.preflight=false to train anyway"
+        )
+    log.info(
+        "pre-flight: %d checks, %d warnings, no failures (%.1f s)",
+        len(report.results),
+        len(report.warnings),
+        time.perf_counter() - started,
+    )
+    return report
+
+
+def _observations(cfg: Config, summary: FitSummary) -> list[str]:
+    """One-line facts about how training went, for the report."""
+    notes = list(summary.observations)
+    if summary.stopped_early and summary.history:
+        stop = cfg.train.early_stopping
+        notes.insert(
+            0,
+            f"early stopping after epoch {len(summary.history)}: {stop.monitor} did not improve "
+            f"for {stop.patience} epochs; best epoch {summary.best_epoch}",
+        )
+    return notes
+
+
+def _write_reports_safely(run_dir: Path) -> list[Path]:
+    """The run's reports; a failure here must not fail a run whose model is already saved."""
+    from mlsmith.reports import write_reports
+
+    try:
+        return write_reports(run_dir)
+    except Exception as error:  # a report bug must never cost the user the run
+        log.warning(
+            "could not write the run report (%s: %s); retry with `mlsmith report %s`",
+            type(error).__name__,
+            error,
+            run_dir,
+        )
+        return []
 
 
 def _config_for_resume(run_dir: Path, requested: Config) -> Config:

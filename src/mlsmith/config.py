@@ -382,6 +382,15 @@ class TrainConfig(Section):
     deterministic: bool = Field(False, description="deterministic algorithms only")
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     drop_last: bool = False
+    preflight: bool = Field(
+        True, description="quick pre-flight checks before training (see `mlsmith check`)"
+    )
+    overfit_patience: int = Field(
+        3,
+        ge=0,
+        description="warn when val loss rises while train loss falls this many epochs; 0: off",
+    )
+    log_grad_norm: bool = Field(True, description="per-step gradient norm (before clipping)")
 
     @field_validator("precision", mode="before")
     @classmethod
@@ -402,6 +411,21 @@ class TrackConfig(Section):
 class EvalConfig(Section):
     bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for the 95% CIs")
     confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    report: bool = Field(
+        True, description="write report.html, REPORT.md and MODEL_CARD.md at the end of train"
+    )
+
+
+class CardConfig(Section):
+    """What the model card says about the model beyond what mlsmith can measure."""
+
+    description: str | None = Field(None, description="what the model does, in a sentence")
+    intended_use: str | None = Field(None, description="who should use it, for what")
+    out_of_scope: str | None = Field(None, description="uses it is not meant for")
+    limitations: str | None = Field(None, description="known weaknesses, beyond the measured ones")
+    ethical_considerations: str | None = None
+    owners: list[str] = Field(default_factory=list, description="people or teams responsible")
+    license: str | None = None
 
 
 class Config(Section):
@@ -415,6 +439,7 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     track: TrackConfig = Field(default_factory=TrackConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    card: CardConfig = Field(default_factory=CardConfig)
 
     @model_validator(mode="before")
     @classmethod

@@ -29,6 +29,12 @@ class RunError(MlsmithError):
     """A run directory is missing, incomplete, or does not match what was asked."""
 
 
+class PreflightError(MlsmithError):
+    """A pre-flight check failed: training would waste time or produce a misleading model."""
+
+    exit_code = 1
+
+
 class MissingExtraError(MlsmithError):
     """An optional dependency is needed for what was asked."""
 

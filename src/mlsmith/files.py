@@ -43,6 +43,12 @@ def write_text(path: str | Path, text: str) -> None:
         tmp.write_text(text)
 
 
+def write_bytes(path: str | Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(data)
+
+
 def write_json(path: str | Path, data: Any) -> None:
     """Write strict JSON (NaN is not allowed: callers turn it into null first)."""
     write_text(path, json.dumps(data, indent=2, allow_nan=False) + "\n")

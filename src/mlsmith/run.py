@@ -6,10 +6,13 @@ A run directory is the complete, self-describing record of one training run::
         config.yaml          the fully resolved config
         run.json             status, timings, data fingerprint, environment, MLflow run id
         history.csv          one row per epoch
+        steps.csv            one row per optimizer step: lr, loss, gradient norm
+        preflight.json       the pre-flight checks run before training
         preprocessing.json   the fitted preprocessing (raw rows in, model inputs out)
         checkpoints/         best.pt and last.pt
         metrics.json         split -> metric -> {"value", "ci95"}
         confusion_matrix.json, test_predictions.csv   (classification / all tasks)
+        report.html, REPORT.md, MODEL_CARD.md          the human-readable record
 """
 
 from __future__ import annotations
@@ -39,6 +42,8 @@ if TYPE_CHECKING:
 CONFIG_FILE = "config.yaml"
 INFO_FILE = "run.json"
 HISTORY_FILE = "history.csv"
+STEPS_FILE = "steps.csv"
+PREFLIGHT_FILE = "preflight.json"
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.json"
 TEST_PREDICTIONS_FILE = "test_predictions.csv"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,8 +26,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
-# MLflow accepts at most this many params or metrics in one log_batch call.
+# MLflow accepts at most this many params (and this many metrics) in one log_batch call.
 BATCH_LIMIT = 100
+METRIC_BATCH_LIMIT = 1000
 
 
 def default_uri(output_dir: str | Path) -> str:
@@ -160,6 +162,26 @@ class Tracker(Callback):
     def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
         metrics = {k: v for k, v in row.items() if k not in ("epoch", "step")}
         self.log_metrics(metrics, step=int(row["epoch"]))
+        self.log_steps([r for r in trainer.step_rows if int(r[1]) == int(row["epoch"])])
+
+    @_guarded
+    def log_steps(self, rows: list[tuple[float, ...]]) -> None:
+        """Per optimizer step: the learning rate and the gradient norm before clipping.
+
+        Stepped by global step under ``step/...`` names, apart from the per-epoch metrics.
+        """
+        from mlflow.entities import Metric
+
+        if self.client is None or self.run_id is None:
+            return
+        now = int(time.time() * 1000)
+        items = []
+        for step, _, lr, _, grad_norm in rows:
+            items.append(Metric("step/lr", lr, now, int(step)))
+            if math.isfinite(grad_norm):
+                items.append(Metric("step/grad_norm", grad_norm, now, int(step)))
+        for i in range(0, len(items), METRIC_BATCH_LIMIT):
+            self.client.log_batch(self.run_id, metrics=items[i : i + METRIC_BATCH_LIMIT])
 
     def on_exception(self, trainer: Trainer, error: BaseException) -> None:
         self.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")

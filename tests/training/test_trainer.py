@@ -333,7 +333,10 @@ def test_nan_in_inputs_raises_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(NonFiniteLossError) as error:
         fit(tmp_path, make_net(), config, batches(x, y, 32), batches(*regression_data(32), 32))
     message = str(error.value)
-    assert "training loss became nan in epoch 1" in message
+    # Row 40 is in the second batch of 32: caught at step 2, before its update.
+    assert "stopped at step 2 (epoch 1): the loss became nan at learning rate 0.05" in message
+    assert "first non-finite gradients in: body.0.weight" in message
+    assert "No checkpoint had been written yet" in message
     assert "train.optimizer.lr" in message and "train.grad_clip" in message
     assert isinstance(error.value, MlsmithError) and error.value.exit_code == 1
     assert not (tmp_path / LAST).exists()
@@ -346,8 +349,13 @@ def test_huge_learning_rate_raises_and_keeps_the_last_good_checkpoint(tmp_path: 
     trainer = Trainer(config, checkpoint_dir=tmp_path)
     with pytest.raises(NonFiniteLossError) as error:
         trainer.fit(make_net(), batches(x, y, 32), batches(x, y, 32), RegressionTask(0.0, 1.0))
-    assert "training loss became nan in epoch 2 (lr 1e+06)" in str(error.value)
-    assert f"the last good checkpoint is {tmp_path / LAST}" in str(error.value)
+    message = str(error.value)
+    # 3 steps per epoch: the first step of epoch 2 is step 4; the diagnosis names the LR and
+    # the parameters whose gradients went first.
+    assert "stopped at step 4 (epoch 2): the loss became inf at learning rate 1e+06" in message
+    assert "first non-finite gradients in: body.0.weight, body.0.bias" in message
+    assert f"The last good checkpoint, {tmp_path / LAST}, is intact" in message
+    assert "try 1e+05" in message
     state = load_checkpoint(tmp_path / LAST)
     assert state["loop"]["epoch"] == 1
     assert all(torch.isfinite(t).all() for t in state["model"].values())
@@ -368,7 +376,7 @@ def test_nan_mid_epoch_never_reaches_the_mid_epoch_checkpoint(tmp_path: Path) ->
     x, y = regression_data(320)
     x[250, 0] = np.nan  # step 16 of 20 with batches of 16
     config = train_config(batch_size=16, checkpoint={"every_n_steps": 2})
-    with pytest.raises(NonFiniteLossError, match=r"the last good checkpoint is .*last\.pt"):
+    with pytest.raises(NonFiniteLossError, match=r"last good checkpoint, .*last\.pt, is intact"):
         fit(tmp_path, make_net(), config, batches(x, y, 16), batches(x[:32], y[:32], 16))
     state = load_checkpoint(tmp_path / LAST)
     assert state["loop"]["step_in_epoch"] == 14
@@ -560,7 +568,7 @@ def test_resume_mid_epoch_is_bit_identical(
     assert_states_equal(weights(tmp_path / "ref" / LAST), weights(tmp_path / "crash" / LAST))
     assert_states_equal(weights(tmp_path / "ref" / BEST), weights(tmp_path / "crash" / BEST))
     assert_states_equal(ref_model.state_dict(), resumed_model.state_dict())
-    timing = {"samples_per_s", "epoch_time_s"}
+    timing = {"samples_per_s", "epoch_time_s", "memory_mb"}
     strip = [{k: v for k, v in row.items() if k not in timing} for row in reference.history]
     assert [{k: v for k, v in r.items() if k not in timing} for r in resumed.history] == strip
     assert resumed.best_epoch == reference.best_epoch

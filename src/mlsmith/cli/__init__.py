@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from mlsmith.cli import evaluate, predict, train
+from mlsmith.cli import check, compare, evaluate, lr_find, predict, report, train
 from mlsmith.errors import MlsmithError
 
 app = typer.Typer(
@@ -28,6 +28,10 @@ app = typer.Typer(
 app.command("train", no_args_is_help=True)(train.command)
 app.command("evaluate", no_args_is_help=True)(evaluate.command)
 app.command("predict", no_args_is_help=True)(predict.command)
+app.command("check", no_args_is_help=True)(check.command)
+app.command("lr-find", no_args_is_help=True)(lr_find.command)
+app.command("report", no_args_is_help=True)(report.command)
+app.command("compare", no_args_is_help=True)(compare.command)
 
 
 @app.callback(invoke_without_command=True)

@@ -99,3 +99,6 @@ class PreparedData:
     test: Split | None
     fingerprint: str
     summary: dict[str, Any] = field(default_factory=dict)
+    # The raw rows of each split ("train", "val", "test"), target included, for the data checks
+    # (missing values, constant columns, leakage). Training drops them once checked.
+    frames: dict[str, pd.DataFrame] = field(default_factory=dict)

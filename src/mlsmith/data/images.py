@@ -960,6 +960,7 @@ def prepare(config: Config, *, preprocessor: ImagePreprocessor | None = None) ->
             "channels": channels,
             "cache": mode,
         },
+        frames={"train": main.iloc[indices.train], "val": val_frame, "test": test_frame},
     )
 
 

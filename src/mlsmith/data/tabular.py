@@ -215,6 +215,7 @@ def prepare(config: Config, *, preprocessor: TabularPreprocessor | None = None) 
             "numeric": preprocessor.numeric,
             "categorical": preprocessor.categorical,
         },
+        frames={"train": train, "val": val, "test": test},
     )
 
 

@@ -294,6 +294,7 @@ def prepare(config: Config, *, preprocessor: TextPreprocessor | None = None) -> 
             },
             "truncated_share": truncated,
         },
+        frames={"train": train, "val": val, "test": test},
     )
 
 

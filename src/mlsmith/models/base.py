@@ -39,6 +39,8 @@ class FitSummary:
     history: list[dict[str, float]]
     best_epoch: int | None
     stopped_early: bool
+    # Things a person should know about how training went (e.g. overfitting), one line each.
+    observations: list[str] = field(default_factory=list)
 
 
 class Model(ABC):

@@ -54,7 +54,9 @@ class NeuralModel(Model):
         resume = checkpoints / LAST if context.resume and (checkpoints / LAST).exists() else None
         result = trainer.fit(self.network, train, val, self.task, resume=resume)
         self.device = trainer.device
-        return FitSummary(result.history, result.best_epoch, result.stopped_early)
+        return FitSummary(
+            result.history, result.best_epoch, result.stopped_early, result.observations
+        )
 
     def predict_raw(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         batches = self.preprocessor.batches(inputs, None, self.config.train.eval_batch_size)

@@ -28,7 +28,11 @@ def format_epoch(row: dict[str, float], epochs: int) -> str:
     parts = [f"epoch {int(row['epoch'])}/{epochs}"]
     parts += [f"{key} {row[key]:.4f}" for key in LINE_KEYS if key in row]
     parts.append(f"lr {row['lr']:.2e}")
+    if "grad_norm" in row:
+        parts.append(f"grad norm {row['grad_norm']:.3g}")
     parts.append(f"{row['samples_per_s']:,.0f} samples/s")
+    if row.get("memory_mb", 0) > 0:
+        parts.append(f"{row['memory_mb']:,.0f} MB")
     parts.append(f"{row['epoch_time_s']:.1f}s")
     return "  ".join(parts)
 

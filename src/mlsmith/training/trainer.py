@@ -8,6 +8,7 @@ order rather than a hook somewhere else.
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable, Iterable
@@ -21,10 +22,17 @@ import torch
 
 from mlsmith.config import TrainConfig
 from mlsmith.data.batches import TensorBatches
-from mlsmith.errors import ConfigError, MlsmithError, did_you_mean
+from mlsmith.errors import ConfigError, did_you_mean
 from mlsmith.training.callbacks import CallbackList, EarlyStopping, improved, resolve_mode
 from mlsmith.training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from mlsmith.training.device import resolve_device
+from mlsmith.training.diagnostics import (
+    NonFiniteLossError,
+    OverfitWatch,
+    StepMonitor,
+    gradient_norms,
+    peak_memory_mb,
+)
 from mlsmith.training.optimizers import LRSchedule, build_optimizer
 from mlsmith.training.precision import build_precision
 from mlsmith.training.reproducibility import restore_rng_states, rng_states, set_deterministic
@@ -45,10 +53,9 @@ class Objective(Protocol):
     def metrics(self, truth: np.ndarray, decoded: np.ndarray) -> dict[str, float]: ...
 
 
-class NonFiniteLossError(MlsmithError):
-    """The training loss became NaN or infinite."""
+log = logging.getLogger(__name__)
 
-    exit_code = 1
+__all__ = ["FitResult", "NonFiniteLossError", "Objective", "Trainer", "predict_raw"]
 
 
 @dataclass
@@ -58,6 +65,7 @@ class FitResult:
     best_score: float | None
     stopped_early: bool
     best_checkpoint: Path
+    observations: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -96,6 +104,9 @@ class Trainer:
         self._loss_sum: torch.Tensor | None = None
         self.optimizer: torch.optim.Optimizer | None = None
         self._samples = 0
+        # Things a person should know about this run (overfitting...), for the report.
+        self.observations: list[str] = []
+        self.monitor_steps: StepMonitor | None = None
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -130,6 +141,14 @@ class Trainer:
             cfg.early_stopping.patience,
             cfg.early_stopping.min_delta,
         )
+        params = [p for p in model.parameters() if p.requires_grad]
+        steps = self.monitor_steps = StepMonitor(
+            [n for n, p in model.named_parameters() if p.requires_grad],
+            self.device,
+            scaled=getattr(self.precision, "scaler", None) is not None,
+        )
+        overfit = OverfitWatch(cfg.overfit_patience)
+        inspect_grads = cfg.log_grad_norm or cfg.grad_clip is not None
         # Running sums of the epoch in progress; restored when resuming mid-epoch.
         loss_sum = torch.zeros((), device=self.device)
         samples = 0
@@ -141,6 +160,8 @@ class Trainer:
             schedule.load_state_dict(state["schedule"])
             self.precision.load_state_dict(state["precision"])
             stopper.load_state_dict(state["early_stopping"])
+            steps.load_state_dict(state["steps"])
+            overfit.load_state_dict(state["overfit"])
             self._load_loop_state(state["loop"])
             loss_sum.fill_(state["loop"]["loss_sum"])
             samples = state["loop"]["samples"]
@@ -157,6 +178,8 @@ class Trainer:
                 schedule=schedule.state_dict(),
                 precision=self.precision.state_dict(),
                 early_stopping=stopper.state_dict(),
+                steps=steps.state_dict(),
+                overfit=overfit.state_dict(),
                 rng=rng_states(),
                 loop={
                     **self._loop_state(),
@@ -167,18 +190,22 @@ class Trainer:
             )
             save_checkpoint(self.checkpoint_dir / LAST, state)
 
+        def at_stake() -> str:
+            last = self.checkpoint_dir / LAST
+            if last.exists():
+                return f"The last good checkpoint, {last}, is intact. "
+            return "No checkpoint had been written yet. "
+
         def check_finite(loss_sum: torch.Tensor, samples: int) -> float:
             """The epoch's mean loss so far; raises before non-finite weights are checkpointed."""
             loss = float(loss_sum.item()) / max(samples, 1)
             if math.isfinite(loss) and all(bool(p.isfinite().all()) for p in model.parameters()):
                 return loss
             what = f"loss became {loss}" if not math.isfinite(loss) else "weights became non-finite"
-            last = self.checkpoint_dir / LAST
-            good = f"the last good checkpoint is {last}" if last.exists() else "no checkpoint yet"
             raise NonFiniteLossError(
                 f"training {what} in epoch {self.epoch + 1} (lr "
-                f"{optimizer.param_groups[0]['lr']:.3g}); {good}. Lower train.optimizer.lr, set "
-                "train.grad_clip, or check the inputs for extreme values"
+                f"{optimizer.param_groups[0]['lr']:.3g}). {at_stake()}Likely fixes: lower "
+                "train.optimizer.lr, set train.grad_clip, or check the inputs for extreme values"
             )
 
         self.callbacks.call("on_fit_start", self)
@@ -197,16 +224,33 @@ class Trainer:
                     # last step included. Without accumulation the share is 1 and the maths is
                     # exactly a plain loop's.
                     n_step = sum(len(target) for _, target in micro_batches)
+                    step_loss = torch.zeros((), device=self.device)
                     for inputs, target in micro_batches:
                         with self.precision.autocast():
                             output = forward(**inputs)
                             loss = objective.loss(output, target)
                         share = len(target) / n_step
                         self.precision.backward(loss if share == 1 else loss * share)
-                        loss_sum.add_(loss.detach(), alpha=len(target))
-                    if cfg.grad_clip is not None:
+                        step_loss.add_(loss.detach(), alpha=share)
+                    loss_sum.add_(step_loss, alpha=n_step)
+                    norms = None
+                    if inspect_grads:
+                        # Norms of the true (unscaled) gradients, before clipping.
                         self.precision.unscale(optimizer)
-                        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                        norms = gradient_norms(params)
+                        if cfg.grad_clip is not None:
+                            clip_gradients(params, norms, cfg.grad_clip)
+                    steps.record(
+                        self.global_step + 1,
+                        self.epoch + 1,
+                        float(optimizer.param_groups[0]["lr"]),
+                        step_loss,
+                        norms,
+                    )
+                    if steps.due():
+                        # On the CPU this runs every step, before the update: a NaN never
+                        # reaches the weights.
+                        steps.flush(at_stake())
                     self.precision.step(optimizer)
                     optimizer.zero_grad(set_to_none=True)
                     schedule.after_step()
@@ -223,6 +267,7 @@ class Trainer:
                     torch.cuda.synchronize()  # honest timing: wait for queued kernels
                 train_time = time.perf_counter() - started
 
+                steps.flush(at_stake())
                 train_loss = check_finite(loss_sum, samples)
                 row = {
                     "epoch": self.epoch + 1,
@@ -234,6 +279,8 @@ class Trainer:
                     if train_time > 0
                     else float("nan"),
                     "epoch_time_s": time.perf_counter() - started,
+                    **steps.epoch_stats(self.epoch + 1),
+                    "memory_mb": peak_memory_mb(self.device),
                 }
                 self.history.append(row)
                 self.epoch += 1
@@ -242,6 +289,10 @@ class Trainer:
                 samples = self._samples = 0
                 epoch_start_rng = train.generator.get_state()
 
+                observation = overfit.update(self.epoch, train_loss, row["val/loss"])
+                if observation:
+                    log.warning("epoch %d: %s", self.epoch, observation)
+                    self.observations.append(f"epoch {self.epoch}: {observation}")
                 schedule.after_epoch(row[self.monitor])
                 if improved(row[self.monitor], self.best_score, self.monitor_mode):
                     self.best_score, self.best_epoch = row[self.monitor], self.epoch
@@ -261,12 +312,24 @@ class Trainer:
             save_checkpoint(best_path, self._model_state(model))
         model.load_state_dict(load_checkpoint(best_path, map_location=self.device)["model"])
         self.callbacks.call("on_fit_end", self)
-        return FitResult(self.history, self.best_epoch, self.best_score, stopped_early, best_path)
+        return FitResult(
+            self.history,
+            self.best_epoch,
+            self.best_score,
+            stopped_early,
+            best_path,
+            observations=list(self.observations),
+        )
 
     @property
     def lr(self) -> float:
         """The learning rate of the first parameter group right now (nan before fit)."""
         return float(self.optimizer.param_groups[0]["lr"]) if self.optimizer else math.nan
+
+    @property
+    def step_rows(self) -> list[tuple[float, ...]]:
+        """One row per optimizer step so far: step, epoch, lr, loss, gradient norm."""
+        return self.monitor_steps.rows if self.monitor_steps else []
 
     @property
     def samples_in_epoch(self) -> int:
@@ -310,6 +373,7 @@ class Trainer:
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "should_stop": self.should_stop,
+            "observations": self.observations,
         }
 
     def _load_loop_state(self, loop: dict[str, Any]) -> None:
@@ -320,6 +384,7 @@ class Trainer:
         self.best_score = loop["best_score"]
         self.best_epoch = loop["best_epoch"]
         self.should_stop = loop["should_stop"]
+        self.observations = list(loop.get("observations", []))
 
     def _check_monitors(self, objective: Objective) -> None:
         known = ["train/loss", "val/loss", *(f"val/{m}" for m in objective.metric_names)]
@@ -332,6 +397,22 @@ class Trainer:
                     f"{key}: unknown metric '{name}'{did_you_mean(name, known)}; "
                     f"available: {', '.join(known)}"
                 )
+
+
+def clip_gradients(
+    parameters: list[torch.nn.Parameter], norms: torch.Tensor, max_norm: float
+) -> None:
+    """``clip_grad_norm_`` reusing the per-parameter norms already computed for logging.
+
+    Same arithmetic as torch's (total norm, ``max_norm / (total + 1e-6)`` clamped at 1), so
+    the update matches a plain loop that calls ``clip_grad_norm_``.
+    """
+    grads = [p.grad for p in parameters if p.grad is not None]
+    if not grads:
+        return
+    total = torch.linalg.vector_norm(norms)
+    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
+    torch._foreach_mul_(grads, scale.to(grads[0].device))
 
 
 def predict_raw(

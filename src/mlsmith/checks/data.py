@@ -1,0 +1,264 @@
+"""Data and split checks on the raw rows of each split (``PreparedData.frames``).
+
+Leakage between splits (duplicates, single features) is in :mod:`mlsmith.checks.leakage`.
+Thresholds, and why:
+
+* **Class balance**: a class under 5% of train warns (accuracy hides it; consider
+  balanced_accuracy or pr_auc as the monitor). A split whose class shares differ from train's by
+  more than max(0.10, 1/sqrt(n)) in total variation warns: beyond what sampling noise explains.
+* **Missing values**: a column more than half missing on train warns; constant columns warn.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mlsmith.checks import CheckResult, Status
+from mlsmith.checks.leakage import duplicates_across_splits, single_feature_leakage
+from mlsmith.config import Config, TextDataConfig
+from mlsmith.tasks import ClassificationTask, Task
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlsmith.data.base import PreparedData
+
+MINORITY_SHARE = 0.05
+MISSING_SHARE = 0.5
+EMPTY_TEXT_SHARE = 0.05
+
+
+def data_checks(config: Config, data: PreparedData) -> list[CheckResult]:
+    """Every data and split check, in the order they are shown."""
+    frames = data.frames
+    target = config.data.target
+    kind = config.data.type
+    features = _feature_columns(config, data)
+    if "train" not in frames:  # a data kind that keeps no raw rows: only the sizes are known
+        reason = "the data kind keeps no raw rows to check"
+        return [
+            split_sizes(data),
+            CheckResult("data", "raw rows", "skip", reason),
+            CheckResult("splits", "split checks", "skip", reason),
+        ]
+    return [
+        target_present(frames, target),
+        task_result(data.task, config.data.task, frames.get("train"), target),
+        constant_columns(frames["train"], features, kind),
+        missing_values(frames["train"], features, kind),
+        split_sizes(data),
+        target_distribution(data.task, frames, target),
+        classes_in_every_split(data.task, frames, target),
+        duplicates_across_splits(config, data, features),
+        single_feature_leakage(config, data, features),
+    ]
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+def target_present(frames: dict[str, pd.DataFrame], target: str) -> CheckResult:
+    """The target column is in every split and labels every row."""
+    missing = [name for name, frame in frames.items() if len(frame) and target not in frame]
+    if missing:
+        return CheckResult(
+            "data", "target present", "fail", f"no column '{target}' in {', '.join(missing)}"
+        )
+    labelled = sum(len(frame) for frame in frames.values())
+    return CheckResult("data", "target present", "pass", f"'{target}' labels {labelled:,} rows")
+
+
+def task_result(task: Task, requested: str, train: pd.DataFrame | None, target: str) -> CheckResult:
+    """The task and how it was decided, e.g. ``binary: 2 classes 'no', 'yes' (inferred)``."""
+    how = "inferred" if requested == "auto" else "configured"
+    if isinstance(task, ClassificationTask):
+        shown = ", ".join(repr(c) for c in task.classes[:10])
+        more = f", ... ({len(task.classes) - 10} more)" if len(task.classes) > 10 else ""
+        detail = f"{task.kind}: {len(task.classes)} classes {shown}{more} ({how})"
+    else:
+        values = train[target].astype(float) if train is not None else None
+        spread = (
+            f", train mean {values.mean():.4g}, sd {values.std(ddof=0):.4g}"
+            if values is not None and len(values)
+            else ""
+        )
+        detail = f"{task.kind}{spread} ({how})"
+    return CheckResult("data", "task", "pass", detail)
+
+
+def constant_columns(train: pd.DataFrame, features: list[str], kind: str) -> CheckResult:
+    """Features with a single value on train carry no signal (the text: every text the same)."""
+    if kind == "image":
+        return CheckResult("data", "constant columns", "skip", "not applicable to images")
+    constant = [c for c in features if train[c].nunique(dropna=False) <= 1]
+    if not constant:
+        what = "the text column varies" if kind == "text" else f"all {len(features)} features vary"
+        return CheckResult("data", "constant columns", "pass", f"{what} on train")
+    if kind == "text":
+        return CheckResult(
+            "data",
+            "constant columns",
+            "warn",
+            f"every training text in '{constant[0]}' is the same",
+        )
+    return CheckResult(
+        "data",
+        "constant columns",
+        "warn",
+        f"constant on train: {_names(constant)} (no signal; add to data.drop)",
+    )
+
+
+def missing_values(train: pd.DataFrame, features: list[str], kind: str) -> CheckResult:
+    """Columns mostly missing on train (for text: the share of empty texts)."""
+    if kind == "image":
+        return CheckResult("data", "missing values", "skip", "not applicable to images")
+    if kind == "text":
+        column = features[0]
+        texts = train[column]
+        empty = float((texts.isna() | (texts.astype(str).str.strip() == "")).mean())
+        status: Status = "warn" if empty > EMPTY_TEXT_SHARE else "pass"
+        return CheckResult(
+            "data", "missing values", status, f"{empty:.1%} of training texts are empty"
+        )
+    shares = {c: float(train[c].isna().mean()) for c in features}
+    mostly = {c: s for c, s in shares.items() if s > MISSING_SHARE}
+    if mostly:
+        listed = ", ".join(f"{c} {s:.0%}" for c, s in list(mostly.items())[:5])
+        more = f" (+{len(mostly) - 5} more)" if len(mostly) > 5 else ""
+        return CheckResult(
+            "data",
+            "missing values",
+            "warn",
+            f"mostly missing on train: {listed}{more}; imputed with the median, they carry little",
+        )
+    worst = max(shares, key=lambda c: shares[c]) if shares else None
+    if worst is None or shares[worst] == 0.0:
+        return CheckResult("data", "missing values", "pass", "no missing values on train")
+    return CheckResult(
+        "data",
+        "missing values",
+        "pass",
+        f"no column over {MISSING_SHARE:.0%} missing (most: {worst} {shares[worst]:.1%})",
+    )
+
+
+# --- splits -----------------------------------------------------------------------------------
+
+
+def split_sizes(data: PreparedData) -> CheckResult:
+    """Rows per split; training and validation must not be empty."""
+    sizes = {"train": len(data.train), "val": len(data.val), "test": len(data.test or [])}
+    detail = ", ".join(f"{name} {n:,}" for name, n in sizes.items()) + " rows"
+    empty = [name for name in ("train", "val") if sizes[name] == 0]
+    if empty:
+        return CheckResult(
+            "splits", "split sizes", "fail", f"{detail}: {' and '.join(empty)} empty"
+        )
+    if sizes["test"] == 0:
+        return CheckResult(
+            "splits", "split sizes", "warn", f"{detail}: no test split, so no unbiased score"
+        )
+    return CheckResult("splits", "split sizes", "pass", detail)
+
+
+def target_distribution(task: Task, frames: dict[str, pd.DataFrame], target: str) -> CheckResult:
+    """Class shares per split (or the target's mean per split for regression)."""
+    present = {name: f[target] for name, f in frames.items() if len(f)}
+    if not isinstance(task, ClassificationTask):
+        stats = {
+            name: (float(v.astype(float).mean()), float(v.astype(float).std(ddof=0)))
+            for name, v in present.items()
+        }
+        train_mean, train_sd = stats["train"]
+        detail = " | ".join(f"{name} mean {m:.4g} (sd {s:.3g})" for name, (m, s) in stats.items())
+        shifted = [
+            name
+            for name, (m, _) in stats.items()
+            if train_sd > 0 and abs(m - train_mean) > 0.5 * train_sd
+        ]
+        status: Status = "warn" if shifted else "pass"
+        if shifted:
+            detail += f"; {', '.join(shifted)} differ from train by over half a train sd"
+        return CheckResult("splits", "target distribution", status, detail)
+
+    shares = {name: _class_shares(task, values) for name, values in present.items()}
+    problems = []
+    smallest = int(np.argmin(shares["train"]))
+    if shares["train"][smallest] < MINORITY_SHARE:
+        problems.append(
+            f"class {task.classes[smallest]!r} is only {shares['train'][smallest]:.1%} of train "
+            "(consider val/balanced_accuracy or val/pr_auc as the monitor)"
+        )
+    for name, share in shares.items():
+        if name == "train":
+            continue
+        distance = 0.5 * float(np.abs(share - shares["train"]).sum())
+        allowed = max(0.10, 1.0 / math.sqrt(len(present[name])))
+        if distance > allowed:
+            problems.append(f"{name} differs from train by {distance:.0%} (total variation)")
+    if len(task.classes) <= 4:
+        detail = " | ".join(
+            f"{name}: "
+            + ", ".join(f"{c} {s:.0%}" for c, s in zip(task.classes, share, strict=True))
+            for name, share in shares.items()
+        )
+    else:
+        train = shares["train"]
+        gap = max(
+            (float(np.abs(s - train).max()) for n, s in shares.items() if n != "train"),
+            default=0.0,
+        )
+        detail = (
+            f"{len(task.classes)} classes, train shares {train.min():.1%} to {train.max():.1%}; "
+            f"other splits within {gap:.1%} of train"
+        )
+    if problems:
+        return CheckResult("splits", "class balance", "warn", "; ".join(problems) + f" [{detail}]")
+    return CheckResult("splits", "class balance", "pass", detail)
+
+
+def classes_in_every_split(task: Task, frames: dict[str, pd.DataFrame], target: str) -> CheckResult:
+    """Every class has rows in every split (a class absent from val cannot be validated)."""
+    if not isinstance(task, ClassificationTask):
+        return CheckResult("splits", "classes in every split", "skip", "regression")
+    absent = {
+        name: task.absent_classes(frame[target]) for name, frame in frames.items() if len(frame)
+    }
+    absent = {name: classes for name, classes in absent.items() if classes}
+    if absent:
+        detail = "; ".join(
+            f"{name} has no rows of {', '.join(repr(c) for c in classes[:5])}"
+            for name, classes in absent.items()
+        )
+        return CheckResult("splits", "classes in every split", "warn", detail)
+    return CheckResult(
+        "splits",
+        "classes in every split",
+        "pass",
+        f"all {len(task.classes)} classes in {', '.join(n for n, f in frames.items() if len(f))}",
+    )
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _feature_columns(config: Config, data: PreparedData) -> list[str]:
+    """The raw columns the model sees: table features, the text column, nothing for images."""
+    if isinstance(config.data, TextDataConfig):
+        return [config.data.text_column]
+    return list(getattr(data.preprocessor, "features", []))
+
+
+def _names(columns: list[str], limit: int = 5) -> str:
+    more = f" (+{len(columns) - limit} more)" if len(columns) > limit else ""
+    return ", ".join(columns[:limit]) + more
+
+
+def _class_shares(task: ClassificationTask, values: pd.Series) -> np.ndarray:
+    codes = task.encode(values).astype(np.int64)
+    counts = np.bincount(codes, minlength=len(task.classes)).astype(np.float64)
+    return counts / max(1.0, counts.sum())

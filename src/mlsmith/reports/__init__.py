@@ -1,0 +1,41 @@
+"""Run reports: ``report.html``, ``REPORT.md`` and ``MODEL_CARD.md``, and run comparisons.
+
+Reports are read-only views of a run directory: they are rebuilt from its files at any time
+(``mlsmith report RUN_DIR``), work on old, interrupted and test-less runs (a missing piece says
+"not recorded"), and never need the data or the model again (only the parameter count opens the
+best checkpoint).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from mlsmith.files import atomic_path
+
+__all__ = ["write_reports"]
+
+
+def write_reports(run_dir: str | Path) -> list[Path]:
+    """Write the three reports into ``run_dir``, each atomically; returns their paths.
+
+    Raises :class:`mlsmith.errors.RunError` when ``run_dir`` is not a run directory.
+    """
+    from mlsmith.reports.card import render_card
+    from mlsmith.reports.html import render_html
+    from mlsmith.reports.markdown import render_report
+    from mlsmith.reports.runinfo import HTML_REPORT, MARKDOWN_REPORT, MODEL_CARD, load_record
+
+    record = load_record(run_dir)
+    written = []
+    for name, render in (
+        (HTML_REPORT, render_html),
+        (MARKDOWN_REPORT, render_report),
+        (MODEL_CARD, render_card),
+    ):
+        path = record.path / name
+        text = render(record)
+        with atomic_path(path) as tmp:
+            # UTF-8 whatever the locale: labels and card text may be in any language.
+            tmp.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written

@@ -1,0 +1,396 @@
+"""What the reports say about a run beyond its raw files: progress, observations, limitations.
+
+Computed once from a :class:`RunRecord` and rendered by both the HTML and the Markdown writers,
+so the two always agree.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from mlsmith.reports.runinfo import (
+    NOT_RECORDED,
+    RunRecord,
+    format_bytes,
+    format_ci,
+    format_number,
+    format_seconds,
+    format_value,
+)
+
+# The metrics a comparison or a summary leads with, in this order, when a run has them.
+HEADLINE_METRICS = (
+    "accuracy",
+    "balanced_accuracy",
+    "f1_macro",
+    "roc_auc",
+    "pr_auc",
+    "log_loss",
+    "top5_accuracy",
+    "rmse",
+    "mae",
+    "r2",
+)
+
+
+@dataclass(frozen=True)
+class ClassMetrics:
+    """Test-split precision, recall, F1 and support of one class."""
+
+    label: str
+    precision: float
+    recall: float
+    f1: float
+    support: int
+
+
+def metric_rows(record: RunRecord) -> list[tuple[str, str, str, str]]:
+    """(split, metric, value, confidence interval) for every recorded metric, test split first."""
+    order = sorted(record.metrics, key=lambda s: {"test": 0, "val": 1}.get(s, 2))
+    return [
+        (split, name, format_number(entry.get("value")), format_ci(entry))
+        for split in order
+        for name, entry in record.metrics[split].items()
+    ]
+
+
+def progress_facts(record: RunRecord) -> list[tuple[str, str]]:
+    """Key numbers of the training loop, as (label, value) rows."""
+    info, cfg = record.info, record.config.train
+    epochs_run = info.get("epochs_run")
+    if epochs_run is None and record.history is not None:
+        epochs_run = len(record.history)
+    rows = [
+        ("status", str(info.get("status", NOT_RECORDED))),
+        ("epochs run", f"{epochs_run} of {cfg.epochs}" if epochs_run is not None else NOT_RECORDED),
+        ("stopped early", _stopped_early_text(record)),
+        ("best epoch", _best_epoch_text(record)),
+        ("train/loss at best epoch", _number_at_best(record, "train/loss")),
+        ("val/loss at best epoch", _number_at_best(record, "val/loss")),
+        ("train/val gap at best epoch", _gap_text(record)),
+        ("training time", format_seconds(info.get("train_seconds"))),
+    ]
+    throughput = record.history_column("samples_per_s")
+    if throughput is not None:
+        rows.append(("mean throughput", f"{float(throughput.mean()):,.0f} samples/s"))
+    memory = record.history_column("memory_mb")
+    if memory is not None:
+        rows.append(("peak memory", f"{float(memory.max()):,.0f} MB"))
+    return rows
+
+
+def observations(record: RunRecord) -> list[str]:
+    """Sentences about the run: what the loop recorded, then what the history shows."""
+    # Sentence case, whatever case the training loop wrote its notes in.
+    recorded = [
+        str(line)[:1].upper() + str(line)[1:] for line in record.info.get("observations") or []
+    ]
+    derived = []
+    best = record.best_epoch
+    if record.history is not None and best is not None:
+        derived.append(
+            f"Best epoch {best} of {len(record.history)} by {record.monitor} "
+            f"({_at_best(record, record.monitor)}); checkpoints/best.pt holds its weights."
+        )
+    # The training loop words its own notes on early stopping and overfitting; do not repeat.
+    said = " ".join(recorded).lower()
+    if record.info.get("stopped_early") and "early stopping" not in said:
+        derived.append(f"Stopped early {_early_stop_detail(record)}.")
+    gap = _gap(record)
+    if gap is not None:
+        derived.append(
+            f"At the best epoch val/loss - train/loss = {format_number(gap)} "
+            "(train/loss is averaged over the epoch in training mode, e.g. with dropout on)."
+        )
+    warning = overfitting_warning(record)
+    if warning and "overfitting" not in said:
+        derived.append(warning)
+    return recorded + [line for line in derived if line not in recorded]
+
+
+def overfitting_warning(record: RunRecord) -> str | None:
+    """A warning when val/loss rose while train/loss fell over the last epochs, else None."""
+    train, val = record.history_column("train/loss"), record.history_column("val/loss")
+    if train is None or val is None:
+        return None
+    patience = max(1, int(getattr(record.config.train, "overfit_patience", 3) or 3))
+    t, v = train.to_numpy(dtype=float), val.to_numpy(dtype=float)
+    rising = 0
+    for i in range(len(t) - 1, 0, -1):
+        if v[i] > v[i - 1] and t[i] < t[i - 1]:
+            rising += 1
+        else:
+            break
+    if rising < patience:
+        return None
+    return (
+        f"Overfitting warning: val/loss rose for the last {rising} epochs while train/loss fell "
+        f"({format_number(v[-rising - 1])} -> {format_number(v[-1])}); more data, regularisation "
+        "or an earlier stop would help."
+    )
+
+
+def per_class_metrics(record: RunRecord) -> list[ClassMetrics]:
+    """Precision/recall/F1/support per class on the test predictions; empty without them."""
+    predictions, classes = record.predictions, record.classes
+    if predictions is None or not record.is_classification or not classes:
+        return []
+    from sklearn.metrics import precision_recall_fscore_support
+
+    precision, recall, f1, support = precision_recall_fscore_support(
+        predictions["target"].astype(str),
+        predictions["prediction"].astype(str),
+        labels=classes,
+        zero_division=0,
+    )
+    return [
+        ClassMetrics(label, float(p), float(r), float(f), int(s))
+        for label, p, r, f, s in zip(classes, precision, recall, f1, support, strict=True)
+    ]
+
+
+def measured_limitations(record: RunRecord) -> list[str]:
+    """Weaknesses the evaluation shows: worst classes, sparse classes, wide intervals..."""
+    notes: list[str] = []
+    split = record.headline_split
+    if split is None:
+        return [f"No evaluation was recorded; the model's quality is {NOT_RECORDED}."]
+    if split != "test":
+        notes.append(
+            "There is no held-out test split: the metrics come from the validation split, which "
+            "also picked the best epoch, so they are optimistic."
+        )
+    rows = (record.info.get("data") or {}).get("rows", {}).get(split)
+    headline = next((m for m in HEADLINE_METRICS if m in record.metrics[split]), None)
+    if headline:
+        entry = record.metrics[split][headline]
+        low, high = entry.get("ci95") or (None, None)
+        if low is not None and high is not None:
+            size = f" has {rows:,} rows:" if isinstance(rows, int) else ":"
+            notes.append(
+                f"The {split} split{size} {headline} is {format_number(entry.get('value'))} with "
+                f"a {record.ci_level} interval {format_ci(entry)} "
+                f"(width {format_number(high - low)})."
+            )
+    classes = per_class_metrics(record)
+    if len(classes) >= 2:
+        ranked = sorted(classes, key=lambda c: (c.f1, c.recall))
+        for c in ranked[: 3 if len(classes) > 3 else 1]:
+            notes.append(
+                f"Weakest class '{c.label}': F1 {format_number(c.f1)}, recall "
+                f"{format_number(c.recall)}, precision {format_number(c.precision)} "
+                f"({c.support} test rows)."
+            )
+        sparse = [c for c in classes if c.support < 10]
+        if sparse:
+            names = ", ".join(f"'{c.label}' ({c.support})" for c in sparse[:5])
+            notes.append(f"Few test rows for {names}: their per-class metrics are uncertain.")
+    elif not record.is_classification:
+        notes.extend(_regression_limitations(record))
+    warning = overfitting_warning(record)
+    if warning:
+        notes.append(warning)
+    return notes
+
+
+def preflight_rows(record: RunRecord) -> list[tuple[str, str, str, str]]:
+    """(group, check, status, detail) of each pre-flight check; empty when none ran."""
+    results = (record.preflight or {}).get("results") or []
+    return [
+        (
+            str(r.get("group", "")),
+            str(r.get("name", "")),
+            str(r.get("status", "")),
+            str(r.get("detail", "")),
+        )
+        for r in results
+        if isinstance(r, dict)
+    ]
+
+
+def preflight_summary(record: RunRecord) -> str:
+    """E.g. "Quick checks before training: 16 pass, 1 warn, 2 skip"."""
+    counts: dict[str, int] = {}
+    for _, _, status, _ in preflight_rows(record):
+        counts[status] = counts.get(status, 0) + 1
+    mode = "Quick" if (record.preflight or {}).get("quick") else "Full"
+    return f"{mode} checks before training: " + ", ".join(f"{n} {s}" for s, n in counts.items())
+
+
+def artifact_rows(record: RunRecord) -> list[tuple[str, str]]:
+    """(file, size) for every file in the run directory."""
+    return [(name, format_bytes(size)) for name, size in record.artifacts]
+
+
+def environment_rows(record: RunRecord) -> list[tuple[str, str]]:
+    """Versions, device, commits, fingerprint and seed, as (label, value) rows."""
+    env = record.info.get("environment") or {}
+    packages = env.get("packages") or {}
+    hardware = env.get("hardware") or {}
+    rows = [
+        ("mlsmith", str(env.get("mlsmith", NOT_RECORDED))),
+        ("python", str(env.get("python", NOT_RECORDED))),
+        ("packages", ", ".join(f"{k} {v}" for k, v in packages.items()) or NOT_RECORDED),
+        ("device", str(env.get("device", NOT_RECORDED))),
+        ("hardware", ", ".join(f"{k} {v}" for k, v in hardware.items()) or NOT_RECORDED),
+        ("platform", str(env.get("platform", NOT_RECORDED))),
+        ("project commit", _git_text(env, "project_git")),
+        ("mlsmith commit", _git_text(env, "mlsmith_git")),
+        ("data fingerprint", str(record.info.get("data_fingerprint") or NOT_RECORDED)),
+        ("seed", str(record.config.seed)),
+        ("deterministic", "yes" if record.config.train.deterministic else "no"),
+        ("command", str(env.get("command") or NOT_RECORDED)),
+    ]
+    if record.info.get("mlflow_run_id"):
+        rows.append(
+            ("MLflow run", f"{record.info['mlflow_run_id']} at {record.info.get('tracking_uri')}")
+        )
+    return rows
+
+
+def data_rows(record: RunRecord) -> list[tuple[str, str]]:
+    """The data summary from run.json, one row per key (rows per split spelled out)."""
+    summary = record.info.get("data") or {}
+    rows = []
+    for key, value in summary.items():
+        if key == "rows" and isinstance(value, dict):
+            value = ", ".join(f"{split} {n:,}" for split, n in value.items())
+        elif isinstance(value, list) and all(isinstance(v, str) for v in value):
+            value = ", ".join(value) or "none"
+        elif isinstance(value, dict):
+            value = ", ".join(f"{k} {format_value(v)}" for k, v in value.items())
+        elif isinstance(value, float) and key.endswith("share"):
+            value = f"{100 * value:.1f}%"
+        rows.append(
+            (key.replace("_", " "), value if isinstance(value, str) else format_value(value))
+        )
+    return rows
+
+
+def hyperparameter_rows(record: RunRecord) -> list[tuple[str, str]]:
+    """The model's settings and the training settings that matter most, as (key, value)."""
+    flat = record.config.flat()
+    keys = [k for k in flat if k.startswith("model.") and k != "model.type"] + [
+        f"train.{k}"
+        for k in (
+            "epochs",
+            "batch_size",
+            "optimizer.name",
+            "optimizer.lr",
+            "optimizer.weight_decay",
+            "scheduler.name",
+            "scheduler.warmup_epochs",
+            "grad_accum_steps",
+            "grad_clip",
+            "precision",
+            "early_stopping.enabled",
+            "early_stopping.monitor",
+            "early_stopping.patience",
+            "checkpoint.monitor",
+        )
+    ]
+    return [(key, format_value(flat[key])) for key in keys if key in flat]
+
+
+def reproduce_command(record: RunRecord) -> str:
+    """The command that trains this run again from its own resolved config."""
+    return f"mlsmith train {record.path / 'config.yaml'}"
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _number_at_best(record: RunRecord, column: str) -> str:
+    value = _value_at_best(record, column)
+    return format_number(value) if value is not None else NOT_RECORDED
+
+
+def _at_best(record: RunRecord, column: str) -> str:
+    value = _value_at_best(record, column)
+    return f"{column} {format_number(value)}" if value is not None else NOT_RECORDED
+
+
+def _value_at_best(record: RunRecord, column: str) -> float | None:
+    best, history = record.best_epoch, record.history
+    if best is None or history is None or column not in history or "epoch" not in history:
+        return None
+    rows = history.loc[history["epoch"] == best, column]
+    value = float(rows.iloc[0]) if len(rows) else math.nan
+    return value if math.isfinite(value) else None
+
+
+def _gap(record: RunRecord) -> float | None:
+    train, val = _value_at_best(record, "train/loss"), _value_at_best(record, "val/loss")
+    return None if train is None or val is None else val - train
+
+
+def _gap_text(record: RunRecord) -> str:
+    gap = _gap(record)
+    return NOT_RECORDED if gap is None else f"{format_number(gap)} (val/loss - train/loss)"
+
+
+def _best_epoch_text(record: RunRecord) -> str:
+    best = record.best_epoch
+    if best is None:
+        return NOT_RECORDED
+    return f"{best} (by {record.monitor})"
+
+
+def _stopped_early_text(record: RunRecord) -> str:
+    stopped = record.info.get("stopped_early")
+    if stopped is None:
+        return NOT_RECORDED
+    return f"yes, {_early_stop_detail(record)}" if stopped else "no"
+
+
+def _early_stop_detail(record: RunRecord) -> str:
+    stopping = record.config.train.early_stopping
+    epochs = record.info.get("epochs_run")
+    after = f"after epoch {epochs}: " if epochs else ""
+    return f"{after}no improvement of {stopping.monitor} for {stopping.patience} epochs"
+
+
+def _git_text(env: dict[str, Any], key: str) -> str:
+    if key not in env:
+        return NOT_RECORDED
+    state = env[key]
+    if not isinstance(state, dict) or not state.get("commit"):
+        return "not a git work tree"
+    return f"{state['commit']}{' (uncommitted changes)' if state.get('dirty') else ''}"
+
+
+def error_by_target_fifth(
+    actual: np.ndarray, predicted: np.ndarray
+) -> tuple[np.ndarray, list[float]]:
+    """Mean absolute error within each fifth of the rows sorted by true value.
+
+    Returns the six edges of the fifths (min, 20%, ..., max) and the five MAEs (NaN for an
+    empty fifth, which ties in the true values can cause).
+    """
+    edges = np.quantile(actual, [0.0, 0.2, 0.4, 0.6, 0.8, 1.0])
+    fifth = np.searchsorted(edges[1:-1], actual, side="right")
+    error = np.abs(actual - predicted)
+    maes = [float(error[fifth == b].mean()) if (fifth == b).any() else math.nan for b in range(5)]
+    return edges, maes
+
+
+def _regression_limitations(record: RunRecord) -> list[str]:
+    predictions = record.predictions
+    if predictions is None or len(predictions) < 10:
+        return []
+    actual = predictions["target"].to_numpy(dtype=float)
+    predicted = predictions["prediction"].to_numpy(dtype=float)
+    if not (np.isfinite(actual).all() and np.isfinite(predicted).all()):
+        return []
+    edges, maes = error_by_target_fifth(actual, predicted)
+    worst = int(np.nanargmax(maes))
+    overall = float(np.abs(actual - predicted).mean())
+    return [
+        f"Errors are largest for true values from {edges[worst]:.4g} to {edges[worst + 1]:.4g} "
+        f"(fifth {worst + 1} of 5 by true value): MAE {format_number(maes[worst])} there vs "
+        f"{format_number(overall)} overall."
+    ]
