@@ -1,5 +1,5 @@
 """Runs trained once per test session for the report tests: tiny tabular runs of every task
-and a tiny image run. A test that changes a run works on a copy (``run_copy``)."""
+and tiny image and text runs. A test that changes a run works on a copy (``run_copy``)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from tests.conftest import config_dict
 from tests.image_data import image_config, make_images, write_npz
 from tests.reports.report_data import CARD, train_tabular
+from tests.text_data import make_texts
 
 import mlsmith
 
@@ -46,6 +48,22 @@ def image_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     images, labels = make_images(12, classes=3, size=(16, 16))
     npz = write_npz(root / "blobs.npz", images, labels)
     return mlsmith.train(image_config(npz, root / "runs"), progress=False).path
+
+
+@pytest.fixture(scope="session")
+def text_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("text")
+    data = root / "texts.csv"
+    make_texts("binary", rows=200).to_csv(data, index=False)
+    config = config_dict(data, root / "runs", train={"epochs": 2, "batch_size": 32})
+    config["data"] = {
+        "type": "text",
+        "path": str(data),
+        "target": "label",
+        "tokenizer": {"vocab_size": 300},
+    }
+    config["model"] = {"type": "bag", "dim": 8, "buckets": 4096}
+    return mlsmith.train(config, progress=False).path
 
 
 @pytest.fixture

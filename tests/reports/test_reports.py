@@ -16,12 +16,19 @@ from mlsmith.reports import write_reports
 from mlsmith.reports.runinfo import count_parameters, format_ci, load_record
 
 # Training plots (loss, LR, gradient norm, throughput, validation metrics) + test-split plots.
-IMAGES = {"binary": 5 + 4, "multiclass": 5 + 4, "regression": 5 + 4, "image": 5 + 4}
+IMAGES = {
+    "binary": 5 + 4,
+    "multiclass": 5 + 4,
+    "regression": 5 + 4,
+    "image": 5 + 4,
+    "text": 5 + 4,
+}
 RUNS = {
     "binary": "binary_run",
     "multiclass": "multiclass_run",
     "regression": "regression_run",
     "image": "image_run",
+    "text": "text_run",
 }
 
 
