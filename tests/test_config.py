@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from tests.conftest import make_table
 
-from mlsmith.config import Config, _section_type, apply_overrides, load_config
+from mlsmith.config import Config, TuneConfig, _section_type, apply_overrides, load_config
 from mlsmith.errors import ConfigError
 
 IRIS: dict[str, Any] = {"data": {"path": "sklearn:iris", "target": "target"}}
@@ -53,7 +53,8 @@ def _leaves(model: type[BaseModel]) -> int:
 
 
 def test_only_data_path_and_target_are_required() -> None:
-    assert _required(Config) == ["data", "data.path", "data.target"]
+    # tune.space is required only inside the optional tune section (None by default).
+    assert _required(Config) == ["data", "data.path", "data.target", "tune.space"]
 
 
 def test_defaults() -> None:
@@ -526,8 +527,10 @@ def test_flat_keys(tmp_path: Path) -> None:
     assert flat["track.uri"] == "file:./mlruns"
     assert flat["train.precision"] == "32"
     assert not any(isinstance(v, dict) for v in flat.values())
-    # One key per leaf field of the schema, nothing more, nothing less.
-    assert len(flat) == _leaves(Config)
+    # One key per leaf field of the schema, nothing more, nothing less; the optional tune
+    # section is None here, one key.
+    assert flat["tune"] is None
+    assert len(flat) == _leaves(Config) - _leaves(TuneConfig) + 1
 
 
 # --- through the CLI --------------------------------------------------------------------------

@@ -27,6 +27,8 @@ _EXPORTS = {
     "lr_find": "mlsmith.api",
     "report": "mlsmith.api",
     "compare": "mlsmith.api",
+    "tune": "mlsmith.api",
+    "TuneResult": "mlsmith.tuning",
     "load_run": "mlsmith.run",
     "Run": "mlsmith.run",
     "load_config": "mlsmith.config",
@@ -44,6 +46,7 @@ __all__ = [
     "MlsmithError",
     "Run",
     "RunError",
+    "TuneResult",
     "__version__",
     "check",
     "compare",
@@ -54,13 +57,15 @@ __all__ = [
     "predict",
     "report",
     "train",
+    "tune",
 ]
 
 if TYPE_CHECKING:
-    from mlsmith.api import check, compare, evaluate, lr_find, predict, report, train
+    from mlsmith.api import check, compare, evaluate, lr_find, predict, report, train, tune
     from mlsmith.config import Config, load_config
     from mlsmith.errors import ConfigError, DataError, MlsmithError, RunError
     from mlsmith.run import Run, load_run
+    from mlsmith.tuning import TuneResult
 
 
 def __getattr__(name: str) -> Any:

@@ -33,13 +33,24 @@ if TYPE_CHECKING:
     from mlsmith.reports.compare import Comparison
     from mlsmith.training.lr_finder import LRFindResult
     from mlsmith.training.trainer import Trainer
+    from mlsmith.tuning import TuneResult
 
 log = logging.getLogger(__name__)
 
 # Keys that may differ between a run's stored config and the one given with --resume.
 RESUMABLE_KEYS = ("train.epochs", "experiment", "output_dir", "track.")
 
-__all__ = ["check", "compare", "evaluate", "load_run", "lr_find", "predict", "report", "train"]
+__all__ = [
+    "check",
+    "compare",
+    "evaluate",
+    "load_run",
+    "lr_find",
+    "predict",
+    "report",
+    "train",
+    "tune",
+]
 
 
 def train(
@@ -48,13 +59,15 @@ def train(
     *,
     resume: str | Path | None = None,
     progress: bool | None = None,
+    callbacks: list[object] | None = None,
 ) -> Run:
     """Train, evaluate on the held-out test split and track one run; returns the :class:`Run`.
 
     ``config`` is a YAML path, a dict or a Config; ``overrides`` are ``a.b=value`` strings.
     ``resume`` continues the run in that directory from its last checkpoint, ending with the
     same weights as a run that was never interrupted. ``progress`` forces the live progress bar
-    on or off (default: on when stderr is a terminal).
+    on or off (default: on when stderr is a terminal). ``callbacks`` are called by the training
+    loop after mlsmith's own (``tune`` prunes trials with one).
     """
     from mlsmith import registry
     from mlsmith.models.base import FitContext
@@ -120,7 +133,12 @@ def train(
 
     context = FitContext(
         run_dir=run_dir,
-        callbacks=[ProgressReporter(live=progress), HistoryWriter(run_dir), tracker],
+        callbacks=[
+            ProgressReporter(live=progress),
+            HistoryWriter(run_dir),
+            tracker,
+            *(callbacks or []),
+        ],
         resume=resume is not None,
         metadata={"config": cfg.to_dict(), "code_version": code_version(environment)},
     )
@@ -164,6 +182,35 @@ def train(
     tracker.log_artifacts([*reports, run_dir / STEPS_FILE])
     tracker.finish("FINISHED")
     return run
+
+
+def tune(
+    config: str | Path | dict[str, Any] | Config,
+    overrides: list[str] | None = None,
+    *,
+    trials: int | None = None,
+    timeout: float | None = None,
+    storage: str | None = None,
+    study: str | None = None,
+    workers: int = 1,
+) -> TuneResult:
+    """Search the config's ``tune.space`` with Optuna: one tracked, pruned ``train`` per trial.
+
+    The study lives in ``storage`` (default: SQLite in ``<output_dir>/<experiment>/``), so the
+    same call resumes an interrupted study; ``trials`` (default ``tune.trials``) is the total
+    across all ``workers`` processes. Writes ``best.yaml`` and ``tune_report.html`` in
+    ``<output_dir>/<experiment>/tune-<study>/``.
+    """
+    from mlsmith.tuning import run_study
+
+    return run_study(
+        load_config(config, overrides),
+        trials=trials,
+        timeout=timeout,
+        storage=storage,
+        study=study,
+        workers=workers,
+    )
 
 
 def evaluate(
@@ -328,7 +375,9 @@ def _preflight(cfg: Config, data: PreparedData, model: Model) -> CheckReport:
 def _observations(cfg: Config, summary: FitSummary) -> list[str]:
     """One-line facts about how training went, for the report."""
     notes = list(summary.observations)
-    if summary.stopped_early and summary.history:
+    # Families with their own stopping rule (boosted trees) explain it themselves.
+    explained = any(note.startswith(("early stopping", "stopped")) for note in notes)
+    if summary.stopped_early and summary.history and not explained:
         stop = cfg.train.early_stopping
         notes.insert(
             0,
@@ -343,7 +392,7 @@ def _write_reports_safely(run_dir: Path) -> list[Path]:
     from mlsmith.reports import write_reports
 
     try:
-        return write_reports(run_dir)
+        paths = write_reports(run_dir)
     except Exception as error:  # a report bug must never cost the user the run
         log.warning(
             "could not write the run report (%s: %s); retry with `mlsmith report %s`",
@@ -352,6 +401,8 @@ def _write_reports_safely(run_dir: Path) -> list[Path]:
             run_dir,
         )
         return []
+    log.info("report: %s", paths[0])
+    return paths
 
 
 def _config_for_resume(run_dir: Path, requested: Config) -> Config:

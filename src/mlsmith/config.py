@@ -277,16 +277,68 @@ class TransformerConfig(Section):
         return self
 
 
+class LightGBMConfig(Section):
+    """Gradient-boosted trees with LightGBM (tabular data; ``pip install 'mlsmith[trees]'``).
+
+    Names and defaults are LightGBM's own. Categorical columns use LightGBM's native categorical
+    splits. Boosting stops when the validation loss has not improved for
+    ``early_stopping_rounds`` rounds, and the best round's model is kept. The ``train:`` section
+    is for torch networks and is ignored, except that ``train.preflight`` still applies.
+    """
+
+    type: Literal["lightgbm"] = "lightgbm"
+    n_estimators: int = Field(1000, ge=1, description="boosting rounds at most")
+    learning_rate: float = Field(0.1, gt=0.0)
+    num_leaves: int = Field(31, ge=2, description="leaves per tree")
+    max_depth: int = Field(-1, ge=-1, description="-1: no limit")
+    min_child_samples: int = Field(20, ge=1, description="rows per leaf at least")
+    reg_alpha: float = Field(0.0, ge=0.0, description="L1 regularisation of leaf values")
+    reg_lambda: float = Field(0.0, ge=0.0, description="L2 regularisation of leaf values")
+    subsample: float = Field(1.0, gt=0.0, le=1.0, description="row share per bagging round")
+    subsample_freq: int = Field(0, ge=0, description="bag every k rounds; 0: no bagging")
+    colsample_bytree: float = Field(1.0, gt=0.0, le=1.0, description="column share per tree")
+    early_stopping_rounds: int | None = Field(
+        50, ge=1, description="stop after this many rounds without a better val loss; null: off"
+    )
+    n_jobs: int | None = Field(None, ge=1, description="threads; default: every available core")
+
+
+class XGBoostConfig(Section):
+    """Gradient-boosted trees with XGBoost (tabular data; ``pip install 'mlsmith[trees]'``).
+
+    Names and defaults are XGBoost's own. Categorical columns use XGBoost's native categorical
+    support (``enable_categorical``). Early stopping and the ``train:`` section work as for
+    ``lightgbm``.
+    """
+
+    type: Literal["xgboost"] = "xgboost"
+    n_estimators: int = Field(1000, ge=1, description="boosting rounds at most")
+    learning_rate: float = Field(0.3, gt=0.0)
+    max_depth: int = Field(6, ge=0, description="0: no limit")
+    min_child_weight: float = Field(1.0, ge=0.0, description="hessian sum per leaf at least")
+    reg_alpha: float = Field(0.0, ge=0.0, description="L1 regularisation of leaf weights")
+    reg_lambda: float = Field(1.0, ge=0.0, description="L2 regularisation of leaf weights")
+    subsample: float = Field(1.0, gt=0.0, le=1.0, description="row share per tree")
+    colsample_bytree: float = Field(1.0, gt=0.0, le=1.0, description="column share per tree")
+    tree_method: Literal["hist", "approx", "exact"] = "hist"
+    early_stopping_rounds: int | None = Field(
+        50, ge=1, description="stop after this many rounds without a better val loss; null: off"
+    )
+    n_jobs: int | None = Field(None, ge=1, description="threads; default: every available core")
+
+
 MODEL_CONFIGS: dict[str, type[Section]] = {
     "mlp": MLPConfig,
     "cnn": CNNConfig,
     "torchvision": TorchvisionConfig,
     "bag": BagConfig,
     "transformer": TransformerConfig,
+    "lightgbm": LightGBMConfig,
+    "xgboost": XGBoostConfig,
 }
 # Which model types work on which data types; the first is the default.
 MODELS_FOR_DATA: dict[str, tuple[str, ...]] = {
-    "tabular": ("mlp",),
+    "tabular": ("mlp", "lightgbm", "xgboost"),
     "image": ("cnn", "torchvision"),
     "text": ("bag", "transformer"),
 }
@@ -316,6 +368,8 @@ ModelConfig = Annotated[
         | Annotated[TorchvisionConfig, Tag("torchvision")]
         | Annotated[BagConfig, Tag("bag")]
         | Annotated[TransformerConfig, Tag("transformer")]
+        | Annotated[LightGBMConfig, Tag("lightgbm")]
+        | Annotated[XGBoostConfig, Tag("xgboost")]
     ),
     Discriminator(_tag("mlp")),
 ]
@@ -406,6 +460,9 @@ class TrackConfig(Section):
     enabled: bool = True
     uri: str | None = Field(None, description="MLflow tracking URI; default: SQLite in output_dir")
     experiment: str | None = Field(None, description="MLflow experiment; default: `experiment`")
+    parent_run_id: str | None = Field(
+        None, description="MLflow run to nest this run under (set by `mlsmith tune`)"
+    )
 
 
 class EvalConfig(Section):
@@ -428,6 +485,85 @@ class CardConfig(Section):
     license: str | None = None
 
 
+# --- tuning -----------------------------------------------------------------------------------
+
+
+class FloatParam(Section):
+    """A float in [low, high], optionally on a log scale or in steps."""
+
+    type: Literal["float"] = "float"
+    low: float
+    high: float
+    log: bool = False
+    step: float | None = Field(None, gt=0.0)
+
+    @model_validator(mode="after")
+    def _check(self) -> FloatParam:
+        _check_range(self.low, self.high, self.log)
+        if self.log and self.step is not None:
+            raise ValueError("choose one of 'log' and 'step', found both")
+        return self
+
+
+class IntParam(Section):
+    """An integer in [low, high], in steps of ``step`` or on a log scale."""
+
+    type: Literal["int"]
+    low: int
+    high: int
+    log: bool = False
+    step: int = Field(1, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> IntParam:
+        _check_range(self.low, self.high, self.log)
+        if self.log and self.step != 1:
+            raise ValueError("choose one of 'log' and 'step', found both")
+        return self
+
+
+class CategoricalParam(Section):
+    """One of ``choices``: any YAML values, lists included (e.g. layer sizes)."""
+
+    type: Literal["categorical"]
+    choices: list[Any] = Field(min_length=1)
+
+
+def _check_range(low: float, high: float, log: bool) -> None:
+    if low >= high:
+        raise ValueError(f"low must be < high, found low={low} high={high}")
+    if log and low <= 0:
+        raise ValueError(f"log needs low > 0, found low={low}")
+
+
+SearchParam = Annotated[
+    (
+        Annotated[FloatParam, Tag("float")]
+        | Annotated[IntParam, Tag("int")]
+        | Annotated[CategoricalParam, Tag("categorical")]
+    ),
+    Discriminator(_tag("float")),
+]
+
+
+class TuneConfig(Section):
+    """Hyperparameter search (``mlsmith tune``): what to optimise and over which config keys."""
+
+    metric: str = Field("val/loss", description="a per-epoch monitor: val/loss, val/<metric>")
+    direction: Literal["auto", "minimize", "maximize"] = Field(
+        "auto", description="auto: minimise losses and errors, maximise scores"
+    )
+    trials: int = Field(20, ge=1, description="total trials of the study, across all workers")
+    sampler: Literal["tpe", "random", "cmaes", "gp"] = "tpe"
+    pruner: Literal["median", "hyperband", "none"] = "median"
+    startup_trials: int = Field(3, ge=0, description="median pruner: trials before pruning")
+    warmup_epochs: int = Field(1, ge=0, description="median pruner: epochs before pruning")
+    seed: int | None = Field(None, description="sampler seed; default: the config's seed")
+    space: dict[str, SearchParam] = Field(
+        min_length=1, description="dotted config key -> {type: float|int|categorical, ...}"
+    )
+
+
 class Config(Section):
     """The whole experiment: one YAML file."""
 
@@ -440,6 +576,7 @@ class Config(Section):
     track: TrackConfig = Field(default_factory=TrackConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     card: CardConfig = Field(default_factory=CardConfig)
+    tune: TuneConfig | None = Field(None, description="search space for `mlsmith tune`")
 
     @model_validator(mode="before")
     @classmethod

@@ -22,6 +22,8 @@ MODEL_FAMILIES: dict[str, str] = {
     "torchvision": "mlsmith.models.torchvision_net:TorchvisionModel",
     "bag": "mlsmith.models.bag:BagModel",
     "transformer": "mlsmith.models.transformer:TransformerModel",
+    "lightgbm": "mlsmith.models.trees:LightGBMModel",
+    "xgboost": "mlsmith.models.trees:XGBoostModel",
 }
 
 # data.type -> module with prepare(config, preprocessor=None) and load_preprocessor(directory)

@@ -67,6 +67,8 @@ class Tracker(Callback):
         self.artifact_root = Path(output_dir).resolve() / "mlartifacts"
         self.client: MlflowClient | None = None
         self.run_id: str | None = None
+        # Set by `mlsmith tune`: each trial's run is nested under the study's run.
+        self.parent_run_id = config.parent_run_id
         if config.enabled:
             self._connect()
 
@@ -111,6 +113,8 @@ class Tracker(Callback):
             )
         else:
             experiment_id = experiment.experiment_id
+        if self.parent_run_id:
+            tags = {**tags, "mlflow.parentRunId": self.parent_run_id}
         run = self.client.create_run(experiment_id, tags=tags, run_name=run_name)
         self.run_id = run.info.run_id
         self._log_params(params)

@@ -26,6 +26,8 @@ FAST_SETTINGS: dict[str, dict[str, Any]] = {
     "transformer": {"dim": 16, "depth": 1, "heads": 2},
     "cnn": {"channels": [8, 16], "depth": 1},
     "torchvision": {"arch": "resnet18"},
+    "lightgbm": {"n_estimators": 20, "min_child_samples": 5},
+    "xgboost": {"n_estimators": 20},
 }
 
 

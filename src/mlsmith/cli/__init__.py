@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from mlsmith.cli import check, compare, evaluate, lr_find, predict, report, train
+from mlsmith.cli import check, compare, evaluate, lr_find, predict, report, train, tune
 from mlsmith.errors import MlsmithError
 
 app = typer.Typer(
@@ -32,6 +32,7 @@ app.command("check", no_args_is_help=True)(check.command)
 app.command("lr-find", no_args_is_help=True)(lr_find.command)
 app.command("report", no_args_is_help=True)(report.command)
 app.command("compare", no_args_is_help=True)(compare.command)
+app.command("tune", no_args_is_help=True)(tune.command)
 
 
 @app.callback(invoke_without_command=True)

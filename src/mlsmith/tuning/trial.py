@@ -1,0 +1,140 @@
+"""One trial: sample the space, train with a pruning callback, tell the study."""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import socket
+from typing import TYPE_CHECKING, Any
+
+from mlsmith.config import (
+    Config,
+    TuneConfig,
+)
+from mlsmith.errors import ConfigError, MlsmithError, did_you_mean
+
+if TYPE_CHECKING:
+    import optuna
+
+    from mlsmith.training.trainer import Trainer
+
+from mlsmith.tuning.space import apply_params, suggest
+
+log = logging.getLogger(__name__)
+
+
+# --- one trial --------------------------------------------------------------------------------
+
+
+class PruningCallback:
+    """Reports the tuned metric each epoch (or boosting round) and stops a hopeless trial.
+
+    Generic over model families: it reads only ``row["epoch"]``, ``row[metric]`` and sets
+    ``trainer.should_stop``.
+    """
+
+    def __init__(self, trial: optuna.Trial, metric: str, direction: str) -> None:
+        self.trial = trial
+        self.metric = metric
+        self.direction = direction
+        self.values: list[float] = []
+        self.pruned_at: int | None = None
+        self.unknown_metric: list[str] | None = None
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
+        if self.metric not in row:
+            self.unknown_metric = sorted(k for k in row if k.startswith(("val/", "train/")))
+            trainer.should_stop = True
+            return
+        value = float(row[self.metric])
+        if not math.isfinite(value):
+            return
+        self.values.append(value)
+        self.trial.report(value, step=int(row["epoch"]))
+        if self.trial.should_prune():
+            self.pruned_at = int(row["epoch"])
+            trainer.should_stop = True
+
+    @property
+    def best(self) -> float | None:
+        if not self.values:
+            return None
+        return min(self.values) if self.direction == "minimize" else max(self.values)
+
+
+def run_trial(
+    study: optuna.Study,
+    trial_id: int,
+    cfg: Config,
+    tune: TuneConfig,
+    direction: str,
+    *,
+    parent_run_id: str | None,
+    preflight: bool,
+) -> str:
+    """Sample, train and tell one trial; returns its final state's name."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from mlsmith.api import train
+
+    trial = optuna.Trial(study, trial_id)
+    # Which process ran it: with several workers (or machines) the first thing to ask.
+    trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
+    params = {key: suggest(trial, key, param) for key, param in tune.space.items()}
+    callback = PruningCallback(trial, tune.metric, direction)
+    extra: dict[str, Any] = {
+        "tune": None,
+        "eval.report": False,  # plotting costs seconds per trial; best.yaml can be reported
+        "eval.bootstrap": 0,  # intervals do not change the tuned metric
+        "track.parent_run_id": parent_run_id,
+    }
+    if not preflight:
+        extra["train.preflight"] = False  # checked once per process; never changes the weights
+    try:
+        run = train(apply_params(cfg, params, extra), callbacks=[callback], progress=False)
+    except KeyboardInterrupt:
+        trial.set_user_attr("error", "interrupted")
+        study.tell(trial, state=TrialState.FAIL)
+        raise
+    except Exception as error:  # a broken trial must not end the study
+        message = str(error) if isinstance(error, MlsmithError) else repr(error)
+        log.warning("trial %d failed: %s", trial.number, message)
+        trial.set_user_attr("error", message)
+        study.tell(trial, state=TrialState.FAIL)
+        return "FAIL"
+    trial.set_user_attr("run_dir", str(run.path))
+    if callback.unknown_metric is not None:
+        study.tell(trial, state=TrialState.FAIL)
+        raise ConfigError(
+            f"tune.metric: unknown metric '{tune.metric}'"
+            f"{did_you_mean(tune.metric, callback.unknown_metric)}; available: "
+            + ", ".join(callback.unknown_metric)
+        )
+    if callback.pruned_at is not None:
+        log.info("trial %d pruned at epoch %d", trial.number, callback.pruned_at)
+        _mark_run(cfg, run.info.get("mlflow_run_id"), "KILLED", trial.number)
+        study.tell(trial, state=TrialState.PRUNED)
+        return "PRUNED"
+    if callback.best is None:
+        trial.set_user_attr("error", f"{tune.metric} was never finite")
+        study.tell(trial, state=TrialState.FAIL)
+        return "FAIL"
+    _mark_run(cfg, run.info.get("mlflow_run_id"), None, trial.number)
+    study.tell(trial, callback.best)
+    log.info("trial %d: %s = %.6g, params %s", trial.number, tune.metric, callback.best, params)
+    return "COMPLETE"
+
+
+def _mark_run(cfg: Config, run_id: str | None, status: str | None, number: int) -> None:
+    """Tag a trial's MLflow run with its trial number; a pruned one ends as KILLED."""
+    from mlsmith.tracking import Tracker
+
+    if not run_id or not cfg.track.enabled:
+        return
+    tracker = Tracker(cfg.track, output_dir=cfg.output_dir, experiment=cfg.experiment)
+    tracker.run_id = run_id
+    tracker.set_tags({"mlsmith.trial": str(number)})
+    if status:
+        tracker.finish(status)
