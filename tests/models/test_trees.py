@@ -51,6 +51,9 @@ def test_train_evaluate_predict_reload(family: str, kind: str, tmp_path: Path) -
     names = run.model.task.metric_names
     assert {f"val/{m}" for m in names} <= set(history.columns)
     assert history["val/loss"].notna().all()
+    # The training loss is evaluated only for the rounds that are rows; it falls as trees grow.
+    assert history["train/loss"].notna().all()
+    assert history["train/loss"].iloc[-1] < history["train/loss"].iloc[0]
 
     metrics = run.metrics
     test = metrics["test"]
@@ -73,6 +76,20 @@ def test_train_evaluate_predict_reload(family: str, kind: str, tmp_path: Path) -
 
     reloaded = mlsmith.load_run(run.path).predict(rows)
     pd.testing.assert_frame_equal(reloaded, predicted)
+
+    # The per-round rows come from the libraries' own running validation predictions: they
+    # must equal scoring the saved model cut at that round.
+    from mlsmith.data import tabular
+
+    model = run.model
+    assert isinstance(model, trees.TreeModel)
+    val = tabular.prepare(run.config, preprocessor=model.preprocessor).val
+    val_x = trees.feature_matrix(val.inputs)
+    for _, row in history[history["epoch"] <= info["best_epoch"]].iterrows():
+        decoded = model.task.decode(model.raw_outputs(model.booster, val_x, int(row["epoch"])))
+        expected = model.task.metrics(model.task.truth(val.target), decoded)
+        for name, value in expected.items():
+            assert row[f"val/{name}"] == pytest.approx(value, rel=1e-4, abs=1e-6), (row, name)
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -128,7 +145,7 @@ def test_history_is_subsampled_for_long_runs(
 ) -> None:
     from mlsmith.models import boosting
 
-    monkeypatch.setattr(boosting, "HISTORY_ROWS", 10)  # as 200 rows of 4,500 rounds, faster
+    monkeypatch.setattr(boosting, "HISTORY_ROWS", 10)  # as 100 rows of 4,500 rounds, faster
     run = _train(tmp_path, "xgboost", "binary", n_estimators=45, early_stopping_rounds=None)
     epochs = run.history["epoch"].tolist()
     # Every 5th round (45 / 10 rounded up), plus the first; the last is the kept one.

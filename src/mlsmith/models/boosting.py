@@ -19,9 +19,10 @@ import numpy as np
 from mlsmith.tasks import Task
 from mlsmith.training.callbacks import CallbackList
 
-# History rows per run at most (plus round 1, the best and the last round): enough for curves,
-# and cheap, since each row predicts the validation split with the rounds so far.
-HISTORY_ROWS = 200
+# History rows per run at most (plus round 1, the best and the last round): enough for curves.
+# A row costs one pass of the task's metrics over the validation predictions, which the
+# libraries keep up to date round by round (nothing is predicted again).
+HISTORY_ROWS = 100
 
 
 @dataclass
@@ -81,33 +82,41 @@ class RoundRecorder:
     def after_round(
         self,
         round_: int,
-        train_loss: float,
         val_loss: float,
-        raw_at: Callable[[int], np.ndarray],
+        train_loss_now: Callable[[], float],
+        decoded_now: Callable[[], np.ndarray],
     ) -> bool:
         """Record round ``round_`` (1-based); True when boosting should stop after it.
 
-        ``raw_at(r)`` gives the raw validation outputs of the model's first ``r`` rounds.
+        ``train_loss_now()`` and ``decoded_now()`` (the decoded validation predictions) are
+        asked for only on the rounds that become history rows or beat the best so far: on a
+        large table, evaluating the training loss every round costs as much as the boosting.
         """
-        self.losses.append((train_loss, val_loss))
-        self.state.last_loss = train_loss
-        # Strictly better, as LightGBM's and XGBoost's own early stopping compare.
-        if val_loss < self.best_loss:
+        best = val_loss < self.best_loss  # strictly, as LightGBM's and XGBoost's own stopping
+        if best:
             self.best_loss, self.best_round = val_loss, round_
         if self.patience is not None and round_ - self.best_round >= self.patience:
             self.stopped_by_patience = True
         stop = self.stopped_by_patience or self.state.should_stop
-        if round_ == 1 or round_ % self.every == 0 or stop or round_ == self.state.epochs:
-            self._record(round_, raw_at)
+        row = round_ == 1 or round_ % self.every == 0 or stop or round_ == self.state.epochs
+        train_loss = train_loss_now() if row or best else math.nan
+        self.losses.append((train_loss, val_loss))
+        if not math.isnan(train_loss):
+            self.state.last_loss = train_loss
+        if row:
+            self._record(round_, decoded_now)
         # A callback may have asked to stop during that row's on_epoch_end.
         return stop or self.state.should_stop
 
-    def finish(self, kept: int, raw_at: Callable[[int], np.ndarray]) -> None:
-        """Add the kept round's row if the schedule skipped it, in round order."""
+    def finish(self, kept: int, decoded_at: Callable[[int], np.ndarray]) -> None:
+        """Add the kept round's row if the schedule skipped it, in round order.
+
+        ``decoded_at(r)`` gives the decoded validation predictions of the first ``r`` rounds.
+        """
         rows = self.state.history
         if all(int(r["epoch"]) != kept for r in rows):
             # Its own time was not measured: the run's mean time per round stands in.
-            row = self._row(kept, raw_at, seconds=self._seconds, rounds=self.rounds_run)
+            row = self._row(kept, decoded_at(kept), seconds=self._seconds, rounds=self.rounds_run)
             rows.append(row)
             rows.sort(key=lambda r: r["epoch"])
             self.callbacks.call("on_epoch_end", self.state, row)
@@ -120,11 +129,11 @@ class RoundRecorder:
     def rounds_run(self) -> int:
         return len(self.losses)
 
-    def _record(self, round_: int, raw_at: Callable[[int], np.ndarray]) -> None:
+    def _record(self, round_: int, decoded_now: Callable[[], np.ndarray]) -> None:
         now = time.perf_counter()
         rounds = round_ - self._last_recorded
         self._seconds += now - self._last_time
-        row = self._row(round_, raw_at, seconds=now - self._last_time, rounds=rounds)
+        row = self._row(round_, decoded_now(), seconds=now - self._last_time, rounds=rounds)
         self.state.history.append(row)
         self.state.epoch = round_
         self.callbacks.call("on_epoch_end", self.state, row)
@@ -133,10 +142,10 @@ class RoundRecorder:
         self._last_time = time.perf_counter()
 
     def _row(
-        self, round_: int, raw_at: Callable[[int], np.ndarray], *, seconds: float, rounds: int
+        self, round_: int, decoded: np.ndarray, *, seconds: float, rounds: int
     ) -> dict[str, float]:
         train_loss, val_loss = self.losses[round_ - 1]
-        metrics = self.task.metrics(self.truth, self.task.decode(raw_at(round_)))
+        metrics = self.task.metrics(self.truth, decoded)
         per_round = seconds / rounds if rounds else math.nan
         return {
             "epoch": round_,

@@ -132,7 +132,7 @@ class TreeModel(Model):
             booster = self.boost(train, val, recorder)
             # Early stopping keeps the best round; without it, every round that ran.
             kept = recorder.best_round if cfg.early_stopping_rounds else recorder.rounds_run
-            recorder.finish(kept, lambda r: self.raw_outputs(booster, val[0], r))
+            recorder.finish(kept, lambda r: self.task.decode(self.raw_outputs(booster, val[0], r)))
             path = Path(context.run_dir) / MODEL_DIR / self.model_file
             with atomic_path(path) as tmp:
                 tmp.write_bytes(self.serialize(booster, kept))
@@ -173,6 +173,17 @@ class TreeModel(Model):
         if recorder.state.should_stop and ran < self.settings.n_estimators:
             return [f"stopped after round {ran} at a callback's request; kept round {kept}"]
         return []
+
+    def decoded_from_library(self, predictions: np.ndarray) -> np.ndarray:
+        """The libraries' own validation predictions (built-in objectives: probabilities, or the
+        standardised value) to what ``task.decode`` returns: (n, C) probabilities or values."""
+        values = np.asarray(predictions, dtype=np.float64)
+        if self.task.kind == "binary":
+            positive = values.reshape(-1)
+            return np.stack([1.0 - positive, positive], axis=1)
+        if self.task.kind == "multiclass":
+            return values.reshape(-1, self.task.n_outputs)
+        return self.task.decode(values.reshape(-1, 1))
 
     def _shaped(self, raw: np.ndarray) -> np.ndarray:
         return np.asarray(raw, dtype=np.float64).reshape(len(raw), self.task.n_outputs)
@@ -228,14 +239,31 @@ class LightGBMModel(TreeModel):
         )
         val_set = lgb.Dataset(val[0], label=val[1], reference=train_set)
 
+        metric = self.params()["metric"]
+        latest: dict[str, np.ndarray] = {}
+
+        def capture(predictions: np.ndarray, dataset: Any) -> tuple[str, float, bool]:
+            # LightGBM keeps the validation predictions up to date every round and hands them
+            # to custom metrics; keeping a reference costs nothing, predicting again would cost
+            # a pass over every tree so far.
+            if dataset is val_set:
+                latest["val"] = predictions
+            return "mlsmith_capture", 0.0, False
+
+        def train_loss(booster: Any) -> float:
+            # From LightGBM's running training scores: no prediction pass over the trees.
+            return float(next(v for _, name, v, _ in booster.eval_train() if name == metric))
+
         def after_round(env: Any) -> None:
-            losses = {name: value for name, _, value, _ in env.evaluation_result_list}
+            val_loss = next(
+                value for _, name, value, _ in env.evaluation_result_list if name == metric
+            )
             round_ = env.iteration + 1
             stop = recorder.after_round(
                 round_,
-                losses["train"],
-                losses["val"],
-                lambda r: self.raw_outputs(env.model, val[0], r),
+                val_loss,
+                lambda: train_loss(env.model),
+                lambda: self.decoded_from_library(latest["val"]),
             )
             if stop:
                 # LightGBM's own way out of lgb.train; it keeps the trees grown so far.
@@ -248,8 +276,9 @@ class LightGBMModel(TreeModel):
             self.params(),
             train_set,
             num_boost_round=self.settings.n_estimators,
-            valid_sets=[train_set, val_set],
-            valid_names=["train", "val"],
+            valid_sets=[val_set],
+            valid_names=["val"],
+            feval=capture,
             callbacks=[after_round],
         )
 
@@ -318,6 +347,19 @@ class XGBoostModel(TreeModel):
         # RMSE squared is the task's loss for regression (the MSE of the standardised target).
         power = 2 if metric == "rmse" else 1
         model = self
+        latest: dict[str, np.ndarray] = {}
+
+        def capture(predictions: np.ndarray, matrix: Any) -> tuple[str, float]:
+            # XGBoost hands custom metrics its cached, transformed predictions for each eval
+            # set every round: the validation outputs without predicting again.
+            if matrix is val_matrix:
+                latest["val"] = predictions
+            return "mlsmith_capture", 0.0
+
+        def train_loss(booster: Any) -> float:
+            # "[12]\ttrain-logloss:0.123": XGBoost caches the training predictions.
+            text: str = booster.eval(train_matrix, name="train")
+            return float(text.rsplit(":", 1)[1]) ** power
 
         callback_base: Any = xgb.callback.TrainingCallback
 
@@ -325,9 +367,9 @@ class XGBoostModel(TreeModel):
             def after_iteration(self, booster: Any, epoch: int, evals_log: Any) -> bool:
                 stop: bool = recorder.after_round(
                     epoch + 1,
-                    evals_log["train"][metric][-1] ** power,
                     evals_log["val"][metric][-1] ** power,
-                    lambda r: model.raw_outputs(booster, val_matrix, r),
+                    lambda: train_loss(booster),
+                    lambda: model.decoded_from_library(latest["val"]),
                 )
                 return stop
 
@@ -335,7 +377,8 @@ class XGBoostModel(TreeModel):
             self.params(),
             train_matrix,
             num_boost_round=self.settings.n_estimators,
-            evals=[(train_matrix, "train"), (val_matrix, "val")],
+            evals=[(val_matrix, "val")],
+            custom_metric=capture,
             callbacks=[AfterRound()],
             verbose_eval=False,
         )
