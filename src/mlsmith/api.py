@@ -60,14 +60,17 @@ def train(
     resume: str | Path | None = None,
     progress: bool | None = None,
     callbacks: list[object] | None = None,
+    epoch_lines: bool = True,
 ) -> Run:
     """Train, evaluate on the held-out test split and track one run; returns the :class:`Run`.
 
     ``config`` is a YAML path, a dict or a Config; ``overrides`` are ``a.b=value`` strings.
     ``resume`` continues the run in that directory from its last checkpoint, ending with the
     same weights as a run that was never interrupted. ``progress`` forces the live progress bar
-    on or off (default: on when stderr is a terminal). ``callbacks`` are called by the training
-    loop after mlsmith's own (``tune`` prunes trials with one).
+    on or off (default: on when stderr is a terminal); without it ``epoch_lines`` says whether
+    each epoch still gets one line on stderr (a tuning study of many trials turns them off).
+    ``callbacks`` are called by the training loop after mlsmith's own (``tune`` prunes trials
+    with one).
     """
     from mlsmith import registry
     from mlsmith.models.base import FitContext
@@ -134,7 +137,7 @@ def train(
     context = FitContext(
         run_dir=run_dir,
         callbacks=[
-            ProgressReporter(live=progress),
+            *([ProgressReporter(live=progress)] if progress or epoch_lines else []),
             HistoryWriter(run_dir),
             tracker,
             *(callbacks or []),

@@ -28,7 +28,9 @@ def render_tune_report(
     direction: str,
     trials: Sequence[TrialRecord],
     importances: dict[str, float],
+    log_params: frozenset[str] = frozenset(),
 ) -> str:
+    """The study's HTML page; ``log_params`` are the space keys searched on a log scale."""
     complete = [t for t in trials if t.state == "COMPLETE" and t.value is not None]
     counts: dict[str, int] = {}
     for t in trials:
@@ -47,7 +49,7 @@ def render_tune_report(
         figures.append(_figure("Parameter importances", _importance_plot(importances)))
     names = list(importances) or sorted({k for t in complete for k in t.params})
     for name in names[:MAX_SLICES]:
-        png = _slice_plot(complete, name, metric)
+        png = _slice_plot(complete, name, metric, log=name in log_params)
         if png:
             figures.append(_figure(f"Slice: {name}", png))
     if figures:
@@ -95,7 +97,9 @@ def _importance_plot(importances: dict[str, float]) -> bytes:
         return plots.to_png(fig)
 
 
-def _slice_plot(complete: Sequence[TrialRecord], name: str, metric: str) -> bytes | None:
+def _slice_plot(
+    complete: Sequence[TrialRecord], name: str, metric: str, *, log: bool
+) -> bytes | None:
     points = [(t.params[name], float(t.value or 0.0)) for t in complete if name in t.params]
     if not points:
         return None
@@ -105,7 +109,7 @@ def _slice_plot(complete: Sequence[TrialRecord], name: str, metric: str) -> byte
         if numeric:
             xs = [float(x) for x, _ in points]
             ax.scatter(xs, [v for _, v in points], s=18, color="#0969da")
-            if min(xs) > 0 and max(xs) / min(xs) > plots.LOG_RATIO:
+            if log:  # the axis the space was searched on
                 ax.set_xscale("log")
         else:
             labels = sorted({json.dumps(x) for x, _ in points})

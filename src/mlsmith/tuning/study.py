@@ -405,7 +405,14 @@ def _write_outputs(
     report_path = folder / REPORT_FILE
     write_text(
         report_path,
-        render_tune_report(study.study_name, tune.metric, direction, records, importances),
+        render_tune_report(
+            study.study_name,
+            tune.metric,
+            direction,
+            records,
+            importances,
+            frozenset(k for k, p in tune.space.items() if getattr(p, "log", False)),
+        ),
     )
     return best_path, report_path
 

@@ -93,7 +93,13 @@ def run_trial(
     if not preflight:
         extra["train.preflight"] = False  # checked once per process; never changes the weights
     try:
-        run = train(apply_params(cfg, params, extra), callbacks=[callback], progress=False)
+        # One line per trial (below), not one per epoch of every trial.
+        run = train(
+            apply_params(cfg, params, extra),
+            callbacks=[callback],
+            progress=False,
+            epoch_lines=False,
+        )
     except KeyboardInterrupt:
         trial.set_user_attr("error", "interrupted")
         study.tell(trial, state=TrialState.FAIL)
