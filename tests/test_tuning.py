@@ -146,7 +146,9 @@ def test_study_prunes_fails_tracks_and_best_reproduces(tmp_path: Path) -> None:
         assert statuses[str(t.number)] == ("KILLED" if t.state == "PRUNED" else "FINISHED")
 
 
-def test_study_resumes_after_kill(tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
+def test_study_resumes_after_kill(tmp_path: Path, stop: signal.Signals) -> None:
+    """kill -9 or Ctrl-C after the first trial; the same command finishes the study."""
     import optuna
 
     cfg = tune_config(tmp_path, {"train.optimizer.lr": LR_SPACE}, trials=3, pruner="none")
@@ -166,8 +168,13 @@ def test_study_resumes_after_kill(tmp_path: Path) -> None:
             first = [t for t in study.get_trials() if t.state.is_finished()]
         assert first, "no trial finished within 60 s"
     finally:
-        process.send_signal(signal.SIGKILL)
-        process.wait()
+        process.send_signal(stop)
+        code = process.wait(timeout=60)
+    if stop == signal.SIGINT:
+        # Ctrl-C: a clean stop (exit 130), the trial in progress recorded, not left RUNNING.
+        assert code == 130
+        study = optuna.load_study(study_name="t", storage=storage)
+        assert not [t for t in study.get_trials() if t.state.name == "RUNNING"]
 
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
