@@ -232,20 +232,26 @@ def run_study(
             trial_id = _take_waiting(rdb, name)
             if trial_id is None:
                 break
-            # A fresh Study per trial: Optuna caches the trial list inside a Study object.
-            current = optuna.load_study(
-                study_name=name, storage=rdb, sampler=sampler, pruner=pruner
-            )
-            with _heartbeat(rdb, trial_id):
-                run_trial(
-                    current,
-                    trial_id,
-                    cfg,
-                    tune,
-                    direction,
-                    parent_run_id=parent_run_id,
-                    preflight=first and cfg.train.preflight,
+            try:
+                # A fresh Study per trial: Optuna caches the trial list inside a Study object.
+                current = optuna.load_study(
+                    study_name=name, storage=rdb, sampler=sampler, pruner=pruner
                 )
+                with _heartbeat(rdb, trial_id):
+                    run_trial(
+                        current,
+                        trial_id,
+                        cfg,
+                        tune,
+                        direction,
+                        parent_run_id=parent_run_id,
+                        preflight=first and cfg.train.preflight,
+                    )
+            except KeyboardInterrupt:
+                # Ctrl-C may land before run_trial can record it (loading the study, sampling):
+                # a claimed trial must not stay RUNNING.
+                _fail_if_running(rdb, trial_id, "interrupted")
+                raise
             first = False
         for helper in helpers:
             helper.wait()
@@ -276,6 +282,15 @@ def _take_waiting(storage: optuna.storages.BaseStorage, name: str) -> int | None
         except UpdateFinishedTrialError:
             continue
     return None
+
+
+def _fail_if_running(storage: optuna.storages.BaseStorage, trial_id: int, error: str) -> None:
+    """Mark a claimed trial FAIL with ``error`` unless it already finished."""
+    from optuna.trial import TrialState
+
+    if storage.get_trial(trial_id).state == TrialState.RUNNING:
+        storage.set_trial_user_attr(trial_id, "error", error)
+        storage.set_trial_state_values(trial_id, state=TrialState.FAIL)
 
 
 @contextmanager
