@@ -306,14 +306,9 @@ def _log_to_tracked_run(run: Run, paths: list[Path]) -> None:
     """Attach files to the MLflow run a finished run was tracked in, if any."""
     from mlsmith.tracking import Tracker
 
-    info = run.info
-    if not info.get("mlflow_run_id") or not run.config.track.enabled:
-        return
-    tracker = Tracker(
-        run.config.track, output_dir=run.config.output_dir, experiment=run.config.experiment
-    )
-    tracker.run_id = info["mlflow_run_id"]
-    tracker.log_artifacts(paths)
+    tracker = Tracker.reopen(run.config, run.info.get("mlflow_run_id"))
+    if tracker is not None:
+        tracker.log_artifacts(paths)
 
 
 class HistoryWriter:

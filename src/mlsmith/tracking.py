@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from mlsmith.config import TrackConfig
+from mlsmith.config import Config, TrackConfig
 from mlsmith.training.callbacks import Callback
 
 if TYPE_CHECKING:
@@ -71,6 +71,16 @@ class Tracker(Callback):
         self.parent_run_id = config.parent_run_id
         if config.enabled:
             self._connect()
+
+    @classmethod
+    def reopen(cls, config: Config, run_id: str | None) -> Tracker | None:
+        """A tracker on an existing MLflow run (to add files, tags or a final status), or None
+        when there is no such run or tracking is off."""
+        if not run_id or not config.track.enabled:
+            return None
+        tracker = cls(config.track, output_dir=config.output_dir, experiment=config.experiment)
+        tracker.run_id = run_id
+        return tracker
 
     @property
     def active(self) -> bool:

@@ -465,10 +465,9 @@ def _parent_run(cfg: Config, study: optuna.Study, name: str, tune: TuneConfig) -
 def _finish_parent(cfg: Config, run_id: str | None, result: TuneResult) -> None:
     from mlsmith.tracking import Tracker
 
-    if not run_id or not cfg.track.enabled:
+    tracker = Tracker.reopen(cfg, run_id)
+    if tracker is None:
         return
-    tracker = Tracker(cfg.track, output_dir=cfg.output_dir, experiment=cfg.experiment)
-    tracker.run_id = run_id
     metrics: dict[str, float] = {f"trials/{k.lower()}": v for k, v in result.counts.items()}
     if result.best_value is not None:
         metrics[f"best/{result.metric}"] = result.best_value

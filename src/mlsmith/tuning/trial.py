@@ -137,10 +137,9 @@ def _mark_run(cfg: Config, run_id: str | None, status: str | None, number: int) 
     """Tag a trial's MLflow run with its trial number; a pruned one ends as KILLED."""
     from mlsmith.tracking import Tracker
 
-    if not run_id or not cfg.track.enabled:
+    tracker = Tracker.reopen(cfg, run_id)
+    if tracker is None:
         return
-    tracker = Tracker(cfg.track, output_dir=cfg.output_dir, experiment=cfg.experiment)
-    tracker.run_id = run_id
     tracker.set_tags({"mlsmith.trial": str(number)})
     if status:
         tracker.finish(status)
