@@ -3,6 +3,7 @@ kill -9, several workers on PostgreSQL, MLflow parent and nested runs, the CLI."
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -153,23 +154,28 @@ def test_study_resumes_after_kill(tmp_path: Path, stop: signal.Signals) -> None:
 
     cfg = tune_config(tmp_path, {"train.optimizer.lr": LR_SPACE}, trials=3, pruner="none")
     path = write(tmp_path, cfg)
-    storage = f"sqlite:///{tmp_path / 'runs' / 't' / 'optuna.db'}"
+    database = tmp_path / "runs" / "t" / "optuna.db"
+    storage = f"sqlite:///{database}"
     command = [sys.executable, "-m", "mlsmith", "tune", str(path)]
-    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "first.log"
+    with log.open("wb") as stderr:
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        first: list[optuna.trial.FrozenTrial] = []
+        # Polled read-only with sqlite3: opening the storage through Optuna would create its
+        # schema, racing the tune process doing the same.
         deadline = time.monotonic() + 60
-        while not first and time.monotonic() < deadline:
+        while not _finished_trials(database) and time.monotonic() < deadline:
             time.sleep(0.5)
-            try:
-                study = optuna.load_study(study_name="t", storage=storage)
-            except Exception:  # not created yet
-                continue
-            first = [t for t in study.get_trials() if t.state.is_finished()]
-        assert first, "no trial finished within 60 s"
+        assert _finished_trials(database), f"no trial finished in 60 s: {log.read_text()[-2000:]}"
     finally:
         process.send_signal(stop)
         code = process.wait(timeout=60)
+    first = [
+        t
+        for t in optuna.load_study(study_name="t", storage=storage).get_trials()
+        if t.state.is_finished()
+    ]
+    assert first
     if stop == signal.SIGINT:
         # Ctrl-C: a clean stop (exit 130), the trial in progress recorded, not left RUNNING.
         assert code == 130
@@ -185,6 +191,22 @@ def test_study_resumes_after_kill(tmp_path: Path, stop: signal.Signals) -> None:
     for t in first:
         assert kept[t.number].state == t.state and kept[t.number].params == t.params
     assert "best:" in done.stdout
+
+
+def _finished_trials(database: Path) -> int:
+    """Trials in a final state, read without creating anything (0 before the schema exists)."""
+    import sqlite3
+
+    if not database.exists():
+        return 0
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+            row = db.execute(
+                "SELECT count(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED', 'FAIL')"
+            ).fetchone()
+    except sqlite3.Error:  # the schema is being created
+        return 0
+    return int(row[0])
 
 
 def _postgres_available() -> bool:
