@@ -176,7 +176,9 @@ class Tracker(Callback):
     def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
         metrics = {k: v for k, v in row.items() if k not in ("epoch", "step")}
         self.log_metrics(metrics, step=int(row["epoch"]))
-        self.log_steps([r for r in trainer.step_rows if int(r[1]) == int(row["epoch"])])
+        from mlsmith.training.diagnostics import rows_of_epoch  # imports torch: not at load
+
+        self.log_steps(rows_of_epoch(trainer.step_rows, int(row["epoch"])))
 
     @_guarded
     def log_steps(self, rows: list[tuple[float, ...]]) -> None:

@@ -206,3 +206,14 @@ def test_memorising_noise_raises_the_overfitting_warning(
 
 def test_peak_memory_is_reported_on_the_cpu() -> None:
     assert peak_memory_mb(torch.device("cpu")) > 10
+
+
+def test_rows_of_epoch_reads_only_the_tail() -> None:
+    from mlsmith.training.diagnostics import rows_of_epoch
+
+    rows = [
+        (float(s), float(e), 0.1, 1.0, 1.0) for s, e in [(1, 1), (2, 1), (3, 2), (4, 2), (5, 3)]
+    ]
+    assert [r[0] for r in rows_of_epoch(rows, 2)] == [3.0, 4.0]
+    assert [r[0] for r in rows_of_epoch(rows, 3)] == [5.0]
+    assert rows_of_epoch(rows, 4) == [] and rows_of_epoch([], 1) == []

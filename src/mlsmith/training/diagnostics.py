@@ -118,7 +118,7 @@ class StepMonitor:
 
     def epoch_stats(self, epoch: int) -> dict[str, float]:
         """Mean and max gradient norm over an epoch's recorded steps."""
-        norms = [r[4] for r in self.rows if r[1] == epoch and math.isfinite(r[4])]
+        norms = [r[4] for r in rows_of_epoch(self.rows, epoch) if math.isfinite(r[4])]
         if not norms:
             return {}
         return {"grad_norm": sum(norms) / len(norms), "grad_norm_max": max(norms)}
@@ -129,6 +129,15 @@ class StepMonitor:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rows = [tuple(row) for row in state["rows"].tolist()]
+
+
+def rows_of_epoch(rows: list[tuple[float, ...]], epoch: int) -> list[tuple[float, ...]]:
+    """The step rows of ``epoch``, read from the end: rows are in step order, so this costs the
+    epoch's steps, not the whole run's, each epoch."""
+    start = len(rows)
+    while start > 0 and int(rows[start - 1][1]) >= epoch:
+        start -= 1
+    return [r for r in rows[start:] if int(r[1]) == epoch]
 
 
 def gradient_norms(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
