@@ -152,7 +152,9 @@ def test_study_resumes_after_kill(tmp_path: Path, stop: signal.Signals) -> None:
     """kill -9 or Ctrl-C after the first trial; the same command finishes the study."""
     import optuna
 
+    # Trials long enough that the process is still busy when the first one is seen finished.
     cfg = tune_config(tmp_path, {"train.optimizer.lr": LR_SPACE}, trials=3, pruner="none")
+    cfg["train"]["epochs"] = 10
     path = write(tmp_path, cfg)
     database = tmp_path / "runs" / "t" / "optuna.db"
     storage = f"sqlite:///{database}"
@@ -167,6 +169,7 @@ def test_study_resumes_after_kill(tmp_path: Path, stop: signal.Signals) -> None:
         while not _finished_trials(database) and time.monotonic() < deadline:
             time.sleep(0.5)
         assert _finished_trials(database), f"no trial finished in 60 s: {log.read_text()[-2000:]}"
+        assert process.poll() is None, "the study finished before it could be stopped"
     finally:
         process.send_signal(stop)
         code = process.wait(timeout=60)
@@ -200,11 +203,13 @@ def _finished_trials(database: Path) -> int:
     if not database.exists():
         return 0
     try:
-        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+        with contextlib.closing(
+            sqlite3.connect(f"file:{database}?mode=ro", uri=True, timeout=10)
+        ) as db:
             row = db.execute(
                 "SELECT count(*) FROM trials WHERE state IN ('COMPLETE', 'PRUNED', 'FAIL')"
             ).fetchone()
-    except sqlite3.Error:  # the schema is being created
+    except sqlite3.Error:  # the schema is being created (a busy writer is waited for)
         return 0
     return int(row[0])
 
