@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
+from mlsmith.data.tables import numbers_as_text
 from mlsmith.errors import DataError
 
 if TYPE_CHECKING:
@@ -178,6 +179,12 @@ class RegressionTask(Task):
         if np.isnan(values).any():
             bad = target[np.isnan(values)].iloc[0]
             raise DataError(f"regression target '{target.name}' has a non-numeric value: {bad!r}")
+        if np.isinf(values).any():
+            row = int(np.flatnonzero(np.isinf(values))[0])
+            raise DataError(
+                f"regression target '{target.name}' has an infinite value: "
+                f"{float(values[row])!r} (row {row})"
+            )
         return ((values - self.mean) / self.std).astype(np.float32)
 
     def truth(self, encoded: np.ndarray) -> np.ndarray:
@@ -206,6 +213,7 @@ def infer_task(target: pd.Series, requested: str, source: str) -> str:
     if pd.api.types.is_object_dtype(target):
         # Count labels as encode() tells them apart: 1 and "1" (files typed differently) are one.
         n_unique = len({_label_key(v) for v in target.unique()})
+    _refuse_numbers_as_text(target, requested, source)
     if requested != "auto":
         kind = requested
     elif (
@@ -233,6 +241,30 @@ def infer_task(target: pd.Series, requested: str, source: str) -> str:
     if requested == "auto":
         log.info("task inferred from '%s': %s (%d distinct values)", target.name, kind, n_unique)
     return kind
+
+
+def _refuse_numbers_as_text(target: pd.Series, requested: str, source: str) -> None:
+    """A numeric target with a few stray strings ('?', 'unknown') is read as text, and would
+    become a classification with one class per number: stop and say which strings."""
+    if requested not in ("auto", "regression"):
+        return
+    found = numbers_as_text(target)
+    if found is None:
+        return
+    if requested == "auto":
+        import pandas as pd
+
+        numbers = pd.to_numeric(target, errors="coerce").dropna()
+        # Integer labels stored as text ('0', '1', '2' and a stray 'x') are classes, as their
+        # numbers would be: only a target whose numbers read as a quantity is refused.
+        if _all_integral(numbers) and numbers.nunique() <= MAX_AUTO_CLASSES:
+            return
+    also = ", or set data.task=multiclass if the numbers really are class labels"
+    raise DataError(
+        f"{source}: target '{target.name}' looks numeric but is read as text: "
+        f"{found.describe()}; clean those values, or add them to data.na_values to read them as "
+        f"missing (such rows are dropped){also if requested == 'auto' else ''}"
+    )
 
 
 def fit_task(kind: str, labelled: pd.Series, train_target: pd.Series) -> Task:

@@ -7,6 +7,8 @@ Thresholds, and why:
   balanced_accuracy or pr_auc as the monitor). A split whose class shares differ from train's by
   more than max(0.10, 1/sqrt(n)) in total variation warns: beyond what sampling noise explains.
 * **Missing values**: a column more than half missing on train warns; constant columns warn.
+  So does a column of numbers read as text because of a few strings such as '?' or 'unknown'
+  (at least 90% of its values numbers): those strings are missing values pandas does not know.
 """
 
 from __future__ import annotations
@@ -18,7 +20,8 @@ import numpy as np
 
 from mlsmith.checks import CheckResult, Status
 from mlsmith.checks.leakage import duplicates_across_splits, single_feature_leakage
-from mlsmith.config import Config, TextDataConfig
+from mlsmith.config import Config, DataConfig, TextDataConfig
+from mlsmith.data.tables import NumbersAsText, numbers_as_text
 from mlsmith.tasks import ClassificationTask, Task
 
 if TYPE_CHECKING:
@@ -48,7 +51,9 @@ def data_checks(config: Config, data: PreparedData) -> list[CheckResult]:
         target_present(frames, target),
         task_result(data.task, config.data.task, frames.get("train"), target),
         constant_columns(frames["train"], features, kind),
-        missing_values(frames["train"], features, kind),
+        missing_values(
+            frames["train"], features, kind, text_numbers=_numbers_as_text(config, data)
+        ),
         split_sizes(data),
         target_distribution(data.task, frames, target),
         classes_in_every_split(data.task, frames, target),
@@ -112,8 +117,14 @@ def constant_columns(train: pd.DataFrame, features: list[str], kind: str) -> Che
     )
 
 
-def missing_values(train: pd.DataFrame, features: list[str], kind: str) -> CheckResult:
-    """Columns mostly missing on train (for text: the share of empty texts)."""
+def missing_values(
+    train: pd.DataFrame,
+    features: list[str],
+    kind: str,
+    text_numbers: dict[str, NumbersAsText] | None = None,
+) -> CheckResult:
+    """Columns mostly missing on train (for text: the share of empty texts), and columns of
+    numbers read as text (``text_numbers``: what :func:`_numbers_as_text` found)."""
     if kind == "image":
         return CheckResult("data", "missing values", "skip", "not applicable to images")
     if kind == "text":
@@ -126,15 +137,24 @@ def missing_values(train: pd.DataFrame, features: list[str], kind: str) -> Check
         )
     shares = {c: float(train[c].isna().mean()) for c in features}
     mostly = {c: s for c, s in shares.items() if s > MISSING_SHARE}
+    problems = []
     if mostly:
         listed = ", ".join(f"{c} {s:.0%}" for c, s in list(mostly.items())[:5])
         more = f" (+{len(mostly) - 5} more)" if len(mostly) > 5 else ""
-        return CheckResult(
-            "data",
-            "missing values",
-            "warn",
-            f"mostly missing on train: {listed}{more}; imputed with the median, they carry little",
+        problems.append(
+            f"mostly missing on train: {listed}{more}; imputed with the median, they carry little"
         )
+    if text_numbers:
+        listed = "; ".join(
+            f"'{c}' ({found.describe(rows=False)})" for c, found in list(text_numbers.items())[:3]
+        )
+        more = f" (+{len(text_numbers) - 3} more)" if len(text_numbers) > 3 else ""
+        problems.append(
+            f"numbers read as text on train: {listed}{more}; add those strings to "
+            "data.na_values, or list the column in data.categorical if it is a category"
+        )
+    if problems:
+        return CheckResult("data", "missing values", "warn", "; ".join(problems))
     worst = max(shares, key=lambda c: shares[c]) if shares else None
     if worst is None or shares[worst] == 0.0:
         return CheckResult("data", "missing values", "pass", "no missing values on train")
@@ -251,6 +271,18 @@ def _feature_columns(config: Config, data: PreparedData) -> list[str]:
     if isinstance(config.data, TextDataConfig):
         return [config.data.text_column]
     return list(getattr(data.preprocessor, "features", []))
+
+
+def _numbers_as_text(config: Config, data: PreparedData) -> dict[str, NumbersAsText]:
+    """Categorical columns chosen automatically whose training values are mostly numbers.
+
+    Columns the config lists in ``data.categorical`` are categories by choice: not reported.
+    """
+    if not isinstance(config.data, DataConfig) or config.data.categorical is not None:
+        return {}
+    train = data.frames["train"]
+    found = {c: numbers_as_text(train[c]) for c in getattr(data.preprocessor, "categorical", [])}
+    return {c: f for c, f in found.items() if f is not None}
 
 
 def _names(columns: list[str], limit: int = 5) -> str:

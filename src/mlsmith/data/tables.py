@@ -1,15 +1,23 @@
 """Reading tables: CSV, Parquet and the built-in datasets, whole or in chunks.
 
 Every reader raises :class:`DataError` naming the file and what was wrong, never a bare pandas
-traceback.
+traceback. A CSV is read with ``data.sep`` when set; otherwise with ',' (a tab for .tsv), unless
+its header holds no comma but ';', tabs or '|', which is then the separator. Column names must be
+unique: pandas would silently rename a second 'x' to 'x.1'.
 """
 
 from __future__ import annotations
 
+import csv
 import hashlib
-from collections.abc import Callable, Iterator
+import logging
+import math
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
 
 from mlsmith.config import BUILTIN_PREFIX
 from mlsmith.errors import DataError, did_you_mean
@@ -17,7 +25,17 @@ from mlsmith.errors import DataError, did_you_mean
 if TYPE_CHECKING:
     import pandas as pd
 
+log = logging.getLogger(__name__)
+
 SUFFIXES = {".csv": "csv", ".tsv": "csv", ".txt": "csv", ".parquet": "parquet", ".pq": "parquet"}
+# Tried, most frequent first, when a CSV header holds no comma (European exports use ';').
+SNIFFED_SEPARATORS = (";", "\t", "|")
+# What a one-column header can reveal about the separator it should have been split on.
+LIKELY_SEPARATORS = (",", *SNIFFED_SEPARATORS)
+# A text column is numbers stored as text when at least this share of its values, and at least
+# MIN_NUMBERS of them, parse as numbers: the rest are usually markers such as '?' or 'unknown'.
+NUMBER_SHARE = 0.9
+MIN_NUMBERS = 5
 
 
 def _builtin_loaders() -> dict[str, Callable[[], pd.DataFrame]]:
@@ -36,8 +54,12 @@ def _builtin_loaders() -> dict[str, Callable[[], pd.DataFrame]]:
     }
 
 
-def read_table(path: str) -> pd.DataFrame:
-    """Read a whole CSV/Parquet file or built-in dataset (``sklearn:<name>``) into a DataFrame."""
+def read_table(path: str, *, sep: str | None = None, na_values: Sequence[str] = ()) -> pd.DataFrame:
+    """Read a whole CSV/Parquet file or built-in dataset (``sklearn:<name>``) into a DataFrame.
+
+    ``sep``: the CSV separator, None to choose it from the header. ``na_values``: strings read as
+    missing, besides pandas' defaults.
+    """
     import pandas as pd
 
     if path.startswith(BUILTIN_PREFIX):
@@ -48,13 +70,14 @@ def read_table(path: str) -> pd.DataFrame:
                 f"unknown built-in dataset '{path}'{did_you_mean(name, loaders)}; "
                 f"available: {', '.join(BUILTIN_PREFIX + n for n in loaders)}"
             )
-        return loaders[name]()
+        return mark_missing(loaders[name](), na_values)
     file = _existing_file(path)
     try:
         if _format(file) == "parquet":
-            frame = pd.read_parquet(file)
+            _parquet_columns(file)
+            frame = mark_missing(pd.read_parquet(file), na_values)
         else:
-            frame = pd.read_csv(file, sep=_separator(file))
+            frame = pd.read_csv(file, sep=_csv_separator(file, sep), na_values=list(na_values))
     except (ValueError, OSError, pd.errors.ParserError, ImportError) as exc:
         raise DataError(f"{file}: cannot be read as {_format(file)}: {exc}") from None
     if frame.shape[1] == 0:
@@ -62,12 +85,17 @@ def read_table(path: str) -> pd.DataFrame:
     return frame
 
 
-def iter_table(path: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
-    """Yield a file's rows in chunks of at most ``chunk_rows``, never holding the whole file."""
+def iter_table(
+    path: str, chunk_rows: int, *, sep: str | None = None, na_values: Sequence[str] = ()
+) -> Iterator[pd.DataFrame]:
+    """Yield a file's rows in chunks of at most ``chunk_rows``, never holding the whole file.
+
+    ``sep`` and ``na_values`` as for :func:`read_table`.
+    """
     import pandas as pd
 
     if path.startswith(BUILTIN_PREFIX):
-        frame = read_table(path)
+        frame = read_table(path, na_values=na_values)
         for start in range(0, len(frame), chunk_rows):
             yield frame.iloc[start : start + chunk_rows]
         return
@@ -76,10 +104,16 @@ def iter_table(path: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
         if _format(file) == "parquet":
             import pyarrow.parquet as pq
 
+            _parquet_columns(file)
             for batch in pq.ParquetFile(file).iter_batches(batch_size=chunk_rows):
-                yield batch.to_pandas()
+                yield mark_missing(batch.to_pandas(), na_values)
         else:
-            yield from pd.read_csv(file, sep=_separator(file), chunksize=chunk_rows)
+            yield from pd.read_csv(
+                file,
+                sep=_csv_separator(file, sep),
+                na_values=list(na_values),
+                chunksize=chunk_rows,
+            )
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise DataError(f"{file}: cannot be read as {_format(file)}: {exc}") from None
 
@@ -97,12 +131,134 @@ def fingerprint(frame: pd.DataFrame) -> str:
 def require_columns(frame: pd.DataFrame, columns: list[str], source: str, role: str) -> None:
     """Raise a DataError naming the first column of ``columns`` that ``frame`` lacks."""
     present = [str(c) for c in frame.columns]
+    # One column whose name holds separators: the file was split on the wrong character.
+    guess = likely_separator(present[0]) if len(present) == 1 else None
+    hint = f"; the file looks {guess!r}-separated; set data.sep={guess!r}" if guess else ""
     for column in columns:
         if column not in frame.columns:
             raise DataError(
                 f"{source}: {role} column '{column}' not found{did_you_mean(column, present)}; "
                 f"columns are: {', '.join(present[:30])}{' ...' if len(present) > 30 else ''}"
+                f"{hint}"
             )
+
+
+def likely_separator(text: str, candidates: Sequence[str] = LIKELY_SEPARATORS) -> str | None:
+    """The candidate separator occurring most often in ``text`` (the earliest on a tie)."""
+    counts = {sep: text.count(sep) for sep in candidates}
+    best = max(candidates, key=lambda sep: counts[sep])
+    return best if counts[best] else None
+
+
+def mark_missing(frame: pd.DataFrame, na_values: Sequence[str]) -> pd.DataFrame:
+    """Cells equal to one of ``na_values`` become missing, as pandas' CSV reader makes them.
+
+    For Parquet files and frames already in memory. As in a CSV, a text column left holding only
+    numbers becomes numeric, and a number among ``na_values`` (say '-999') marks numeric cells.
+    """
+    import pandas as pd
+
+    if not na_values:
+        return frame
+    texts = set(na_values)
+    numbers = {n for n in (_as_number(v) for v in na_values) if n is not None}
+    changed: dict[Any, pd.Series] = {}
+    for column in frame.columns:
+        series = frame[column]
+        if pd.api.types.is_bool_dtype(series):
+            continue
+        if pd.api.types.is_numeric_dtype(series):
+            hit = series.isin(numbers) if numbers else None
+        elif pd.api.types.is_object_dtype(series) or pd.api.types.is_string_dtype(series):
+            try:
+                hit = series.isin(texts)
+            except TypeError:  # lists or dicts in the column: nothing to mark
+                continue
+        else:
+            continue
+        if hit is None or not hit.any():
+            continue
+        cleaned = series.mask(hit)
+        if not pd.api.types.is_numeric_dtype(series):
+            parsed = pd.to_numeric(cleaned, errors="coerce")
+            if bool((parsed.notna() == cleaned.notna()).all()):
+                cleaned = parsed
+        changed[column] = cleaned
+    if not changed:
+        return frame
+    frame = frame.copy()
+    for column, values in changed.items():
+        frame[column] = values
+    return frame
+
+
+def nested_columns(frame: pd.DataFrame, columns: Iterable[Any] | None = None) -> dict[str, str]:
+    """Columns holding Parquet's nested values, each with its kind: list, struct or map.
+
+    Parquet columns hold one type, so the first value that is present tells.
+    """
+    found: dict[str, str] = {}
+    for column in frame.columns if columns is None else columns:
+        series = frame[column]
+        if series.dtype != object:
+            continue
+        for value in series.to_numpy():
+            if value is None or (isinstance(value, float) and math.isnan(value)):
+                continue
+            kind = _nested_kind(value)
+            if kind:
+                found[str(column)] = kind
+            break
+    return found
+
+
+@dataclass(frozen=True)
+class NumbersAsText:
+    """A text column whose values are mostly numbers: how many, and a few that are not."""
+
+    numbers: int
+    values: int
+    # (row, text) of up to 3 distinct values that are not numbers, in the order they first appear.
+    examples: list[tuple[Any, str]]
+
+    def describe(self, rows: bool = True) -> str:
+        """E.g. ``197 of 200 values are numbers; not numbers: '?' (row 7), 'unknown' (row 90)``."""
+        shown = ", ".join(
+            f"{text!r} (row {row})" if rows else repr(text) for row, text in self.examples
+        )
+        return f"{self.numbers} of {self.values} values are numbers; not numbers: {shown}"
+
+
+def numbers_as_text(column: pd.Series) -> NumbersAsText | None:
+    """How ``column`` holds numbers as text, when it does: a few stray strings such as '?' or
+    'unknown' among numbers make pandas read a whole numeric column as text.
+
+    Rows are ``column``'s index labels. None for numeric columns and for text that is mostly not
+    numbers.
+    """
+    import pandas as pd
+
+    if not (pd.api.types.is_object_dtype(column) or pd.api.types.is_string_dtype(column)):
+        return None
+    present = column.dropna()
+    if len(present) < MIN_NUMBERS:
+        return None
+    try:
+        # Parsing is slow for words (an exception each), so parse each distinct value once, and
+        # give up early on a column whose first distinct values are mostly words.
+        counts = present.value_counts(sort=False)
+        distinct = pd.Series(counts.index, dtype=object)
+        if pd.to_numeric(distinct[:1000], errors="coerce").notna().mean() < 0.5:
+            return None
+        is_number = pd.to_numeric(distinct, errors="coerce").notna().to_numpy()
+    except (TypeError, ValueError):  # nested values: not this problem
+        return None
+    numbers = int(counts.to_numpy()[is_number].sum())
+    if numbers == len(present) or numbers < max(MIN_NUMBERS, NUMBER_SHARE * len(present)):
+        return None
+    strays = present[present.isin(distinct[~is_number].tolist())].drop_duplicates()[:3]
+    examples = [(row, str(value)) for row, value in strays.items()]
+    return NumbersAsText(numbers, len(present), examples)
 
 
 def _existing_file(path: str) -> Path:
@@ -118,8 +274,80 @@ def _existing_file(path: str) -> Path:
     return file
 
 
-def _separator(file: Path) -> str:
-    return "\t" if file.suffix.lower() == ".tsv" else ","
+def _csv_separator(file: Path, sep: str | None) -> str:
+    """The separator to read ``file`` with (``sep``, or one chosen from the header), once the
+    header's column names are known to be unique."""
+    chosen = sep or ("\t" if file.suffix.lower() == ".tsv" else ",")
+    header = _csv_header(file, chosen)
+    if sep is None and chosen == "," and len(header) == 1:
+        guess = likely_separator(header[0], SNIFFED_SEPARATORS)
+        if guess:
+            log.info(
+                "%s: no comma in the header; read as %r-separated (data.sep sets it)", file, guess
+            )
+            chosen, header = guess, _csv_header(file, guess)
+    _require_unique(header, file)
+    return chosen
+
+
+def _csv_header(file: Path, sep: str) -> list[str]:
+    """The first row's fields, parsed as pandas will (quotes included), without the rest."""
+    # utf-8-sig drops a byte-order mark, as pandas does; undecodable bytes are pandas' to report.
+    with file.open(newline="", encoding="utf-8-sig", errors="replace") as handle:
+        try:
+            return next(csv.reader(handle, delimiter=sep), [])
+        except csv.Error:  # e.g. NUL bytes: pandas' own error says more
+            return []
+
+
+def _parquet_columns(file: Path) -> list[str]:
+    """The column names in a Parquet file's schema, checked unique (pyarrow allows repeats)."""
+    import pyarrow.parquet as pq
+
+    names = list(pq.read_schema(file).names)
+    _require_unique(names, file)
+    return names
+
+
+def _require_unique(names: list[str], file: Path) -> None:
+    positions: dict[str, list[int]] = {}
+    for number, name in enumerate(names, start=1):
+        if name.strip():  # empty names are pandas' 'Unnamed: N' columns, distinct already
+            positions.setdefault(name, []).append(number)
+    repeated = {name: where for name, where in positions.items() if len(where) > 1}
+    if not repeated:
+        return
+    if len(repeated) == 1:
+        [(name, where)] = repeated.items()
+        what = f"column name '{name}' appears more than once (columns {_and(where)})"
+    else:
+        listed = [f"'{name}' (columns {_and(where)})" for name, where in repeated.items()]
+        what = f"column names {_and(listed)} appear more than once"
+    raise DataError(f"{file}: {what}; rename them so every column name is unique")
+
+
+def _and(items: Sequence[object]) -> str:
+    """'1', '1 and 6', '2, 3 and 7'."""
+    words = [str(item) for item in items]
+    return words[0] if len(words) == 1 else f"{', '.join(words[:-1])} and {words[-1]}"
+
+
+def _nested_kind(value: object) -> str | None:
+    if isinstance(value, dict):
+        return "struct"
+    if isinstance(value, (list, tuple, set, np.ndarray)):
+        # pyarrow gives a map as a list of (key, value) pairs.
+        if len(value) and all(isinstance(v, tuple) and len(v) == 2 for v in value):
+            return "map"
+        return "list"
+    return None
+
+
+def _as_number(text: str) -> float | None:
+    try:
+        return float(text)
+    except ValueError:
+        return None
 
 
 def _format(file: Path) -> str:

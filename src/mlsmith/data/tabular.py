@@ -19,7 +19,15 @@ from mlsmith.config import Config, DataConfig
 from mlsmith.data.base import PREPROCESSING_FILE, PreparedData, Split
 from mlsmith.data.batches import TensorBatches
 from mlsmith.data.splits import split_frames
-from mlsmith.data.tables import fingerprint, iter_table, read_table, require_columns
+from mlsmith.data.tables import (
+    fingerprint,
+    iter_table,
+    mark_missing,
+    nested_columns,
+    numbers_as_text,
+    read_table,
+    require_columns,
+)
 from mlsmith.errors import ConfigError, DataError
 from mlsmith.files import read_json, write_json
 from mlsmith.tasks import ClassificationTask, Task, fit_task, infer_task, task_from_dict
@@ -50,6 +58,7 @@ class TabularPreprocessor:
         stds: list[float],
         categorical: list[str],
         vocabularies: list[list[str]],
+        na_values: list[str] | None = None,
     ) -> None:
         self.target = target
         self.task = task
@@ -60,10 +69,18 @@ class TabularPreprocessor:
         self.categorical = categorical
         self.vocabularies = vocabularies
         self._lookups = [_lookup(v) for v in vocabularies]
+        # data.na_values, kept so prediction reads new files' markers as training read them.
+        self.na_values = list(na_values or [])
 
     @classmethod
     def fit(
-        cls, features: pd.DataFrame, *, target: str, task: Task, categorical: list[str]
+        cls,
+        features: pd.DataFrame,
+        *,
+        target: str,
+        task: Task,
+        categorical: list[str],
+        na_values: list[str] | None = None,
     ) -> TabularPreprocessor:
         """Learn imputation, scaling and vocabularies from the training rows' features alone."""
         numeric = [c for c in features.columns if c not in categorical]
@@ -89,6 +106,7 @@ class TabularPreprocessor:
             stds=stds.tolist(),
             categorical=categorical,
             vocabularies=[sorted(set(_category_keys(features[c]))) for c in categorical],
+            na_values=na_values,
         )
 
     @property
@@ -98,6 +116,16 @@ class TabularPreprocessor:
     def transform(self, frame: pd.DataFrame, source: str = "input") -> dict[str, np.ndarray]:
         """Raw rows to {'numeric': float32 (n, n_num), 'categorical': int64 (n, n_cat)}."""
         require_columns(frame, self.features, source, "feature")
+        nested = nested_columns(frame, self.features)
+        if nested:
+            column, kind = next(iter(nested.items()))
+            raise DataError(
+                f"{source}: feature column '{column}' holds {kind} values; a feature must hold "
+                "numbers or text, as in the training data"
+            )
+        # Frames given in memory have not been through the reader that marks these missing.
+        if self.na_values:
+            frame = mark_missing(frame[self.features], self.na_values)
         values = _numeric_matrix(frame, self.numeric, source)
         values = np.where(np.isnan(values), self.medians, values)
         numeric = ((values - self.means) / self.stds).astype(np.float32)
@@ -109,14 +137,16 @@ class TabularPreprocessor:
 
     def to_split(self, frame: pd.DataFrame, source: str) -> Split:
         require_columns(frame, [self.target], source, "target")
+        frame = mark_missing(frame, self.na_values)
         frame = drop_missing_target(frame, self.target, source)
+        require_finite_target(frame, self.target, source)
         return Split(self.transform(frame, source), self.task.encode(frame[self.target]))
 
     def read(self, path: str) -> pd.DataFrame:
-        return read_table(path)
+        return read_table(path, na_values=self.na_values)
 
     def iter_read(self, path: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
-        return iter_table(path, chunk_rows)
+        return iter_table(path, chunk_rows, na_values=self.na_values)
 
     def batches(
         self,
@@ -151,6 +181,7 @@ class TabularPreprocessor:
             "stds": self.stds.tolist(),
             "categorical": self.categorical,
             "vocabularies": self.vocabularies,
+            "na_values": self.na_values,
         }
 
     def save(self, directory: Path) -> None:
@@ -192,6 +223,7 @@ def prepare(config: Config, *, preprocessor: TabularPreprocessor | None = None) 
             target=data.target,
             task=task,
             categorical=_categorical_columns(train, config),
+            na_values=data.na_values,
         )
     _warn_missing_classes(preprocessor.task, {"train": train, "val": val}, data.target)
 
@@ -243,9 +275,30 @@ def drop_missing_target(frame: pd.DataFrame, target: str, source: str) -> pd.Dat
     return frame
 
 
+def require_finite_target(frame: pd.DataFrame, target: str, source: str) -> None:
+    """Raise a DataError naming the first row whose target is infinite.
+
+    Rows are ``frame``'s index labels: file rows (from 0) for a table as read.
+    """
+    import pandas as pd
+
+    column = frame[target]
+    if not pd.api.types.is_numeric_dtype(column) or pd.api.types.is_bool_dtype(column):
+        return
+    values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+    infinite = np.isinf(values)
+    if infinite.any():
+        # An infinite target makes the regression's scale infinite: every loss would be NaN.
+        first = int(np.flatnonzero(infinite)[0])
+        raise DataError(
+            f"{source}: target '{target}' holds an infinite value {float(values[first])!r} "
+            f"(row {frame.index[first]}); replace it, or empty the cell to drop the row"
+        )
+
+
 def _load(path: str, config: Config, role: str) -> pd.DataFrame:
     data = _table_config(config)
-    frame = read_table(path)
+    frame = read_table(path, sep=data.sep, na_values=data.na_values)
     if len(frame) == 0:
         raise DataError(f"{path}: the {role} table is empty (0 rows)")
     require_columns(frame, [data.target], path, "target")
@@ -267,9 +320,47 @@ def _load(path: str, config: Config, role: str) -> pd.DataFrame:
             "%s: ignoring date/time columns %s (derive numeric features from them)", path, unusable
         )
     frame = frame[[c for c in frame.columns if c not in set(data.drop) | set(unusable)]]
+    _reject_nested(frame, data.target, path)
+    require_finite_target(frame, data.target, path)
     if role == "data" and not _feature_columns(frame, config):
         raise DataError(f"{path}: no feature columns left besides the target '{data.target}'")
+    if role == "data" and data.categorical is None:
+        # Before the index is reset, so the rows named are the file's.
+        features = [c for c in frame.columns if c not in {data.target, *aside}]
+        _warn_numbers_as_text(frame, features, path)
     return frame.reset_index(drop=True)
+
+
+def _reject_nested(frame: pd.DataFrame, target: str, source: str) -> None:
+    """Lists, structs and maps (Parquet) cannot be features: name them and the fix."""
+    nested = nested_columns(frame)
+    if target in nested:
+        raise DataError(
+            f"{source}: target '{target}' holds {nested[target]} values; a target must hold "
+            "numbers or labels"
+        )
+    if not nested:
+        return
+    listed = ", ".join(f"'{column}' ({kind})" for column, kind in nested.items())
+    if len(nested) == 1:
+        what, fix = f"column {listed} holds nested values", "add it to data.drop"
+    else:
+        what, fix = f"columns {listed} hold nested values", "add them to data.drop"
+    raise DataError(f"{source}: {what}, which cannot be features; {fix}")
+
+
+def _warn_numbers_as_text(frame: pd.DataFrame, columns: list[str], source: str) -> None:
+    for column in columns:
+        found = numbers_as_text(frame[column])
+        if found:
+            log.warning(
+                "%s: column '%s' looks numeric but is read as text: %s; add those strings to "
+                "data.na_values to read them as missing, or list the column in "
+                "data.categorical if it is a category",
+                source,
+                column,
+                found.describe(),
+            )
 
 
 def _table_config(config: Config) -> DataConfig:
@@ -327,8 +418,9 @@ def _numeric_matrix(frame: pd.DataFrame, columns: list[str], source: str) -> np.
         if bad.any():
             raise DataError(
                 f"{source}: numeric column '{column}' holds a non-numeric value "
-                f"{raw[bad].iloc[0]!r} (row {int(np.flatnonzero(bad.to_numpy())[0])}); list it "
-                "in data.categorical if it is a category"
+                f"{raw[bad].iloc[0]!r} (row {int(np.flatnonzero(bad.to_numpy())[0])}); add it "
+                "to data.na_values if it marks a missing value, or list the column in "
+                "data.categorical if it is a category"
             )
         out[:, j] = values.to_numpy(dtype=np.float64, na_value=np.nan)
         infinite = np.isinf(out[:, j])

@@ -304,7 +304,7 @@ def load_preprocessor(directory: Path) -> TextPreprocessor:
 
 
 def _load(path: str, data: TextDataConfig, role: str) -> pd.DataFrame:
-    frame = read_table(path)
+    frame = read_table(path, sep=data.sep)
     if len(frame) == 0:
         raise DataError(f"{path}: the {role} table is empty (0 rows)")
     require_columns(frame, [data.text_column], path, "data.text_column")

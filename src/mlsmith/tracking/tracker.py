@@ -1,0 +1,235 @@
+"""The MLflow tracker: one mlsmith run as one MLflow run.
+
+Tracking is a passenger, not the driver: if the store cannot be reached or fails mid-run, the
+tracker warns once, switches itself off and training goes on; the run directory is always the
+complete record.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from mlsmith.config import Config, TrackConfig
+from mlsmith.training.callbacks import Callback
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+    from mlsmith.training.trainer import Trainer
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+# MLflow accepts at most this many params (and this many metrics) in one log_batch call.
+BATCH_LIMIT = 100
+METRIC_BATCH_LIMIT = 1000
+
+
+def default_uri(output_dir: str | Path) -> str:
+    """The local SQLite store: ``<output_dir>/mlflow.db``."""
+    return f"sqlite:///{(Path(output_dir).resolve() / 'mlflow.db').as_posix()}"
+
+
+def _guarded(method: Callable[..., T]) -> Callable[..., T | None]:
+    """Run a tracking call; on any failure warn, switch tracking off and return None."""
+
+    @functools.wraps(method)
+    def wrapper(self: Tracker, *args: Any, **kwargs: Any) -> T | None:
+        if self.client is None:
+            return None
+        try:
+            return method(self, *args, **kwargs)
+        except Exception as exc:  # any store failure must not stop training
+            log.warning(
+                "MLflow tracking failed (%s: %s); training continues without it and the run "
+                "directory stays complete",
+                type(exc).__name__,
+                _first_line(exc),
+            )
+            self.client = None
+            return None
+
+    return wrapper
+
+
+class Tracker(Callback):
+    """Logs one mlsmith run as one MLflow run: params, per-epoch metrics, artifacts, tags."""
+
+    def __init__(self, config: TrackConfig, *, output_dir: str | Path, experiment: str) -> None:
+        self.uri = config.uri or default_uri(output_dir)
+        self.experiment = config.experiment or experiment
+        self.artifact_root = Path(output_dir).resolve() / "mlartifacts"
+        self.client: MlflowClient | None = None
+        self.run_id: str | None = None
+        # Set by `mlsmith tune`: each trial's run is nested under the study's run.
+        self.parent_run_id = config.parent_run_id
+        if config.enabled:
+            self._connect()
+
+    @classmethod
+    def reopen(cls, config: Config, run_id: str | None) -> Tracker | None:
+        """A tracker on an existing MLflow run (to add files, tags or a final status), or None
+        when there is no such run or tracking is off."""
+        if not run_id or not config.track.enabled:
+            return None
+        tracker = cls(config.track, output_dir=config.output_dir, experiment=config.experiment)
+        tracker.run_id = run_id
+        return tracker
+
+    @property
+    def active(self) -> bool:
+        return self.client is not None and self.run_id is not None
+
+    def _connect(self) -> None:
+        from mlsmith.tracking.store import StoreUnavailable, prepare_store
+
+        try:
+            for name in ("alembic.runtime.migration", "alembic"):
+                logging.getLogger(name).setLevel(logging.WARNING)
+            # MLflow logs every failed SQL query at ERROR with a full traceback; the guarded
+            # methods below already report a failure once, in one line.
+            logging.getLogger("mlflow.store.db.utils").setLevel(logging.CRITICAL)
+            prepare_store(self.uri, self.artifact_root)
+            from mlflow import MlflowClient
+
+            self.client = MlflowClient(tracking_uri=self.uri)
+        except StoreUnavailable as exc:
+            log.warning(
+                "MLflow tracking is off for this run (%s); training continues and the run "
+                "directory stays complete",
+                exc,
+            )
+            self.client = None
+        except Exception as exc:
+            log.warning(
+                "MLflow tracking is off for this run (%s: %s); the run directory stays complete",
+                type(exc).__name__,
+                _first_line(exc),
+            )
+            self.client = None
+
+    @_guarded
+    def start(
+        self,
+        *,
+        run_name: str,
+        params: dict[str, Any],
+        tags: dict[str, str],
+        resume_id: str | None = None,
+    ) -> str:
+        """Create (or reopen, when resuming) the MLflow run; returns its id."""
+        assert self.client is not None
+        if resume_id:
+            self.client.update_run(resume_id, status="RUNNING")
+            self.run_id = resume_id
+            return resume_id
+        experiment_id = self._experiment_id()
+        if self.parent_run_id:
+            tags = {**tags, "mlflow.parentRunId": self.parent_run_id}
+        run = self.client.create_run(experiment_id, tags=tags, run_name=run_name)
+        self.run_id = run.info.run_id
+        self._log_params(params)
+        return self.run_id
+
+    def _experiment_id(self) -> str:
+        """The experiment's id, creating it if needed; safe when runs start together."""
+        from mlflow.exceptions import MlflowException
+
+        assert self.client is not None
+        experiment = self.client.get_experiment_by_name(self.experiment)
+        if experiment is not None:
+            return str(experiment.experiment_id)
+        location = self.artifact_root.as_uri() if self.uri.startswith("sqlite") else None
+        try:
+            return str(self.client.create_experiment(self.experiment, artifact_location=location))
+        except MlflowException as exc:
+            # Another process created it between our lookup and our create.
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            experiment = self.client.get_experiment_by_name(self.experiment)
+            if experiment is None:
+                raise
+            return str(experiment.experiment_id)
+
+    def _log_params(self, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        assert self.client is not None and self.run_id is not None
+        items = [Param(k, str(v)) for k, v in params.items()]
+        for i in range(0, len(items), BATCH_LIMIT):
+            self.client.log_batch(self.run_id, params=items[i : i + BATCH_LIMIT])
+
+    @_guarded
+    def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        from mlflow.entities import Metric
+
+        if self.client is None or self.run_id is None:
+            return
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step or 0) for k, v in metrics.items()]
+        for i in range(0, len(items), BATCH_LIMIT):
+            self.client.log_batch(self.run_id, metrics=items[i : i + BATCH_LIMIT])
+
+    @_guarded
+    def log_artifacts(self, paths: list[Path], artifact_path: str | None = None) -> None:
+        if self.client is None or self.run_id is None:
+            return
+        for path in paths:
+            if path.exists():
+                self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    @_guarded
+    def set_tags(self, tags: dict[str, str]) -> None:
+        if self.client is None or self.run_id is None:
+            return
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, value)
+
+    @_guarded
+    def finish(self, status: str = "FINISHED") -> None:
+        """Close the MLflow run as FINISHED, FAILED or KILLED."""
+        if self.client is None or self.run_id is None:
+            return
+        self.client.set_terminated(self.run_id, status=status)
+
+    # --- trainer callback ---------------------------------------------------------------------
+
+    def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
+        metrics = {k: v for k, v in row.items() if k not in ("epoch", "step")}
+        self.log_metrics(metrics, step=int(row["epoch"]))
+        from mlsmith.training.diagnostics import rows_of_epoch  # imports torch: not at load
+
+        self.log_steps(rows_of_epoch(trainer.step_rows, int(row["epoch"])))
+
+    @_guarded
+    def log_steps(self, rows: list[tuple[float, ...]]) -> None:
+        """Per optimizer step: the learning rate and the gradient norm before clipping.
+
+        Stepped by global step under ``step/...`` names, apart from the per-epoch metrics.
+        """
+        from mlflow.entities import Metric
+
+        if self.client is None or self.run_id is None:
+            return
+        now = int(time.time() * 1000)
+        items = []
+        for step, _, lr, _, grad_norm in rows:
+            items.append(Metric("step/lr", lr, now, int(step)))
+            if math.isfinite(grad_norm):
+                items.append(Metric("step/grad_norm", grad_norm, now, int(step)))
+        for i in range(0, len(items), METRIC_BATCH_LIMIT):
+            self.client.log_batch(self.run_id, metrics=items[i : i + METRIC_BATCH_LIMIT])
+
+    def on_exception(self, trainer: Trainer, error: BaseException) -> None:
+        self.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error)
+    return text.splitlines()[0][:300] if text else ""
