@@ -330,11 +330,18 @@ def test_binary_config_file_is_a_config_error(tmp_path: Path) -> None:
         load_config(path)
 
 
-@pytest.mark.parametrize("name", ["missing.yaml", "."])
-def test_missing_config_file(tmp_path: Path, name: str) -> None:
-    path = tmp_path / name
+def test_missing_config_file(tmp_path: Path) -> None:
+    path = tmp_path / "missing.yaml"
     with pytest.raises(ConfigError, match=re.escape(f"config file not found: {path}")):
         load_config(path)
+
+
+def test_a_folder_as_the_config_says_it_is_a_folder(tmp_path: Path) -> None:
+    (tmp_path / "exp.yaml").write_text("data: {path: x.csv, target: y}\n")
+    with pytest.raises(ConfigError, match="is a folder, not a config file") as info:
+        load_config(tmp_path)
+    assert "not found" not in str(info.value)
+    assert str(tmp_path / "exp.yaml") in str(info.value)  # points at a config it holds
 
 
 # --- paths ------------------------------------------------------------------------------------

@@ -77,6 +77,15 @@ class DataSourceConfig(Section):
     val_path: str | None = Field(None, description="a fixed validation file")
     test_path: str | None = Field(None, description="a fixed test file")
 
+    @staticmethod
+    def _separator(value: str | None) -> str | None:
+        """Check ``sep`` (in the kinds that read CSV): one character; ``'\\t'`` means a tab."""
+        # '\t' in single quotes (YAML) or on the command line arrives as two characters.
+        value = {"\\t": "\t", "tab": "\t"}.get(value, value) if value is not None else None
+        if value is not None and (len(value) != 1 or value in '"\r\n'):
+            raise ValueError("expected one character such as ',', ';', '|' or '\\t'")
+        return value
+
 
 class DataConfig(DataSourceConfig):
     """A table: CSV, TSV, Parquet or a built-in such as sklearn:iris."""
@@ -87,6 +96,30 @@ class DataConfig(DataSourceConfig):
     categorical: list[str] | None = Field(
         None, description="categorical columns; default: every non-numeric column"
     )
+    sep: str | None = Field(
+        None,
+        description="CSV column separator, e.g. ';' or '\\t'; default: ',' (a tab for .tsv), or "
+        "';', tab or '|' when the header holds no comma",
+    )
+    na_values: list[str] = Field(
+        default_factory=list,
+        description="more strings read as missing values, e.g. ['?', 'unknown'] (besides "
+        "pandas' defaults: '', 'NA', 'N/A', 'n/a', 'null', 'NaN', ...)",
+    )
+
+    @field_validator("sep")
+    @classmethod
+    def _check_sep(cls, value: str | None) -> str | None:
+        return cls._separator(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.target in self.drop:
+            raise ValueError(
+                f"drop: lists the target '{self.target}'; remove it from data.drop (the target "
+                "is never a feature)"
+            )
+        return self
 
 
 TabularDataConfig = DataConfig
@@ -188,8 +221,18 @@ class TextDataConfig(DataSourceConfig):
     path: str = Field(description="CSV, TSV or Parquet file")
     task: Literal["auto", "binary", "multiclass"] = "auto"
     text_column: str = Field("text", description="the column holding the text")
+    sep: str | None = Field(
+        None,
+        description="CSV column separator, e.g. ';' or '\\t'; default: ',' (a tab for .tsv), or "
+        "';', tab or '|' when the header holds no comma",
+    )
     tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
     max_length: int = Field(256, ge=4, description="tokens kept per text (truncation)")
+
+    @field_validator("sep")
+    @classmethod
+    def _check_sep(cls, value: str | None) -> str | None:
+        return cls._separator(value)
 
 
 DATA_CONFIGS: dict[str, type[DataSourceConfig]] = {
@@ -653,14 +696,58 @@ def load_config(
         raise ConfigError(format_validation_error(exc, origin, overridden)) from None
 
 
+class _StrictLoader(yaml.SafeLoader):
+    """YAML's safe loader, except that a key repeated in one mapping is an error.
+
+    YAML says keys are unique, but PyYAML keeps the last value silently: a second ``train:``
+    block would quietly replace the first.
+    """
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key '{key}' appears twice in one mapping (lines {seen[key]} and {line}); "
+                    "keep one",
+                    key_node.start_mark,
+                )
+            if isinstance(key, (str, int, float, bool)):
+                seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+def parse_yaml(text: str) -> Any:
+    """Parse YAML text safely, refusing repeated keys."""
+    return yaml.load(text, Loader=_StrictLoader)  # a SafeLoader subclass: no arbitrary objects
+
+
+def _yaml_problem(error: yaml.YAMLError) -> str:
+    """PyYAML's complaint on one line, with the line and column it points at."""
+    if isinstance(error, yaml.MarkedYAMLError) and error.problem:
+        mark = error.problem_mark
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        context = f" ({error.context})" if error.context else ""
+        return f"{where}{error.problem}{context}"
+    return " ".join(str(error).split())
+
+
 def read_yaml_mapping(path: Path) -> dict[str, Any]:
     """Read a YAML file whose top level must be a mapping."""
+    if path.is_dir():
+        found = sorted(p.name for p in path.glob("*.y*ml"))[:5]
+        hint = f" such as {path / found[0]}" if found else ""
+        raise ConfigError(f"{path} is a folder, not a config file; pass a YAML file{hint}")
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        loaded = yaml.safe_load(path.read_text())
+        loaded = parse_yaml(path.read_text())
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+        raise ConfigError(f"{path}: not valid YAML: {_yaml_problem(exc)}") from None
     except UnicodeDecodeError:
         raise ConfigError(f"{path}: not a YAML text file (it is not valid UTF-8)") from None
     except OSError as exc:
@@ -685,9 +772,11 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> set[tuple[str,
                 f"override '{item}' must look like key.path=value, e.g. train.lr=3e-4"
             )
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
+            value = parse_yaml(text) if text.strip() else ""
         except yaml.YAMLError as exc:
-            raise ConfigError(f"override '{item}': value is not valid YAML: {exc}") from None
+            raise ConfigError(
+                f"override '{item}': value is not valid YAML: {_yaml_problem(exc)}"
+            ) from None
         parts = tuple(key.split("."))
         node = raw
         for i, part in enumerate(parts[:-1]):
@@ -713,7 +802,7 @@ def format_validation_error(
         loc, tagged = _untag(tuple(str(p) for p in err["loc"]))
         key = ".".join(loc) or "(top level)"
         kind = err["type"]
-        where = "command line" if _from_overrides(loc, kind, overridden) else origin
+        where = _blame(loc, kind, overridden, origin)
         if kind == "union_tag_invalid":
             choices = (
                 ", ".join(TAGGED_SECTIONS[loc[0]]) if loc and loc[0] in TAGGED_SECTIONS else ""
@@ -741,6 +830,19 @@ def format_validation_error(
     return head + ("\n  " + "\n  ".join(lines) if len(lines) > 1 else lines[0])
 
 
+def _blame(loc: tuple[str, ...], kind: str, overridden: set[tuple[str, ...]], origin: str) -> str:
+    """Where the faulty value came from: the command line, or the file (and why, when an
+    override of a section's ``type`` made the file's keys wrong)."""
+    if _from_overrides(loc, kind, overridden):
+        return "command line"
+    retyped = [s for s in TAGGED_SECTIONS if (s, "type") in overridden]
+    if not loc and retyped:
+        return "command line"  # e.g. model.type=cnn against tabular data
+    if loc and loc[0] in retyped:
+        return f"{origin} (with {loc[0]}.type changed on the command line)"
+    return origin
+
+
 def _from_overrides(loc: tuple[str, ...], kind: str, overridden: set[tuple[str, ...]]) -> bool:
     """Whether the value at ``loc`` was set on the command line.
 
@@ -751,7 +853,7 @@ def _from_overrides(loc: tuple[str, ...], kind: str, overridden: set[tuple[str, 
     for path in overridden:
         if loc[: len(path)] == path:
             return True
-        if kind == "extra_forbidden" and path[: len(loc)] == loc:
+        if kind in ("extra_forbidden", "union_tag_invalid") and path[: len(loc)] == loc:
             return True
     return False
 

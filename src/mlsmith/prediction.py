@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlsmith.data.tables import SUFFIXES, require_columns
-from mlsmith.errors import DataError
+from mlsmith.errors import ConfigError, DataError
 from mlsmith.files import atomic_path
 
 if TYPE_CHECKING:
@@ -55,6 +55,11 @@ def predict_file(
     Only one chunk is in memory at a time. The output appears in one rename at the end, so a
     failure midway leaves no half-written file (and any previous output untouched).
     """
+    if _same_file(Path(input_path), output_path):
+        raise ConfigError(
+            f"--output {output_path} is the input file: the predictions would replace the rows "
+            "they are made from; write them to another path"
+        )
     fmt = SUFFIXES.get(output_path.suffix.lower())
     if fmt is None:
         raise DataError(
@@ -94,6 +99,14 @@ def predict_file(
         if rows == 0:
             raise DataError(f"{input_path}: no rows to predict")
     return rows
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Whether two paths name one file (through links, ``..`` or a different spelling)."""
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and a.samefile(b))
+    except OSError:
+        return False
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path, writer: Any, source: str) -> Any:

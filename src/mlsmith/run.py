@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import datetime as dt
 import importlib.metadata
+import os
 import platform
 import secrets
 import subprocess
@@ -30,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlsmith.config import Config, load_config
-from mlsmith.errors import RunError
+from mlsmith.errors import ConfigError, RunError, WriteError, describe_os_error
 from mlsmith.files import read_json, write_json, write_text
 
 if TYPE_CHECKING:
@@ -55,8 +56,39 @@ def new_run_dir(config: Config) -> Path:
     """Create ``<output_dir>/<experiment>/<timestamp>-<random>`` and return it."""
     stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     path = Path(config.output_dir) / config.experiment / f"{stamp}-{secrets.token_hex(2)}"
-    path.mkdir(parents=True, exist_ok=False)
+    try:
+        path.mkdir(parents=True, exist_ok=False)
+    except OSError as exc:
+        raise WriteError(path, exc) from None
     return path.resolve()
+
+
+def check_output_dir(output_dir: str | Path) -> None:
+    """Fail fast, before any work, when runs cannot be written under ``output_dir``.
+
+    Nothing is left behind: the nearest existing folder on the way must be a folder in which a
+    file can be created (tried with an anonymous temporary file, which also catches read-only
+    mounts and permissions that ``os.access`` misjudges, e.g. for root).
+    """
+    import tempfile
+
+    path = Path(output_dir)
+    existing = path
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        what = "is a file" if existing == path else f"is inside {existing}, which is a file"
+        raise ConfigError(f"output_dir: {path} {what}, not a folder; choose another output_dir")
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as exc:
+        where = "" if existing == path else f" (in {existing}, its nearest existing folder)"
+        reason = describe_os_error(exc, with_path=False)
+        raise ConfigError(
+            f"output_dir: cannot write runs under {path}{where}: {reason}; choose another "
+            "output_dir"
+        ) from None
 
 
 def git_state(directory: Path) -> dict[str, Any] | None:
@@ -124,6 +156,13 @@ class Run:
 
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path).resolve()
+        if self.path.is_file():
+            hint = (
+                f"; its run directory is {self.path.parent}"
+                if (self.path.parent / CONFIG_FILE).is_file()
+                else ""
+            )
+            raise RunError(f"{self.path} is a file, not a run directory{hint}")
         if not self.path.is_dir():
             raise RunError(f"run directory not found: {self.path}")
         if not (self.path / CONFIG_FILE).is_file():
@@ -280,6 +319,5 @@ def load_run(path: str | Path) -> Run:
 
 
 def _cpu_count() -> int:
-    import os
 
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

@@ -50,6 +50,7 @@ class StepMonitor:
     names: list[str]
     device: torch.device
     scaled: bool = False
+    precision: str = "32"  # train.precision, for the advice when a value goes non-finite
     rows: list[tuple[float, ...]] = field(default_factory=list)
     _pending: list[_Pending] = field(default_factory=list)
 
@@ -85,7 +86,9 @@ class StepMonitor:
             bad_grads = norms is not None and not math.isfinite(total) and not self.scaled
             if not math.isfinite(loss) or bad_grads:
                 culprits = self._non_finite(norms[i]) if norms is not None else []
-                raise NonFiniteLossError(self._diagnosis(p, loss, total, culprits, where))
+                raise NonFiniteLossError(
+                    self._diagnosis(p, loss, total, culprits, where, self.precision)
+                )
             self.rows.append((p.step, p.epoch, p.lr, loss, total))
 
     def _non_finite(self, norms: torch.Tensor) -> list[str]:
@@ -96,7 +99,9 @@ class StepMonitor:
         ]
 
     @staticmethod
-    def _diagnosis(p: _Pending, loss: float, total: float, culprits: list[str], where: str) -> str:
+    def _diagnosis(
+        p: _Pending, loss: float, total: float, culprits: list[str], where: str, precision: str
+    ) -> str:
         what = (
             f"the loss became {loss}"
             if not math.isfinite(loss)
@@ -112,8 +117,7 @@ class StepMonitor:
             f"training stopped at step {p.step} (epoch {p.epoch}): {what} at learning rate "
             f"{p.lr:.3g}{layers}. {where}Likely fixes: lower train.optimizer.lr (try "
             f"{p.lr / 10:.2g}; `mlsmith lr-find` suggests one), set train.grad_clip (e.g. 1.0), "
-            "use train.precision=32 or bf16-mixed, or check the inputs for extreme or "
-            "non-finite values"
+            f"{precision_advice(precision)}or check the inputs for extreme or non-finite values"
         )
 
     def epoch_stats(self, epoch: int) -> dict[str, float]:
@@ -129,6 +133,15 @@ class StepMonitor:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rows = [tuple(row) for row in state["rows"].tolist()]
+
+
+def precision_advice(precision: str) -> str:
+    """The precision change worth trying after a NaN, if any (none at full precision)."""
+    if precision == "16-mixed":
+        return "use train.precision=32 or bf16-mixed (fp16 overflows above 65504), "
+    if precision == "bf16-mixed":
+        return "use train.precision=32, "
+    return ""
 
 
 def rows_of_epoch(rows: list[tuple[float, ...]], epoch: int) -> list[tuple[float, ...]]:

@@ -32,6 +32,7 @@ from mlsmith.training.diagnostics import (
     StepMonitor,
     gradient_norms,
     peak_memory_mb,
+    precision_advice,
 )
 from mlsmith.training.optimizers import LRSchedule, build_optimizer
 from mlsmith.training.precision import build_precision
@@ -146,6 +147,7 @@ class Trainer:
             [n for n, p in model.named_parameters() if p.requires_grad],
             self.device,
             scaled=getattr(self.precision, "scaler", None) is not None,
+            precision=cfg.precision,
         )
         overfit = OverfitWatch(cfg.overfit_patience)
         inspect_grads = cfg.log_grad_norm or cfg.grad_clip is not None
@@ -205,7 +207,8 @@ class Trainer:
             raise NonFiniteLossError(
                 f"training {what} in epoch {self.epoch + 1} (lr "
                 f"{optimizer.param_groups[0]['lr']:.3g}). {at_stake()}Likely fixes: lower "
-                "train.optimizer.lr, set train.grad_clip, or check the inputs for extreme values"
+                f"train.optimizer.lr, set train.grad_clip, {precision_advice(cfg.precision)}"
+                "or check the inputs for extreme values"
             )
 
         self.callbacks.call("on_fit_start", self)
