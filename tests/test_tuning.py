@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +22,9 @@ from tests.conftest import CliResult, config_dict, make_table
 from mlsmith.config import load_config
 from mlsmith.errors import ConfigError
 
+# A bare postgresql:// URL: SQLAlchemy 2.1 opens it with psycopg 3, the [postgres] extra's driver,
+# so the URL mlsmith is given works unchanged in Optuna itself.
 PG_URL = os.environ.get("MLSMITH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-# What mlsmith does with a bare postgresql:// URL (SQLAlchemy 2.1 would pick psycopg 3).
-PG_DRIVER_URL = PG_URL.replace("postgresql://", "postgresql+psycopg2://", 1)
 LR_SPACE = {"type": "float", "low": 1e-7, "high": 1e-1, "log": True}
 
 
@@ -152,8 +152,9 @@ def test_study_resumes_after_kill(tmp_path: Path, stop: signal.Signals) -> None:
     """kill -9 or Ctrl-C after the first trial; the same command finishes the study."""
     import optuna
 
-    # Trials long enough that the process is still busy when the first one is seen finished.
-    cfg = tune_config(tmp_path, {"train.optimizer.lr": LR_SPACE}, trials=3, pruner="none")
+    # Trials long enough, and enough of them, that the process is still busy when the first one
+    # is seen finished (a signal after the study's last trial only finds results being printed).
+    cfg = tune_config(tmp_path, {"train.optimizer.lr": LR_SPACE}, trials=4, pruner="none")
     cfg["train"]["epochs"] = 10
     path = write(tmp_path, cfg)
     database = tmp_path / "runs" / "t" / "optuna.db"
@@ -188,7 +189,7 @@ def test_study_resumes_after_kill(tmp_path: Path, stop: signal.Signals) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     trials = optuna.load_study(study_name="t", storage=storage).get_trials()
-    assert sorted(t.number for t in trials) == [0, 1, 2]
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
     assert all(t.state.is_finished() for t in trials)
     kept = {t.number: t for t in trials}
     for t in first:
@@ -216,12 +217,24 @@ def _finished_trials(database: Path) -> int:
 
 def _postgres_available() -> bool:
     try:
-        import sqlalchemy
+        import psycopg
 
-        with sqlalchemy.create_engine(PG_DRIVER_URL).connect():
+        with psycopg.connect(PG_URL, connect_timeout=3):
             return True
     except Exception:
         return False
+
+
+@contextlib.contextmanager
+def _pg_storage() -> Iterator[Any]:
+    """Optuna's own storage on the bare URL, its connections closed afterwards."""
+    import optuna
+
+    storage = optuna.storages.RDBStorage(PG_URL)
+    try:
+        yield storage
+    finally:
+        storage.engine.dispose()
 
 
 @pytest.mark.skipif(not _postgres_available(), reason=f"no PostgreSQL at {PG_URL}")
@@ -236,7 +249,8 @@ def test_two_workers_on_postgres_run_exactly_the_budget(tmp_path: Path) -> None:
     cfg["train"]["epochs"] = 6
     try:
         result = mlsmith.tune(cfg, storage=PG_URL, study=name, workers=2)
-        trials = optuna.load_study(study_name=name, storage=PG_DRIVER_URL).get_trials()
+        with _pg_storage() as storage:
+            trials = optuna.load_study(study_name=name, storage=storage).get_trials()
         assert sorted(t.number for t in trials) == list(range(10))
         assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
         assert result.counts["COMPLETE"] == 10
@@ -244,7 +258,8 @@ def test_two_workers_on_postgres_run_exactly_the_budget(tmp_path: Path) -> None:
         workers = [t.user_attrs["worker"] for t in trials]
         assert len(set(workers)) == 2, workers  # both processes really ran trials
     finally:
-        optuna.delete_study(study_name=name, storage=PG_DRIVER_URL)
+        with _pg_storage() as storage:
+            optuna.delete_study(study_name=name, storage=storage)
 
 
 # --- the CLI ----------------------------------------------------------------------------------

@@ -33,8 +33,9 @@ from mlsmith.config import (
     Config,
     TuneConfig,
 )
-from mlsmith.errors import ConfigError, MissingExtraError
+from mlsmith.errors import ConfigError
 from mlsmith.files import write_text
+from mlsmith.sql import missing_driver
 from mlsmith.training.callbacks import resolve_mode
 
 if TYPE_CHECKING:
@@ -107,16 +108,15 @@ def default_storage(cfg: Config) -> str:
     return f"sqlite:///{(Path(cfg.output_dir) / cfg.experiment / 'optuna.db').as_posix()}"
 
 
-def open_storage(url: str) -> optuna.storages.BaseStorage:
-    """An RDB storage with heartbeats, so a dead worker's trial can be failed."""
+@contextmanager
+def open_storage(url: str) -> Iterator[optuna.storages.BaseStorage]:
+    """An RDB storage with heartbeats, so a dead worker's trial can be failed; its database
+    connections are closed on leaving the block."""
     import optuna
 
-    if url.startswith("postgresql://"):
-        # SQLAlchemy 2.1 picks psycopg 3 for a bare postgresql://; the extra installs psycopg2.
-        if importlib.util.find_spec("psycopg2") is not None:
-            url = "postgresql+psycopg2://" + url[len("postgresql://") :]
-        elif importlib.util.find_spec("psycopg") is None:
-            raise MissingExtraError("psycopg2-binary", "postgres", "a PostgreSQL study")
+    problem = missing_driver(url, "a PostgreSQL study")
+    if problem:
+        raise ConfigError(problem)
     if url.startswith("sqlite:///"):
         Path(url[len("sqlite:///") :]).parent.mkdir(parents=True, exist_ok=True)
     for name in ("alembic.runtime.migration", "alembic"):
@@ -128,11 +128,15 @@ def open_storage(url: str) -> optuna.storages.BaseStorage:
             rdb = optuna.storages.RDBStorage(
                 url, heartbeat_interval=HEARTBEAT_S, grace_period=GRACE_S
             )
-        # One caching wrapper for every Study of this process: each wrapper only knows the
-        # trials it has read, and Optuna would wrap the RDBStorage anew for every Study.
-        return optuna.storages.get_storage(rdb)
     except Exception as error:  # a wrong URL, an unreachable server
         raise ConfigError(f"--storage {url}: cannot open the study storage: {error}") from None
+    try:
+        # One caching wrapper for every Study of this process: each wrapper only knows the
+        # trials it has read, and Optuna would wrap the RDBStorage anew for every Study.
+        yield optuna.storages.get_storage(rdb)
+    finally:
+        rdb.remove_session()
+        rdb.engine.dispose()
 
 
 def build_sampler(tune: TuneConfig, seed: int) -> optuna.samplers.BaseSampler:
@@ -198,74 +202,74 @@ def run_study(
     folder = study_folder(cfg, name)
     folder.mkdir(parents=True, exist_ok=True)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    rdb = open_storage(url)
-    base_seed = cfg.seed if tune.seed is None else tune.seed
-    created = optuna.create_study(
-        study_name=name, storage=rdb, direction=direction, load_if_exists=True
-    )
-    if created.direction.name.lower() != direction:
-        raise ConfigError(
-            f"study '{name}' in {url} was created to {created.direction.name.lower()}, "
-            f"the config asks to {direction}; use another --study name"
+    with open_storage(url) as rdb:
+        base_seed = cfg.seed if tune.seed is None else tune.seed
+        created = optuna.create_study(
+            study_name=name, storage=rdb, direction=direction, load_if_exists=True
         )
-    existing = created.get_trials(deepcopy=False)
-    # A process that resumes must not replay the first trials' random draws.
-    sampler = build_sampler(tune, base_seed + 1000 * worker_index + len(existing))
-    pruner = build_pruner(tune, cfg.train.epochs)
-    parent_run_id = None
-    if worker_index == 0:
-        for _ in range(tune.trials - len(existing)):
-            created.enqueue_trial({})
-        parent_run_id = _parent_run(cfg, created, name, tune)
-    else:
-        parent_run_id = created.user_attrs.get("mlflow_parent_run_id")
+        if created.direction.name.lower() != direction:
+            raise ConfigError(
+                f"study '{name}' in {url} was created to {created.direction.name.lower()}, "
+                f"the config asks to {direction}; use another --study name"
+            )
+        existing = created.get_trials(deepcopy=False)
+        # A process that resumes must not replay the first trials' random draws.
+        sampler = build_sampler(tune, base_seed + 1000 * worker_index + len(existing))
+        pruner = build_pruner(tune, cfg.train.epochs)
+        parent_run_id = None
+        if worker_index == 0:
+            for _ in range(tune.trials - len(existing)):
+                created.enqueue_trial({})
+            parent_run_id = _parent_run(cfg, created, name, tune)
+        else:
+            parent_run_id = created.user_attrs.get("mlflow_parent_run_id")
 
-    helpers: list[subprocess.Popen[bytes]] = []
-    if workers > 1 and worker_index == 0:
-        base = folder / BASE_FILE
-        write_text(base, cfg.to_yaml())
-        helpers = [_start_worker(base, url, name, i, timeout) for i in range(1, workers)]
-    deadline = None if timeout is None else time.monotonic() + timeout
-    first = True
-    try:
-        while deadline is None or time.monotonic() < deadline:
-            trial_id = _take_waiting(rdb, name)
-            if trial_id is None:
-                break
-            try:
-                # A fresh Study per trial: Optuna caches the trial list inside a Study object.
-                current = optuna.load_study(
-                    study_name=name, storage=rdb, sampler=sampler, pruner=pruner
-                )
-                with _heartbeat(rdb, trial_id):
-                    run_trial(
-                        current,
-                        trial_id,
-                        cfg,
-                        tune,
-                        direction,
-                        parent_run_id=parent_run_id,
-                        preflight=first and cfg.train.preflight,
+        helpers: list[subprocess.Popen[bytes]] = []
+        if workers > 1 and worker_index == 0:
+            base = folder / BASE_FILE
+            write_text(base, cfg.to_yaml())
+            helpers = [_start_worker(base, url, name, i, timeout) for i in range(1, workers)]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        first = True
+        try:
+            while deadline is None or time.monotonic() < deadline:
+                trial_id = _take_waiting(rdb, name)
+                if trial_id is None:
+                    break
+                try:
+                    # A fresh Study per trial: Optuna caches the trial list inside a Study object.
+                    current = optuna.load_study(
+                        study_name=name, storage=rdb, sampler=sampler, pruner=pruner
                     )
-            except KeyboardInterrupt:
-                # Ctrl-C may land before run_trial can record it (loading the study, sampling):
-                # a claimed trial must not stay RUNNING.
-                _fail_if_running(rdb, trial_id, "interrupted")
-                raise
-            first = False
-        for helper in helpers:
-            helper.wait()
-    except BaseException:
-        for helper in helpers:
-            helper.terminate()
-        raise
-    if worker_index > 0:
-        return _result(created, cfg, tune, name, url, direction, folder, None, None)
-    _wait_for_running(created, rdb, name, deadline)
-    best_path, report_path = _write_outputs(created, cfg, tune, folder, direction)
-    result = _result(created, cfg, tune, name, url, direction, folder, best_path, report_path)
-    _finish_parent(cfg, parent_run_id, result)
-    return result
+                    with _heartbeat(rdb, trial_id):
+                        run_trial(
+                            current,
+                            trial_id,
+                            cfg,
+                            tune,
+                            direction,
+                            parent_run_id=parent_run_id,
+                            preflight=first and cfg.train.preflight,
+                        )
+                except KeyboardInterrupt:
+                    # Ctrl-C may land before run_trial can record it (loading the study, sampling):
+                    # a claimed trial must not stay RUNNING.
+                    _fail_if_running(rdb, trial_id, "interrupted")
+                    raise
+                first = False
+            for helper in helpers:
+                helper.wait()
+        except BaseException:
+            for helper in helpers:
+                helper.terminate()
+            raise
+        if worker_index > 0:
+            return _result(created, cfg, tune, name, url, direction, folder, None, None)
+        _wait_for_running(created, rdb, name, deadline)
+        best_path, report_path = _write_outputs(created, cfg, tune, folder, direction)
+        result = _result(created, cfg, tune, name, url, direction, folder, best_path, report_path)
+        _finish_parent(cfg, parent_run_id, result)
+        return result
 
 
 def _take_waiting(storage: optuna.storages.BaseStorage, name: str) -> int | None:
