@@ -19,6 +19,7 @@ from mlsmith.run import (
     STEPS_FILE,
     Run,
     capture_environment,
+    check_output_dir,
     code_version,
     load_run,
     new_run_dir,
@@ -31,6 +32,7 @@ if TYPE_CHECKING:
     from mlsmith.data.base import PreparedData
     from mlsmith.models.base import FitSummary, Model
     from mlsmith.reports.compare import Comparison
+    from mlsmith.tracking import Tracker
     from mlsmith.training.lr_finder import LRFindResult
     from mlsmith.training.trainer import Trainer
     from mlsmith.tuning import TuneResult
@@ -80,6 +82,7 @@ def train(
     from mlsmith.training.reproducibility import seed_everything
 
     cfg = load_config(config, overrides)
+    check_output_dir(cfg.output_dir)
     if resume is not None:
         run_dir = Path(resume).resolve()
         cfg = _config_for_resume(run_dir, cfg)
@@ -108,45 +111,47 @@ def train(
     if run_dir is None:
         # Only now: a config, data or pre-flight error must not leave a run directory behind.
         run_dir = new_run_dir(cfg)
-    if checks is not None:
-        write_json(run_dir / PREFLIGHT_FILE, checks.to_dict())
-    environment = capture_environment(device)
-    write_text(run_dir / CONFIG_FILE, cfg.to_yaml())
-    data.preprocessor.save(run_dir)
-    info.update(
-        id=run_dir.name,
-        experiment=cfg.experiment,
-        status="running",
-        started=info.get("started", time.time()),
-        data_fingerprint=data.fingerprint,
-        data=data.summary,
-        environment=environment,
-    )
-    write_json(run_dir / INFO_FILE, info)
-
-    tracker = Tracker(cfg.track, output_dir=cfg.output_dir, experiment=cfg.experiment)
-    info["mlflow_run_id"] = tracker.start(
-        run_name=run_dir.name,
-        params=cfg.flat(),
-        tags=_tags(run_dir, data.fingerprint, environment),
-        resume_id=info.get("mlflow_run_id"),
-    )
-    info["tracking_uri"] = tracker.uri if tracker.active else None
-    write_json(run_dir / INFO_FILE, info)
-
-    context = FitContext(
-        run_dir=run_dir,
-        callbacks=[
-            *([ProgressReporter(live=progress)] if progress or epoch_lines else []),
-            HistoryWriter(run_dir),
-            tracker,
-            *(callbacks or []),
-        ],
-        resume=resume is not None,
-        metadata={"config": cfg.to_dict(), "code_version": code_version(environment)},
-    )
-    started = time.perf_counter()
+    tracker: Tracker | None = None
     try:
+        # From here on a run directory exists: whatever stops the run, run.json says so.
+        if checks is not None:
+            write_json(run_dir / PREFLIGHT_FILE, checks.to_dict())
+        environment = capture_environment(device)
+        write_text(run_dir / CONFIG_FILE, cfg.to_yaml())
+        data.preprocessor.save(run_dir)
+        info.update(
+            id=run_dir.name,
+            experiment=cfg.experiment,
+            status="running",
+            started=info.get("started", time.time()),
+            data_fingerprint=data.fingerprint,
+            data=data.summary,
+            environment=environment,
+        )
+        write_json(run_dir / INFO_FILE, info)
+
+        tracker = Tracker(cfg.track, output_dir=cfg.output_dir, experiment=cfg.experiment)
+        info["mlflow_run_id"] = tracker.start(
+            run_name=run_dir.name,
+            params=cfg.flat(),
+            tags=_tags(run_dir, data.fingerprint, environment),
+            resume_id=info.get("mlflow_run_id"),
+        )
+        info["tracking_uri"] = tracker.uri if tracker.active else None
+        write_json(run_dir / INFO_FILE, info)
+
+        context = FitContext(
+            run_dir=run_dir,
+            callbacks=[
+                *([ProgressReporter(live=progress)] if progress or epoch_lines else []),
+                HistoryWriter(run_dir),
+                tracker,
+                *(callbacks or []),
+            ],
+            resume=resume is not None,
+            metadata={"config": cfg.to_dict(), "code_version": code_version(environment)},
+        )
+        started = time.perf_counter()
         summary = model.fit(data, context)
         run = Run(run_dir)
         run.model = model
@@ -154,23 +159,11 @@ def train(
         if data.test is not None:
             results["test"] = run.evaluate_split(data.test, "test")
     except BaseException as error:
-        info["status"] = "interrupted" if isinstance(error, KeyboardInterrupt) else "failed"
-        if isinstance(error, MlsmithError):
-            info["error"] = str(error)
-        write_json(run_dir / INFO_FILE, info)
-        if isinstance(error, MlsmithError) and cfg.eval.report:
-            # A diverged run is exactly when a person wants the curves and the diagnosis.
-            tracker.log_artifacts(_write_reports_safely(run_dir))
-        tracker.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+        _record_stop(cfg, run_dir, info, tracker, error)
         raise
 
-    # Per-epoch keys (val/accuracy...) already have one point per epoch: log only their CIs.
-    per_epoch = {key for row in summary.history for key in row}
-    tracker.log_metrics(_final_metrics(results, per_epoch), step=summary.best_epoch or 0)
-    tracker.log_artifacts(
-        [run_dir / f for f in (CONFIG_FILE, METRICS_FILE, HISTORY_FILE, "preprocessing.json")]
-        + model.artifacts(run_dir)
-    )
+    # The model and its metrics are complete: record that first, so an interruption in the
+    # tracking and reports below cannot make a finished run look unfinished.
     info.update(
         status="finished",
         best_epoch=summary.best_epoch,
@@ -181,8 +174,25 @@ def train(
         finished=time.time(),
     )
     write_json(run_dir / INFO_FILE, info)
-    reports = _write_reports_safely(run_dir) if cfg.eval.report else []
-    tracker.log_artifacts([*reports, run_dir / STEPS_FILE])
+    try:
+        # Per-epoch keys (val/accuracy...) already have one point per epoch: log only their CIs.
+        per_epoch = {key for row in summary.history for key in row}
+        tracker.log_metrics(_final_metrics(results, per_epoch), step=summary.best_epoch or 0)
+        tracker.log_artifacts(
+            [run_dir / f for f in (CONFIG_FILE, METRICS_FILE, HISTORY_FILE, "preprocessing.json")]
+            + model.artifacts(run_dir)
+        )
+        reports = _write_reports_safely(run_dir) if cfg.eval.report else []
+        tracker.log_artifacts([*reports, run_dir / STEPS_FILE])
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        log.warning(
+            "stopped while tracking and writing reports; the run in %s is complete (model, "
+            "metrics.json); `mlsmith report %s` writes its reports",
+            run_dir,
+            run_dir,
+        )
+        raise
     tracker.finish("FINISHED")
     return run
 
@@ -345,6 +355,30 @@ class HistoryWriter:
             write_text(self.steps_path, frame.to_csv(index=False))
         else:
             self.steps_path.unlink(missing_ok=True)
+
+
+def _record_stop(
+    cfg: Config, run_dir: Path, info: dict[str, Any], tracker: Tracker | None, error: BaseException
+) -> None:
+    """Write down why a run stopped before finishing: run.json, MLflow status, reports."""
+    interrupted = isinstance(error, KeyboardInterrupt)
+    info["status"] = "interrupted" if interrupted else "failed"
+    if isinstance(error, MlsmithError):
+        info["error"] = str(error)
+    write_json(run_dir / INFO_FILE, info)
+    if tracker is not None:
+        if isinstance(error, MlsmithError) and cfg.eval.report:
+            # A diverged run is exactly when a person wants the curves and the diagnosis.
+            tracker.log_artifacts(_write_reports_safely(run_dir))
+        tracker.finish("KILLED" if interrupted else "FAILED")
+    if interrupted:
+        log.warning(
+            "the run in %s was stopped; continue it from its last checkpoint with: "
+            "mlsmith train %s --resume %s",
+            run_dir,
+            run_dir / CONFIG_FILE,
+            run_dir,
+        )
 
 
 def _preflight(cfg: Config, data: PreparedData, model: Model) -> CheckReport:

@@ -3,18 +3,30 @@
 Every verb module exposes ``command``, a plain function Typer turns into a subcommand. Heavy
 libraries (torch, pandas, MLflow) are imported inside the commands, so ``mlsmith --help`` is
 instant. User errors (:class:`mlsmith.errors.MlsmithError`) print one clear message and exit 2;
-anything else is a bug and keeps its traceback.
+anything else is a bug and keeps its traceback. SIGINT and SIGTERM stop any verb as Ctrl-C
+does (exit 130 and 143).
 """
 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from typing import Any
 
 import typer
 
-from mlsmith.cli import check, compare, evaluate, lr_find, predict, report, train, tune
+from mlsmith.cli import (
+    check,
+    compare,
+    evaluate,
+    lr_find,
+    predict,
+    report,
+    signals,
+    train,
+    tune,
+)
 from mlsmith.errors import MlsmithError
 
 app = typer.Typer(
@@ -47,19 +59,41 @@ def _root(
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``mlsmith`` console script; exits with the command's status."""
+    """Entry point of the ``mlsmith`` console script; exits with the command's status.
+
+    ``argv`` None means this process's own command line: main then owns the process's signals
+    to the end. With an explicit ``argv`` (tests, other programs) they are restored afterwards.
+    """
     _configure_logging()
+    with signals.interruptible(restore=argv is not None):
+        try:
+            code = _run(argv)
+            stop = signals.received()
+            signals.quiet()
+        except KeyboardInterrupt as error:  # landed between the command's end and quiet()
+            signals.quiet()
+            code, stop = 130, getattr(error, "signum", signal.SIGINT)
+    if stop is not None or code == 130:
+        # Typer turns KeyboardInterrupt into exit 130, and a library may swallow it and let the
+        # command carry on: either way the signal that arrived decides how the command ends.
+        signum = stop if stop is not None else signal.SIGINT
+        typer.echo("terminated" if signum == signal.SIGTERM else "interrupted", err=True)
+        code = signals.exit_code(signum)
+    sys.exit(code)
+
+
+def _run(argv: list[str] | None) -> int:
+    """Run one command; its exit status, with user errors reported."""
     try:
         result = app(args=argv, standalone_mode=False)
     except MlsmithError as error:
         typer.secho(f"error: {error}", fg="red", err=True)
-        sys.exit(error.exit_code)
-    except typer.Abort:
+        return error.exit_code
+    except typer.Abort:  # end of input at a prompt
         typer.echo("aborted", err=True)
-        sys.exit(130)
+        return 1
     except KeyboardInterrupt:
-        typer.echo("interrupted", err=True)
-        sys.exit(130)
+        return 130
     except typer.TyperException as error:
         # Typer (0.26+) bundles its own click: usage errors are TyperExceptions with show().
         show = getattr(error, "show", None)
@@ -67,8 +101,8 @@ def main(argv: list[str] | None = None) -> None:
             show()
         else:
             typer.echo(f"error: {error}", err=True)
-        sys.exit(getattr(error, "exit_code", 2))
-    sys.exit(result if isinstance(result, int) else 0)
+        return int(getattr(error, "exit_code", 2))
+    return result if isinstance(result, int) else 0
 
 
 class _Formatter(logging.Formatter):

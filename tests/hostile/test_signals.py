@@ -1,0 +1,228 @@
+"""Signals against real `mlsmith` processes: SIGTERM and SIGINT during training and prediction,
+kill -9 mid-write, signals at random moments, and a KeyboardInterrupt a library swallows."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import shlex
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+from mlflow import MlflowClient
+from tests.conftest import config_dict, make_table
+from tests.hostile.conftest import temporaries, wait_for
+
+import mlsmith
+from mlsmith.tracking import default_uri
+from mlsmith.training.checkpoint import load_checkpoint
+
+EXIT = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def _long_training(tmp_path: Path, epochs: int = 300) -> tuple[Path, dict]:
+    """A tracked config whose training runs for many seconds, in tiny epochs."""
+    data = tmp_path / "data.csv"
+    if not data.exists():
+        make_table("binary", rows=240).to_csv(data, index=False)
+    cfg = config_dict(data, tmp_path / "runs", track={"enabled": True})
+    cfg["train"].update(epochs=epochs, preflight=False)
+    cfg["train"]["early_stopping"] = {"enabled": False}
+    config = tmp_path / "long.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    return config, cfg
+
+
+def _start(*args: str | Path) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "mlsmith", *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def _run_dirs(tmp_path: Path) -> list[Path]:
+    return sorted(p for p in (tmp_path / "runs" / "t").glob("*") if p.is_dir())
+
+
+def _mlflow_status(tmp_path: Path, run_id: str) -> tuple[str, int | None]:
+    run = MlflowClient(default_uri(tmp_path / "runs")).get_run(run_id)
+    return run.info.status, run.info.end_time
+
+
+# --- training -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_a_signal_mid_training_stops_the_run_cleanly_and_says_how_to_resume(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    config, _ = _long_training(tmp_path)
+    process = _start("train", config, "--no-progress")
+    try:
+        wait_for(
+            lambda: any((d / "history.csv").is_file() for d in _run_dirs(tmp_path)),
+            90,
+            "the first epoch",
+        )
+    finally:
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == EXIT[signum], stderr[-3000:]
+    assert "Traceback" not in stderr
+    (run_dir,) = _run_dirs(tmp_path)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "interrupted"
+    status, end_time = _mlflow_status(tmp_path, info["mlflow_run_id"])
+    assert status == "KILLED" and end_time is not None
+    assert ("terminated" if signum == signal.SIGTERM else "interrupted") in stderr
+    assert not temporaries(tmp_path)
+    load_checkpoint(run_dir / "checkpoints" / "last.pt")
+
+    # The printed command continues the run (fewer epochs, which a resume may change, to be quick).
+    match = re.search(r"continue it from its last checkpoint with: (mlsmith train .*)", stderr)
+    assert match, stderr[-2000:]
+    command = shlex.split(match.group(1))
+    assert command[-2:] == ["--resume", str(run_dir)]
+    epochs_done = len(pd.read_csv(run_dir / "history.csv"))
+    resumed = subprocess.run(
+        [sys.executable, "-m", "mlsmith", *command[1:], f"train.epochs={epochs_done + 2}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished"
+    assert len(pd.read_csv(run_dir / "history.csv")) == epochs_done + 2
+    assert _mlflow_status(tmp_path, info["mlflow_run_id"])[0] == "FINISHED"
+
+
+def test_signals_at_random_moments_leave_a_consistent_run(tmp_path: Path) -> None:
+    """SIGTERM / SIGINT at seeded random moments from start-up to the end: whatever the moment,
+    the run directory tells the truth, MLflow's run is closed, and no temporary file is left."""
+    config, _ = _long_training(tmp_path, epochs=12)
+    moments = random.Random(10).sample([i / 2 for i in range(2, 26)], 4)
+    for i, delay in enumerate(sorted(moments)):
+        signum = (signal.SIGTERM, signal.SIGINT)[i % 2]
+        before = set(_run_dirs(tmp_path))
+        process = _start("train", config, "--no-progress")
+        try:
+            process.wait(timeout=delay)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signum)
+        _, stderr = process.communicate(timeout=60)
+        assert "Traceback" not in stderr, stderr[-3000:]
+        assert process.returncode in (0, EXIT[signum]), (delay, stderr[-3000:])
+        new = sorted(set(_run_dirs(tmp_path)) - before)
+        assert len(new) <= 1
+        if process.returncode == 0:
+            assert new, "exit 0 without a run directory"
+        for run_dir in new:
+            info = json.loads((run_dir / "run.json").read_text())
+            expected = {"finished"} if process.returncode == 0 else {"interrupted", "finished"}
+            assert info["status"] in expected, (delay, info["status"])
+            if info.get("mlflow_run_id"):
+                status = _mlflow_status(tmp_path, info["mlflow_run_id"])[0]
+                assert status in ("FINISHED", "KILLED"), (delay, status)
+            for checkpoint in (run_dir / "checkpoints").glob("*.pt"):
+                load_checkpoint(checkpoint)
+        assert not temporaries(tmp_path), (delay, temporaries(tmp_path))
+
+
+def test_an_interrupt_a_library_swallows_still_ends_the_command_as_interrupted(
+    tmp_path: Path,
+) -> None:
+    """A library that catches KeyboardInterrupt and carries on must not turn Ctrl-C into exit 0."""
+    script = textwrap.dedent(
+        """
+        import os, signal, time
+        import mlsmith.api
+
+        def report(run):
+            try:  # what a careless library does with Ctrl-C
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(5)
+            except KeyboardInterrupt:
+                pass
+            return []
+
+        mlsmith.api.report = report
+        from mlsmith.cli import main
+        main(["report", "somewhere"])
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 130, done.stderr
+    assert "interrupted" in done.stderr and "Traceback" not in done.stderr
+
+
+# --- prediction ---------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A run, and a raw table big enough that predicting it takes several seconds."""
+    root = tmp_path_factory.mktemp("predict")
+    data = root / "train.csv"
+    make_table("binary").to_csv(data, index=False)
+    run = mlsmith.train(config_dict(data, root / "runs"), progress=False)
+    big = root / "big.csv"
+    pd.concat([make_table("binary", rows=50_000, seed=s) for s in range(8)]).to_csv(
+        big, index=False
+    )
+    return run.path, big
+
+
+def _start_predict(run: Path, source: Path, output: Path) -> subprocess.Popen[str]:
+    return _start("predict", run, "--input", source, "--output", output, "--chunk-rows", "5000")
+
+
+def test_sigterm_during_predict_leaves_no_temporary_and_the_old_output(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run, big = trained
+    output = tmp_path / "out" / "predictions.csv"
+    output.parent.mkdir()
+    output.write_text("previous predictions\n")
+    process = _start_predict(run, big, output)
+    try:
+        wait_for(lambda: temporaries(output.parent), 90, "the temporary output")
+    finally:
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 143, stderr[-3000:]
+    assert "terminated" in stderr and "Traceback" not in stderr
+    assert not temporaries(output.parent)
+    assert output.read_text() == "previous predictions\n"
+
+
+def test_a_kill_9_during_predict_leaves_a_temporary_the_next_write_sweeps(
+    trained: tuple[Path, Path], tmp_path: Path
+) -> None:
+    run, big = trained
+    output = tmp_path / "predictions.csv"
+    process = _start_predict(run, big, output)
+    try:
+        wait_for(lambda: temporaries(tmp_path), 90, "the temporary output")
+    finally:
+        process.kill()
+        process.communicate(timeout=60)
+    (left,) = temporaries(tmp_path)
+    assert not output.exists()
+
+    small = tmp_path / "small.csv"
+    make_table("binary", rows=30).to_csv(small, index=False)
+    assert mlsmith.predict(run, small, output) == 30
+    assert not left.exists() and not temporaries(tmp_path)
+    assert len(pd.read_csv(output)) == 30
