@@ -20,10 +20,9 @@ from mlflow import MlflowClient
 from tests.conftest import config_dict, make_table
 
 import mlsmith
-from mlsmith.api import _tags
 from mlsmith.config import TrackConfig
 from mlsmith.evaluation import CLASSIFICATION_METRICS
-from mlsmith.tracking import Tracker, default_uri
+from mlsmith.tracking import Tracker, default_uri, run_tags
 
 EPOCHS = 3
 
@@ -188,7 +187,7 @@ def test_no_commit_tag_outside_a_git_repository() -> None:
         "project_git": None,
         "mlsmith_git": None,
     }
-    tags = _tags(Path("/r"), "abc", environment)
+    tags = run_tags(Path("/r"), "abc", environment)
     assert "mlflow.source.git.commit" not in tags
     assert tags["mlsmith.code_version"] == "mlsmith 0.1.0"
 

@@ -33,6 +33,7 @@ import numpy as np
 from mlsmith.config import Config, load_config
 from mlsmith.errors import ConfigError, RunError, WriteError, describe_os_error
 from mlsmith.files import read_json, write_json, write_text
+from mlsmith.training.history import HISTORY_FILE
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -42,14 +43,16 @@ if TYPE_CHECKING:
 
 CONFIG_FILE = "config.yaml"
 INFO_FILE = "run.json"
-HISTORY_FILE = "history.csv"
-STEPS_FILE = "steps.csv"
 PREFLIGHT_FILE = "preflight.json"
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.json"
 TEST_PREDICTIONS_FILE = "test_predictions.csv"
 
+# Libraries every run uses; families and data kinds add their own (see mlsmith.families).
 PACKAGES = ("torch", "numpy", "pandas", "scikit-learn", "pydantic", "mlflow-skinny", "mlflow")
+# Libraries that shape a run when a process has loaded them: optuna in a tuning trial,
+# onnxruntime when a model is exported.
+WHEN_IMPORTED = {"optuna": "optuna", "onnxruntime": "onnxruntime", "onnx": "onnx"}
 
 
 def new_run_dir(config: Config) -> Path:
@@ -111,12 +114,20 @@ def git_state(directory: Path) -> dict[str, Any] | None:
     return {"commit": commit.stdout.strip(), "dirty": bool(status.stdout.strip())}
 
 
-def capture_environment(device: str) -> dict[str, Any]:
-    """Code version, library versions and hardware, as modded-nanogpt logs at the top of a run."""
-    from mlsmith import __version__
+def capture_environment(device: str, config: Config | None = None) -> dict[str, Any]:
+    """Code version, library versions and hardware, as modded-nanogpt logs at the top of a run.
 
+    The libraries are every one that shaped the run: the core ones, those of the config's model
+    family and data kind, those the process has loaded, and CUDA and cuDNN on a GPU.
+    """
+    from mlsmith import __version__, families
+
+    names = list(PACKAGES)
+    if config is not None:
+        names += families.packages(config)
+    names += [name for name, module in WHEN_IMPORTED.items() if module in sys.modules]
     versions = {}
-    for package in PACKAGES:
+    for package in dict.fromkeys(names):
         try:
             versions[package] = importlib.metadata.version(package)
         except importlib.metadata.PackageNotFoundError:
@@ -126,6 +137,8 @@ def capture_environment(device: str) -> dict[str, Any]:
         import torch
 
         hardware["gpu"] = torch.cuda.get_device_name(torch.device(device))
+        versions["cuda"] = str(torch.version.cuda)
+        versions["cudnn"] = str(torch.backends.cudnn.version())
     return {
         "mlsmith": __version__,
         "python": platform.python_version(),
@@ -195,9 +208,9 @@ class Run:
 
     @cached_property
     def preprocessor(self) -> Preprocessor:
-        from mlsmith import registry
+        from mlsmith import families
 
-        module = registry.data_kind(self.config.data.type)
+        module = families.data_kind(self.config.data.type)
         try:
             preprocessor: Preprocessor = module.load_preprocessor(self.path)
         except FileNotFoundError:
@@ -206,9 +219,9 @@ class Run:
 
     @cached_property
     def model(self) -> Model:
-        from mlsmith import registry
+        from mlsmith import families
 
-        family = registry.model_family(self.config.model.type)
+        family = families.model_family(self.config.model.type)
         return family.load(self.path, self.config, self.preprocessor)
 
     # --- evaluation ---------------------------------------------------------------------------
@@ -221,10 +234,10 @@ class Run:
         Without ``data`` the run's own test split is rebuilt (from the seed, checked against the
         recorded data fingerprint) and scored with the best checkpoint.
         """
-        from mlsmith import registry
+        from mlsmith import families
 
         if data is None:
-            module = registry.data_kind(self.config.data.type)
+            module = families.data_kind(self.config.data.type)
             prepared = module.prepare(self.config, preprocessor=self.preprocessor)
             recorded = self.info.get("data_fingerprint")
             if recorded and prepared.fingerprint != recorded:

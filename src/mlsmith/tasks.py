@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from mlsmith.data.tables import numbers_as_text
+from mlsmith.columns import numbers_as_text
 from mlsmith.errors import DataError
 
 if TYPE_CHECKING:

@@ -11,7 +11,7 @@ import pytest
 import torch
 from tests.conftest import config_dict
 
-from mlsmith import registry
+from mlsmith import families
 from mlsmith.config import Config, load_config
 from mlsmith.data.base import PreparedData
 
@@ -62,6 +62,6 @@ def prepare_table(table_config: Callable[..., Config]) -> Prepare:
 
     def prepare(frame: pd.DataFrame, **options: Any) -> tuple[Config, PreparedData]:
         config = table_config(frame, **options)
-        return config, registry.data_kind("tabular").prepare(config)
+        return config, families.data_kind("tabular").prepare(config)
 
     return prepare

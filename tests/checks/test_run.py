@@ -15,11 +15,12 @@ from tests.conftest import make_table
 from tests.image_data import image_config, make_images, write_npz
 from tests.text_data import make_texts
 
-from mlsmith import registry
-from mlsmith.checks import CheckReport, preflight, run_checks
+from mlsmith import families
+from mlsmith.checks import CheckReport, preflight
 from mlsmith.config import Config, load_config
 from mlsmith.models.base import FitContext
 from mlsmith.models.neural import NeuralModel
+from mlsmith.pipeline import check as run_checks
 from mlsmith.training.reproducibility import seed_everything
 
 TableConfig = Callable[..., Config]
@@ -84,9 +85,9 @@ def test_preflight_leaves_weights_buffers_and_rngs_untouched(table_config: Table
     # Batch norm: its running statistics change on any forward pass in training mode.
     config = table_config(make_table("multiclass"), model={"norm": "batch", "dropout": 0.2})
     seed_everything(config.seed)
-    data = registry.data_kind("tabular").prepare(config)
+    data = families.data_kind("tabular").prepare(config)
     seed_everything(config.seed)
-    model = registry.model_family("mlp")(config, data.preprocessor)
+    model = families.model_family("mlp")(config, data.preprocessor)
     assert isinstance(model, NeuralModel)
     before = {k: v.clone() for k, v in model.network.state_dict().items()}
     rng = (torch.get_rng_state(), numpy_state(), random.getstate())
@@ -113,9 +114,9 @@ def test_training_after_preflight_is_bit_identical(
 
     def train(with_preflight: bool) -> dict[str, torch.Tensor]:
         seed_everything(config.seed)
-        data = registry.data_kind("tabular").prepare(config)
+        data = families.data_kind("tabular").prepare(config)
         seed_everything(config.seed)
-        model = registry.model_family("mlp")(config, data.preprocessor)
+        model = families.model_family("mlp")(config, data.preprocessor)
         assert isinstance(model, NeuralModel)
         if with_preflight:
             preflight(config, data, model)

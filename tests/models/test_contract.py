@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from tests.conftest import config_dict, make_table
 
-from mlsmith import registry
+from mlsmith import families
 from mlsmith.config import MODELS_FOR_DATA, load_config
 from mlsmith.models.base import FitContext, FitSummary, Model
 
@@ -66,7 +66,7 @@ def _data_type(family: str) -> str:
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("family", sorted(registry.MODEL_FAMILIES))
+@pytest.mark.parametrize("family", sorted(families.MODEL_FAMILIES))
 def test_model_family_contract(family: str, kind: str, tmp_path: Path) -> None:
     data_type = _data_type(family)
     if data_type != "tabular" and kind == "regression":
@@ -75,14 +75,14 @@ def test_model_family_contract(family: str, kind: str, tmp_path: Path) -> None:
     raw["data"] = {"type": data_type, **DATASETS[data_type](tmp_path, kind)}
     raw["model"] = {"type": family, **FAST_SETTINGS.get(family, {})}
     config = load_config(raw)
-    data_module = registry.data_kind(config.data.type)
+    data_module = families.data_kind(config.data.type)
     data = data_module.prepare(config)
     assert data.task.kind == kind
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     data.preprocessor.save(run_dir)
 
-    cls = registry.model_family(family)
+    cls = families.model_family(family)
     assert issubclass(cls, Model) and cls.family == family
     model = cls(config, data.preprocessor)
     assert model.task is data.preprocessor.task

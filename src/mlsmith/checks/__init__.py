@@ -1,10 +1,9 @@
 """Pre-flight checks: config, data, splits, model and cost, in seconds, before any real training.
 
-``run_checks`` is ``mlsmith check``: it prepares the data and builds the model itself, then runs
-every check, the one-batch overfitting test included unless ``quick``. ``preflight`` is the quick
-form on data and a model that ``train`` has already built; it leaves the model's weights and
-buffers and every global RNG untouched, so training after it is bit-identical to training
-without it.
+``run_checks`` is ``mlsmith check`` on the data and model the pipeline built as ``train``
+would: every check, the one-batch overfitting test included unless ``quick``. ``preflight`` is
+the quick form ``train`` runs first; it leaves the model's weights and buffers and every global
+RNG untouched, so training after it is bit-identical to training without it.
 
 Each check is one :class:`CheckResult` row: a group, a name, a status (pass / warn / fail / skip)
 and one line of detail. Thresholds are documented where they are decided, in
@@ -14,7 +13,6 @@ and one line of detail. Thresholds are documented where they are decided, in
 from __future__ import annotations
 
 import logging
-import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -30,7 +28,7 @@ log = logging.getLogger(__name__)
 Status = Literal["pass", "warn", "fail", "skip"]
 Group = Literal["config", "data", "splits", "model", "cost"]
 
-__all__ = ["CheckReport", "CheckResult", "preflight", "run_checks"]
+__all__ = ["CheckReport", "CheckResult", "preflight", "run_checks", "unreadable_data"]
 
 
 @dataclass(frozen=True)
@@ -83,40 +81,20 @@ class CheckReport:
         return cls([CheckResult(**row) for row in state["results"]], bool(state["quick"]))
 
 
-def run_checks(config: Config, *, quick: bool = False) -> CheckReport:
-    """Prepare the data, build the model and run every check (``mlsmith check``).
-
-    A :class:`mlsmith.errors.DataError` while reading the data becomes a failed row and the
-    checks that need the data are skipped. Global RNG states are restored afterwards, so calling
-    this from a notebook does not reseed anything.
-    """
-    from mlsmith import registry
-    from mlsmith.training.reproducibility import restore_rng_states, rng_states, seed_everything
-
-    started = time.perf_counter()
-    results = [config_result(config)]
-    states = rng_states()
-    try:
-        log.info("check: reading and splitting the data")
-        try:
-            data = registry.data_kind(config.data.type).prepare(config)
-        except DataError as error:
-            results.append(CheckResult("data", "data readable", "fail", str(error)))
-            results += _skipped("the data could not be read")
-            return CheckReport(results, quick)
-        results.append(data_result(data))
-        # Seeded as `train` seeds before building the model, so the checks see its weights.
-        seed_everything(config.seed)
-        model = registry.model_family(config.model.type)(config, data.preprocessor)
-        log.info(
-            "check: data, splits and the model on a real batch%s",
-            "" if quick else ", then one-batch overfitting",
-        )
-        results += _all_checks(config, data, model, quick=quick)
-    finally:
-        restore_rng_states(states)
-    log.info("check: done in %.1f s", time.perf_counter() - started)
+def run_checks(
+    config: Config, data: PreparedData, model: Model, *, quick: bool = False
+) -> CheckReport:
+    """Every check on the data and untrained model ``train`` would build (``mlsmith check``);
+    ``quick`` leaves out the one-batch overfitting test. Leaves the model untouched."""
+    results = [config_result(config), data_result(data)]
+    results += _all_checks(config, data, model, quick=quick)
     return CheckReport(results, quick)
+
+
+def unreadable_data(config: Config, error: DataError, *, quick: bool = False) -> CheckReport:
+    """The report when the data cannot be read: that failure, and every later check skipped."""
+    results = [config_result(config), CheckResult("data", "data readable", "fail", str(error))]
+    return CheckReport(results + _skipped("the data could not be read"), quick)
 
 
 def preflight(config: Config, data: PreparedData, model: Model) -> CheckReport:

@@ -20,8 +20,8 @@ import numpy as np
 
 from mlsmith.checks import CheckResult, Status
 from mlsmith.checks.leakage import duplicates_across_splits, single_feature_leakage
+from mlsmith.columns import NumbersAsText, numbers_as_text
 from mlsmith.config import Config, DataConfig, TextDataConfig
-from mlsmith.data.tables import NumbersAsText, numbers_as_text
 from mlsmith.tasks import ClassificationTask, Task
 
 if TYPE_CHECKING:

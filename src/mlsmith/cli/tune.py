@@ -43,11 +43,11 @@ def command(
     ),
 ) -> None:
     """Search the config's tune.space: one pruned, tracked training run per trial."""
-    from mlsmith.config import load_config
-    from mlsmith.tuning import run_study
+    from mlsmith.api import tune
 
-    result = run_study(
-        load_config(config, overrides or []),
+    result = tune(
+        config,
+        overrides or [],
         trials=trials,
         timeout=timeout,
         storage=storage,

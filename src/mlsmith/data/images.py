@@ -1121,7 +1121,7 @@ def _paths(data: ImageDataConfig) -> list[str]:
 
 
 def _image_config(config: Config) -> ImageDataConfig:
-    if not isinstance(config.data, ImageDataConfig):  # the registry routes by data.type
+    if not isinstance(config.data, ImageDataConfig):  # mlsmith.families routes by data.type
         raise TypeError(f"image data got a data section of type '{config.data.type}'")
     return config.data
 

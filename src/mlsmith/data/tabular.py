@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlsmith.columns import numbers_as_text
 from mlsmith.config import Config, DataConfig
 from mlsmith.data.base import PREPROCESSING_FILE, PreparedData, Split
 from mlsmith.data.batches import TensorBatches
@@ -24,7 +25,6 @@ from mlsmith.data.tables import (
     iter_table,
     mark_missing,
     nested_columns,
-    numbers_as_text,
     read_table,
     require_columns,
 )
@@ -364,7 +364,7 @@ def _warn_numbers_as_text(frame: pd.DataFrame, columns: list[str], source: str) 
 
 
 def _table_config(config: Config) -> DataConfig:
-    if not isinstance(config.data, DataConfig):  # the registry routes by data.type
+    if not isinstance(config.data, DataConfig):  # mlsmith.families routes by data.type
         raise TypeError(f"tabular data got a data section of type '{config.data.type}'")
     return config.data
 

@@ -324,6 +324,6 @@ def _texts(column: pd.Series) -> list[str]:
 
 
 def _text_config(config: Config) -> TextDataConfig:
-    if not isinstance(config.data, TextDataConfig):  # the registry routes by data.type
+    if not isinstance(config.data, TextDataConfig):  # mlsmith.families routes by data.type
         raise TypeError(f"text data got a data section of type '{config.data.type}'")
     return config.data

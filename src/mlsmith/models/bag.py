@@ -69,6 +69,6 @@ class BagModel(TextModel):
     def build_network(self) -> nn.Module:
         spec = self.preprocessor.model_inputs()
         cfg = self.config.model
-        if not isinstance(cfg, BagConfig):  # the registry routes by model.type
+        if not isinstance(cfg, BagConfig):  # mlsmith.families routes by model.type
             raise TypeError(f"BagModel got a model section of type '{cfg.type}'")
         return BagOfNgrams(spec["vocab_size"], self.task.n_outputs, cfg)

@@ -3,7 +3,7 @@
 The rest of mlsmith (evaluation, prediction, tracking, reports, tuning, export, serving) talks
 to a :class:`Model` only through this contract, so it never needs to know which family produced
 the model. ``tests/models/test_contract.py`` runs the same conformance test over every family
-in the registry.
+in mlsmith.families.
 """
 
 from __future__ import annotations

@@ -60,7 +60,7 @@ class CNNModel(NeuralModel):
 
     def build_network(self) -> nn.Module:
         cfg = self.config.model
-        if not isinstance(cfg, CNNConfig):  # the registry routes by model.type
+        if not isinstance(cfg, CNNConfig):  # mlsmith.families routes by model.type
             raise TypeError(f"CNNModel got a model section of type '{cfg.type}'")
         spec = self.preprocessor.model_inputs()
         return SmallCNN(spec["channels"], self.task.n_outputs, cfg)

@@ -84,6 +84,6 @@ class MLPModel(NeuralModel):
     def build_network(self) -> nn.Module:
         spec = self.preprocessor.model_inputs()
         cfg = self.config.model
-        if not isinstance(cfg, MLPConfig):  # the registry routes by model.type
+        if not isinstance(cfg, MLPConfig):  # mlsmith.families routes by model.type
             raise TypeError(f"MLPModel got a model section of type '{cfg.type}'")
         return TabularMLP(spec["n_numeric"], spec["cardinalities"], self.task.n_outputs, cfg)

@@ -163,7 +163,7 @@ class TorchvisionModel(NeuralModel):
 
     def build_network(self) -> nn.Module:
         cfg = self.config.model
-        if not isinstance(cfg, TorchvisionConfig):  # the registry routes by model.type
+        if not isinstance(cfg, TorchvisionConfig):  # mlsmith.families routes by model.type
             raise TypeError(f"TorchvisionModel got a model section of type '{cfg.type}'")
         spec = self.preprocessor.model_inputs()
         return TorchvisionNet(cfg, spec["channels"], self.task.n_outputs)

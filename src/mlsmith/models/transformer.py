@@ -76,6 +76,6 @@ class TransformerModel(TextModel):
     def build_network(self) -> nn.Module:
         spec = self.preprocessor.model_inputs()
         cfg = self.config.model
-        if not isinstance(cfg, TransformerConfig):  # the registry routes by model.type
+        if not isinstance(cfg, TransformerConfig):  # mlsmith.families routes by model.type
             raise TypeError(f"TransformerModel got a model section of type '{cfg.type}'")
         return TextTransformer(spec["vocab_size"], spec["max_length"], self.task.n_outputs, cfg)

@@ -79,7 +79,7 @@ class TreeModel(Model):
     @property
     def settings(self) -> LightGBMConfig | XGBoostConfig:
         cfg = self.config.model
-        if not isinstance(cfg, (LightGBMConfig, XGBoostConfig)):  # the registry routes by type
+        if not isinstance(cfg, (LightGBMConfig, XGBoostConfig)):  # mlsmith.families routes by type
             raise TypeError(f"{type(self).__name__} got a model section of type '{cfg.type}'")
         return cfg
 

@@ -20,14 +20,13 @@ from mlsmith.errors import RunError
 from mlsmith.run import (
     CONFIG_FILE,
     CONFUSION_FILE,
-    HISTORY_FILE,
     INFO_FILE,
     METRICS_FILE,
     PREFLIGHT_FILE,
-    STEPS_FILE,
     TEST_PREDICTIONS_FILE,
     Run,
 )
+from mlsmith.training.history import HISTORY_FILE, STEPS_FILE
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -4,6 +4,6 @@
 processes break it.
 """
 
-from mlsmith.tracking.tracker import Tracker, default_uri
+from mlsmith.tracking.tracker import Tracker, default_uri, final_metrics, run_tags
 
-__all__ = ["Tracker", "default_uri"]
+__all__ = ["Tracker", "default_uri", "final_metrics", "run_tags"]

@@ -233,3 +233,40 @@ class Tracker(Callback):
 def _first_line(error: BaseException) -> str:
     text = str(error)
     return text.splitlines()[0][:300] if text else ""
+
+
+def run_tags(run_dir: Path, fingerprint: str, environment: dict[str, Any]) -> dict[str, str]:
+    """The MLflow tags of a training run: where it lives, its data and code versions."""
+    from mlsmith.run import code_version
+
+    tags = {
+        "mlsmith.run_dir": str(run_dir),
+        "mlsmith.data_fingerprint": fingerprint,
+        "mlsmith.version": environment["mlsmith"],
+        "mlsmith.device": environment["device"],
+        "torch.version": environment["packages"].get("torch", "unknown"),
+        "mlsmith.code_version": code_version(environment),
+    }
+    if environment.get("project_git"):
+        tags["mlflow.source.git.commit"] = environment["project_git"]["commit"]
+    return tags
+
+
+def final_metrics(
+    results: dict[str, dict[str, Any]], per_epoch: set[str] | frozenset[str] = frozenset()
+) -> dict[str, float]:
+    """``{"test": {"accuracy": {"value", "ci95"}}}`` to flat MLflow metrics.
+
+    Point values whose key is in ``per_epoch`` are left out: the best epoch's value is already in
+    that metric's history, and logging it again would add a second point at the same step.
+    """
+    flat: dict[str, float] = {}
+    for split, metrics in results.items():
+        for name, entry in metrics.items():
+            if entry.get("value") is not None and f"{split}/{name}" not in per_epoch:
+                flat[f"{split}/{name}"] = entry["value"]
+            low, high = entry.get("ci95") or (None, None)
+            if low is not None and high is not None:
+                flat[f"{split}/{name}_ci95_low"] = low
+                flat[f"{split}/{name}_ci95_high"] = high
+    return flat

@@ -25,6 +25,9 @@ from mlsmith.errors import ConfigError
 from mlsmith.files import write_bytes, write_text
 
 if TYPE_CHECKING:
+    import torch
+
+    from mlsmith.data.base import PreparedData
     from mlsmith.data.batches import Batch, TensorBatches
 
 log = logging.getLogger(__name__)
@@ -51,41 +54,38 @@ class LRFindResult:
     seconds: float
 
 
+def check_range(min_lr: float, max_lr: float, steps: int) -> None:
+    """Refuse a range test that cannot work, before any data is read."""
+    if not 0 < min_lr < max_lr:
+        raise ConfigError(f"lr-find: need 0 < min_lr < max_lr, got {min_lr} and {max_lr}")
+    if steps < 10:
+        raise ConfigError(f"lr-find: --steps must be at least 10, got {steps}")
+
+
 def find_lr(
     config: Config,
+    data: PreparedData,
+    network: torch.nn.Module,
     *,
     min_lr: float = 1e-7,
     max_lr: float = 10.0,
     steps: int = 100,
     output: str | Path | None = None,
 ) -> LRFindResult:
-    """Run the range test for ``config``'s data and model; writes ``lr_find.png`` and ``.csv``.
+    """Run the range test on ``network`` (untrained, as the pipeline builds it) and ``data``;
+    writes ``lr_find.png`` and ``.csv``.
 
     ``output`` is the folder for those files (default ``<output_dir>/<experiment>/lr-find-<time>``).
     """
-    from mlsmith import registry
-    from mlsmith.models.neural import NeuralModel
     from mlsmith.training.device import resolve_device
     from mlsmith.training.optimizers import build_optimizer
     from mlsmith.training.precision import build_precision
-    from mlsmith.training.reproducibility import seed_everything
 
-    if not 0 < min_lr < max_lr:
-        raise ConfigError(f"lr-find: need 0 < min_lr < max_lr, got {min_lr} and {max_lr}")
-    if steps < 10:
-        raise ConfigError(f"lr-find: --steps must be at least 10, got {steps}")
+    check_range(min_lr, max_lr, steps)
     cfg = config.train
-    seed_everything(config.seed)
-    data = registry.data_kind(config.data.type).prepare(config)
-    seed_everything(config.seed)
-    model = registry.model_family(config.model.type)(config, data.preprocessor)
-    if not isinstance(model, NeuralModel):
-        raise ConfigError(
-            f"lr-find: model.type '{config.model.type}' is not trained by gradient descent"
-        )
     device = resolve_device(cfg.device)
     precision = build_precision(cfg.precision, device)
-    network = model.network.to(device)
+    network = network.to(device)
     network.train()
     optimizer = build_optimizer(network, cfg.optimizer)
     batches = data.preprocessor.batches(
@@ -112,7 +112,7 @@ def find_lr(
             group["lr"] = lr
         inputs, target = next(stream)
         with precision.autocast():
-            loss = model.task.loss(network(**inputs), target)
+            loss = data.task.loss(network(**inputs), target)
         optimizer.zero_grad(set_to_none=True)
         precision.backward(loss)
         precision.step(optimizer)

@@ -77,7 +77,7 @@ def run_trial(
     import optuna
     from optuna.trial import TrialState
 
-    from mlsmith.api import train
+    from mlsmith.pipeline import run_training
 
     trial = optuna.Trial(study, trial_id)
     # Which process ran it: with several workers (or machines) the first thing to ask.
@@ -94,7 +94,7 @@ def run_trial(
         extra["train.preflight"] = False  # checked once per process; never changes the weights
     try:
         # One line per trial (below), not one per epoch of every trial.
-        run = train(
+        run = run_training(
             apply_params(cfg, params, extra),
             callbacks=[callback],
             progress=False,

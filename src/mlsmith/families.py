@@ -1,4 +1,4 @@
-"""The one place where config strings become classes and modules.
+"""Model families and data kinds: the one place where config strings become classes and modules.
 
 Entries are import paths, imported on first use, so listing a family costs nothing until it
 is used (and ``mlsmith --help`` never imports torch).
@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from mlsmith.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
+    from mlsmith.config import Config
     from mlsmith.models.base import Model
 
 # model.type -> Model subclass
@@ -32,6 +33,21 @@ DATA_KINDS: dict[str, str] = {
     "image": "mlsmith.data.images",
     "text": "mlsmith.data.text",
 }
+
+
+# Libraries a family or data kind trains with, recorded in run.json beside the core ones.
+PACKAGES: dict[str, tuple[str, ...]] = {
+    "torchvision": ("torchvision",),
+    "lightgbm": ("lightgbm",),
+    "xgboost": ("xgboost",),
+    "image": ("torchvision", "pillow"),
+    "text": ("tokenizers",),
+}
+
+
+def packages(config: Config) -> tuple[str, ...]:
+    """The libraries ``config``'s model family and data kind use."""
+    return PACKAGES.get(config.model.type, ()) + PACKAGES.get(config.data.type, ())
 
 
 def model_family(name: str) -> type[Model]:

@@ -1,0 +1,336 @@
+"""One training run end to end, and the first steps that train, check and lr-find share.
+
+``build(cfg)`` seeds every RNG, prepares the data and builds the untrained model, so ``train``,
+``check`` and ``lr-find`` all see the same splits and the same initial weights. ``run_training``
+is ``mlsmith train``: build, the pre-flight checks, the run directory, tracking, fit, evaluation
+of the best weights on the test split, reports. Tuning runs one ``run_training`` per trial.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mlsmith.config import Config, load_config
+from mlsmith.errors import ConfigError, DataError, MlsmithError, PreflightError, RunError
+from mlsmith.files import read_json, write_json, write_text
+from mlsmith.run import (
+    CONFIG_FILE,
+    INFO_FILE,
+    METRICS_FILE,
+    PREFLIGHT_FILE,
+    Run,
+    capture_environment,
+    check_output_dir,
+    code_version,
+    new_run_dir,
+)
+from mlsmith.training.history import HISTORY_FILE, STEPS_FILE
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from mlsmith.checks import CheckReport
+    from mlsmith.data.base import PreparedData, Preprocessor
+    from mlsmith.models.base import FitSummary, Model
+    from mlsmith.tracking import Tracker
+    from mlsmith.training.lr_finder import LRFindResult
+
+log = logging.getLogger(__name__)
+
+# Keys that may differ between a run's stored config and the one given with --resume.
+RESUMABLE_KEYS = ("train.epochs", "experiment", "output_dir", "track.")
+
+
+def build(cfg: Config, *, preprocessor: Preprocessor | None = None) -> tuple[PreparedData, Model]:
+    """The prepared data and the untrained model, seeded as every run is.
+
+    ``preprocessor`` (a resumed run's) is used instead of fitting a new one.
+    """
+    from mlsmith import families
+    from mlsmith.training.reproducibility import seed_everything
+
+    seed_everything(cfg.seed)
+    data = families.data_kind(cfg.data.type).prepare(cfg, preprocessor=preprocessor)
+    # Seed again so the initial weights do not depend on how much randomness data prep used.
+    seed_everything(cfg.seed)
+    model = families.model_family(cfg.model.type)(cfg, data.preprocessor)
+    return data, model
+
+
+def run_training(
+    cfg: Config,
+    *,
+    resume: str | Path | None = None,
+    callbacks: Sequence[object] = (),
+    progress: bool | None = None,
+    epoch_lines: bool = True,
+) -> Run:
+    """Train, evaluate on the held-out test split and track one run (see ``mlsmith.train``)."""
+    from mlsmith.models.base import FitContext
+    from mlsmith.tracking import Tracker, final_metrics, run_tags
+    from mlsmith.training.device import resolve_device
+    from mlsmith.training.history import HistoryWriter
+    from mlsmith.training.progress import ProgressReporter
+
+    check_output_dir(cfg.output_dir)
+    info: dict[str, Any] = {}
+    run_dir: Path | None = None
+    preprocessor = None
+    if resume is not None:
+        run_dir = Path(resume).resolve()
+        cfg = config_for_resume(run_dir, cfg)
+        info = read_json(run_dir / INFO_FILE) if (run_dir / INFO_FILE).is_file() else {}
+        if info.get("data_fingerprint"):
+            from mlsmith import families
+
+            preprocessor = families.data_kind(cfg.data.type).load_preprocessor(run_dir)
+    device = str(resolve_device(cfg.train.device))
+    data, model = build(cfg, preprocessor=preprocessor)
+    if info.get("data_fingerprint") and info["data_fingerprint"] != data.fingerprint:
+        raise RunError(
+            f"cannot resume {run_dir}: the data changed since it started (fingerprint "
+            f"{data.fingerprint}, recorded {info['data_fingerprint']})"
+        )
+    checks = _preflight(cfg, data, model) if cfg.train.preflight and resume is None else None
+    data.frames.clear()  # the raw rows were only needed by the checks
+    if run_dir is None:
+        # Only now: a config, data or pre-flight error must not leave a run directory behind.
+        run_dir = new_run_dir(cfg)
+    tracker: Tracker | None = None
+    try:
+        # From here on a run directory exists: whatever stops the run, run.json says so.
+        if checks is not None:
+            write_json(run_dir / PREFLIGHT_FILE, checks.to_dict())
+        environment = capture_environment(device, cfg)
+        write_text(run_dir / CONFIG_FILE, cfg.to_yaml())
+        data.preprocessor.save(run_dir)
+        info.update(
+            id=run_dir.name,
+            experiment=cfg.experiment,
+            status="running",
+            started=info.get("started", time.time()),
+            data_fingerprint=data.fingerprint,
+            data=data.summary,
+            environment=environment,
+        )
+        write_json(run_dir / INFO_FILE, info)
+
+        tracker = Tracker(cfg.track, output_dir=cfg.output_dir, experiment=cfg.experiment)
+        info["mlflow_run_id"] = tracker.start(
+            run_name=run_dir.name,
+            params=cfg.flat(),
+            tags=run_tags(run_dir, data.fingerprint, environment),
+            resume_id=info.get("mlflow_run_id"),
+        )
+        info["tracking_uri"] = tracker.uri if tracker.active else None
+        write_json(run_dir / INFO_FILE, info)
+
+        context = FitContext(
+            run_dir=run_dir,
+            callbacks=[
+                *([ProgressReporter(live=progress)] if progress or epoch_lines else []),
+                HistoryWriter(run_dir),
+                tracker,
+                *callbacks,
+            ],
+            resume=resume is not None,
+            metadata={"config": cfg.to_dict(), "code_version": code_version(environment)},
+        )
+        started = time.perf_counter()
+        summary = model.fit(data, context)
+        run = Run(run_dir)
+        run.model = model
+        results = {"val": run.evaluate_split(data.val, "val")}
+        if data.test is not None:
+            results["test"] = run.evaluate_split(data.test, "test")
+    except BaseException as error:
+        _record_stop(cfg, run_dir, info, tracker, error)
+        raise
+
+    # The model and its metrics are complete: record that first, so an interruption in the
+    # tracking and reports below cannot make a finished run look unfinished.
+    info.update(
+        status="finished",
+        best_epoch=summary.best_epoch,
+        stopped_early=summary.stopped_early,
+        epochs_run=len(summary.history),
+        observations=_observations(cfg, summary),
+        train_seconds=info.get("train_seconds", 0.0) + time.perf_counter() - started,
+        finished=time.time(),
+    )
+    write_json(run_dir / INFO_FILE, info)
+    try:
+        # Per-epoch keys (val/accuracy...) already have one point per epoch: log only their CIs.
+        per_epoch = {key for row in summary.history for key in row}
+        tracker.log_metrics(final_metrics(results, per_epoch), step=summary.best_epoch or 0)
+        tracker.log_artifacts(
+            [run_dir / f for f in (CONFIG_FILE, METRICS_FILE, HISTORY_FILE, "preprocessing.json")]
+            + model.artifacts(run_dir)
+        )
+        reports = write_reports_safely(run_dir) if cfg.eval.report else []
+        tracker.log_artifacts([*reports, run_dir / STEPS_FILE])
+    except KeyboardInterrupt:
+        tracker.finish("KILLED")
+        log.warning(
+            "stopped while tracking and writing reports; the run in %s is complete (model, "
+            "metrics.json); `mlsmith report %s` writes its reports",
+            run_dir,
+            run_dir,
+        )
+        raise
+    tracker.finish("FINISHED")
+    return run
+
+
+def check(cfg: Config, *, quick: bool = False) -> CheckReport:
+    """Build as ``train`` does and run every check (``mlsmith check``); trains nothing.
+
+    Data that cannot be read is a failed row, not an error. Global RNG states are restored
+    afterwards, so calling this from a notebook does not reseed anything.
+    """
+    from mlsmith.checks import run_checks, unreadable_data
+    from mlsmith.training.reproducibility import restore_rng_states, rng_states
+
+    started = time.perf_counter()
+    states = rng_states()
+    try:
+        log.info("check: reading and splitting the data")
+        try:
+            data, model = build(cfg)
+        except DataError as error:
+            return unreadable_data(cfg, error, quick=quick)
+        log.info(
+            "check: data, splits and the model on a real batch%s",
+            "" if quick else ", then one-batch overfitting",
+        )
+        report = run_checks(cfg, data, model, quick=quick)
+    finally:
+        restore_rng_states(states)
+    log.info("check: done in %.1f s", time.perf_counter() - started)
+    return report
+
+
+def lr_find(
+    cfg: Config,
+    *,
+    min_lr: float = 1e-7,
+    max_lr: float = 10.0,
+    steps: int = 100,
+    output: str | Path | None = None,
+) -> LRFindResult:
+    """Build as ``train`` does, then run the learning-rate range test on that model."""
+    from mlsmith.models.neural import NeuralModel
+    from mlsmith.training.lr_finder import check_range, find_lr
+
+    check_range(min_lr, max_lr, steps)
+    data, model = build(cfg)
+    if not isinstance(model, NeuralModel):
+        raise ConfigError(
+            f"lr-find: model.type '{cfg.model.type}' is not trained by gradient descent"
+        )
+    return find_lr(
+        cfg, data, model.network, min_lr=min_lr, max_lr=max_lr, steps=steps, output=output
+    )
+
+
+def config_for_resume(run_dir: Path, requested: Config) -> Config:
+    """The run's stored config, checked against the one given; only a few keys may change."""
+    if not (run_dir / CONFIG_FILE).is_file():
+        raise RunError(f"cannot resume {run_dir}: not a run directory (no {CONFIG_FILE})")
+    stored = load_config(run_dir / CONFIG_FILE)
+    old, new = stored.flat(), requested.flat()
+    changed = [
+        k
+        for k in sorted(old.keys() | new.keys())
+        if old.get(k) != new.get(k) and not k.startswith(RESUMABLE_KEYS)
+    ]
+    if changed:
+        details = "; ".join(f"{k}: run has {old.get(k)!r}, given {new.get(k)!r}" for k in changed)
+        raise ConfigError(
+            f"cannot resume {run_dir} with a different config ({details}); only train.epochs "
+            "may change when resuming"
+        )
+    return load_config(stored, [f"train.epochs={requested.train.epochs}"])
+
+
+def write_reports_safely(run_dir: Path) -> list[Path]:
+    """The run's reports; a failure here must not fail a run whose model is already saved."""
+    from mlsmith.reports import write_reports
+
+    try:
+        paths = write_reports(run_dir)
+    except Exception as error:  # a report bug must never cost the user the run
+        log.warning(
+            "could not write the run report (%s: %s); retry with `mlsmith report %s`",
+            type(error).__name__,
+            error,
+            run_dir,
+        )
+        return []
+    log.info("report: %s", paths[0])
+    return paths
+
+
+def _preflight(cfg: Config, data: PreparedData, model: Model) -> CheckReport:
+    """The quick pre-flight checks; a failing one stops the run before any training."""
+    from mlsmith.checks import preflight
+
+    started = time.perf_counter()
+    report = preflight(cfg, data, model)
+    for result in report.warnings:
+        log.warning("pre-flight %s: %s", result.name, result.detail)
+    if report.failed:
+        details = "; ".join(f"{r.name}: {r.detail}" for r in report.failures)
+        raise PreflightError(
+            f"pre-flight checks failed: {details}. Run `mlsmith check CONFIG` for the full "
+            "table, or set train.preflight=false to train anyway"
+        )
+    log.info(
+        "pre-flight: %d checks, %d warnings, no failures (%.1f s)",
+        len(report.results),
+        len(report.warnings),
+        time.perf_counter() - started,
+    )
+    return report
+
+
+def _record_stop(
+    cfg: Config, run_dir: Path, info: dict[str, Any], tracker: Tracker | None, error: BaseException
+) -> None:
+    """Write down why a run stopped before finishing: run.json, MLflow status, reports."""
+    interrupted = isinstance(error, KeyboardInterrupt)
+    info["status"] = "interrupted" if interrupted else "failed"
+    if isinstance(error, MlsmithError):
+        info["error"] = str(error)
+    write_json(run_dir / INFO_FILE, info)
+    if tracker is not None:
+        if isinstance(error, MlsmithError) and cfg.eval.report:
+            # A diverged run is exactly when a person wants the curves and the diagnosis.
+            tracker.log_artifacts(write_reports_safely(run_dir))
+        tracker.finish("KILLED" if interrupted else "FAILED")
+    if interrupted:
+        log.warning(
+            "the run in %s was stopped; continue it from its last checkpoint with: "
+            "mlsmith train %s --resume %s",
+            run_dir,
+            run_dir / CONFIG_FILE,
+            run_dir,
+        )
+
+
+def _observations(cfg: Config, summary: FitSummary) -> list[str]:
+    """One-line facts about how training went, for the report."""
+    notes = list(summary.observations)
+    # Families with their own stopping rule (boosted trees) explain it themselves.
+    explained = any(note.startswith(("early stopping", "stopped")) for note in notes)
+    if summary.stopped_early and summary.history and not explained:
+        stop = cfg.train.early_stopping
+        notes.insert(
+            0,
+            f"early stopping after epoch {len(summary.history)}: {stop.monitor} did not improve "
+            f"for {stop.patience} epochs; best epoch {summary.best_epoch}",
+        )
+    return notes
