@@ -14,7 +14,8 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from tests.conftest import make_table
 
-from mlsmith.config import Config, TuneConfig, _section_type, apply_overrides, load_config
+from mlsmith.config import Config, TuneConfig, apply_overrides, load_config
+from mlsmith.config.loading import _section_type
 from mlsmith.errors import ConfigError
 
 IRIS: dict[str, Any] = {"data": {"path": "sklearn:iris", "target": "target"}}

@@ -1,7 +1,8 @@
 """Model families and data kinds: the one place where config strings become classes and modules.
 
-Entries are import paths, imported on first use, so listing a family costs nothing until it
-is used (and ``mlsmith --help`` never imports torch).
+The names and import paths come from the table in :mod:`mlsmith.config.families`; this module
+imports them on first use, so listing a family costs nothing until it is used (and
+``mlsmith --help`` never imports torch).
 """
 
 from __future__ import annotations
@@ -10,44 +11,25 @@ import importlib
 from types import ModuleType
 from typing import TYPE_CHECKING, Any
 
+from mlsmith.config.families import FAMILIES, KINDS
 from mlsmith.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
     from mlsmith.config import Config
     from mlsmith.models.base import Model
 
-# model.type -> Model subclass
-MODEL_FAMILIES: dict[str, str] = {
-    "mlp": "mlsmith.models.mlp:MLPModel",
-    "cnn": "mlsmith.models.cnn:CNNModel",
-    "torchvision": "mlsmith.models.torchvision_net:TorchvisionModel",
-    "bag": "mlsmith.models.bag:BagModel",
-    "transformer": "mlsmith.models.transformer:TransformerModel",
-    "lightgbm": "mlsmith.models.trees:LightGBMModel",
-    "xgboost": "mlsmith.models.trees:XGBoostModel",
-}
+# model.type -> "module:Class" of its Model subclass.
+MODEL_FAMILIES: dict[str, str] = {name: f.implementation for name, f in FAMILIES.items()}
 
-# data.type -> module with prepare(config, preprocessor=None) and load_preprocessor(directory)
-DATA_KINDS: dict[str, str] = {
-    "tabular": "mlsmith.data.tabular",
-    "image": "mlsmith.data.images",
-    "text": "mlsmith.data.text",
-}
-
-
-# Libraries a family or data kind trains with, recorded in run.json beside the core ones.
-PACKAGES: dict[str, tuple[str, ...]] = {
-    "torchvision": ("torchvision",),
-    "lightgbm": ("lightgbm",),
-    "xgboost": ("xgboost",),
-    "image": ("torchvision", "pillow"),
-    "text": ("tokenizers",),
-}
+# data.type -> module with prepare(config, preprocessor=None) and load_preprocessor(directory).
+DATA_KINDS: dict[str, str] = {name: kind.module for name, kind in KINDS.items()}
 
 
 def packages(config: Config) -> tuple[str, ...]:
-    """The libraries ``config``'s model family and data kind use."""
-    return PACKAGES.get(config.model.type, ()) + PACKAGES.get(config.data.type, ())
+    """The libraries ``config``'s model family and data kind use, beyond the core ones."""
+    family = FAMILIES.get(config.model.type)
+    kind = KINDS.get(config.data.type)
+    return (family.packages if family else ()) + (kind.packages if kind else ())
 
 
 def model_family(name: str) -> type[Model]:

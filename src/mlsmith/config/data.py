@@ -1,0 +1,217 @@
+"""The ``data:`` section: where the data is, its task and splits, and each data kind's options.
+
+A data kind (``data.type``) is one section class here, one member of :data:`AnyDataConfig`
+and one row of :data:`mlsmith.config.families.KINDS`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Discriminator, Field, Tag, field_validator, model_validator
+
+from mlsmith.config.base import Section, Task, type_tag
+
+
+class SplitConfig(Section):
+    """How rows are divided into train, validation and test splits."""
+
+    val: float = Field(0.15, ge=0.0, lt=1.0, description="fraction of rows for validation")
+    test: float = Field(0.15, ge=0.0, lt=1.0, description="fraction of rows for the test split")
+    stratify: bool | None = Field(
+        None, description="keep class proportions in every split; default: yes for classification"
+    )
+    group: str | None = Field(None, description="column whose values never straddle two splits")
+    time: str | None = Field(
+        None, description="column to split chronologically on: oldest rows train, newest test"
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> SplitConfig:
+        if self.val + self.test >= 1.0:
+            raise ValueError(
+                f"val + test must leave rows for training, found val={self.val} test={self.test}"
+            )
+        if self.group and self.time:
+            raise ValueError("choose one of 'group' and 'time', found both")
+        return self
+
+
+class DataSourceConfig(Section):
+    """What every data kind shares: where the data is, the target, the task and the splits."""
+
+    path: str = Field(description="the data: a file, a folder or a built-in")
+    target: str = Field(description="the column to predict")
+    task: Task = "auto"
+    split: SplitConfig = Field(default_factory=SplitConfig)
+    val_path: str | None = Field(None, description="a fixed validation file")
+    test_path: str | None = Field(None, description="a fixed test file")
+
+    @staticmethod
+    def _separator(value: str | None) -> str | None:
+        """Check ``sep`` (in the kinds that read CSV): one character; ``'\\t'`` means a tab."""
+        # '\t' in single quotes (YAML) or on the command line arrives as two characters.
+        value = {"\\t": "\t", "tab": "\t"}.get(value, value) if value is not None else None
+        if value is not None and (len(value) != 1 or value in '"\r\n'):
+            raise ValueError("expected one character such as ',', ';', '|' or '\\t'")
+        return value
+
+
+class DataConfig(DataSourceConfig):
+    """A table: CSV, TSV, Parquet or a built-in such as sklearn:iris."""
+
+    type: Literal["tabular"] = "tabular"
+    path: str = Field(description="CSV or Parquet file, or a built-in such as sklearn:iris")
+    drop: list[str] = Field(default_factory=list, description="columns to ignore")
+    categorical: list[str] | None = Field(
+        None, description="categorical columns; default: every non-numeric column"
+    )
+    sep: str | None = Field(
+        None,
+        description="CSV column separator, e.g. ';' or '\\t'; default: ',' (a tab for .tsv), or "
+        "';', tab or '|' when the header holds no comma",
+    )
+    na_values: list[str] = Field(
+        default_factory=list,
+        description="more strings read as missing values, e.g. ['?', 'unknown'] (besides "
+        "pandas' defaults: '', 'NA', 'N/A', 'n/a', 'null', 'NaN', ...)",
+    )
+
+    @field_validator("sep")
+    @classmethod
+    def _check_sep(cls, value: str | None) -> str | None:
+        return cls._separator(value)
+
+    @model_validator(mode="after")
+    def _check(self) -> DataConfig:
+        if self.target in self.drop:
+            raise ValueError(
+                f"drop: lists the target '{self.target}'; remove it from data.drop (the target "
+                "is never a feature)"
+            )
+        return self
+
+
+TabularDataConfig = DataConfig
+
+
+class AugmentConfig(Section):
+    """Training-time image augmentation (torchvision.transforms.v2); all off by default."""
+
+    crop_scale: tuple[float, float] | None = Field(
+        None, description="random resized crop with this area scale range, e.g. [0.8, 1.0]"
+    )
+    hflip: bool = Field(False, description="random horizontal flip")
+    rotation: float = Field(0.0, ge=0.0, le=180.0, description="random rotation, degrees")
+    translate: float = Field(
+        0.0, ge=0.0, lt=1.0, description="random shift, as a fraction of the width and height"
+    )
+    color_jitter: float = Field(
+        0.0, ge=0.0, le=1.0, description="brightness/contrast/saturation jitter strength"
+    )
+    randaugment: bool = Field(False, description="RandAugment (2 ops, magnitude 9)")
+
+    @field_validator("crop_scale")
+    @classmethod
+    def _check_scale(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0.0 < value[0] <= value[1] <= 1.0:
+            raise ValueError("expected [low, high] with 0 < low <= high <= 1")
+        return value
+
+    @property
+    def enabled(self) -> bool:
+        """Whether any augmentation is on."""
+        return bool(
+            self.crop_scale
+            or self.hflip
+            or self.rotation
+            or self.translate
+            or self.color_jitter
+            or self.randaugment
+        )
+
+
+class ImageDataConfig(DataSourceConfig):
+    """Images: a folder with one subfolder per class, a CSV of paths, or a NumPy .npz."""
+
+    type: Literal["image"]
+    path: str = Field(description="a class-per-subfolder directory, a CSV of paths, or an .npz")
+    target: str = Field("label", description="the label column (CSV) or array (.npz)")
+    task: Literal["auto", "binary", "multiclass"] = "auto"
+    path_column: str = Field("path", description="CSV column of image paths (relative to it)")
+    image_key: str = Field("images", description=".npz array holding the images")
+    image_size: int | None = Field(
+        None, ge=8, description="square side the images are resized to; default: as stored"
+    )
+    channels: Literal[1, 3] | None = Field(None, description="default: from the data")
+    mean: list[float] | None = Field(None, description="per channel; default: from train")
+    std: list[float] | None = Field(None, description="per channel; default: from train")
+    augment: AugmentConfig = Field(default_factory=AugmentConfig)
+    cache: Literal["auto", "memory", "stream"] = Field(
+        "auto", description="memory: decode once into a uint8 tensor; stream: a DataLoader"
+    )
+    cache_limit_mb: int = Field(2048, ge=1, description="auto: cache when it fits in this")
+    num_workers: int = Field(2, ge=0, description="DataLoader workers when streaming")
+
+    @model_validator(mode="after")
+    def _check_normalization(self) -> ImageDataConfig:
+        for key in ("mean", "std"):
+            values = getattr(self, key)
+            if values is None:
+                continue
+            allowed = (1, self.channels) if self.channels else (1, 3)
+            if len(values) not in allowed:
+                count = " or ".join(map(str, sorted(set(allowed))))
+                raise ValueError(
+                    f"{key}: expected one value per channel ({count} values), found {values}"
+                )
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise ValueError(f"std: every value must be > 0, found {self.std}")
+        return self
+
+
+class TokenizerConfig(Section):
+    """The tokenizer (Hugging Face `tokenizers`): trained on the training split, or loaded."""
+
+    kind: Literal["wordpiece", "bpe"] = "wordpiece"
+    vocab_size: int = Field(8000, ge=100)
+    min_frequency: int = Field(2, ge=1)
+    lowercase: bool = True
+    path: str | None = Field(
+        None,
+        description="a local tokenizer.json or a directory holding one, used as is instead of "
+        "training one (relative to the working directory)",
+    )
+
+
+class TextDataConfig(DataSourceConfig):
+    """Text classification: a CSV/Parquet with a text column and a label column."""
+
+    type: Literal["text"]
+    path: str = Field(description="CSV, TSV or Parquet file")
+    task: Literal["auto", "binary", "multiclass"] = "auto"
+    text_column: str = Field("text", description="the column holding the text")
+    sep: str | None = Field(
+        None,
+        description="CSV column separator, e.g. ';' or '\\t'; default: ',' (a tab for .tsv), or "
+        "';', tab or '|' when the header holds no comma",
+    )
+    tokenizer: TokenizerConfig = Field(default_factory=TokenizerConfig)
+    max_length: int = Field(256, ge=4, description="tokens kept per text (truncation)")
+
+    @field_validator("sep")
+    @classmethod
+    def _check_sep(cls, value: str | None) -> str | None:
+        return cls._separator(value)
+
+
+# Written out member by member so mypy sees the union; tests/test_families.py checks that it
+# holds exactly the classes of the KINDS table.
+AnyDataConfig = Annotated[
+    (
+        Annotated[DataConfig, Tag("tabular")]
+        | Annotated[ImageDataConfig, Tag("image")]
+        | Annotated[TextDataConfig, Tag("text")]
+    ),
+    Discriminator(type_tag("tabular")),
+]

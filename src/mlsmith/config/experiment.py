@@ -1,0 +1,64 @@
+"""The whole experiment: the top-level :class:`Config` and the checks that span its sections."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import yaml
+from pydantic import Field, model_validator
+
+from mlsmith.config.base import Section, flatten
+from mlsmith.config.data import AnyDataConfig
+from mlsmith.config.families import KINDS, MODELS_FOR_DATA
+from mlsmith.config.models import MLPConfig, ModelConfig
+from mlsmith.config.track import CardConfig, EvalConfig, TrackConfig
+from mlsmith.config.train import TrainConfig
+from mlsmith.config.tune import TuneConfig
+
+
+class Config(Section):
+    """The whole experiment: one YAML file."""
+
+    experiment: str = Field("default", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    seed: int = 42
+    output_dir: str = "runs"
+    data: AnyDataConfig
+    model: ModelConfig = Field(default_factory=MLPConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    track: TrackConfig = Field(default_factory=TrackConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
+    card: CardConfig = Field(default_factory=CardConfig)
+    tune: TuneConfig | None = Field(None, description="search space for `mlsmith tune`")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _default_model_for_data(cls, raw: Any) -> Any:
+        # The model's default type follows the data: an MLP for tables, a CNN for images...
+        if isinstance(raw, dict) and isinstance(raw.get("data"), dict):
+            kind = raw["data"].get("type", "tabular")
+            model = raw.get("model", {})
+            if kind in KINDS and isinstance(model, dict) and "type" not in model:
+                raw = {**raw, "model": {**model, "type": KINDS[kind].default_model}}
+        return raw
+
+    @model_validator(mode="after")
+    def _model_fits_data(self) -> Config:
+        allowed = MODELS_FOR_DATA.get(self.data.type, ())
+        if self.model.type not in allowed:
+            raise ValueError(
+                f"model.type '{self.model.type}' does not work with data.type "
+                f"'{self.data.type}'; use one of: {', '.join(allowed)}"
+            )
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-compatible dict of every value, defaults included."""
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        """Every value as YAML, in the order the sections are declared."""
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys to leaf values, e.g. {'train.optimizer.lr': 0.001}."""
+        return flatten(self.to_dict())

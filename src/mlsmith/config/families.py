@@ -1,0 +1,121 @@
+"""The table of model families and data kinds: the one list that every other list derives from.
+
+Each ``model.type`` and each ``data.type`` is one row, holding its config section, the import
+path of its implementation and the extra libraries it trains with. Everything else that lists
+names derives from these two tables: the section lookups below, the config's defaults and
+checks, and :mod:`mlsmith.families`, which imports the implementations on first use. The
+Pydantic unions (``AnyDataConfig``, ``ModelConfig``) are written out so mypy can type them;
+tests/test_families.py checks that they hold exactly the classes listed here.
+
+Implementations are import paths, not imports, so reading this table never imports torch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from mlsmith.config.base import Section
+from mlsmith.config.data import DataConfig, DataSourceConfig, ImageDataConfig, TextDataConfig
+from mlsmith.config.models import (
+    BagConfig,
+    CNNConfig,
+    LightGBMConfig,
+    MLPConfig,
+    TorchvisionConfig,
+    TransformerConfig,
+    XGBoostConfig,
+)
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """One ``model.type``: its section, the data kinds it trains on, and where it lives."""
+
+    config: type[Section]
+    data: tuple[str, ...]
+    """Data kinds (``data.type``) the family works on."""
+    implementation: str
+    """``module:Class`` of its :class:`mlsmith.models.base.Model` subclass."""
+    packages: tuple[str, ...] = ()
+    """Libraries beyond the core ones it trains with, recorded in run.json."""
+
+
+@dataclass(frozen=True)
+class DataKind:
+    """One ``data.type``: its section, its default model family, and where it lives."""
+
+    config: type[DataSourceConfig]
+    default_model: str
+    """The ``model.type`` a config gets when it names none."""
+    module: str
+    """Module with ``prepare(config, preprocessor=None)`` and ``load_preprocessor(directory)``."""
+    packages: tuple[str, ...] = ()
+    """Libraries beyond the core ones it reads data with, recorded in run.json."""
+
+
+# model.type -> family. Error messages list the families in this order.
+FAMILIES: dict[str, ModelFamily] = {
+    "mlp": ModelFamily(MLPConfig, data=("tabular",), implementation="mlsmith.models.mlp:MLPModel"),
+    "cnn": ModelFamily(CNNConfig, data=("image",), implementation="mlsmith.models.cnn:CNNModel"),
+    "torchvision": ModelFamily(
+        TorchvisionConfig,
+        data=("image",),
+        implementation="mlsmith.models.torchvision_net:TorchvisionModel",
+        packages=("torchvision",),
+    ),
+    "bag": ModelFamily(BagConfig, data=("text",), implementation="mlsmith.models.bag:BagModel"),
+    "transformer": ModelFamily(
+        TransformerConfig,
+        data=("text",),
+        implementation="mlsmith.models.transformer:TransformerModel",
+    ),
+    "lightgbm": ModelFamily(
+        LightGBMConfig,
+        data=("tabular",),
+        implementation="mlsmith.models.trees:LightGBMModel",
+        packages=("lightgbm",),
+    ),
+    "xgboost": ModelFamily(
+        XGBoostConfig,
+        data=("tabular",),
+        implementation="mlsmith.models.trees:XGBoostModel",
+        packages=("xgboost",),
+    ),
+}
+
+# data.type -> data kind.
+KINDS: dict[str, DataKind] = {
+    "tabular": DataKind(DataConfig, default_model="mlp", module="mlsmith.data.tabular"),
+    "image": DataKind(
+        ImageDataConfig,
+        default_model="cnn",
+        module="mlsmith.data.images",
+        packages=("torchvision", "pillow"),
+    ),
+    "text": DataKind(
+        TextDataConfig, default_model="bag", module="mlsmith.data.text", packages=("tokenizers",)
+    ),
+}
+
+
+# --- views derived from the tables ------------------------------------------------------------
+
+MODEL_CONFIGS: dict[str, type[Section]] = {name: f.config for name, f in FAMILIES.items()}
+DATA_CONFIGS: dict[str, type[DataSourceConfig]] = {name: k.config for name, k in KINDS.items()}
+
+
+def _models_for(kind: str) -> tuple[str, ...]:
+    default = KINDS[kind].default_model
+    others = [name for name, f in FAMILIES.items() if kind in f.data and name != default]
+    return (default, *others)
+
+
+# data.type -> the model types that work on it, its default first.
+MODELS_FOR_DATA: dict[str, tuple[str, ...]] = {kind: _models_for(kind) for kind in KINDS}
+
+# Sections whose class depends on their `type` key, with the classes by type.
+TAGGED_SECTIONS: dict[str, Mapping[str, type[Section]]] = {
+    "data": DATA_CONFIGS,
+    "model": MODEL_CONFIGS,
+}

@@ -1,0 +1,154 @@
+"""The ``model:`` section: one class per model family, picked by ``model.type``.
+
+A family is one section class here, one member of :data:`ModelConfig` and one row of
+:data:`mlsmith.config.families.FAMILIES`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Discriminator, Field, Tag, model_validator
+
+from mlsmith.config.base import Section, type_tag
+
+
+class EmbeddingConfig(Section):
+    """Size of the embedding learned for each categorical column."""
+
+    rule: Literal["fastai", "sqrt", "fixed"] = Field(
+        "fastai", description="fastai: 1.6*n^0.56; sqrt: ceil(sqrt(n)); fixed: always `dim`"
+    )
+    dim: int = Field(8, ge=1, description="the size used by rule 'fixed'")
+    max_dim: int = Field(64, ge=1, description="upper bound for every rule")
+
+
+class MLPConfig(Section):
+    """A multilayer perceptron over standardized numerics and categorical embeddings."""
+
+    type: Literal["mlp"] = "mlp"
+    hidden: list[Annotated[int, Field(ge=1)]] = Field(default_factory=lambda: [256, 128])
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    activation: Literal["relu", "gelu", "silu", "tanh", "leaky_relu"] = "relu"
+    norm: Literal["none", "batch", "layer"] = "none"
+    embedding: EmbeddingConfig = Field(default_factory=EmbeddingConfig)
+
+
+class CNNConfig(Section):
+    """A small, fast CNN for small images: conv-BN-ReLU blocks, each halving the resolution."""
+
+    type: Literal["cnn"] = "cnn"
+    channels: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [32, 64, 128], min_length=1, description="width of each block"
+    )
+    depth: int = Field(2, ge=1, le=4, description="conv-BN-ReLU layers per block")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0)
+    channels_last: bool = Field(False, description="channels-last memory format")
+
+
+class TorchvisionConfig(Section):
+    """A torchvision classification architecture, optionally with pretrained weights."""
+
+    type: Literal["torchvision"] = "torchvision"
+    arch: str = Field("resnet18", description="resnet18/34/50, efficientnet_b0, convnext_tiny...")
+    pretrained: bool = Field(False, description="start from the architecture's default weights")
+    freeze_backbone: bool = Field(False, description="train only the new classification head")
+    channels_last: bool = Field(False, description="channels-last memory format")
+
+
+class BagConfig(Section):
+    """fastText-style: averaged embeddings of tokens and hashed n-grams, then a linear layer."""
+
+    type: Literal["bag"] = "bag"
+    dim: int = Field(
+        16, ge=1, description="embedding width (fastText uses 10); the table is vocab + buckets"
+    )
+    ngrams: int = Field(2, ge=1, le=4, description="1: tokens only; 2: + bigrams...")
+    buckets: int = Field(2**18, ge=1, description="hash buckets for the n-grams")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
+
+
+class TransformerConfig(Section):
+    """A TransformerEncoder with learned positions and mean or CLS pooling."""
+
+    type: Literal["transformer"] = "transformer"
+    dim: int = Field(128, ge=8)
+    depth: int = Field(2, ge=1)
+    heads: int = Field(4, ge=1)
+    ff_mult: int = Field(4, ge=1, description="feed-forward width as a multiple of dim")
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
+    pooling: Literal["mean", "cls"] = "mean"
+
+    @model_validator(mode="after")
+    def _check(self) -> TransformerConfig:
+        if self.dim % self.heads:
+            raise ValueError(
+                f"dim must be divisible by heads, found dim={self.dim}, heads={self.heads}"
+            )
+        return self
+
+
+class LightGBMConfig(Section):
+    """Gradient-boosted trees with LightGBM (tabular data; ``pip install 'mlsmith[trees]'``).
+
+    Names and defaults are LightGBM's own. Categorical columns use LightGBM's native categorical
+    splits. Boosting stops when the validation loss has not improved for
+    ``early_stopping_rounds`` rounds, and the best round's model is kept. The ``train:`` section
+    is for torch networks and is ignored, except that ``train.preflight`` still applies.
+    """
+
+    type: Literal["lightgbm"] = "lightgbm"
+    n_estimators: int = Field(1000, ge=1, description="boosting rounds at most")
+    learning_rate: float = Field(0.1, gt=0.0)
+    num_leaves: int = Field(31, ge=2, description="leaves per tree")
+    max_depth: int = Field(-1, ge=-1, description="-1: no limit")
+    min_child_samples: int = Field(20, ge=1, description="rows per leaf at least")
+    reg_alpha: float = Field(0.0, ge=0.0, description="L1 regularisation of leaf values")
+    reg_lambda: float = Field(0.0, ge=0.0, description="L2 regularisation of leaf values")
+    subsample: float = Field(1.0, gt=0.0, le=1.0, description="row share per bagging round")
+    subsample_freq: int = Field(0, ge=0, description="bag every k rounds; 0: no bagging")
+    colsample_bytree: float = Field(1.0, gt=0.0, le=1.0, description="column share per tree")
+    early_stopping_rounds: int | None = Field(
+        50, ge=1, description="stop after this many rounds without a better val loss; null: off"
+    )
+    n_jobs: int | None = Field(None, ge=1, description="threads; default: every available core")
+
+
+class XGBoostConfig(Section):
+    """Gradient-boosted trees with XGBoost (tabular data; ``pip install 'mlsmith[trees]'``).
+
+    Names and defaults are XGBoost's own. Categorical columns use XGBoost's native categorical
+    support (``enable_categorical``). Early stopping and the ``train:`` section work as for
+    ``lightgbm``.
+    """
+
+    type: Literal["xgboost"] = "xgboost"
+    n_estimators: int = Field(1000, ge=1, description="boosting rounds at most")
+    learning_rate: float = Field(0.3, gt=0.0)
+    max_depth: int = Field(6, ge=0, description="0: no limit")
+    min_child_weight: float = Field(1.0, ge=0.0, description="hessian sum per leaf at least")
+    reg_alpha: float = Field(0.0, ge=0.0, description="L1 regularisation of leaf weights")
+    reg_lambda: float = Field(1.0, ge=0.0, description="L2 regularisation of leaf weights")
+    subsample: float = Field(1.0, gt=0.0, le=1.0, description="row share per tree")
+    colsample_bytree: float = Field(1.0, gt=0.0, le=1.0, description="column share per tree")
+    tree_method: Literal["hist", "approx", "exact"] = "hist"
+    early_stopping_rounds: int | None = Field(
+        50, ge=1, description="stop after this many rounds without a better val loss; null: off"
+    )
+    n_jobs: int | None = Field(None, ge=1, description="threads; default: every available core")
+
+
+# Written out member by member so mypy sees the union; tests/test_families.py checks that it
+# holds exactly the classes of the FAMILIES table.
+ModelConfig = Annotated[
+    (
+        Annotated[MLPConfig, Tag("mlp")]
+        | Annotated[CNNConfig, Tag("cnn")]
+        | Annotated[TorchvisionConfig, Tag("torchvision")]
+        | Annotated[BagConfig, Tag("bag")]
+        | Annotated[TransformerConfig, Tag("transformer")]
+        | Annotated[LightGBMConfig, Tag("lightgbm")]
+        | Annotated[XGBoostConfig, Tag("xgboost")]
+    ),
+    Discriminator(type_tag("mlp")),
+]

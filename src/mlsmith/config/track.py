@@ -1,0 +1,41 @@
+"""What a run records and reports: MLflow tracking (``track:``), evaluation (``eval:``) and the
+model card (``card:``)."""
+
+from __future__ import annotations
+
+from pydantic import Field
+
+from mlsmith.config.base import Section
+
+
+class TrackConfig(Section):
+    """MLflow tracking: on by default, into a SQLite store under ``output_dir``."""
+
+    enabled: bool = True
+    uri: str | None = Field(None, description="MLflow tracking URI; default: SQLite in output_dir")
+    experiment: str | None = Field(None, description="MLflow experiment; default: `experiment`")
+    parent_run_id: str | None = Field(
+        None, description="MLflow run to nest this run under (set by `mlsmith tune`)"
+    )
+
+
+class EvalConfig(Section):
+    """Final evaluation: bootstrap confidence intervals and the reports."""
+
+    bootstrap: int = Field(1000, ge=0, description="bootstrap resamples for the 95% CIs")
+    confidence: float = Field(0.95, gt=0.0, lt=1.0)
+    report: bool = Field(
+        True, description="write report.html, REPORT.md and MODEL_CARD.md at the end of train"
+    )
+
+
+class CardConfig(Section):
+    """What the model card says about the model beyond what mlsmith can measure."""
+
+    description: str | None = Field(None, description="what the model does, in a sentence")
+    intended_use: str | None = Field(None, description="who should use it, for what")
+    out_of_scope: str | None = Field(None, description="uses it is not meant for")
+    limitations: str | None = Field(None, description="known weaknesses, beyond the measured ones")
+    ethical_considerations: str | None = None
+    owners: list[str] = Field(default_factory=list, description="people or teams responsible")
+    license: str | None = None

@@ -1,0 +1,92 @@
+"""The ``train:`` section: optimizer, learning-rate schedule, early stopping and checkpoints."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from mlsmith.config.base import Mode, Section
+
+
+class OptimizerConfig(Section):
+    """The optimizer; no weight decay on biases and norms."""
+
+    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    lr: float = Field(1e-3, gt=0.0)
+    weight_decay: float = Field(1e-2, ge=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
+    nesterov: bool = Field(False, description="sgd only")
+    betas: tuple[float, float] = Field((0.9, 0.999), description="adam and adamw only")
+
+    @model_validator(mode="after")
+    def _check(self) -> OptimizerConfig:
+        if self.name == "sgd" and self.nesterov and self.momentum == 0:
+            raise ValueError("nesterov needs momentum > 0, found momentum=0")
+        return self
+
+
+class SchedulerConfig(Section):
+    """The learning-rate schedule, with an optional linear warmup."""
+
+    name: Literal["none", "cosine", "onecycle", "step", "plateau"] = "none"
+    warmup_epochs: float = Field(0.0, ge=0.0, description="linear warmup from lr/100, in epochs")
+    min_lr_ratio: float = Field(0.0, ge=0.0, le=1.0, description="cosine floor, as a share of lr")
+    step_size: int = Field(10, ge=1, description="step: epochs between decays")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="step: decay factor")
+    factor: float = Field(0.1, gt=0.0, lt=1.0, description="plateau: decay factor")
+    patience: int = Field(5, ge=0, description="plateau: epochs without improvement")
+
+
+class EarlyStoppingConfig(Section):
+    """Stop when the monitored metric stops improving."""
+
+    enabled: bool = True
+    monitor: str = "val/loss"
+    mode: Mode = Field("auto", description="auto: min for losses and errors, max otherwise")
+    patience: int = Field(10, ge=1)
+    min_delta: float = Field(0.0, ge=0.0)
+
+
+class CheckpointConfig(Section):
+    """Which metric picks ``best.pt``, and how often ``last.pt`` is written."""
+
+    monitor: str = Field("val/loss", description="metric that picks best.pt")
+    mode: Mode = "auto"
+    every_n_steps: int | None = Field(
+        None, ge=1, description="also write last.pt every N optimizer steps inside an epoch"
+    )
+
+
+class TrainConfig(Section):
+    """How torch networks train: epochs, batches, precision, device and the loop's parts."""
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(128, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    grad_accum_steps: int = Field(1, ge=1)
+    grad_clip: float | None = Field(None, gt=0.0, description="max global gradient norm")
+    precision: Literal["32", "bf16-mixed", "16-mixed"] = "32"
+    early_stopping: EarlyStoppingConfig = Field(default_factory=EarlyStoppingConfig)
+    checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
+    compile: bool = Field(False, description="torch.compile the model")
+    deterministic: bool = Field(False, description="deterministic algorithms only")
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
+    drop_last: bool = False
+    preflight: bool = Field(
+        True, description="quick pre-flight checks before training (see `mlsmith check`)"
+    )
+    overfit_patience: int = Field(
+        3,
+        ge=0,
+        description="warn when val loss rises while train loss falls this many epochs; 0: off",
+    )
+    log_grad_norm: bool = Field(True, description="per-step gradient norm (before clipping)")
+
+    @field_validator("precision", mode="before")
+    @classmethod
+    def _precision_as_text(cls, value: Any) -> Any:
+        # YAML reads `precision: 32` as an integer.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
