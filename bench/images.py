@@ -38,6 +38,7 @@ import torch
 import torch.nn.functional as F
 
 from mlsmith.config import CNNConfig, OptimizerConfig, load_config
+from mlsmith.data.batches import BatchOptions
 from mlsmith.data.images import ImagePreprocessor, prepare
 from mlsmith.models.cnn import SmallCNN
 from mlsmith.training.optimizers import build_optimizer
@@ -101,7 +102,9 @@ def load_only(batches: Callable[[], Batches], epochs: int) -> float:
 def mlsmith_batches(
     pre: ImagePreprocessor, inputs: dict[str, np.ndarray], target: np.ndarray, batch_size: int
 ) -> Callable[[], Batches]:
-    batches = pre.batches(inputs, target, batch_size, shuffle=True, seed=SEED, train=True)
+    batches = pre.batches(
+        inputs, target, BatchOptions(batch_size, shuffle=True, seed=SEED, train=True)
+    )
 
     def epoch() -> Batches:
         for step in batches.steps(1):

@@ -140,6 +140,7 @@ def mlsmith_run(path: Path, seed: int, output_dir: Path, splits: dict[str, pd.Da
 
 def padding_shares(run: mlsmith.Run) -> tuple[float, float]:
     """Share of padding cells in one training epoch: length-bucketed vs plainly shuffled."""
+    from mlsmith.data.batches import BatchOptions
     from mlsmith.data.text import TextBatches, prepare
 
     config = run.config
@@ -149,9 +150,7 @@ def padding_shares(run: mlsmith.Run) -> tuple[float, float]:
         batches = TextBatches(
             data.train.inputs,
             data.train.target,
-            config.train.batch_size,
-            shuffle=True,
-            seed=config.seed,
+            BatchOptions(config.train.batch_size, shuffle=True, seed=config.seed),
             bucket_batches=bucket_batches,
         )
         cells = real = 0

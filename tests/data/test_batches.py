@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mlsmith.data.base import Split
-from mlsmith.data.batches import TensorBatches
+from mlsmith.data.batches import BatchOptions, TensorBatches
 
 
 def _batches(n: int = 10, batch_size: int = 3, **options: Any) -> TensorBatches:
@@ -19,7 +19,7 @@ def _batches(n: int = 10, batch_size: int = 3, **options: Any) -> TensorBatches:
         "numeric": np.stack([ids, ids * 10], axis=1).astype(np.float32),
         "categorical": ids[:, None].astype(np.int64),
     }
-    return TensorBatches(inputs, ids.astype(np.float32), batch_size, **options)
+    return TensorBatches(inputs, ids.astype(np.float32), BatchOptions(batch_size, **options))
 
 
 def _epoch(batches: TensorBatches, accumulate: int = 1) -> list[list[list[int]]]:
@@ -174,20 +174,22 @@ def test_shuffled_epoch_is_one_gather_then_slices() -> None:
 
 def test_arrays_are_wrapped_without_copying_when_possible() -> None:
     numeric = np.arange(12, dtype=np.float32).reshape(6, 2)
-    batches = TensorBatches({"numeric": numeric}, np.zeros(6, dtype=np.float32), 2)
+    batches = TensorBatches({"numeric": numeric}, np.zeros(6, dtype=np.float32), BatchOptions(2))
     assert batches.inputs["numeric"].data_ptr() == numeric.ctypes.data
 
 
 def test_non_contiguous_arrays_are_accepted() -> None:
     wide = np.arange(40, dtype=np.float32).reshape(10, 4)
-    batches = TensorBatches({"numeric": wide[::2, 1:3]}, np.arange(5, dtype=np.int64), 2)
+    batches = TensorBatches(
+        {"numeric": wide[::2, 1:3]}, np.arange(5, dtype=np.int64), BatchOptions(2)
+    )
     first_inputs, first_target = next(iter(batches))
     assert first_inputs["numeric"].tolist() == [[1.0, 2.0], [9.0, 10.0]]
     assert first_target.dtype == torch.int64
 
 
 def test_without_target_batches_carry_a_placeholder() -> None:
-    batches = TensorBatches({"numeric": np.ones((5, 2), dtype=np.float32)}, None, 2)
+    batches = TensorBatches({"numeric": np.ones((5, 2), dtype=np.float32)}, None, BatchOptions(2))
     targets = [t for _, t in batches]
     assert [len(t) for t in targets] == [2, 2, 1]
     assert all(t.dtype == torch.float32 and not t.any() for t in targets)
@@ -198,7 +200,8 @@ def test_from_split_and_to_device() -> None:
         {"numeric": np.ones((4, 1), dtype=np.float32), "categorical": np.zeros((4, 0), np.int64)},
         np.array([0, 1, 2, 3], dtype=np.int64),
     )
-    batches = TensorBatches.from_split(split, 3, shuffle=True, seed=0).to(torch.device("cpu"))
+    batches = TensorBatches.from_split(split, BatchOptions(3, shuffle=True, seed=0))
+    batches = batches.to(torch.device("cpu"))
     assert len(batches) == 4
     assert batches.n_steps() == 2
     assert sorted(_flat([[t.tolist()] for _, t in batches])) == [0, 1, 2, 3]

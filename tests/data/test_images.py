@@ -26,6 +26,7 @@ from tests.image_data import (
 
 from mlsmith.config import Config, load_config
 from mlsmith.data.base import PREPROCESSING_FILE
+from mlsmith.data.batches import BatchOptions
 from mlsmith.data.images import (
     ImageBatches,
     ImagePreprocessor,
@@ -285,16 +286,15 @@ def test_batches_normalise_and_augment_reproducibly(tmp_path: Path) -> None:
     data = prepare(config)
     pre = data.preprocessor
 
-    plain = pre.batches(data.val.inputs, data.val.target, 4)
+    plain = pre.batches(data.val.inputs, data.val.target, BatchOptions(4))
     assert isinstance(plain, ImageBatches)
     inputs, _ = next(iter(plain))
     expected = (data.val.inputs["image"][:4].astype(np.float32) / 255 - pre.mean[0]) / pre.std[0]  # type: ignore[attr-defined]
     np.testing.assert_allclose(inputs["image"].numpy(), expected, rtol=1e-5, atol=1e-5)
 
     def train_batches() -> Any:
-        return pre.batches(
-            data.train.inputs, data.train.target, 4, shuffle=True, seed=7, train=True
-        )
+        options = BatchOptions(4, shuffle=True, seed=7, train=True)
+        return pre.batches(data.train.inputs, data.train.target, options)
 
     torch.manual_seed(0)
     first = _batches_of(train_batches(), epochs=2)
@@ -304,7 +304,7 @@ def test_batches_normalise_and_augment_reproducibly(tmp_path: Path) -> None:
         assert torch.equal(a, b) and torch.equal(ta, tb)
     # Augmentation changes the pixels, and differs between epochs.
     unaugmented = _batches_of(
-        pre.batches(data.train.inputs, data.train.target, 4, shuffle=True, seed=7)
+        pre.batches(data.train.inputs, data.train.target, BatchOptions(4, shuffle=True, seed=7))
     )
     assert not torch.equal(first[0][0], unaugmented[0][0])
     half = len(first) // 2
@@ -320,7 +320,7 @@ def test_replaying_an_epoch_from_its_start_state_gives_the_same_batches(tmp_path
         _config(write_npz(tmp_path / "a.npz", images, labels), tmp_path, augment={"rotation": 20})
     )
     batches = data.preprocessor.batches(
-        data.train.inputs, data.train.target, 3, shuffle=True, seed=1, train=True
+        data.train.inputs, data.train.target, BatchOptions(3, shuffle=True, seed=1, train=True)
     )
     _batches_of(batches)  # epoch 1
     start = batches.generator.get_state()
@@ -349,11 +349,9 @@ def test_streamed_batches_equal_cached_batches(tmp_path: Path, workers: int) -> 
     stream.preprocessor.mean = memory.preprocessor.mean  # type: ignore[attr-defined]
     stream.preprocessor.std = memory.preprocessor.std  # type: ignore[attr-defined]
     for train in (False, True):
-        options = {"shuffle": train, "seed": 3, "drop_last": train, "train": train}
-        cached = memory.preprocessor.batches(memory.train.inputs, memory.train.target, 4, **options)
-        streamed = stream.preprocessor.batches(
-            stream.train.inputs, stream.train.target, 4, **options
-        )
+        options = BatchOptions(4, shuffle=train, seed=3, drop_last=train, train=train)
+        cached = memory.preprocessor.batches(memory.train.inputs, memory.train.target, options)
+        streamed = stream.preprocessor.batches(stream.train.inputs, stream.train.target, options)
         assert isinstance(streamed, StreamBatches)
         assert streamed.n_steps(2) == cached.n_steps(2)
         a, b = _batches_of(cached, epochs=2), _batches_of(streamed, epochs=2)

@@ -18,8 +18,15 @@ from tests.conftest import CliResult, config_dict
 from tests.text_data import make_texts
 
 from mlsmith.config import TokenizerConfig, load_config
+from mlsmith.data.batches import BatchOptions
 from mlsmith.data.splits import split_rows
-from mlsmith.data.text import TextBatches, TextPreprocessor, load_preprocessor, prepare
+from mlsmith.data.text import (
+    BUCKET_BATCHES,
+    TextBatches,
+    TextPreprocessor,
+    load_preprocessor,
+    prepare,
+)
 from mlsmith.data.tokenizer import tokenizers_module, train_tokenizer
 from mlsmith.errors import ConfigError, DataError, MissingExtraError
 
@@ -258,13 +265,17 @@ def test_a_numeric_target_with_many_values_is_refused(tmp_path: Path) -> None:
 # --- batches -----------------------------------------------------------------------------------
 
 
-def _length_batches(n: int, batch_size: int, seed: int = 0, **options: Any) -> TextBatches:
+def _length_batches(
+    n: int, batch_size: int, seed: int = 0, bucket_batches: int = BUCKET_BATCHES, **options: Any
+) -> TextBatches:
     """Row i holds id i in every real position; lengths vary from 1 to 40."""
     rng = np.random.default_rng(5)
     lengths = rng.integers(1, 41, size=n).astype(np.int32)
     ids = np.where(np.arange(40) < lengths[:, None], np.arange(n)[:, None], -1).astype(np.int32)
     inputs = {"input_ids": ids, "lengths": lengths}
-    return TextBatches(inputs, np.arange(n, dtype=np.float32), batch_size, seed=seed, **options)
+    target = np.arange(n, dtype=np.float32)
+    options = BatchOptions(batch_size, seed=seed, **options)
+    return TextBatches(inputs, target, options, bucket_batches=bucket_batches)
 
 
 def _epoch_rows(batches: TextBatches, accumulate: int = 1) -> tuple[list[list[int]], int]:
@@ -327,14 +338,16 @@ def test_unshuffled_batches_keep_table_order() -> None:
 
 def test_batches_of_empty_texts_have_one_padded_column() -> None:
     inputs = {"input_ids": np.zeros((3, 1), dtype=np.int32), "lengths": np.zeros(3, np.int32)}
-    (batch, _), *_ = list(TextBatches(inputs, None, 8))
+    (batch, _), *_ = list(TextBatches(inputs, None, BatchOptions(8)))
     assert batch["input_ids"].shape == (3, 1) and not batch["attention_mask"].any()
 
 
 def test_preprocessor_batches_are_text_batches(tmp_path: Path) -> None:
     data = prepare(text_config(tmp_path))
     pre: TextPreprocessor = data.preprocessor
-    batches = pre.batches(data.train.inputs, data.train.target, 16, shuffle=True, train=True)
+    batches = pre.batches(
+        data.train.inputs, data.train.target, BatchOptions(16, shuffle=True, train=True)
+    )
     assert isinstance(batches, TextBatches) and len(batches) == len(data.train)
     inputs, _ = next(iter(batches))
     assert set(inputs) == {"input_ids", "attention_mask"}

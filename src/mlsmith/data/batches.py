@@ -4,11 +4,15 @@ A per-sample ``Dataset`` + ``DataLoader`` costs a Python call and a collate per 
 data fits in memory, permuting the whole tensor once per epoch and slicing views is as fast as
 batching gets. The shuffle comes from this object's own seeded generator, whose state is saved
 in checkpoints so a resumed run sees the same batches in the same order.
+
+:class:`BatchOptions` says how to batch (size, shuffle, seed, drop_last, augmentation); every
+data kind's batches take one, built for training or evaluation from the ``train`` config.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -16,9 +20,37 @@ import numpy as np
 if TYPE_CHECKING:
     import torch
 
+    from mlsmith.config import TrainConfig
     from mlsmith.data.base import Split
 
 Batch = tuple[dict[str, "torch.Tensor"], "torch.Tensor"]
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """How to batch a split: the size, the seeded order, and whether augmentation is on.
+
+    ``seed`` seeds the batches' own generator (order and per-sample augmentation seeds), so the
+    same options give the same batches in every process. ``train`` turns on the data kind's
+    training-only transforms (image augmentation); kinds without any ignore it.
+    """
+
+    batch_size: int
+    shuffle: bool = False
+    seed: int = 0
+    drop_last: bool = False
+    train: bool = False
+
+    @classmethod
+    def training(cls, cfg: TrainConfig, seed: int) -> BatchOptions:
+        """The Trainer's training batches: shuffled from ``seed``, augmented, ``drop_last`` as
+        configured."""
+        return cls(cfg.batch_size, shuffle=True, seed=seed, drop_last=cfg.drop_last, train=True)
+
+    @classmethod
+    def evaluation(cls, cfg: TrainConfig) -> BatchOptions:
+        """Validation and prediction batches: in table order, ``eval_batch_size`` rows each."""
+        return cls(cfg.eval_batch_size)
 
 
 class TensorBatches:
@@ -28,29 +60,23 @@ class TensorBatches:
     """
 
     def __init__(
-        self,
-        inputs: dict[str, np.ndarray],
-        target: np.ndarray | None,
-        batch_size: int,
-        *,
-        shuffle: bool = False,
-        seed: int = 0,
-        drop_last: bool = False,
+        self, inputs: dict[str, np.ndarray], target: np.ndarray | None, options: BatchOptions
     ) -> None:
         import torch
 
-        n = len(next(iter(inputs.values())))
         self.inputs = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in inputs.items()}
-        labels = np.zeros(n, dtype=np.float32) if target is None else target
-        self.target = torch.from_numpy(np.ascontiguousarray(labels))
-        self.batch_size = batch_size
-        self.shuffle = shuffle
-        self.drop_last = drop_last
-        self.generator = torch.Generator().manual_seed(seed)
+        if target is None:
+            target = np.zeros(len(next(iter(inputs.values()))), dtype=np.float32)
+        self.target = torch.from_numpy(np.ascontiguousarray(target))
+        self.batch_size = options.batch_size
+        self.shuffle = options.shuffle
+        self.drop_last = options.drop_last
+        self.generator = torch.Generator().manual_seed(options.seed)
 
     @classmethod
-    def from_split(cls, split: Split, batch_size: int, **options: object) -> TensorBatches:
-        return cls(split.inputs, split.target, batch_size, **options)  # type: ignore[arg-type]
+    def from_split(cls, split: Split, options: BatchOptions) -> TensorBatches:
+        """Batches over a split's inputs and targets."""
+        return cls(split.inputs, split.target, options)
 
     def __len__(self) -> int:
         """Number of samples."""

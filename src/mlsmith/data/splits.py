@@ -121,6 +121,21 @@ def _indices(train: np.ndarray, val: np.ndarray, test: np.ndarray) -> SplitIndic
     return SplitIndices(np.sort(train), np.sort(val), np.sort(test))
 
 
+@dataclass(frozen=True)
+class SplitFrames:
+    """Each split's rows, and where the rows taken from the main table sit in it.
+
+    ``val`` and ``test`` are the fixed files where given; their ``indices`` are then empty.
+    Data kinds that hold the main table's inputs as arrays (decoded images) slice them with
+    ``indices``.
+    """
+
+    train: pd.DataFrame
+    val: pd.DataFrame
+    test: pd.DataFrame
+    indices: SplitIndices
+
+
 def split_frames(
     main: pd.DataFrame,
     val_file: pd.DataFrame | None,
@@ -129,10 +144,13 @@ def split_frames(
     *,
     classification: bool,
     seed: int,
-) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    unit: str = "rows",
+) -> SplitFrames:
     """Train, val and test rows: fixed files where given, seeded splits of ``main`` otherwise.
 
-    Raises DataError when training or validation would be empty.
+    The one way every data kind splits, so the same seed picks the same rows whatever the kind.
+    Raises DataError (counting ``unit``, e.g. "images") when training or validation would be
+    empty.
     """
     indices = split_rows(
         main,
@@ -149,7 +167,7 @@ def split_frames(
     test = test_file if test_file is not None else main.iloc[indices.test]
     if len(train) == 0 or len(val) == 0:
         raise DataError(
-            f"{data.path}: {len(main)} rows leave {len(train)} for training and {len(val)} for "
-            "validation; both need at least one (add rows or change data.split)"
+            f"{data.path}: {len(main)} {unit} leave {len(train)} for training and {len(val)} for "
+            f"validation; both need at least one (add {unit} or change data.split)"
         )
-    return train, val, test
+    return SplitFrames(train, val, test, indices)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,20 +16,23 @@ import numpy as np
 
 from mlsmith.columns import numbers_as_text
 from mlsmith.config import Config, DataConfig
-from mlsmith.data.base import PREPROCESSING_FILE, PreparedData, Split
-from mlsmith.data.batches import TensorBatches
+from mlsmith.data.base import (
+    PreparedData,
+    Preprocessor,
+    Split,
+    drop_missing_target,
+    warn_missing_classes,
+)
 from mlsmith.data.splits import split_frames
 from mlsmith.data.tables import (
     fingerprint,
-    iter_table,
     mark_missing,
     nested_columns,
     read_table,
     require_columns,
 )
 from mlsmith.errors import ConfigError, DataError
-from mlsmith.files import read_json, write_json
-from mlsmith.tasks import ClassificationTask, Task, fit_task, infer_task, task_from_dict
+from mlsmith.tasks import Task, fit_task, infer_task
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -41,11 +43,10 @@ MISSING = "<missing>"
 UNKNOWN_INDEX = 0
 
 
-class TabularPreprocessor:
+class TabularPreprocessor(Preprocessor):
     """Median imputation + standardization for numerics; vocabularies for categoricals."""
 
     kind = "tabular"
-    output_columns: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -60,8 +61,7 @@ class TabularPreprocessor:
         vocabularies: list[list[str]],
         na_values: list[str] | None = None,
     ) -> None:
-        self.target = target
-        self.task = task
+        super().__init__(target=target, task=task)
         self.numeric = numeric
         self.medians = np.asarray(medians, dtype=np.float64)
         self.means = np.asarray(means, dtype=np.float64)
@@ -135,33 +135,11 @@ class TabularPreprocessor:
             categorical[:, j] = lookup.get_indexer(_category_keys(frame[column])) + 1
         return {"numeric": numeric, "categorical": categorical}
 
-    def to_split(self, frame: pd.DataFrame, source: str) -> Split:
-        require_columns(frame, [self.target], source, "target")
-        frame = mark_missing(frame, self.na_values)
-        frame = drop_missing_target(frame, self.target, source)
+    def labelled_rows(self, frame: pd.DataFrame, source: str) -> pd.DataFrame:
+        # Rows given in memory have not been through the reader that marks na_values missing.
+        frame = super().labelled_rows(mark_missing(frame, self.na_values), source)
         require_finite_target(frame, self.target, source)
-        return Split(self.transform(frame, source), self.task.encode(frame[self.target]))
-
-    def read(self, path: str) -> pd.DataFrame:
-        return read_table(path, na_values=self.na_values)
-
-    def iter_read(self, path: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
-        return iter_table(path, chunk_rows, na_values=self.na_values)
-
-    def batches(
-        self,
-        split_inputs: dict[str, np.ndarray],
-        target: np.ndarray | None,
-        batch_size: int,
-        *,
-        shuffle: bool = False,
-        seed: int = 0,
-        drop_last: bool = False,
-        train: bool = False,
-    ) -> TensorBatches:
-        return TensorBatches(
-            split_inputs, target, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last
-        )
+        return frame
 
     def model_inputs(self) -> dict[str, Any]:
         return {
@@ -170,11 +148,8 @@ class TabularPreprocessor:
             "cardinalities": [len(v) + 1 for v in self.vocabularies],
         }
 
-    def to_dict(self) -> dict[str, Any]:
+    def fitted_state(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
-            "target": self.target,
-            "task": self.task.to_dict(),
             "numeric": self.numeric,
             "medians": self.medians.tolist(),
             "means": self.means.tolist(),
@@ -183,16 +158,6 @@ class TabularPreprocessor:
             "vocabularies": self.vocabularies,
             "na_values": self.na_values,
         }
-
-    def save(self, directory: Path) -> None:
-        write_json(Path(directory) / PREPROCESSING_FILE, self.to_dict())
-
-    @classmethod
-    def load(cls, directory: Path) -> TabularPreprocessor:
-        state = read_json(Path(directory) / PREPROCESSING_FILE)
-        state.pop("kind")
-        state["task"] = task_from_dict(state["task"])
-        return cls(**state)
 
 
 def prepare(config: Config, *, preprocessor: TabularPreprocessor | None = None) -> PreparedData:
@@ -212,9 +177,10 @@ def prepare(config: Config, *, preprocessor: TabularPreprocessor | None = None) 
         [f[data.target] for f in (main, val_file, test_file) if f is not None], ignore_index=True
     )
     kind = infer_task(labelled, data.task, data.path)
-    train, val, test = split_frames(
+    parts = split_frames(
         main, val_file, test_file, data, classification=kind != "regression", seed=config.seed
     )
+    train, val, test = parts.train, parts.val, parts.test
 
     if preprocessor is None:
         task = fit_task(kind, labelled, train[data.target])
@@ -225,12 +191,10 @@ def prepare(config: Config, *, preprocessor: TabularPreprocessor | None = None) 
             categorical=_categorical_columns(train, config),
             na_values=data.na_values,
         )
-    _warn_missing_classes(preprocessor.task, {"train": train, "val": val}, data.target)
+    warn_missing_classes(preprocessor.task, {"train": train, "val": val}, data.target)
 
     def encode(frame: pd.DataFrame, name: str) -> Split:
-        return Split(
-            preprocessor.transform(frame, name), preprocessor.task.encode(frame[data.target])
-        )
+        return Split(preprocessor.transform(frame, name), preprocessor.encode_target(frame, name))
 
     prints = [fingerprint(main)] + [fingerprint(f) for f in (val_file, test_file) if f is not None]
     return PreparedData(
@@ -259,20 +223,6 @@ def load_preprocessor(directory: Path) -> TabularPreprocessor:
 def load_labelled(path: str, config: Config) -> pd.DataFrame:
     """Read a labelled table for evaluation, applying the config's ``drop`` list."""
     return _load(path, config, role="data")
-
-
-def drop_missing_target(frame: pd.DataFrame, target: str, source: str) -> pd.DataFrame:
-    missing = frame[target].isna()
-    if missing.any():
-        log.warning(
-            "%s: dropped %d of %d rows whose target '%s' is missing",
-            source,
-            int(missing.sum()),
-            len(frame),
-            target,
-        )
-        frame = frame.loc[~missing]
-    return frame
 
 
 def require_finite_target(frame: pd.DataFrame, target: str, source: str) -> None:
@@ -454,12 +404,3 @@ def _lookup(vocabulary: list[str]) -> pd.Index:
     import pandas as pd
 
     return pd.Index(vocabulary, dtype=object)
-
-
-def _warn_missing_classes(task: Task, frames: dict[str, pd.DataFrame], target: str) -> None:
-    if not isinstance(task, ClassificationTask):
-        return
-    for name, frame in frames.items():
-        absent = task.absent_classes(frame[target])
-        if absent:
-            log.warning("%s split has no rows of class(es) %s", name, absent)

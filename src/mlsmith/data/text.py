@@ -11,18 +11,22 @@ length so padding stays small.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mlsmith.config import Config, TextDataConfig
-from mlsmith.data.base import PREPROCESSING_FILE, PreparedData, Split
-from mlsmith.data.batches import Batch, TensorBatches
+from mlsmith.data.base import (
+    PreparedData,
+    Preprocessor,
+    Split,
+    drop_missing_target,
+    warn_missing_classes,
+)
+from mlsmith.data.batches import Batch, BatchOptions, TensorBatches
 from mlsmith.data.splits import split_frames
-from mlsmith.data.tables import fingerprint, iter_table, read_table, require_columns
-from mlsmith.data.tabular import _warn_missing_classes, drop_missing_target
+from mlsmith.data.tables import fingerprint, read_table, require_columns
 from mlsmith.data.tokenizer import (
     load_tokenizer_file,
     pad_id,
@@ -30,9 +34,8 @@ from mlsmith.data.tokenizer import (
     train_tokenizer,
     vocabulary_size,
 )
-from mlsmith.errors import DataError, RunError
-from mlsmith.files import read_json, write_json
-from mlsmith.tasks import Task, fit_task, infer_task, task_from_dict
+from mlsmith.errors import DataError
+from mlsmith.tasks import Task, fit_task, infer_task
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -46,11 +49,10 @@ log = logging.getLogger(__name__)
 BUCKET_BATCHES = 50
 
 
-class TextPreprocessor:
+class TextPreprocessor(Preprocessor):
     """Raw texts to token ids with a fitted (or loaded) tokenizer, truncated to ``max_length``."""
 
     kind = "text"
-    output_columns: tuple[str, ...] = ()
 
     def __init__(
         self,
@@ -62,8 +64,7 @@ class TextPreprocessor:
         tokenizer: str,
         tokenizer_source: str,
     ) -> None:
-        self.target = target
-        self.task = task
+        super().__init__(target=target, task=task)
         self.text_column = text_column
         self.max_length = max_length
         # Where the tokenizer came from: "trained: wordpiece" or the file it was loaded from.
@@ -118,57 +119,21 @@ class TextPreprocessor:
         require_columns(frame, [self.text_column], source, "text")
         return self.encode(_texts(frame[self.text_column]))
 
-    def to_split(self, frame: pd.DataFrame, source: str) -> Split:
-        require_columns(frame, [self.target], source, "target")
-        frame = drop_missing_target(frame, self.target, source)
-        return Split(self.transform(frame, source), self.task.encode(frame[self.target]))
-
-    def read(self, path: str) -> pd.DataFrame:
-        return read_table(path)
-
-    def iter_read(self, path: str, chunk_rows: int) -> Iterator[pd.DataFrame]:
-        return iter_table(path, chunk_rows)
-
     def batches(
-        self,
-        split_inputs: dict[str, np.ndarray],
-        target: np.ndarray | None,
-        batch_size: int,
-        *,
-        shuffle: bool = False,
-        seed: int = 0,
-        drop_last: bool = False,
-        train: bool = False,
+        self, inputs: dict[str, np.ndarray], target: np.ndarray | None, options: BatchOptions
     ) -> TensorBatches:
-        return TextBatches(
-            split_inputs, target, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last
-        )
+        return TextBatches(inputs, target, options)
 
     def model_inputs(self) -> dict[str, Any]:
         return {"vocab_size": self.vocab_size, "max_length": self.max_length}
 
-    def to_dict(self) -> dict[str, Any]:
+    def fitted_state(self) -> dict[str, Any]:
         return {
-            "kind": self.kind,
-            "target": self.target,
-            "task": self.task.to_dict(),
             "text_column": self.text_column,
             "max_length": self.max_length,
             "tokenizer_source": self.tokenizer_source,
             "tokenizer": self._tokenizer_json,
         }
-
-    def save(self, directory: Path) -> None:
-        write_json(Path(directory) / PREPROCESSING_FILE, self.to_dict())
-
-    @classmethod
-    def load(cls, directory: Path) -> TextPreprocessor:
-        file = Path(directory) / PREPROCESSING_FILE
-        state = read_json(file)
-        if state.pop("kind", None) != cls.kind:
-            raise RunError(f"{file}: not the preprocessing of a text run")
-        state["task"] = task_from_dict(state["task"])
-        return cls(**state)
 
 
 class TextBatches(TensorBatches):
@@ -184,18 +149,13 @@ class TextBatches(TensorBatches):
         self,
         inputs: dict[str, np.ndarray],
         target: np.ndarray | None,
-        batch_size: int,
+        options: BatchOptions,
         *,
-        shuffle: bool = False,
-        seed: int = 0,
-        drop_last: bool = False,
         bucket_batches: int = BUCKET_BATCHES,
     ) -> None:
         import torch
 
-        super().__init__(
-            inputs, target, batch_size, shuffle=shuffle, seed=seed, drop_last=drop_last
-        )
+        super().__init__(inputs, target, options)
         self.bucket_batches = bucket_batches
         # A CPU copy: the permutation is computed on the CPU whatever device holds the data.
         self._lengths = torch.from_numpy(np.asarray(inputs["lengths"], dtype=np.int64))
@@ -249,19 +209,16 @@ def prepare(config: Config, *, preprocessor: TextPreprocessor | None = None) -> 
             "distinct numbers); text data is classification only: set data.task to binary or "
             "multiclass if these are class labels"
         )
-    train, val, test = split_frames(
-        main, val_file, test_file, data, classification=True, seed=config.seed
-    )
+    parts = split_frames(main, val_file, test_file, data, classification=True, seed=config.seed)
+    train, val, test = parts.train, parts.val, parts.test
 
     if preprocessor is None:
         task = fit_task(kind, labelled, train[data.target])
         preprocessor = TextPreprocessor.fit(train, data=data, task=task)
-    _warn_missing_classes(preprocessor.task, {"train": train, "val": val}, data.target)
+    warn_missing_classes(preprocessor.task, {"train": train, "val": val}, data.target)
 
     def encode(frame: pd.DataFrame, name: str) -> Split:
-        return Split(
-            preprocessor.transform(frame, name), preprocessor.task.encode(frame[data.target])
-        )
+        return Split(preprocessor.transform(frame, name), preprocessor.encode_target(frame, name))
 
     splits = {"train": encode(train, "training split"), "val": encode(val, "validation split")}
     lengths = splits["train"].inputs["lengths"]
