@@ -7,9 +7,10 @@ Trainer must end with the same weights (allclose), which proves the Trainer adds
 maths. Runs alternate (raw, mlsmith, lightning, then rotated) and the table shows medians.
 
     python bench/overhead.py                  # needs: pip install -e ".[bench]"
-    python bench/overhead.py --rows 20000 --repeats 3
+    python bench/overhead.py --rows 20000 --repeats 3 --sizes 64,64 256,256 1024,1024
 
-The last line reads ``overhead ratio (mlsmith / raw loop): X.XX``.
+The last line reads ``overhead ratio (mlsmith / raw loop): X.XX`` for the default model
+(256-256); a line above gives it for every size compared.
 """
 
 from __future__ import annotations
@@ -30,12 +31,15 @@ import torch
 import torch.nn.functional as F
 
 from mlsmith.config import MLPConfig, TrainConfig
-from mlsmith.data.batches import TensorBatches
+from mlsmith.data.batches import BatchOptions, TensorBatches
 from mlsmith.models.mlp import TabularMLP
 from mlsmith.tasks import BinaryTask
 from mlsmith.training.trainer import Trainer
 
 SEED = 0
+
+
+Loop = Callable[[torch.nn.Module, "Data", argparse.Namespace], None]
 
 
 def make_data(rows: int, features: int) -> dict[str, np.ndarray]:
@@ -120,7 +124,7 @@ def train_mlsmith(model: torch.nn.Module, data: Data, args: argparse.Namespace) 
             "numeric": split["x"],
             "categorical": np.zeros((len(split["y"]), 0), dtype=np.int64),
         }
-        return TensorBatches(inputs, split["y"], size, shuffle=shuffle, seed=SEED)
+        return TensorBatches(inputs, split["y"], BatchOptions(size, shuffle=shuffle, seed=SEED))
 
     with tempfile.TemporaryDirectory() as checkpoints:
         # As `mlsmith train` runs it, with checkpoints every epoch and the per-epoch log line.
@@ -224,11 +228,50 @@ def timed(
     return time.perf_counter() - started, model
 
 
+def compare(
+    hidden: list[int], args: argparse.Namespace, loops: dict[str, Loop]
+) -> dict[str, tuple[float, float]]:
+    """Median seconds and max |w - w_raw| of each loop for one model size; checks the maths."""
+    data = Data(args.rows, args.features)
+    initial = make_model(args.features, hidden)
+    names = list(loops)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    finals: dict[str, torch.nn.Module] = {}
+    # One small run of each loop outside the clock: imports, allocator and kernel warm-up are
+    # one-off costs, not per-step overhead.
+    for fn in loops.values():
+        timed(fn, initial, Data(2_000, args.features), args)
+    for repeat in range(args.repeats):
+        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+            seconds, finals[name] = timed(loops[name], initial, data, args)
+            times[name].append(seconds)
+            print(
+                f"  MLP {hidden} repeat {repeat + 1}: {name:<16} {seconds:6.2f} s", file=sys.stderr
+            )
+    reference = finals["raw loop"].state_dict()
+    mlsmith_state = finals["mlsmith Trainer"].state_dict()
+    for key, value in reference.items():
+        if not torch.allclose(mlsmith_state[key], value, rtol=1e-4, atol=1e-5):
+            raise SystemExit(f"the Trainer's final weights differ from the raw loop's at {key}")
+    results = {}
+    for name in names:
+        state = finals[name].state_dict()
+        diff = max((state[k] - reference[k]).abs().max().item() for k in reference)
+        results[name] = (statistics.median(times[name]), diff)
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rows", type=int, default=100_000)
     parser.add_argument("--features", type=int, default=32)
-    parser.add_argument("--hidden", type=int, nargs="+", default=[256, 256])
+    parser.add_argument(
+        "--sizes",
+        nargs="+",
+        default=["64,64", "256,256"],
+        help="hidden layer widths of each model compared, e.g. 64,64 256,256 (the default "
+        "model is 256,256): a fixed per-step cost weighs most on the smallest",
+    )
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--eval-batch-size", type=int, default=1024)
     parser.add_argument("--epochs", type=int, default=3)
@@ -241,58 +284,42 @@ def main() -> None:
     logging.getLogger("lightning").setLevel(logging.ERROR)
     logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore", module="lightning")
-    data = Data(args.rows, args.features)
-    initial = make_model(args.features, args.hidden)
-    loops: dict[str, Callable[[torch.nn.Module, Data, argparse.Namespace], None]] = {
-        "raw loop": train_raw,
-        "mlsmith Trainer": train_mlsmith,
-    }
+    loops: dict[str, Loop] = {"raw loop": train_raw, "mlsmith Trainer": train_mlsmith}
     if not args.no_lightning:
         loops["Lightning"] = train_lightning
-    names = list(loops)
-    times: dict[str, list[float]] = {name: [] for name in names}
-    finals: dict[str, torch.nn.Module] = {}
-    # One small run of each loop outside the clock: imports, allocator and kernel warm-up are
-    # one-off costs, not per-step overhead.
-    for fn in loops.values():
-        timed(fn, initial, Data(2_000, args.features), args)
-    for repeat in range(args.repeats):
-        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
-            seconds, finals[name] = timed(loops[name], initial, data, args)
-            times[name].append(seconds)
-            print(f"  repeat {repeat + 1}: {name:<16} {seconds:6.2f} s", file=sys.stderr)
+    sizes = [[int(w) for w in size.split(",")] for size in args.sizes]
+    results = {tuple(hidden): compare(hidden, args, loops) for hidden in sizes}
 
-    reference = finals["raw loop"].state_dict()
     samples = args.rows * args.epochs
-    raw_median = statistics.median(times["raw loop"])
     print(
-        f"\n{args.rows:,} rows x {args.features} features, MLP {args.hidden}, batch "
-        f"{args.batch_size}, {args.epochs} epochs, {args.repeats} repeats, torch "
-        f"{torch.__version__}, {torch.get_num_threads()} threads\n"
+        f"\n{args.rows:,} rows x {args.features} features, batch {args.batch_size}, "
+        f"{args.epochs} epochs, median of {args.repeats}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; mlsmith with every diagnostic on (per-step "
+        "gradient norms and NaN checks, steps.csv rows, checkpoints each epoch)\n"
     )
-    print(f"| {'loop':<16} | {'samples/s':>10} | {'vs raw':>6} | {'max |w - w_raw|':>15} |")
-    print(f"|{'-' * 18}|{'-' * 12}|{'-' * 8}|{'-' * 17}|")
-    for name in names:
-        median = statistics.median(times[name])
-        state = finals[name].state_dict()
-        diff = max((state[k] - reference[k]).abs().max().item() for k in reference)
-        print(
-            f"| {name:<16} | {samples / median:>10,.0f} | {raw_median / median:>6.3f} |"
-            f" {diff:>15.2e} |"
+    print(f"| {'model':<14} | {'loop':<16} | {'samples/s':>10} | {'vs raw':>6} | max abs w diff |")
+    print(f"|{'-' * 16}|{'-' * 18}|{'-' * 12}|{'-' * 8}|{'-' * 16}|")
+    for hidden, by_loop in results.items():
+        raw = by_loop["raw loop"][0]
+        for name, (seconds, diff) in by_loop.items():
+            model = "MLP " + "-".join(map(str, hidden))
+            print(
+                f"| {model:<14} | {name:<16} | {samples / seconds:>10,.0f} | "
+                f"{raw / seconds:>6.3f} | {diff:>14.2e} |"
+            )
+    print()
+    for hidden, by_loop in results.items():
+        raw, mine = by_loop["raw loop"][0], by_loop["mlsmith Trainer"][0]
+        model = "MLP " + "-".join(map(str, hidden))
+        line = f"{model}: overhead ratio (mlsmith / raw loop) {raw / mine:.3f}"
+        if "Lightning" in by_loop:
+            line += f", mlsmith {by_loop['Lightning'][0] / mine:.2f}x Lightning's samples/s"
+        line += ", final weights " + (
+            "bit-identical" if by_loop["mlsmith Trainer"][1] == 0 else "allclose"
         )
-    mlsmith_state = finals["mlsmith Trainer"].state_dict()
-    for key, value in reference.items():
-        if not torch.allclose(mlsmith_state[key], value, rtol=1e-4, atol=1e-5):
-            raise SystemExit(f"the Trainer's final weights differ from the raw loop's at {key}")
-    identical = all(torch.equal(mlsmith_state[k], v) for k, v in reference.items())
-    print(
-        "\nfinal weights: mlsmith Trainer == raw loop "
-        + ("(bit-identical)" if identical else "(allclose, rtol 1e-4, atol 1e-5)")
-    )
-    if "Lightning" in times:
-        ratio = statistics.median(times["Lightning"]) / statistics.median(times["mlsmith Trainer"])
-        print(f"mlsmith vs Lightning: {ratio:.2f}x the samples/s")
-    ratio = raw_median / statistics.median(times["mlsmith Trainer"])
+        print(line)
+    default = results.get((256, 256)) or next(iter(results.values()))
+    ratio = default["raw loop"][0] / default["mlsmith Trainer"][0]
     print(f"overhead ratio (mlsmith / raw loop): {ratio:.2f}")
 
 

@@ -17,6 +17,7 @@ from tests.conftest import config_dict, make_table
 from mlsmith import families
 from mlsmith.config import MODELS_FOR_DATA, load_config
 from mlsmith.models.base import FitContext, FitSummary, Model
+from mlsmith.training.callbacks import TrainingState
 
 KINDS = ("binary", "multiclass", "regression")
 # model.* settings that keep a family's fit to a fraction of a second on ~100 rows.
@@ -128,3 +129,76 @@ def test_model_family_contract(family: str, kind: str, tmp_path: Path) -> None:
     assert isinstance(loaded, cls)
     np.testing.assert_array_equal(loaded.predict_raw(inputs), raw_out)
     np.testing.assert_array_equal(loaded.predict(inputs), decoded)
+
+
+class _Recorder:
+    """Counts the hooks a loop calls and checks the state it passes; stops after ``stop_after``
+    epochs (or boosting rounds) when asked, as a tuner's pruning callback does."""
+
+    def __init__(self, stop_after: int | None = None) -> None:
+        self.stop_after = stop_after
+        self.calls: dict[str, int] = {}
+        self.epochs: list[int] = []
+
+    def _count(self, hook: str) -> None:
+        self.calls[hook] = self.calls.get(hook, 0) + 1
+
+    def on_fit_start(self, state: TrainingState) -> None:
+        self._count("on_fit_start")
+        assert state.epoch == 0 and state.history == [] and not state.should_stop
+        assert state.epochs >= 1 and state.steps_per_epoch >= 1
+
+    def on_epoch_end(self, state: TrainingState, row: dict[str, float]) -> None:
+        self._count("on_epoch_end")
+        self.epochs.append(int(row["epoch"]))
+        assert state.history[-1] == row
+        assert isinstance(state.lr, float) and isinstance(state.step_rows, list)
+        assert isinstance(state.running_loss(), float)
+        if self.stop_after is not None and len(self.epochs) >= self.stop_after:
+            state.should_stop = True
+
+    def on_fit_end(self, state: TrainingState) -> None:
+        self._count("on_fit_end")
+
+
+def _fit(
+    family: str, tmp_path: Path, name: str, callbacks: list[object]
+) -> tuple[Model, FitSummary, Any]:
+    from mlsmith.pipeline import build
+
+    data_type = _data_type(family)
+    raw = config_dict("unused", tmp_path / "runs", train={"epochs": 3, "batch_size": 16})
+    raw["train"]["early_stopping"] = {"enabled": False}
+    raw["data"] = {"type": data_type, **DATASETS[data_type](tmp_path, "binary")}
+    raw["model"] = {"type": family, **FAST_SETTINGS.get(family, {})}
+    if family in ("lightgbm", "xgboost"):
+        raw["model"]["early_stopping_rounds"] = None
+    data, model = build(load_config(raw))
+    run_dir = tmp_path / name
+    run_dir.mkdir()
+    summary = model.fit(data, FitContext(run_dir=run_dir, callbacks=callbacks))
+    return model, summary, data
+
+
+@pytest.mark.parametrize("family", sorted(families.MODEL_FAMILIES))
+def test_model_family_callbacks_stopping_and_seeded_repeats(family: str, tmp_path: Path) -> None:
+    """Every family calls the callbacks once per epoch (or round), honours ``should_stop`` set
+    by one, and gives identical predictions when run twice with one seed."""
+    recorder = _Recorder()
+    model, summary, data = _fit(family, tmp_path, "a", [recorder])
+    assert recorder.calls["on_fit_start"] == 1 and recorder.calls["on_fit_end"] == 1
+    assert recorder.calls["on_epoch_end"] == len(summary.history) >= 2
+    assert recorder.epochs == [int(row["epoch"]) for row in summary.history]
+    assert recorder.epochs == sorted(set(recorder.epochs))
+    assert not summary.stopped_early
+
+    stopper = _Recorder(stop_after=1)
+    _, stopped, _ = _fit(family, tmp_path, "b", [stopper])
+    assert stopper.calls["on_epoch_end"] == 1 and len(stopped.history) == 1
+    assert stopped.stopped_early
+
+    again, _, _ = _fit(family, tmp_path, "c", [])
+    assert data.test is not None
+    np.testing.assert_array_equal(
+        again.predict_raw(data.test.inputs), model.predict_raw(data.test.inputs)
+    )

@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from mlsmith.config import TrainConfig
-from mlsmith.data.batches import TensorBatches
+from mlsmith.data.batches import BatchOptions, TensorBatches
 from mlsmith.errors import RunError
 from mlsmith.tasks import RegressionTask
 from mlsmith.training.checkpoint import (
@@ -79,8 +79,10 @@ def test_trainer_checkpoint_holds_every_field(tmp_path: Path) -> None:
 
     x, y = data(64)
     trainer = Trainer(config, checkpoint_dir=tmp_path, callbacks=[Capture()], metadata=metadata)
-    train = TensorBatches({"x": x}, y, 16, shuffle=True, seed=5)
-    trainer.fit(model, train, TensorBatches({"x": x}, y, 32), RegressionTask(0.0, 1.0))
+    train = TensorBatches({"x": x}, y, BatchOptions(16, shuffle=True, seed=5))
+    trainer.fit(
+        model, train, TensorBatches({"x": x}, y, BatchOptions(32)), RegressionTask(0.0, 1.0)
+    )
 
     state = torch.load(tmp_path / LAST, map_location="cpu", weights_only=True)
     assert load_checkpoint(tmp_path / LAST).keys() == state.keys()

@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from mlsmith.config import TrainConfig
-from mlsmith.data.batches import TensorBatches
+from mlsmith.data.batches import BatchOptions, TensorBatches
 from mlsmith.errors import ConfigError, MlsmithError
 from mlsmith.tasks import BinaryTask, MulticlassTask, RegressionTask
 from mlsmith.training.checkpoint import BEST, LAST, load_checkpoint
@@ -54,7 +54,7 @@ def binary_data(n: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
 
 
 def batches(x: np.ndarray, y: np.ndarray, batch_size: int, **options: Any) -> TensorBatches:
-    return TensorBatches({"x": x}, y, batch_size, **options)
+    return TensorBatches({"x": x}, y, BatchOptions(batch_size, **options))
 
 
 def train_config(**overrides: Any) -> TrainConfig:
@@ -410,9 +410,9 @@ def test_predict_raw_gathers_batches_on_the_cpu(tmp_path: Path) -> None:
 def test_predict_raw_without_an_objective_and_without_rows() -> None:
     model = make_net()
     x, _ = regression_data(10)
-    raw, loss = predict_raw(model, TensorBatches({"x": x}, None, 4))
+    raw, loss = predict_raw(model, TensorBatches({"x": x}, None, BatchOptions(4)))
     assert raw.shape == (10, 1) and loss == 0.0
-    empty, _ = predict_raw(model, TensorBatches({"x": x[:0]}, None, 4))
+    empty, _ = predict_raw(model, TensorBatches({"x": x[:0]}, None, BatchOptions(4)))
     assert empty.shape == (0, 1)
 
 

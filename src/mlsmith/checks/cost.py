@@ -33,6 +33,7 @@ def training_cost(
     """Time a few training steps (after one warm-up) and extrapolate to the whole run."""
     from mlsmith.training.optimizers import build_optimizer
     from mlsmith.training.precision import build_precision
+    from mlsmith.training.step import optimizer_step
 
     # fp16 needs CUDA; the trainer falls back to bf16 (and warns about it itself).
     fp16_off_cuda = cfg.precision == "16-mixed" and device.type != "cuda"
@@ -50,11 +51,17 @@ def training_cost(
             iterator = iter(batches)
             continue
         inputs = {k: v.to(device) for k, v in inputs.items()}
-        with precision.autocast():
-            loss = task.loss(network(**inputs), target.to(device))
-        precision.backward(loss)
-        precision.step(opt)
-        opt.zero_grad(set_to_none=True)
+        batch = [(inputs, target.to(device))]
+        measure = cfg.log_grad_norm or cfg.grad_clip is not None  # as the trainer steps
+        optimizer_step(
+            batch,
+            forward=network,
+            loss_fn=task.loss,
+            optimizer=opt,
+            precision=precision,
+            clip=cfg.grad_clip,
+            measure=measure,
+        )
         if device.type == "cuda":
             torch.cuda.synchronize()  # honest timing: wait for the queued kernels
         times.append(time.perf_counter() - started)

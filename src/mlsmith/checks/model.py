@@ -98,11 +98,12 @@ def model_checks(
             CheckResult("cost", "training cost", "skip", "the forward/backward pass failed")
         )
         return results
+    from mlsmith.data.batches import BatchOptions
+
     batches = model.preprocessor.batches(
         {k: v[rows] for k, v in data.train.inputs.items()},
         data.train.target[rows],
-        cfg.batch_size,
-        train=True,  # augmentation is part of a step's cost
+        BatchOptions(cfg.batch_size, train=True),  # augmentation is part of a step's cost
     )
     results.append(
         training_cost(
@@ -283,17 +284,28 @@ def overfit_one_batch(
     the whole dataset either. Stops as soon as the loss is down by ``OVERFIT_DROP``.
     """
     from mlsmith.training.optimizers import build_optimizer
+    from mlsmith.training.precision import Precision
+    from mlsmith.training.step import optimizer_step
 
     name = "one-batch overfit"
     opt = build_optimizer(network, optimizer)
     network.train()
+    network.zero_grad(set_to_none=True)  # the earlier checks' gradients are not this step's
     started = time.perf_counter()
     first = last = math.nan
     step = 0
+    full_precision = Precision(target.device)
     while step < max_steps and time.perf_counter() - started < max_seconds:
-        opt.zero_grad(set_to_none=True)
-        loss = task.loss(network(**inputs), target)
-        last = float(loss.detach())
+        # The loss is measured before the step's update (on a copy: the last update is moot).
+        loss = optimizer_step(
+            [(inputs, target)],
+            forward=network,
+            loss_fn=task.loss,
+            optimizer=opt,
+            precision=full_precision,
+            clip=grad_clip,
+        ).loss
+        last = float(loss)
         if step == 0:
             first = last
         if not math.isfinite(last):
@@ -311,10 +323,6 @@ def overfit_one_batch(
                 "pass",
                 f"loss {first:.3g} -> {last:.3g} in {step} steps on {len(target)} rows",
             )
-        loss.backward()
-        if grad_clip is not None:
-            torch.nn.utils.clip_grad_norm_(network.parameters(), grad_clip)
-        opt.step()
         step += 1
     drop = 1.0 - last / first if first > 0 else 0.0
     progress = (
@@ -359,11 +367,12 @@ def _first_batch(
     model: Any, data: PreparedData, rows: np.ndarray, device: torch.device
 ) -> tuple[Inputs, torch.Tensor]:
     """A real batch as the model sees it (no augmentation), on ``device``."""
+    from mlsmith.data.batches import BatchOptions
+
     batches = model.preprocessor.batches(
         {k: v[rows] for k, v in data.train.inputs.items()},
         data.train.target[rows],
-        len(rows),
-        train=False,
+        BatchOptions(len(rows), train=False),
     )
     inputs, target = next(iter(batches))
     return {k: v.to(device) for k, v in inputs.items()}, target.to(device)

@@ -36,17 +36,13 @@ class NeuralModel(Model):
 
     def fit(self, data: PreparedData, context: FitContext) -> FitSummary:
         cfg = self.config.train
+        from mlsmith.data.batches import BatchOptions
+
         batches = self.preprocessor.batches
         train = batches(
-            data.train.inputs,
-            data.train.target,
-            cfg.batch_size,
-            shuffle=True,
-            seed=self.config.seed,
-            drop_last=cfg.drop_last,
-            train=True,
+            data.train.inputs, data.train.target, BatchOptions.training(cfg, self.config.seed)
         )
-        val = batches(data.val.inputs, data.val.target, cfg.eval_batch_size)
+        val = batches(data.val.inputs, data.val.target, BatchOptions.evaluation(cfg))
         checkpoints = context.run_dir / CHECKPOINT_DIR
         trainer = Trainer(
             cfg, checkpoint_dir=checkpoints, callbacks=context.callbacks, metadata=context.metadata
@@ -59,7 +55,11 @@ class NeuralModel(Model):
         )
 
     def predict_raw(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        batches = self.preprocessor.batches(inputs, None, self.config.train.eval_batch_size)
+        from mlsmith.data.batches import BatchOptions
+
+        batches = self.preprocessor.batches(
+            inputs, None, BatchOptions.evaluation(self.config.train)
+        )
         raw, _ = predict_raw(self.network, batches)
         return raw
 

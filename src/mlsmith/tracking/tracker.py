@@ -21,7 +21,7 @@ from mlsmith.training.callbacks import Callback
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-    from mlsmith.training.trainer import Trainer
+    from mlsmith.training.callbacks import TrainingState
 
 log = logging.getLogger(__name__)
 
@@ -200,12 +200,12 @@ class Tracker(Callback):
 
     # --- trainer callback ---------------------------------------------------------------------
 
-    def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
+    def on_epoch_end(self, state: TrainingState, row: dict[str, float]) -> None:
         metrics = {k: v for k, v in row.items() if k not in ("epoch", "step")}
         self.log_metrics(metrics, step=int(row["epoch"]))
         from mlsmith.training.diagnostics import rows_of_epoch  # imports torch: not at load
 
-        self.log_steps(rows_of_epoch(trainer.step_rows, int(row["epoch"])))
+        self.log_steps(rows_of_epoch(state.step_rows, int(row["epoch"])))
 
     @_guarded
     def log_steps(self, rows: list[tuple[float, ...]]) -> None:
@@ -226,7 +226,7 @@ class Tracker(Callback):
         for i in range(0, len(items), METRIC_BATCH_LIMIT):
             self.client.log_batch(self.run_id, metrics=items[i : i + METRIC_BATCH_LIMIT])
 
-    def on_exception(self, trainer: Trainer, error: BaseException) -> None:
+    def on_exception(self, state: TrainingState, error: BaseException) -> None:
         self.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
 
 

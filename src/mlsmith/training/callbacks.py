@@ -1,49 +1,100 @@
 """The callback interface and early stopping.
 
-Callbacks are duck-typed: the trainer calls ``on_fit_start``, ``on_train_step_end``,
+Callbacks are duck-typed: a training loop calls ``on_fit_start``, ``on_train_step_end``,
 ``on_epoch_end``, ``on_fit_end`` and, when training fails, ``on_exception`` on whoever defines
-them. :class:`Callback` gives no-op
-defaults to subclass. A callback may set ``trainer.should_stop = True`` to end training after
-the current epoch (tuning prunes trials this way).
+them, passing a :class:`TrainingState`: the torch :class:`~mlsmith.training.trainer.Trainer`
+and the boosting rounds of the tree families both are one, so one callback (progress,
+history.csv, MLflow, a tuner's pruning) serves both. :class:`Callback` gives no-op defaults to
+subclass. A callback may set ``state.should_stop = True`` to end training after the current
+epoch or round (tuning prunes trials this way).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
-
-if TYPE_CHECKING:
-    from mlsmith.training.trainer import Trainer
+from collections.abc import Callable, Iterable
+from typing import Any, Protocol, runtime_checkable
 
 LOWER_IS_BETTER = ("loss", "error", "mse", "rmse", "mae", "mape")
+HOOKS = ("on_fit_start", "on_train_step_end", "on_epoch_end", "on_fit_end", "on_exception")
+
+
+@runtime_checkable
+class TrainingState(Protocol):
+    """What a callback may read from a training loop; ``should_stop`` it may also set.
+
+    For boosted trees an epoch is one boosting round and a step is a round too.
+    """
+
+    should_stop: bool
+
+    @property
+    def epochs(self) -> int:
+        """Epochs (or rounds) planned."""
+
+    @property
+    def epoch(self) -> int:
+        """Epochs completed."""
+
+    @property
+    def steps_per_epoch(self) -> int: ...
+
+    @property
+    def step_in_epoch(self) -> int:
+        """Optimizer steps taken in the epoch in progress."""
+
+    @property
+    def samples_in_epoch(self) -> int: ...
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        """One row per finished epoch: the metrics callbacks log."""
+
+    @property
+    def step_rows(self) -> list[tuple[float, ...]]:
+        """One (step, epoch, lr, loss, grad_norm) row per optimizer step so far."""
+
+    @property
+    def lr(self) -> float: ...
+
+    def running_loss(self) -> float:
+        """The epoch's mean training loss so far (may wait for the device)."""
 
 
 class Callback:
     """No-op base; override what you need."""
 
-    def on_fit_start(self, trainer: Trainer) -> None: ...
+    def on_fit_start(self, state: TrainingState) -> None: ...
 
-    def on_train_step_end(self, trainer: Trainer) -> None: ...
+    def on_train_step_end(self, state: TrainingState) -> None: ...
 
-    def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None: ...
+    def on_epoch_end(self, state: TrainingState, row: dict[str, float]) -> None: ...
 
-    def on_fit_end(self, trainer: Trainer) -> None: ...
+    def on_fit_end(self, state: TrainingState) -> None: ...
 
-    def on_exception(self, trainer: Trainer, error: BaseException) -> None: ...
+    def on_exception(self, state: TrainingState, error: BaseException) -> None: ...
 
 
 class CallbackList:
-    """Calls a hook on every callback that has it, in order."""
+    """Calls a hook on every callback that defines it, in order.
+
+    The methods are looked up once, here: ``on_train_step_end`` runs every optimizer step, and
+    a hook nobody defines then costs one empty loop.
+    """
 
     def __init__(self, callbacks: Iterable[object]) -> None:
         self.callbacks = list(callbacks)
+        self.hooks: dict[str, list[Callable[..., Any]]] = {
+            hook: [m for c in self.callbacks if (m := getattr(c, hook, None)) is not None]
+            for hook in HOOKS
+        }
 
     def call(self, hook: str, *args: Any) -> None:
-        for callback in self.callbacks:
-            method = getattr(callback, hook, None)
-            if method is not None:
-                method(*args)
+        methods = self.hooks.get(hook)
+        if methods is None:  # a hook outside HOOKS: look it up each time
+            methods = [m for c in self.callbacks if (m := getattr(c, hook, None)) is not None]
+        for method in methods:
+            method(*args)
 
 
 def resolve_mode(monitor: str, mode: str) -> str:

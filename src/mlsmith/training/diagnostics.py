@@ -1,10 +1,9 @@
 """What the trainer watches while it runs: per-step gradient norms, non-finite values, overfitting.
 
-The loop hands each optimizer step's loss and per-parameter gradient norms to a
-:class:`StepMonitor` as device tensors and never waits for them; the monitor copies them to the
-CPU in one transfer every few steps (every step on the CPU, where that costs nothing), so a NaN
-is caught within a few steps with the step, the learning rate and the parameters whose gradients
-first went non-finite, before the bad update reaches a checkpoint.
+The loop hands each optimizer step's loss and gradient norms to a :class:`StepMonitor` as device
+tensors and never waits for them; the monitor reads them in bulk, so a NaN is caught with the
+step, the learning rate and the parameters whose gradients first went non-finite, before the bad
+update reaches a checkpoint (on the CPU before it reaches the weights).
 """
 
 from __future__ import annotations
@@ -12,6 +11,7 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -20,6 +20,8 @@ from mlsmith.errors import MlsmithError
 
 # Steps between looks at the recorded values on a GPU: each look waits for queued kernels.
 CUDA_CHECK_EVERY = 25
+# Steps between turning the CPU's recorded values into rows (each step is already checked).
+FLUSH_EVERY = 256
 STEP_COLUMNS = ("step", "epoch", "lr", "loss", "grad_norm")
 
 
@@ -35,6 +37,7 @@ class _Pending:
     epoch: int
     lr: float
     loss: torch.Tensor
+    total: torch.Tensor | None  # () total gradient norm, before clipping
     norms: torch.Tensor | None  # (P,) per-parameter gradient norms, before clipping
 
 
@@ -45,63 +48,93 @@ class StepMonitor:
     ``names`` are the parameter names in the order the norms come in. ``scaled`` is true under
     fp16 with a GradScaler: there, overflowing gradients are expected now and then (the scaler
     skips that update and lowers the scale), so only a non-finite *loss* stops training.
+    ``checkpoint`` is the last-good checkpoint a diagnosis names.
+
+    Values stay device tensors until read in bulk: every :data:`FLUSH_EVERY` steps on the CPU,
+    where a one-number finiteness test before each update costs microseconds and guarantees a
+    NaN never reaches the weights; every :data:`CUDA_CHECK_EVERY` steps on a GPU, where any read
+    waits for the device, so a NaN is caught a few steps late and the last good checkpoint (no
+    non-finite weights are ever checkpointed) is what is kept.
     """
 
     names: list[str]
     device: torch.device
     scaled: bool = False
     precision: str = "32"  # train.precision, for the advice when a value goes non-finite
-    rows: list[tuple[float, ...]] = field(default_factory=list)
+    checkpoint: Path | None = None
+    _rows: list[tuple[float, ...]] = field(default_factory=list)
     _pending: list[_Pending] = field(default_factory=list)
 
     @property
-    def check_every(self) -> int:
-        return CUDA_CHECK_EVERY if self.device.type == "cuda" else 1
+    def rows(self) -> list[tuple[float, ...]]:
+        """Every step so far: (step, epoch, lr, loss, gradient norm before clipping)."""
+        self.flush(check=False)  # read after a failure too: never raise from here
+        return self._rows
+
+    @rows.setter
+    def rows(self, rows: list[tuple[float, ...]]) -> None:
+        self._pending = []
+        self._rows = rows
 
     def record(
-        self, step: int, epoch: int, lr: float, loss: torch.Tensor, norms: torch.Tensor | None
+        self,
+        step: int,
+        epoch: int,
+        lr: float,
+        loss: torch.Tensor,
+        norms: torch.Tensor | None,
+        total: torch.Tensor | None = None,
     ) -> None:
         """Queue one step's values (device tensors, not read yet)."""
-        self._pending.append(_Pending(step, epoch, lr, loss.detach(), norms))
+        if total is None and norms is not None:
+            total = torch.linalg.vector_norm(norms.float())
+        self._pending.append(_Pending(step, epoch, lr, loss.detach(), total, norms))
 
-    def due(self) -> bool:
-        return len(self._pending) >= self.check_every
+    def observe(
+        self,
+        step: int,
+        epoch: int,
+        lr: float,
+        loss: torch.Tensor,
+        total: torch.Tensor | None,
+        norms: torch.Tensor | None,
+    ) -> None:
+        """Record one step before its update and check it as the device allows (see above)."""
+        self.record(step, epoch, lr, loss, norms, total)
+        if self.device.type == "cuda":
+            if len(self._pending) >= CUDA_CHECK_EVERY:
+                self.flush()
+            return
+        value = loss if total is None or self.scaled else loss + total
+        if not bool(torch.isfinite(value)) or len(self._pending) >= FLUSH_EVERY:
+            self.flush()
 
-    def flush(self, where: str = "") -> None:
-        """Read the queued values; raise :class:`NonFiniteLossError` at the first bad step.
-
-        ``where`` says what is at stake for the message (e.g. the last good checkpoint).
-        """
+    def flush(self, check: bool = True) -> None:
+        """Read the queued values; raise :class:`NonFiniteLossError` at the first bad step
+        (unless ``check`` is false: then bad steps are rows like the others)."""
         if not self._pending:
             return
         pending, self._pending = self._pending, []
-        losses = torch.stack([p.loss.float() for p in pending]).cpu()
-        recorded = [p.norms for p in pending if p.norms is not None]
-        norms = (
-            torch.stack(recorded).float().cpu() if len(recorded) == len(pending) else None
-        )  # (S, P)
-        totals = norms.norm(dim=1) if norms is not None else torch.full((len(pending),), math.nan)
-        for i, p in enumerate(pending):
-            loss, total = float(losses[i]), float(totals[i])
-            bad_grads = norms is not None and not math.isfinite(total) and not self.scaled
-            if not math.isfinite(loss) or bad_grads:
-                culprits = self._non_finite(norms[i]) if norms is not None else []
-                raise NonFiniteLossError(
-                    self._diagnosis(p, loss, total, culprits, where, self.precision)
-                )
-            self.rows.append((p.step, p.epoch, p.lr, loss, total))
+        losses = torch.stack([p.loss.float() for p in pending]).cpu().tolist()
+        totals: list[float] = [math.nan] * len(pending)
+        measured = [p.total.float() for p in pending if p.total is not None]
+        if len(measured) == len(pending):
+            totals = torch.stack(measured).cpu().tolist()
+        for p, loss, total in zip(pending, losses, totals, strict=True):
+            bad_grads = p.total is not None and not math.isfinite(total) and not self.scaled
+            if check and (not math.isfinite(loss) or bad_grads):
+                culprits = self._non_finite(p.norms) if p.norms is not None else []
+                raise NonFiniteLossError(self._diagnosis(p, loss, total, culprits))
+            self._rows.append((p.step, p.epoch, p.lr, loss, total))
 
     def _non_finite(self, norms: torch.Tensor) -> list[str]:
         return [
             name
-            for name, value in zip(self.names, norms.tolist(), strict=True)
+            for name, value in zip(self.names, norms.float().cpu().tolist(), strict=True)
             if not math.isfinite(value)
         ]
 
-    @staticmethod
-    def _diagnosis(
-        p: _Pending, loss: float, total: float, culprits: list[str], where: str, precision: str
-    ) -> str:
+    def _diagnosis(self, p: _Pending, loss: float, total: float, culprits: list[str]) -> str:
         what = (
             f"the loss became {loss}"
             if not math.isfinite(loss)
@@ -115,9 +148,10 @@ class StepMonitor:
             layers = f"; first non-finite gradients in: {shown}"
         return (
             f"training stopped at step {p.step} (epoch {p.epoch}): {what} at learning rate "
-            f"{p.lr:.3g}{layers}. {where}Likely fixes: lower train.optimizer.lr (try "
-            f"{p.lr / 10:.2g}; `mlsmith lr-find` suggests one), set train.grad_clip (e.g. 1.0), "
-            f"{precision_advice(precision)}or check the inputs for extreme or non-finite values"
+            f"{p.lr:.3g}{layers}. {at_stake(self.checkpoint)}Likely fixes: lower "
+            f"train.optimizer.lr (try {p.lr / 10:.2g}; `mlsmith lr-find` suggests one), set "
+            f"train.grad_clip (e.g. 1.0), {precision_advice(self.precision)}or check the inputs "
+            "for extreme or non-finite values"
         )
 
     def epoch_stats(self, epoch: int) -> dict[str, float]:
@@ -129,10 +163,18 @@ class StepMonitor:
 
     def state_dict(self) -> dict[str, Any]:
         # A tensor keeps checkpoints compact and loadable with weights_only=True.
-        return {"rows": torch.tensor(self.rows, dtype=torch.float64).reshape(-1, len(STEP_COLUMNS))}
+        rows = self.rows
+        return {"rows": torch.tensor(rows, dtype=torch.float64).reshape(-1, len(STEP_COLUMNS))}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rows = [tuple(row) for row in state["rows"].tolist()]
+
+
+def at_stake(checkpoint: Path | None) -> str:
+    """What a stop leaves behind, for a diagnosis: the last good checkpoint, if any."""
+    if checkpoint is not None and checkpoint.exists():
+        return f"The last good checkpoint, {checkpoint}, is intact. "
+    return "No checkpoint had been written yet. "
 
 
 def precision_advice(precision: str) -> str:
@@ -156,12 +198,20 @@ def rows_of_epoch(rows: list[tuple[float, ...]], epoch: int) -> list[tuple[float
 def gradient_norms(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
     """Per-parameter gradient L2 norms as one (P,) tensor; 0 for a parameter without a gradient.
 
-    One fused kernel per device (``_foreach_norm``) instead of a kernel per parameter.
+    One fused kernel per device instead of a kernel per parameter. ``torch._foreach_norm`` is
+    private (torch's own clip_grad_norm_ uses it), so this is the one place that calls it, with
+    the per-tensor public equivalent should it ever go; tests compare the two.
     """
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
         return torch.zeros(len(parameters))
-    norms = iter(torch._foreach_norm(grads))
+    foreach_norm = getattr(torch, "_foreach_norm", None)
+    computed = (
+        foreach_norm(grads)
+        if foreach_norm is not None
+        else [torch.linalg.vector_norm(g) for g in grads]
+    )
+    norms = iter(computed)
     zero = torch.zeros((), device=grads[0].device)
     return torch.stack([next(norms) if p.grad is not None else zero for p in parameters])
 

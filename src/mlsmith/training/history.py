@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 from mlsmith.files import write_text
 
 if TYPE_CHECKING:
-    from mlsmith.training.trainer import Trainer
+    from mlsmith.training.callbacks import TrainingState
 
 HISTORY_FILE = "history.csv"
 STEPS_FILE = "steps.csv"
@@ -29,41 +29,41 @@ class HistoryWriter:
         self.steps_path = run_dir / STEPS_FILE
         self.steps_written = 0
 
-    def on_fit_start(self, trainer: Trainer) -> None:
-        self._write_history(trainer)
-        self._rewrite_steps(trainer)
+    def on_fit_start(self, state: TrainingState) -> None:
+        self._write_history(state)
+        self._rewrite_steps(state)
 
-    def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
-        self._write_history(trainer)
-        self._append_steps(trainer)
+    def on_epoch_end(self, state: TrainingState, row: dict[str, float]) -> None:
+        self._write_history(state)
+        self._append_steps(state)
 
-    def on_exception(self, trainer: Trainer, error: BaseException) -> None:
+    def on_exception(self, state: TrainingState, error: BaseException) -> None:
         # The steps up to a failure (a NaN loss...) are what the report needs to explain it.
-        self._write_history(trainer)
-        self._append_steps(trainer)
+        self._write_history(state)
+        self._append_steps(state)
 
-    def _write_history(self, trainer: Trainer) -> None:
+    def _write_history(self, state: TrainingState) -> None:
         import pandas as pd
 
-        if trainer.history:
-            write_text(self.path, pd.DataFrame(trainer.history).to_csv(index=False))
+        if state.history:
+            write_text(self.path, pd.DataFrame(state.history).to_csv(index=False))
         else:
             self.path.unlink(missing_ok=True)
 
-    def _rewrite_steps(self, trainer: Trainer) -> None:
-        rows = trainer.step_rows
+    def _rewrite_steps(self, state: TrainingState) -> None:
+        rows = state.step_rows
         if rows:
             write_text(self.steps_path, _csv(rows, header=True))
         else:
             self.steps_path.unlink(missing_ok=True)
         self.steps_written = len(rows)
 
-    def _append_steps(self, trainer: Trainer) -> None:
-        rows = trainer.step_rows[self.steps_written :]
+    def _append_steps(self, state: TrainingState) -> None:
+        rows = state.step_rows[self.steps_written :]
         if not rows:
             return
         if not self.steps_path.exists():
-            self._rewrite_steps(trainer)
+            self._rewrite_steps(state)
             return
         with self.steps_path.open("a") as handle:
             handle.write(_csv(rows, header=False))

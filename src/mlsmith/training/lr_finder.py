@@ -80,6 +80,7 @@ def find_lr(
     from mlsmith.training.device import resolve_device
     from mlsmith.training.optimizers import build_optimizer
     from mlsmith.training.precision import build_precision
+    from mlsmith.training.step import optimizer_step
 
     check_range(min_lr, max_lr, steps)
     cfg = config.train
@@ -88,14 +89,18 @@ def find_lr(
     network = network.to(device)
     network.train()
     optimizer = build_optimizer(network, cfg.optimizer)
+    from mlsmith.data.batches import BatchOptions
+
     batches = data.preprocessor.batches(
         data.train.inputs,
         data.train.target,
-        cfg.batch_size,
-        shuffle=True,
-        seed=config.seed,
-        drop_last=len(data.train) > cfg.batch_size,
-        train=True,
+        BatchOptions(
+            cfg.batch_size,
+            shuffle=True,
+            seed=config.seed,
+            drop_last=len(data.train) > cfg.batch_size,
+            train=True,
+        ),
     )
     batches.to(device)
     factor = (max_lr / min_lr) ** (1 / (steps - 1))
@@ -110,13 +115,14 @@ def find_lr(
         lr = min_lr * factor**i
         for group in optimizer.param_groups:
             group["lr"] = lr
-        inputs, target = next(stream)
-        with precision.autocast():
-            loss = data.task.loss(network(**inputs), target)
-        optimizer.zero_grad(set_to_none=True)
-        precision.backward(loss)
-        precision.step(optimizer)
-        value = float(loss.detach().float().item())
+        result = optimizer_step(
+            [next(stream)],
+            forward=network,
+            loss_fn=data.task.loss,
+            optimizer=optimizer,
+            precision=precision,
+        )
+        value = float(result.loss.float().item())
         lrs.append(lr)
         losses.append(value)
         if not math.isfinite(value):

@@ -41,7 +41,6 @@ class LRSchedule:
         self,
         optimizer: torch.optim.Optimizer,
         cfg: SchedulerConfig,
-        *,
         steps_per_epoch: int,
         epochs: int,
         monitor_mode: str = "min",
@@ -52,12 +51,13 @@ class LRSchedule:
         self.plateau: torch.optim.lr_scheduler.ReduceLROnPlateau | None = None
         self.per_step: torch.optim.lr_scheduler.LRScheduler | None = None
         self.step_count = 0
+        self.optimizer = optimizer
+        self.onecycle: dict[str, Any] = {}
         if cfg.name == "onecycle":
             pct = self.warmup_steps / total if self.warmup_steps else 0.3
             max_lrs = [g["lr"] for g in optimizer.param_groups]
-            self.per_step = torch.optim.lr_scheduler.OneCycleLR(
-                optimizer, max_lr=max_lrs, total_steps=total, pct_start=pct
-            )
+            self.onecycle = {"max_lr": max_lrs, "total_steps": total, "pct_start": pct}
+            self.per_step = torch.optim.lr_scheduler.OneCycleLR(optimizer, **self.onecycle)
             return
         if cfg.name == "plateau":
             self.plateau = torch.optim.lr_scheduler.ReduceLROnPlateau(
@@ -105,15 +105,21 @@ class LRSchedule:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.step_count = state["step_count"]
-        if self.per_step is not None and state["per_step"] is not None:
-            # One-cycle stores its length; keep this run's (train.epochs may grow on resume),
-            # else stepping past the stored length raises. Same length: same values.
-            planned = {
-                key: getattr(self.per_step, key)
-                for key in ("total_steps", "_schedule_phases")
-                if isinstance(self.per_step, torch.optim.lr_scheduler.OneCycleLR)
-            }
+        if self.onecycle:
+            # Rebuilt at the saved position rather than loaded: a loaded one-cycle keeps the
+            # saved run's length, and train.epochs may grow on resume (stepping past that length
+            # raises). It reads its bounds from the optimizer's restored groups. Rebuilding sets
+            # this step's rate and momentum from the new length; the step about to run keeps the
+            # saved ones, as a loaded schedule would (the same at the same length).
+            groups = self.optimizer.param_groups
+            kept = ("lr", "momentum", "betas")
+            saved: list[dict[str, Any]] = [{k: g[k] for k in kept if k in g} for g in groups]
+            self.per_step = torch.optim.lr_scheduler.OneCycleLR(
+                self.optimizer, **self.onecycle, last_epoch=self.step_count - 1
+            )
+            for group, values in zip(groups, saved, strict=True):
+                group.update(values)
+        elif self.per_step is not None and state["per_step"] is not None:
             self.per_step.load_state_dict(state["per_step"])
-            self.per_step.__dict__.update(planned)
         if self.plateau is not None and state["plateau"] is not None:
             self.plateau.load_state_dict(state["plateau"])

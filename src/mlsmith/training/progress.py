@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 from mlsmith.training.callbacks import Callback
 
 if TYPE_CHECKING:
-    from mlsmith.training.trainer import Trainer
+    from mlsmith.training.callbacks import TrainingState
 
 # Shown in the per-epoch line when present, in this order.
 LINE_KEYS = (
@@ -52,7 +52,7 @@ class ProgressReporter(Callback):
         self._epoch_started = 0.0
         self._epoch_start_samples = 0
 
-    def on_fit_start(self, trainer: Trainer) -> None:
+    def on_fit_start(self, state: TrainingState) -> None:
         if not self.live:
             return
         from rich.console import Console
@@ -74,50 +74,50 @@ class ProgressReporter(Callback):
             transient=False,
         )
         self._progress.start()
-        self._new_epoch(trainer)
+        self._new_epoch(state)
 
-    def on_train_step_end(self, trainer: Trainer) -> None:
+    def on_train_step_end(self, state: TrainingState) -> None:
         if self._progress is None:
             return
         now = time.perf_counter()
-        last_step = trainer.step_in_epoch >= trainer.steps_per_epoch
+        last_step = state.step_in_epoch >= state.steps_per_epoch
         if now - self._last_refresh < self.REFRESH_S and not last_step:
             return
         self._last_refresh = now
         elapsed = now - self._epoch_started
-        rate = (trainer.samples_in_epoch - self._epoch_start_samples) / elapsed if elapsed else 0.0
+        rate = (state.samples_in_epoch - self._epoch_start_samples) / elapsed if elapsed else 0.0
         self._progress.update(
             self._task,
-            completed=trainer.step_in_epoch,
-            stats=f"loss {trainer.running_loss():.4f}  lr {trainer.lr:.2e}  {rate:,.0f} samples/s",
+            completed=state.step_in_epoch,
+            stats=f"loss {state.running_loss():.4f}  lr {state.lr:.2e}  {rate:,.0f} samples/s",
         )
 
-    def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
-        line = format_epoch(row, trainer.epochs)
+    def on_epoch_end(self, state: TrainingState, row: dict[str, float]) -> None:
+        line = format_epoch(row, state.epochs)
         if self._progress is None:
             print(line, file=self.stream, flush=True)
             return
-        self._progress.update(self._task, completed=trainer.steps_per_epoch, stats="")
+        self._progress.update(self._task, completed=state.steps_per_epoch, stats="")
         self._progress.console.print(line)
         self._progress.remove_task(self._task)
-        if trainer.epoch < trainer.epochs and not trainer.should_stop:
-            self._new_epoch(trainer)
+        if state.epoch < state.epochs and not state.should_stop:
+            self._new_epoch(state)
 
-    def on_fit_end(self, trainer: Trainer) -> None:
+    def on_fit_end(self, state: TrainingState) -> None:
         if self._progress is not None:
             self._progress.stop()
             self._progress = None
 
-    def on_exception(self, trainer: Trainer, error: BaseException) -> None:
-        self.on_fit_end(trainer)
+    def on_exception(self, state: TrainingState, error: BaseException) -> None:
+        self.on_fit_end(state)
 
-    def _new_epoch(self, trainer: Trainer) -> None:
+    def _new_epoch(self, state: TrainingState) -> None:
         self._epoch_started = time.perf_counter()
         # Non-zero when resuming mid-epoch: those samples were not trained in this process.
-        self._epoch_start_samples = trainer.samples_in_epoch
+        self._epoch_start_samples = state.samples_in_epoch
         self._task = self._progress.add_task(
-            f"epoch {trainer.epoch + 1}/{trainer.epochs}",
-            total=trainer.steps_per_epoch,
-            completed=trainer.step_in_epoch,
+            f"epoch {state.epoch + 1}/{state.epochs}",
+            total=state.steps_per_epoch,
+            completed=state.step_in_epoch,
             stats="",
         )

@@ -14,6 +14,8 @@ import time
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
+from functools import partial
+from itertools import islice
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -30,13 +32,15 @@ from mlsmith.training.diagnostics import (
     NonFiniteLossError,
     OverfitWatch,
     StepMonitor,
-    gradient_norms,
+    at_stake,
     peak_memory_mb,
     precision_advice,
 )
 from mlsmith.training.optimizers import LRSchedule, build_optimizer
 from mlsmith.training.precision import build_precision
 from mlsmith.training.reproducibility import restore_rng_states, rng_states, set_deterministic
+from mlsmith.training.state import LoopState
+from mlsmith.training.step import optimizer_step
 
 
 class Objective(Protocol):
@@ -71,7 +75,11 @@ class FitResult:
 
 
 class Trainer:
-    """Trains any ``torch.nn.Module`` whose ``forward(**inputs)`` returns raw outputs."""
+    """Trains any ``torch.nn.Module`` whose ``forward(**inputs)`` returns raw outputs.
+
+    It is the :class:`~mlsmith.training.callbacks.TrainingState` its callbacks receive: the
+    counters below read the :class:`~mlsmith.training.state.LoopState` of the fit in progress.
+    """
 
     def __init__(
         self,
@@ -90,24 +98,10 @@ class Trainer:
         self.precision = build_precision(config.precision, self.device)
         self.monitor = config.checkpoint.monitor
         self.monitor_mode = resolve_mode(self.monitor, config.checkpoint.mode)
-        # Loop state, read by callbacks and saved in checkpoints.
-        self.epoch = 0  # completed epochs
-        self.global_step = 0
-        self.step_in_epoch = 0
-        self.epochs = config.epochs
-        self.steps_per_epoch = 0
-        self.history: list[dict[str, float]] = []
-        self.best_score: float | None = None
-        self.best_epoch: int | None = None
-        self.should_stop = False
-        # Device-side running sum of the epoch's loss; read through running_loss() only, so
-        # the loop itself never waits for the GPU.
-        self._loss_sum: torch.Tensor | None = None
+        self.state = LoopState(epochs=config.epochs, steps_per_epoch=0, device=self.device)
         self.optimizer: torch.optim.Optimizer | None = None
-        self._samples = 0
-        # Things a person should know about this run (overfitting...), for the report.
-        self.observations: list[str] = []
         self.monitor_steps: StepMonitor | None = None
+        self._lr = math.nan
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -125,225 +119,154 @@ class Trainer:
         self._check_monitors(objective)
         set_deterministic(cfg.deterministic)
         model.to(self.device)
-        train.to(self.device)
-        # val stays on the CPU: predict_raw moves it a batch at a time.
+        train.to(self.device)  # val stays on the CPU: predict_raw moves it a batch at a time
         optimizer = self.optimizer = build_optimizer(model, cfg.optimizer)
-        self.steps_per_epoch = train.n_steps(cfg.grad_accum_steps)
+        steps_per_epoch = train.n_steps(cfg.grad_accum_steps)
         schedule = LRSchedule(
-            optimizer,
-            cfg.scheduler,
-            steps_per_epoch=self.steps_per_epoch,
-            epochs=cfg.epochs,
-            monitor_mode=self.monitor_mode,
+            optimizer, cfg.scheduler, steps_per_epoch, cfg.epochs, self.monitor_mode
         )
-        stopper = EarlyStopping(
-            cfg.early_stopping.monitor,
-            cfg.early_stopping.mode,
-            cfg.early_stopping.patience,
-            cfg.early_stopping.min_delta,
-        )
-        params = [p for p in model.parameters() if p.requires_grad]
-        steps = self.monitor_steps = StepMonitor(
-            [n for n, p in model.named_parameters() if p.requires_grad],
-            self.device,
-            scaled=getattr(self.precision, "scaler", None) is not None,
-            precision=cfg.precision,
-        )
+        stop = cfg.early_stopping
+        stopper = EarlyStopping(stop.monitor, stop.mode, stop.patience, stop.min_delta)
+        steps = self.monitor_steps = self._step_monitor(model)
         overfit = OverfitWatch(cfg.overfit_patience)
-        inspect_grads = cfg.log_grad_norm or cfg.grad_clip is not None
-        # Running sums of the epoch in progress; restored when resuming mid-epoch.
-        loss_sum = torch.zeros((), device=self.device)
-        samples = 0
-        epoch_start_rng = train.generator.get_state()
+        state = self.state = LoopState(cfg.epochs, steps_per_epoch, device=self.device)
+        state.epoch_start_rng = train.generator.get_state()
+        # Everything a checkpoint holds besides the weights, restored in this order (the
+        # schedule after the optimizer whose learning rates it drives).
+        parts: dict[str, Stateful] = {"optimizer": optimizer, "schedule": schedule}
+        parts |= {"precision": self.precision, "early_stopping": stopper, "steps": steps}
+        parts |= {"overfit": overfit, "loop": state}
         if resume is not None:
-            state = load_checkpoint(resume, map_location=self.device)
-            model.load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            schedule.load_state_dict(state["schedule"])
-            self.precision.load_state_dict(state["precision"])
-            stopper.load_state_dict(state["early_stopping"])
-            steps.load_state_dict(state["steps"])
-            overfit.load_state_dict(state["overfit"])
-            self._load_loop_state(state["loop"])
-            loss_sum.fill_(state["loop"]["loss_sum"])
-            samples = state["loop"]["samples"]
-            epoch_start_rng = state["loop"]["epoch_start_rng"]
-            restore_rng_states(state["rng"])
-        self._loss_sum, self._samples = loss_sum, samples
-        forward = torch.compile(model) if cfg.compile else model
-
-        def save_last(loss_sum: torch.Tensor, samples: int, epoch_start_rng: torch.Tensor) -> None:
-            """Everything needed to continue exactly from here, even mid-epoch."""
-            state = self._model_state(model)
-            state.update(
-                optimizer=optimizer.state_dict(),
-                schedule=schedule.state_dict(),
-                precision=self.precision.state_dict(),
-                early_stopping=stopper.state_dict(),
-                steps=steps.state_dict(),
-                overfit=overfit.state_dict(),
-                rng=rng_states(),
-                loop={
-                    **self._loop_state(),
-                    "loss_sum": float(loss_sum.item()),
-                    "samples": samples,
-                    "epoch_start_rng": epoch_start_rng,
-                },
-            )
-            save_checkpoint(self.checkpoint_dir / LAST, state)
-
-        def at_stake() -> str:
-            last = self.checkpoint_dir / LAST
-            if last.exists():
-                return f"The last good checkpoint, {last}, is intact. "
-            return "No checkpoint had been written yet. "
-
-        def check_finite(loss_sum: torch.Tensor, samples: int) -> float:
-            """The epoch's mean loss so far; raises before non-finite weights are checkpointed."""
-            loss = float(loss_sum.item()) / max(samples, 1)
-            if math.isfinite(loss) and all(bool(p.isfinite().all()) for p in model.parameters()):
-                return loss
-            what = f"loss became {loss}" if not math.isfinite(loss) else "weights became non-finite"
-            raise NonFiniteLossError(
-                f"training {what} in epoch {self.epoch + 1} (lr "
-                f"{optimizer.param_groups[0]['lr']:.3g}). {at_stake()}Likely fixes: lower "
-                f"train.optimizer.lr, set train.grad_clip, {precision_advice(cfg.precision)}"
-                "or check the inputs for extreme values"
-            )
+            self._restore(load_checkpoint(resume, map_location=self.device), model, parts)
+        take_step = partial(
+            optimizer_step,
+            forward=torch.compile(model) if cfg.compile else model,
+            loss_fn=objective.loss,
+            optimizer=optimizer,
+            precision=self.precision,
+            params=[p for p in model.parameters() if p.requires_grad],
+            clip=cfg.grad_clip,
+            measure=cfg.log_grad_norm or cfg.grad_clip is not None,
+        )
+        self._lr = float(optimizer.param_groups[0]["lr"])
 
         self.callbacks.call("on_fit_start", self)
         try:
-            while self.epoch < cfg.epochs and not self.should_stop:
+            while not state.done:
                 model.train()
-                train.generator.set_state(epoch_start_rng)
-                started = time.perf_counter()
-                skip = self.step_in_epoch
-                skipped_samples = samples  # resumed mid-epoch: not trained in this process
-                for step, micro_batches in enumerate(train.steps(cfg.grad_accum_steps)):
-                    if step < skip:
-                        continue  # resuming mid-epoch: these steps are already in the weights
-                    # Weight each micro-batch's mean loss by its share of the step's samples, so
-                    # accumulating A batches of B is the same update as one batch of A*B, partial
-                    # last step included. Without accumulation the share is 1 and the maths is
-                    # exactly a plain loop's.
-                    n_step = sum(len(target) for _, target in micro_batches)
-                    step_loss = torch.zeros((), device=self.device)
-                    for inputs, target in micro_batches:
-                        with self.precision.autocast():
-                            output = forward(**inputs)
-                            loss = objective.loss(output, target)
-                        share = len(target) / n_step
-                        self.precision.backward(loss if share == 1 else loss * share)
-                        step_loss.add_(loss.detach(), alpha=share)
-                    loss_sum.add_(step_loss, alpha=n_step)
-                    norms = None
-                    if inspect_grads:
-                        # Norms of the true (unscaled) gradients, before clipping.
-                        self.precision.unscale(optimizer)
-                        norms = gradient_norms(params)
-                        if cfg.grad_clip is not None:
-                            clip_gradients(params, norms, cfg.grad_clip)
-                    steps.record(
-                        self.global_step + 1,
-                        self.epoch + 1,
-                        float(optimizer.param_groups[0]["lr"]),
-                        step_loss,
-                        norms,
-                    )
-                    if steps.due():
-                        # On the CPU this runs every step, before the update: a NaN never
-                        # reaches the weights.
-                        steps.flush(at_stake())
-                    self.precision.step(optimizer)
-                    optimizer.zero_grad(set_to_none=True)
+                train.generator.set_state(state.epoch_start_rng)
+                started, resumed_samples = time.perf_counter(), state.samples
+                # Resumed mid-epoch: the same order is drawn, the steps already taken skipped.
+                epoch_steps = train.steps(cfg.grad_accum_steps)
+                for micro_batches in islice(epoch_steps, state.step_in_epoch, None):
+                    # Checked before the update: on the CPU a NaN never reaches the weights.
+                    check = partial(steps.observe, state.global_step + 1, state.epoch + 1, self._lr)
+                    result = take_step(micro_batches, before_update=check)
                     schedule.after_step()
-                    samples += n_step
-                    self.global_step += 1
-                    self.step_in_epoch = step + 1
-                    self._loss_sum, self._samples = loss_sum, samples
+                    state.after_step(result.loss, result.samples)
+                    self._lr = float(optimizer.param_groups[0]["lr"])
                     self.callbacks.call("on_train_step_end", self)
                     every = cfg.checkpoint.every_n_steps
-                    if every and self.global_step % every == 0 and step + 1 < self.steps_per_epoch:
-                        check_finite(loss_sum, samples)
-                        save_last(loss_sum, samples, epoch_start_rng)
+                    # Mid-epoch checkpoints (the epoch's end saves one anyway).
+                    if every and state.global_step % every == 0 and not state.epoch_ending:
+                        self._save_last(model, parts)
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()  # honest timing: wait for queued kernels
                 train_time = time.perf_counter() - started
 
-                steps.flush(at_stake())
-                train_loss = check_finite(loss_sum, samples)
+                steps.flush()
+                train_loss = self._finite_loss(model, state)
                 row = {
-                    "epoch": self.epoch + 1,
-                    "step": self.global_step,
+                    "epoch": state.epoch + 1,
+                    "step": state.global_step,
                     "train/loss": train_loss,
                     **self.validate(model, val, objective),
-                    "lr": float(optimizer.param_groups[0]["lr"]),
-                    "samples_per_s": (samples - skipped_samples) / train_time
-                    if train_time > 0
-                    else float("nan"),
+                    "lr": self._lr,
+                    "samples_per_s": (state.samples - resumed_samples) / max(train_time, 1e-9),
                     "epoch_time_s": time.perf_counter() - started,
-                    **steps.epoch_stats(self.epoch + 1),
+                    **steps.epoch_stats(state.epoch + 1),
                     "memory_mb": peak_memory_mb(self.device),
                 }
-                self.history.append(row)
-                self.epoch += 1
-                self.step_in_epoch = 0
-                loss_sum.zero_()
-                samples = self._samples = 0
-                epoch_start_rng = train.generator.get_state()
+                state.end_epoch(row, next_rng=train.generator.get_state())
 
-                observation = overfit.update(self.epoch, train_loss, row["val/loss"])
+                observation = overfit.update(state.epoch, train_loss, row["val/loss"])
                 if observation:
-                    log.warning("epoch %d: %s", self.epoch, observation)
-                    self.observations.append(f"epoch {self.epoch}: {observation}")
+                    log.warning("epoch %d: %s", state.epoch, observation)
+                    state.observations.append(f"epoch {state.epoch}: {observation}")
                 schedule.after_epoch(row[self.monitor])
-                if improved(row[self.monitor], self.best_score, self.monitor_mode):
-                    self.best_score, self.best_epoch = row[self.monitor], self.epoch
+                self._lr = float(optimizer.param_groups[0]["lr"])
+                if improved(row[self.monitor], state.best_score, self.monitor_mode):
+                    state.best_score, state.best_epoch = row[self.monitor], state.epoch
                     save_checkpoint(self.checkpoint_dir / BEST, self._model_state(model))
-                if cfg.early_stopping.enabled and stopper.update(row[cfg.early_stopping.monitor]):
-                    self.should_stop = True
-                save_last(loss_sum, samples, epoch_start_rng)
+                if stop.enabled and stopper.update(row[stop.monitor]):
+                    state.should_stop = True
+                self._save_last(model, parts)
                 self.callbacks.call("on_epoch_end", self, row)
         except BaseException as error:
             self.callbacks.call("on_exception", self, error)
             raise
+        return self._finish(model)
 
-        stopped_early = self.epoch < cfg.epochs
-        best_path = self.checkpoint_dir / BEST
-        if not best_path.exists():
-            # The monitored metric was never finite: keep the last weights as the best we have.
-            save_checkpoint(best_path, self._model_state(model))
-        model.load_state_dict(load_checkpoint(best_path, map_location=self.device)["model"])
-        self.callbacks.call("on_fit_end", self)
-        return FitResult(
-            self.history,
-            self.best_epoch,
-            self.best_score,
-            stopped_early,
-            best_path,
-            observations=list(self.observations),
-        )
+    # --- the TrainingState callbacks read -------------------------------------------------------
+
+    @property
+    def epochs(self) -> int:
+        return self.state.epochs
+
+    @property
+    def epoch(self) -> int:
+        return self.state.epoch
+
+    @property
+    def global_step(self) -> int:
+        return self.state.global_step
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.state.steps_per_epoch
+
+    @property
+    def step_in_epoch(self) -> int:
+        return self.state.step_in_epoch
+
+    @property
+    def samples_in_epoch(self) -> int:
+        """Training samples seen so far in the current epoch."""
+        return self.state.samples
+
+    @property
+    def history(self) -> list[dict[str, float]]:
+        return self.state.history
+
+    @property
+    def best_score(self) -> float | None:
+        return self.state.best_score
+
+    @property
+    def best_epoch(self) -> int | None:
+        return self.state.best_epoch
+
+    @property
+    def should_stop(self) -> bool:
+        return self.state.should_stop
+
+    @should_stop.setter
+    def should_stop(self, value: bool) -> None:
+        self.state.should_stop = value
 
     @property
     def lr(self) -> float:
         """The learning rate of the first parameter group right now (nan before fit)."""
-        return float(self.optimizer.param_groups[0]["lr"]) if self.optimizer else math.nan
+        return self._lr
 
     @property
     def step_rows(self) -> list[tuple[float, ...]]:
         """One row per optimizer step so far: step, epoch, lr, loss, gradient norm."""
         return self.monitor_steps.rows if self.monitor_steps else []
 
-    @property
-    def samples_in_epoch(self) -> int:
-        """Training samples seen so far in the current epoch."""
-        return self._samples
-
     def running_loss(self) -> float:
         """Mean training loss of the epoch so far (synchronises with the device)."""
-        if self._loss_sum is None or self._samples == 0:
-            return float("nan")
-        return float(self._loss_sum.item()) / self._samples
+        return self.state.mean_loss() if self.state.samples else float("nan")
 
     # --- evaluation ---------------------------------------------------------------------------
 
@@ -358,36 +281,71 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------
 
+    def _step_monitor(self, model: torch.nn.Module) -> StepMonitor:
+        return StepMonitor(
+            [n for n, p in model.named_parameters() if p.requires_grad],
+            self.device,
+            scaled=getattr(self.precision, "scaler", None) is not None,
+            precision=self.config.precision,
+            checkpoint=self.checkpoint_dir / LAST,
+        )
+
     def _model_state(self, model: torch.nn.Module) -> dict[str, Any]:
         return {
             "model": model.state_dict(),
-            "epoch": self.epoch,
-            "global_step": self.global_step,
-            "metrics": self.history[-1] if self.history else {},
+            "epoch": self.state.epoch,
+            "global_step": self.state.global_step,
+            "metrics": self.state.history[-1] if self.state.history else {},
             **self.metadata,
         }
 
-    def _loop_state(self) -> dict[str, Any]:
-        return {
-            "epoch": self.epoch,
-            "step_in_epoch": self.step_in_epoch,
-            "global_step": self.global_step,
-            "history": self.history,
-            "best_score": self.best_score,
-            "best_epoch": self.best_epoch,
-            "should_stop": self.should_stop,
-            "observations": self.observations,
-        }
+    def _save_last(self, model: torch.nn.Module, parts: dict[str, Stateful]) -> None:
+        """last.pt: everything needed to continue exactly from here, even mid-epoch."""
+        self._finite_loss(model, self.state)  # never checkpoint a diverged run
+        state = self._model_state(model)
+        state.update({name: part.state_dict() for name, part in parts.items()})
+        state["rng"] = rng_states()
+        save_checkpoint(self.checkpoint_dir / LAST, state)
 
-    def _load_loop_state(self, loop: dict[str, Any]) -> None:
-        self.epoch = loop["epoch"]
-        self.step_in_epoch = loop["step_in_epoch"]
-        self.global_step = loop["global_step"]
-        self.history = list(loop["history"])
-        self.best_score = loop["best_score"]
-        self.best_epoch = loop["best_epoch"]
-        self.should_stop = loop["should_stop"]
-        self.observations = list(loop.get("observations", []))
+    def _restore(
+        self, checkpoint: dict[str, Any], model: torch.nn.Module, parts: dict[str, Stateful]
+    ) -> None:
+        """Undo :meth:`_save_last`: weights, every part's state and every RNG."""
+        model.load_state_dict(checkpoint["model"])
+        for name, part in parts.items():
+            part.load_state_dict(checkpoint[name])
+        restore_rng_states(checkpoint["rng"])
+
+    def _finite_loss(self, model: torch.nn.Module, state: LoopState) -> float:
+        """The epoch's mean loss so far; raises before non-finite weights are checkpointed."""
+        loss = state.mean_loss()
+        if math.isfinite(loss) and all(bool(p.isfinite().all()) for p in model.parameters()):
+            return loss
+        what = f"loss became {loss}" if not math.isfinite(loss) else "weights became non-finite"
+        raise NonFiniteLossError(
+            f"training {what} in epoch {state.epoch + 1} (lr {self._lr:.3g}). "
+            f"{at_stake(self.checkpoint_dir / LAST)}Likely fixes: lower train.optimizer.lr, set "
+            f"train.grad_clip, {precision_advice(self.config.precision)}or check the inputs for "
+            "extreme values"
+        )
+
+    def _finish(self, model: torch.nn.Module) -> FitResult:
+        """Load the best weights into ``model`` and say how training went."""
+        best_path = self.checkpoint_dir / BEST
+        if not best_path.exists():
+            # The monitored metric was never finite: keep the last weights as the best we have.
+            save_checkpoint(best_path, self._model_state(model))
+        model.load_state_dict(load_checkpoint(best_path, map_location=self.device)["model"])
+        self.callbacks.call("on_fit_end", self)
+        state = self.state
+        return FitResult(
+            state.history,
+            state.best_epoch,
+            state.best_score,
+            state.epoch < self.config.epochs,
+            best_path,
+            observations=list(state.observations),
+        )
 
     def _check_monitors(self, objective: Objective) -> None:
         known = ["train/loss", "val/loss", *(f"val/{m}" for m in objective.metric_names)]
@@ -402,20 +360,12 @@ class Trainer:
                 )
 
 
-def clip_gradients(
-    parameters: list[torch.nn.Parameter], norms: torch.Tensor, max_norm: float
-) -> None:
-    """``clip_grad_norm_`` reusing the per-parameter norms already computed for logging.
+class Stateful(Protocol):
+    """Anything a checkpoint saves and a resume restores."""
 
-    Same arithmetic as torch's (total norm, ``max_norm / (total + 1e-6)`` clamped at 1), so
-    the update matches a plain loop that calls ``clip_grad_norm_``.
-    """
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return
-    total = torch.linalg.vector_norm(norms)
-    scale = torch.clamp(max_norm / (total + 1e-6), max=1.0)
-    torch._foreach_mul_(grads, scale.to(grads[0].device))
+    def state_dict(self) -> dict[str, Any]: ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
 def predict_raw(

@@ -1,0 +1,80 @@
+"""One optimizer step: the few lines every gradient-descent loop in mlsmith shares.
+
+The Trainer, the LR finder, the cost estimate and the one-batch overfitting check all step
+through :func:`optimizer_step`, so mixed precision, gradient accumulation, clipping and the
+gradient-norm measurement behave the same everywhere, and a fix in one place fixes them all.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from mlsmith.training.diagnostics import gradient_norms
+from mlsmith.training.precision import Precision
+
+Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# Called after the gradients are measured and before the weights change: (the step's mean loss,
+# the total gradient norm before clipping, the per-parameter norms). Raising stops the update.
+BeforeUpdate = Callable[[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"], Any]
+
+
+@dataclass
+class StepResult:
+    """What one step did: its mean loss and gradient norms stay on the device (never waited for)."""
+
+    loss: torch.Tensor  # () mean loss over the step's samples, detached
+    samples: int
+    grad_norm: torch.Tensor | None  # () total norm before clipping, when measured
+    grad_norms: torch.Tensor | None  # (P,) per-parameter norms before clipping, when measured
+
+
+def optimizer_step(
+    micro_batches: Sequence[Batch],
+    *,
+    forward: Callable[..., torch.Tensor],
+    loss_fn: LossFn,
+    optimizer: torch.optim.Optimizer,
+    precision: Precision,
+    params: list[torch.nn.Parameter] | None = None,
+    clip: float | None = None,
+    measure: bool = False,
+    before_update: BeforeUpdate | None = None,
+) -> StepResult:
+    """Forward and backward over ``micro_batches`` (accumulated), then one update.
+
+    Each micro-batch's mean loss is weighted by its share of the step's samples, so
+    accumulating A batches of B is the same update as one batch of A*B, a partial last batch
+    included; without accumulation the share is 1 and the maths is exactly a plain loop's.
+    With ``measure`` or ``clip`` the true (unscaled) gradient norms of ``params`` are taken
+    before clipping; ``clip`` caps their total as ``torch.nn.utils.clip_grad_norm_`` does.
+    """
+    n_step = sum(len(target) for _, target in micro_batches)
+    step_loss = torch.zeros((), device=micro_batches[0][1].device)
+    for inputs, target in micro_batches:
+        with precision.autocast():
+            loss = loss_fn(forward(**inputs), target)
+        share = len(target) / n_step
+        precision.backward(loss if share == 1 else loss * share)
+        step_loss.add_(loss.detach(), alpha=share)
+    norms = total = None
+    if measure or clip is not None:
+        params = params if params is not None else _trainable(optimizer)
+        precision.unscale(optimizer)
+        norms = gradient_norms(params)
+        total = torch.linalg.vector_norm(norms)
+        if clip is not None:
+            torch.nn.utils.clip_grads_with_norm_(params, clip, total)
+    if before_update is not None:
+        before_update(step_loss, total, norms)
+    precision.step(optimizer)
+    optimizer.zero_grad(set_to_none=True)
+    return StepResult(step_loss, n_step, total, norms)
+
+
+def _trainable(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:
+    return [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
