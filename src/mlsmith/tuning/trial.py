@@ -1,4 +1,7 @@
-"""One trial: sample the space, train with a pruning callback, tell the study."""
+"""One trial: sample the space, train with a pruning callback, tell the study.
+
+An interrupt (Ctrl-C, SIGTERM) passes through untouched: the study loop re-queues the trial.
+"""
 
 from __future__ import annotations
 
@@ -17,21 +20,19 @@ from mlsmith.errors import ConfigError, MlsmithError, did_you_mean
 if TYPE_CHECKING:
     import optuna
 
-    from mlsmith.training.trainer import Trainer
+    from mlsmith.training.callbacks import TrainingState
 
 from mlsmith.tuning.space import apply_params, suggest
+from mlsmith.tuning.trial_queue import ERROR_ATTR, trial_for
 
 log = logging.getLogger(__name__)
-
-
-# --- one trial --------------------------------------------------------------------------------
 
 
 class PruningCallback:
     """Reports the tuned metric each epoch (or boosting round) and stops a hopeless trial.
 
     Generic over model families: it reads only ``row["epoch"]``, ``row[metric]`` and sets
-    ``trainer.should_stop``.
+    ``state.should_stop``.
     """
 
     def __init__(self, trial: optuna.Trial, metric: str, direction: str) -> None:
@@ -42,10 +43,10 @@ class PruningCallback:
         self.pruned_at: int | None = None
         self.unknown_metric: list[str] | None = None
 
-    def on_epoch_end(self, trainer: Trainer, row: dict[str, float]) -> None:
+    def on_epoch_end(self, state: TrainingState, row: dict[str, float]) -> None:
         if self.metric not in row:
             self.unknown_metric = sorted(k for k in row if k.startswith(("val/", "train/")))
-            trainer.should_stop = True
+            state.should_stop = True
             return
         value = float(row[self.metric])
         if not math.isfinite(value):
@@ -54,7 +55,7 @@ class PruningCallback:
         self.trial.report(value, step=int(row["epoch"]))
         if self.trial.should_prune():
             self.pruned_at = int(row["epoch"])
-            trainer.should_stop = True
+            state.should_stop = True
 
     @property
     def best(self) -> float | None:
@@ -73,13 +74,16 @@ def run_trial(
     parent_run_id: str | None,
     preflight: bool,
 ) -> str:
-    """Sample, train and tell one trial; returns its final state's name."""
-    import optuna
+    """Sample, train and tell the claimed trial ``trial_id``; returns its final state's name.
+
+    Every failure records its ``error`` before the trial is told FAIL: that is what tells an
+    ordinary failure (it counts toward the budget) from a process that died (re-queued).
+    """
     from optuna.trial import TrialState
 
     from mlsmith.pipeline import run_training
 
-    trial = optuna.Trial(study, trial_id)
+    trial = trial_for(study, trial_id)
     # Which process ran it: with several workers (or machines) the first thing to ask.
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     params = {key: suggest(trial, key, param) for key, param in tune.space.items()}
@@ -100,31 +104,29 @@ def run_trial(
             progress=False,
             epoch_lines=False,
         )
-    except KeyboardInterrupt:
-        trial.set_user_attr("error", "interrupted")
-        study.tell(trial, state=TrialState.FAIL)
-        raise
     except Exception as error:  # a broken trial must not end the study
         message = str(error) if isinstance(error, MlsmithError) else repr(error)
         log.warning("trial %d failed: %s", trial.number, message)
-        trial.set_user_attr("error", message)
+        trial.set_user_attr(ERROR_ATTR, message)
         study.tell(trial, state=TrialState.FAIL)
         return "FAIL"
     trial.set_user_attr("run_dir", str(run.path))
     if callback.unknown_metric is not None:
-        study.tell(trial, state=TrialState.FAIL)
-        raise ConfigError(
+        unknown = ConfigError(
             f"tune.metric: unknown metric '{tune.metric}'"
             f"{did_you_mean(tune.metric, callback.unknown_metric)}; available: "
             + ", ".join(callback.unknown_metric)
         )
+        trial.set_user_attr(ERROR_ATTR, str(unknown))
+        study.tell(trial, state=TrialState.FAIL)
+        raise unknown
     if callback.pruned_at is not None:
         log.info("trial %d pruned at epoch %d", trial.number, callback.pruned_at)
         _mark_run(cfg, run.info.get("mlflow_run_id"), "KILLED", trial.number)
         study.tell(trial, state=TrialState.PRUNED)
         return "PRUNED"
     if callback.best is None:
-        trial.set_user_attr("error", f"{tune.metric} was never finite")
+        trial.set_user_attr(ERROR_ATTR, f"{tune.metric} was never finite")
         study.tell(trial, state=TrialState.FAIL)
         return "FAIL"
     _mark_run(cfg, run.info.get("mlflow_run_id"), None, trial.number)

@@ -1,102 +1,25 @@
-"""`mlsmith tune`: search space checks, pruning, failing trials, best.yaml, resume after
-kill -9, several workers on PostgreSQL, MLflow parent and nested runs, the CLI."""
+"""The study loop: pruning, failing trials, best.yaml, MLflow runs, resume after kill -9 or
+Ctrl-C (the stopped attempt re-queued), several workers on PostgreSQL, the CLI."""
 
 from __future__ import annotations
 
 import contextlib
-import os
 import signal
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 import yaml
-from tests.conftest import CliResult, config_dict, make_table
+from tests.conftest import CliResult, config_dict
+from tests.tuning.tune_data import LR_SPACE, PG_URL, needs_postgres, pg_storage, tune_config, write
 
 from mlsmith.config import load_config
-from mlsmith.errors import ConfigError
-
-# A bare postgresql:// URL: SQLAlchemy 2.1 opens it with psycopg 3, the [postgres] extra's driver,
-# so the URL mlsmith is given works unchanged in Optuna itself.
-PG_URL = os.environ.get("MLSMITH_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-LR_SPACE = {"type": "float", "low": 1e-7, "high": 1e-1, "log": True}
-
-
-def tune_config(tmp_path: Path, space: dict[str, Any], **tune: Any) -> dict[str, Any]:
-    data = tmp_path / "data.csv"
-    if not data.exists():
-        make_table("binary", rows=160).to_csv(data, index=False)
-    cfg = config_dict(data, tmp_path / "runs", tune={"space": space, **tune})
-    cfg["train"].update(epochs=3, preflight=False)
-    cfg["train"]["early_stopping"] = {"enabled": False}
-    cfg["eval"]["bootstrap"] = 0
-    return cfg
-
-
-def write(tmp_path: Path, cfg: dict[str, Any]) -> Path:
-    path = tmp_path / "tune.yaml"
-    path.write_text(yaml.safe_dump(cfg))
-    return path
-
-
-# --- the search space -------------------------------------------------------------------------
-
-
-def test_space_keys_and_ranges_are_checked(tmp_path: Path) -> None:
-    from mlsmith.tuning import tune_section
-
-    cfg = load_config(tune_config(tmp_path, {"train.optimzer.lr": LR_SPACE}))
-    with pytest.raises(
-        ConfigError, match=r"train\.optimzer\.lr.*did you mean 'train\.optimizer\.lr'"
-    ):
-        tune_section(cfg)
-    with pytest.raises(ConfigError, match="low must be < high"):
-        load_config(tune_config(tmp_path, {"train.optimizer.lr": {"low": 1.0, "high": 0.1}}))
-    with pytest.raises(ConfigError, match="log needs low > 0"):
-        load_config(
-            tune_config(
-                tmp_path, {"train.batch_size": {"type": "int", "low": 0, "high": 8, "log": True}}
-            )
-        )
-    with pytest.raises(ConfigError, match="unknown key"):
-        load_config(
-            tune_config(
-                tmp_path, {"train.batch_size": {"type": "int", "low": 1, "high": 8, "stp": 2}}
-            )
-        )
-    no_tune = config_dict(tmp_path / "data.csv", tmp_path / "runs")
-    with pytest.raises(ConfigError, match="needs a 'tune' section"):
-        tune_section(load_config(no_tune))
-
-
-def test_list_choices_round_trip(tmp_path: Path) -> None:
-    import optuna
-
-    from mlsmith.tuning import apply_params, decode_params, suggest
-
-    space = {"model.hidden": {"type": "categorical", "choices": [[8], [16, 8], None]}}
-    cfg = load_config(tune_config(tmp_path, space))
-    param = cfg.tune.space["model.hidden"]  # type: ignore[union-attr]
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
-    seen = []
-    for _ in range(12):
-        trial = study.ask()
-        value = suggest(trial, "model.hidden", param)
-        assert value in ([8], [16, 8], None)
-        assert decode_params(cfg.tune.space, trial.params)["model.hidden"] == value  # type: ignore[union-attr]
-        study.tell(trial, 0.0)
-        seen.append(value)
-    assert [8] in seen and [16, 8] in seen
-    assert apply_params(cfg, {"model.hidden": [16, 8]}).model.hidden == [16, 8]  # type: ignore[union-attr]
-
-
-# --- a study ----------------------------------------------------------------------------------
 
 
 def test_study_prunes_fails_tracks_and_best_reproduces(tmp_path: Path) -> None:
@@ -149,7 +72,8 @@ def test_study_prunes_fails_tracks_and_best_reproduces(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
 def test_study_resumes_after_kill(tmp_path: Path, stop: signal.Signals) -> None:
-    """kill -9 or Ctrl-C after the first trial; the same command finishes the study."""
+    """kill -9 or Ctrl-C after the first trial; the same command finishes the study, running
+    the stopped trial's attempt again."""
     import optuna
 
     # Trials long enough, and enough of them, that the process is still busy when the first one
@@ -189,8 +113,18 @@ def test_study_resumes_after_kill(tmp_path: Path, stop: signal.Signals) -> None:
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     trials = optuna.load_study(study_name="t", storage=storage).get_trials()
-    assert sorted(t.number for t in trials) == [0, 1, 2, 3]
+    # The budget: 4 trials finished (none fails on its own here: no pruning, a sane space). The
+    # attempt the signal stopped, if it caught one, is a FAIL of its own, re-queued: a fresh
+    # trial with the next number ran in its place.
+    assert sorted(t.number for t in trials) == list(range(len(trials)))
     assert all(t.state.is_finished() for t in trials)
+    complete = [t for t in trials if t.state.name == "COMPLETE"]
+    stopped = [t for t in trials if t.state.name != "COMPLETE"]
+    summary = [(t.number, t.state.name, t.user_attrs.get("error")) for t in trials]
+    assert len(complete) == 4 and len(stopped) <= 1, summary
+    assert all(t.state.name == "FAIL" for t in stopped), summary
+    if stop == signal.SIGINT:
+        assert all(t.user_attrs["error"].startswith("interrupted by SIGINT") for t in stopped)
     kept = {t.number: t for t in trials}
     for t in first:
         assert kept[t.number].state == t.state and kept[t.number].params == t.params
@@ -215,29 +149,43 @@ def _finished_trials(database: Path) -> int:
     return int(row[0])
 
 
-def _postgres_available() -> bool:
-    try:
-        import psycopg
+def test_interrupted_attempt_is_requeued_and_ordinary_failures_count(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SIGTERM during a trial: that attempt fails and a fresh trial takes its place, counted
+    apart; a trial that fails on its own (a NaN) counts toward the budget and is not retried."""
+    import mlsmith
+    import mlsmith.pipeline
+    from mlsmith.errors import Interrupted
 
-        with psycopg.connect(PG_URL, connect_timeout=3):
-            return True
-    except Exception:
-        return False
+    cfg = tune_config(tmp_path, {"train.optimizer.lr": LR_SPACE}, trials=3, pruner="none")
+    train = mlsmith.pipeline.run_training
+    calls: list[int] = []
+
+    def nan_then_sigterm(config: Any, **kwargs: Any) -> Any:
+        calls.append(len(calls))
+        if len(calls) == 1:
+            raise ValueError("loss became nan")
+        if len(calls) == 2:
+            raise Interrupted(signal.SIGTERM)
+        return train(config, **kwargs)
+
+    monkeypatch.setattr(mlsmith.pipeline, "run_training", nan_then_sigterm)
+    with pytest.raises(KeyboardInterrupt):
+        mlsmith.tune(cfg)
+    result = mlsmith.tune(cfg)  # the same call resumes the study
+
+    trials = {t.number: t for t in result.trials}
+    summary = {n: (t.state, t.error) for n, t in trials.items()}
+    assert sorted(trials) == [0, 1, 2, 3], summary
+    assert trials[0].state == "FAIL" and "nan" in (trials[0].error or ""), summary
+    assert trials[1].state == "INTERRUPTED" and "SIGTERM" in (trials[1].error or ""), summary
+    assert trials[2].state == trials[3].state == "COMPLETE", summary
+    assert result.counts["COMPLETE"] + result.counts["FAIL"] == 3, result.counts
+    assert result.counts["INTERRUPTED"] == 1 and len(calls) == 4, result.counts
 
 
-@contextlib.contextmanager
-def _pg_storage() -> Iterator[Any]:
-    """Optuna's own storage on the bare URL, its connections closed afterwards."""
-    import optuna
-
-    storage = optuna.storages.RDBStorage(PG_URL)
-    try:
-        yield storage
-    finally:
-        storage.engine.dispose()
-
-
-@pytest.mark.skipif(not _postgres_available(), reason=f"no PostgreSQL at {PG_URL}")
+@needs_postgres
 def test_two_workers_on_postgres_run_exactly_the_budget(tmp_path: Path) -> None:
     import optuna
 
@@ -249,7 +197,7 @@ def test_two_workers_on_postgres_run_exactly_the_budget(tmp_path: Path) -> None:
     cfg["train"]["epochs"] = 6
     try:
         result = mlsmith.tune(cfg, storage=PG_URL, study=name, workers=2)
-        with _pg_storage() as storage:
+        with pg_storage() as storage:
             trials = optuna.load_study(study_name=name, storage=storage).get_trials()
         assert sorted(t.number for t in trials) == list(range(10))
         assert all(t.state == optuna.trial.TrialState.COMPLETE for t in trials)
@@ -258,7 +206,7 @@ def test_two_workers_on_postgres_run_exactly_the_budget(tmp_path: Path) -> None:
         workers = [t.user_attrs["worker"] for t in trials]
         assert len(set(workers)) == 2, workers  # both processes really ran trials
     finally:
-        with _pg_storage() as storage:
+        with pg_storage() as storage:
             optuna.delete_study(study_name=name, storage=storage)
 
 
