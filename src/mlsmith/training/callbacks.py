@@ -84,17 +84,24 @@ class CallbackList:
 
     def __init__(self, callbacks: Iterable[object]) -> None:
         self.callbacks = list(callbacks)
-        self.hooks: dict[str, list[Callable[..., Any]]] = {
-            hook: [m for c in self.callbacks if (m := getattr(c, hook, None)) is not None]
-            for hook in HOOKS
-        }
+        self.hooks = {hook: self._methods(hook) for hook in HOOKS}
 
     def call(self, hook: str, *args: Any) -> None:
         methods = self.hooks.get(hook)
         if methods is None:  # a hook outside HOOKS: look it up each time
-            methods = [m for c in self.callbacks if (m := getattr(c, hook, None)) is not None]
+            methods = self._methods(hook)
         for method in methods:
             method(*args)
+
+    def _methods(self, hook: str) -> list[Callable[..., Any]]:
+        """The callbacks' methods for ``hook``, leaving out :class:`Callback`'s no-op defaults."""
+        noop = getattr(Callback, hook, None)
+        return [
+            method
+            for c in self.callbacks
+            if (method := getattr(c, hook, None)) is not None
+            and getattr(type(c), hook, None) is not noop
+        ]
 
 
 def resolve_mode(monitor: str, mode: str) -> str:

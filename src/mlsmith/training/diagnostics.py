@@ -20,8 +20,6 @@ from mlsmith.errors import MlsmithError
 
 # Steps between looks at the recorded values on a GPU: each look waits for queued kernels.
 CUDA_CHECK_EVERY = 25
-# Steps between turning the CPU's recorded values into rows (each step is already checked).
-FLUSH_EVERY = 256
 STEP_COLUMNS = ("step", "epoch", "lr", "loss", "grad_norm")
 
 
@@ -31,7 +29,7 @@ class NonFiniteLossError(MlsmithError):
     exit_code = 1
 
 
-@dataclass
+@dataclass(slots=True)
 class _Pending:
     step: int
     epoch: int
@@ -50,11 +48,11 @@ class StepMonitor:
     skips that update and lowers the scale), so only a non-finite *loss* stops training.
     ``checkpoint`` is the last-good checkpoint a diagnosis names.
 
-    Values stay device tensors until read in bulk: every :data:`FLUSH_EVERY` steps on the CPU,
-    where a one-number finiteness test before each update costs microseconds and guarantees a
-    NaN never reaches the weights; every :data:`CUDA_CHECK_EVERY` steps on a GPU, where any read
-    waits for the device, so a NaN is caught a few steps late and the last good checkpoint (no
-    non-finite weights are ever checkpointed) is what is kept.
+    On the CPU each step's loss and gradient norm are read and checked before its update: a read
+    costs a microsecond there, and a NaN never reaches the weights. On a GPU any read waits for
+    the device, so the values stay device tensors and are read in bulk every
+    :data:`CUDA_CHECK_EVERY` steps: a NaN is caught a few steps late, and the last good
+    checkpoint (no non-finite weights are ever checkpointed) is what is kept.
     """
 
     names: list[str]
@@ -100,14 +98,22 @@ class StepMonitor:
         norms: torch.Tensor | None,
     ) -> None:
         """Record one step before its update and check it as the device allows (see above)."""
-        self.record(step, epoch, lr, loss, norms, total)
         if self.device.type == "cuda":
+            self.record(step, epoch, lr, loss, norms, total)
             if len(self._pending) >= CUDA_CHECK_EVERY:
                 self.flush()
             return
-        value = loss if total is None or self.scaled else loss + total
-        if not bool(torch.isfinite(value)) or len(self._pending) >= FLUSH_EVERY:
-            self.flush()
+        # On the CPU a read waits for nothing: two numbers, checked before the weights change.
+        self.flush()
+        value = float(loss)
+        grad = math.nan if total is None else float(total)
+        if not math.isfinite(value) or (
+            total is not None and not self.scaled and not math.isfinite(grad)
+        ):
+            culprits = self._non_finite(norms) if norms is not None else []
+            pending = _Pending(step, epoch, lr, loss, total, norms)
+            raise NonFiniteLossError(self._diagnosis(pending, value, grad, culprits))
+        self._rows.append((step, epoch, lr, value, grad))
 
     def flush(self, check: bool = True) -> None:
         """Read the queued values; raise :class:`NonFiniteLossError` at the first bad step
@@ -196,24 +202,36 @@ def rows_of_epoch(rows: list[tuple[float, ...]], epoch: int) -> list[tuple[float
 
 
 def gradient_norms(parameters: list[torch.nn.Parameter]) -> torch.Tensor:
-    """Per-parameter gradient L2 norms as one (P,) tensor; 0 for a parameter without a gradient.
+    """Per-parameter gradient L2 norms as one (P,) tensor; 0 for a parameter without a gradient."""
+    return gradient_norms_and_total(parameters)[0]
 
-    One fused kernel per device instead of a kernel per parameter. ``torch._foreach_norm`` is
-    private (torch's own clip_grad_norm_ uses it), so this is the one place that calls it, with
-    the per-tensor public equivalent should it ever go; tests compare the two.
+
+def gradient_norms_and_total(
+    parameters: list[torch.nn.Parameter],
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-parameter gradient L2 norms (P,), 0 where there is no gradient, and their total.
+
+    The total is computed as ``torch.nn.utils.clip_grad_norm_`` computes it (over the gradients
+    present), so clipping with it gives torch's update exactly. One fused kernel per device for
+    the per-parameter norms: ``torch._foreach_norm`` is private (torch's own clipping uses it),
+    so this is the one place that calls it, with the per-tensor public equivalent should it go.
     """
     grads = [p.grad for p in parameters if p.grad is not None]
     if not grads:
-        return torch.zeros(len(parameters))
+        return torch.zeros(len(parameters)), torch.zeros(())
     foreach_norm = getattr(torch, "_foreach_norm", None)
     computed = (
         foreach_norm(grads)
         if foreach_norm is not None
         else [torch.linalg.vector_norm(g) for g in grads]
     )
+    present = torch.stack(computed)
+    total = torch.linalg.vector_norm(present)
+    if len(grads) == len(parameters):  # the usual case: nothing to fill in
+        return present, total
     norms = iter(computed)
     zero = torch.zeros((), device=grads[0].device)
-    return torch.stack([next(norms) if p.grad is not None else zero for p in parameters])
+    return torch.stack([next(norms) if p.grad is not None else zero for p in parameters]), total
 
 
 class OverfitWatch:

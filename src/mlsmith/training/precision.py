@@ -13,6 +13,8 @@ from typing import Any
 import torch
 
 log = logging.getLogger(__name__)
+# nullcontext holds no state: one serves every step.
+_NO_AUTOCAST = nullcontext()
 
 
 class Precision:
@@ -24,7 +26,7 @@ class Precision:
         self.device = device
 
     def autocast(self) -> AbstractContextManager[Any]:
-        return nullcontext()
+        return _NO_AUTOCAST
 
     def backward(self, loss: torch.Tensor) -> None:
         loss.backward()

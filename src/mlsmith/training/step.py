@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from mlsmith.training.diagnostics import gradient_norms
+from mlsmith.training.diagnostics import gradient_norms_and_total
 from mlsmith.training.precision import Precision
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
@@ -23,7 +23,7 @@ LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 BeforeUpdate = Callable[[torch.Tensor, "torch.Tensor | None", "torch.Tensor | None"], Any]
 
 
-@dataclass
+@dataclass(slots=True)
 class StepResult:
     """What one step did: its mean loss and gradient norms stay on the device (never waited for)."""
 
@@ -53,20 +53,26 @@ def optimizer_step(
     With ``measure`` or ``clip`` the true (unscaled) gradient norms of ``params`` are taken
     before clipping; ``clip`` caps their total as ``torch.nn.utils.clip_grad_norm_`` does.
     """
-    n_step = sum(len(target) for _, target in micro_batches)
-    step_loss = torch.zeros((), device=micro_batches[0][1].device)
-    for inputs, target in micro_batches:
+    if len(micro_batches) == 1:  # no accumulation: exactly a plain loop's step
+        (inputs, target), n_step = micro_batches[0], len(micro_batches[0][1])
         with precision.autocast():
             loss = loss_fn(forward(**inputs), target)
-        share = len(target) / n_step
-        precision.backward(loss if share == 1 else loss * share)
-        step_loss.add_(loss.detach(), alpha=share)
+        precision.backward(loss)
+        step_loss = loss.detach()
+    else:
+        n_step = sum(len(target) for _, target in micro_batches)
+        step_loss = torch.zeros((), device=micro_batches[0][1].device)
+        for inputs, target in micro_batches:
+            with precision.autocast():
+                loss = loss_fn(forward(**inputs), target)
+            share = len(target) / n_step
+            precision.backward(loss * share)
+            step_loss.add_(loss.detach(), alpha=share)
     norms = total = None
     if measure or clip is not None:
         params = params if params is not None else _trainable(optimizer)
         precision.unscale(optimizer)
-        norms = gradient_norms(params)
-        total = torch.linalg.vector_norm(norms)
+        norms, total = gradient_norms_and_total(params)
         if clip is not None:
             torch.nn.utils.clip_grads_with_norm_(params, clip, total)
     if before_update is not None:
