@@ -7,9 +7,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlsmith.data.tables import SUFFIXES, require_columns
+from mlsmith.data.tables import SUFFIXES
 from mlsmith.errors import ConfigError, DataError
 from mlsmith.files import atomic_path
+from mlsmith.runtime.frames import require_columns
+from mlsmith.runtime.outputs import output_frame
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -20,12 +22,7 @@ if TYPE_CHECKING:
 
 def decoded_frame(task: Task, decoded: np.ndarray) -> pd.DataFrame:
     """``prediction`` (original labels or values) and, for classes, ``proba_<class>`` columns."""
-    import pandas as pd
-
-    columns: dict[str, np.ndarray] = {"prediction": task.labels(decoded)}
-    for i, label in enumerate(task.classes):
-        columns[f"proba_{label}"] = decoded[:, i]
-    return pd.DataFrame(columns)
+    return output_frame(task.classes, decoded)
 
 
 def predict_frame(model: Model, frame: pd.DataFrame, source: str = "input") -> pd.DataFrame:

@@ -16,6 +16,7 @@ import numpy as np
 
 from mlsmith.columns import numbers_as_text
 from mlsmith.errors import DataError
+from mlsmith.runtime import outputs
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -111,7 +112,7 @@ class ClassificationTask(Task):
         return [c for c in self.classes if _label_key(c) not in present]
 
     def labels(self, decoded: np.ndarray) -> np.ndarray:
-        return np.asarray(self.classes, dtype=object)[decoded.argmax(axis=1)]
+        return outputs.class_labels(self.classes, decoded)
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "classes": self.classes}
@@ -135,9 +136,7 @@ class BinaryTask(ClassificationTask):
         return F.binary_cross_entropy_with_logits(output.float().squeeze(-1), target)
 
     def decode(self, raw: np.ndarray) -> np.ndarray:
-        logits = raw.reshape(len(raw), -1)[:, 0].astype(np.float64)
-        positive = 1.0 / (1.0 + np.exp(-logits))
-        return np.stack([1.0 - positive, positive], axis=1)
+        return outputs.binary_probabilities(raw)
 
 
 class MulticlassTask(ClassificationTask):
@@ -153,10 +152,7 @@ class MulticlassTask(ClassificationTask):
         return F.cross_entropy(output.float(), target)
 
     def decode(self, raw: np.ndarray) -> np.ndarray:
-        logits = raw.astype(np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
-        return exp / exp.sum(axis=1, keepdims=True)
+        return outputs.softmax(raw)
 
 
 class RegressionTask(Task):
@@ -196,7 +192,7 @@ class RegressionTask(Task):
         return F.mse_loss(output.float().squeeze(-1), target)
 
     def decode(self, raw: np.ndarray) -> np.ndarray:
-        return raw.reshape(len(raw), -1)[:, 0].astype(np.float64) * self.std + self.mean
+        return outputs.unstandardise(raw, self.mean, self.std)
 
     def labels(self, decoded: np.ndarray) -> np.ndarray:
         return decoded

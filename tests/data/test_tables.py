@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 from tests.conftest import make_table
 
-from mlsmith.data.tables import fingerprint, iter_table, read_table, require_columns
+from mlsmith.data.tables import fingerprint, iter_table, read_table
 from mlsmith.errors import DataError
+from mlsmith.runtime.frames import require_columns
 
 BUILTINS = {
     "iris": (150, 5),

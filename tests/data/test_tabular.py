@@ -17,13 +17,13 @@ from mlsmith.data.base import PREPROCESSING_FILE
 from mlsmith.data.splits import split_rows
 from mlsmith.data.tables import fingerprint, read_table
 from mlsmith.data.tabular import (
-    MISSING,
     TabularPreprocessor,
     drop_missing_target,
     load_preprocessor,
     prepare,
 )
 from mlsmith.errors import ConfigError, DataError
+from mlsmith.runtime.tabular import MISSING
 from mlsmith.tasks import RegressionTask, fit_task
 
 

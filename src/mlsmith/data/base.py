@@ -23,9 +23,10 @@ from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 import numpy as np
 
 from mlsmith.data.batches import BatchOptions, TensorBatches
-from mlsmith.data.tables import iter_table, read_table, require_columns
+from mlsmith.data.tables import iter_table, read_table
 from mlsmith.errors import DataError, RunError
 from mlsmith.files import read_json, write_json
+from mlsmith.runtime.frames import require_columns
 from mlsmith.tasks import ClassificationTask, Task, task_from_dict
 
 if TYPE_CHECKING:

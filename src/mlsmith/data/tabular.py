@@ -24,23 +24,16 @@ from mlsmith.data.base import (
     warn_missing_classes,
 )
 from mlsmith.data.splits import split_frames
-from mlsmith.data.tables import (
-    fingerprint,
-    mark_missing,
-    nested_columns,
-    read_table,
-    require_columns,
-)
+from mlsmith.data.tables import fingerprint, read_table
 from mlsmith.errors import ConfigError, DataError
+from mlsmith.runtime.frames import mark_missing, nested_columns, require_columns
+from mlsmith.runtime.tabular import TableEncoder, category_keys, numeric_matrix
 from mlsmith.tasks import Task, fit_task, infer_task
 
 if TYPE_CHECKING:
     import pandas as pd
 
 log = logging.getLogger(__name__)
-
-MISSING = "<missing>"
-UNKNOWN_INDEX = 0
 
 
 class TabularPreprocessor(Preprocessor):
@@ -68,9 +61,18 @@ class TabularPreprocessor(Preprocessor):
         self.stds = np.asarray(stds, dtype=np.float64)
         self.categorical = categorical
         self.vocabularies = vocabularies
-        self._lookups = [_lookup(v) for v in vocabularies]
         # data.na_values, kept so prediction reads new files' markers as training read them.
         self.na_values = list(na_values or [])
+        # The transform itself, shared with every model package (which has no mlsmith).
+        self.encoder = TableEncoder(
+            numeric=numeric,
+            medians=medians,
+            means=means,
+            stds=stds,
+            categorical=categorical,
+            vocabularies=vocabularies,
+            na_values=self.na_values,
+        )
 
     @classmethod
     def fit(
@@ -84,7 +86,7 @@ class TabularPreprocessor(Preprocessor):
     ) -> TabularPreprocessor:
         """Learn imputation, scaling and vocabularies from the training rows' features alone."""
         numeric = [c for c in features.columns if c not in categorical]
-        values = _numeric_matrix(features, numeric, "training split")
+        values = numeric_matrix(features, numeric, "training split")
         medians = np.zeros(len(numeric))
         means = np.zeros(len(numeric))
         stds = np.ones(len(numeric))
@@ -105,7 +107,7 @@ class TabularPreprocessor(Preprocessor):
             means=means.tolist(),
             stds=stds.tolist(),
             categorical=categorical,
-            vocabularies=[sorted(set(_category_keys(features[c]))) for c in categorical],
+            vocabularies=[sorted(set(category_keys(features[c]))) for c in categorical],
             na_values=na_values,
         )
 
@@ -115,25 +117,7 @@ class TabularPreprocessor(Preprocessor):
 
     def transform(self, frame: pd.DataFrame, source: str = "input") -> dict[str, np.ndarray]:
         """Raw rows to {'numeric': float32 (n, n_num), 'categorical': int64 (n, n_cat)}."""
-        require_columns(frame, self.features, source, "feature")
-        nested = nested_columns(frame, self.features)
-        if nested:
-            column, kind = next(iter(nested.items()))
-            raise DataError(
-                f"{source}: feature column '{column}' holds {kind} values; a feature must hold "
-                "numbers or text, as in the training data"
-            )
-        # Frames given in memory have not been through the reader that marks these missing.
-        if self.na_values:
-            frame = mark_missing(frame[self.features], self.na_values)
-        values = _numeric_matrix(frame, self.numeric, source)
-        values = np.where(np.isnan(values), self.medians, values)
-        numeric = ((values - self.means) / self.stds).astype(np.float32)
-        categorical = np.empty((len(frame), len(self.categorical)), dtype=np.int64)
-        for j, (column, lookup) in enumerate(zip(self.categorical, self._lookups, strict=True)):
-            # get_indexer gives -1 for unseen values; +1 maps that to the unknown bucket 0.
-            categorical[:, j] = lookup.get_indexer(_category_keys(frame[column])) + 1
-        return {"numeric": numeric, "categorical": categorical}
+        return self.encoder.transform(frame, source)
 
     def labelled_rows(self, frame: pd.DataFrame, source: str) -> pd.DataFrame:
         # Rows given in memory have not been through the reader that marks na_values missing.
@@ -355,52 +339,3 @@ def _categorical_columns(train: pd.DataFrame, config: Config) -> list[str]:
                 len(train),
             )
     return chosen
-
-
-def _numeric_matrix(frame: pd.DataFrame, columns: list[str], source: str) -> np.ndarray:
-    import pandas as pd
-
-    out = np.empty((len(frame), len(columns)), dtype=np.float64)
-    for j, column in enumerate(columns):
-        raw = frame[column]
-        values = pd.to_numeric(raw, errors="coerce")
-        bad = values.isna() & raw.notna()
-        if bad.any():
-            raise DataError(
-                f"{source}: numeric column '{column}' holds a non-numeric value "
-                f"{raw[bad].iloc[0]!r} (row {int(np.flatnonzero(bad.to_numpy())[0])}); add it "
-                "to data.na_values if it marks a missing value, or list the column in "
-                "data.categorical if it is a category"
-            )
-        out[:, j] = values.to_numpy(dtype=np.float64, na_value=np.nan)
-        infinite = np.isinf(out[:, j])
-        if infinite.any():
-            # An infinity would make the fitted mean infinite (unsaveable JSON) and the inputs NaN.
-            row = int(np.flatnonzero(infinite)[0])
-            raise DataError(
-                f"{source}: numeric column '{column}' holds an infinite value "
-                f"{float(out[row, j])!r} (row {row}); replace it, or empty the cell to impute it"
-            )
-    return out
-
-
-def _category_keys(column: pd.Series) -> np.ndarray:
-    """Category values as text, so 3, 3.0 and '3' (CSV chunks type them differently) agree."""
-    import pandas as pd
-
-    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
-        values = column.to_numpy(dtype=np.float64, na_value=np.nan)
-        return np.array(
-            [
-                MISSING if np.isnan(v) else (str(int(v)) if v.is_integer() else repr(v))
-                for v in values.tolist()
-            ],
-            dtype=object,
-        )
-    return np.array([MISSING if pd.isna(v) else str(v) for v in column.tolist()], dtype=object)
-
-
-def _lookup(vocabulary: list[str]) -> pd.Index:
-    import pandas as pd
-
-    return pd.Index(vocabulary, dtype=object)

@@ -26,15 +26,11 @@ from mlsmith.data.base import (
 )
 from mlsmith.data.batches import Batch, BatchOptions, TensorBatches
 from mlsmith.data.splits import split_frames
-from mlsmith.data.tables import fingerprint, read_table, require_columns
-from mlsmith.data.tokenizer import (
-    load_tokenizer_file,
-    pad_id,
-    tokenizer_from_json,
-    train_tokenizer,
-    vocabulary_size,
-)
+from mlsmith.data.tables import fingerprint, read_table
+from mlsmith.data.tokenizer import load_tokenizer_file, train_tokenizer, vocabulary_size
 from mlsmith.errors import DataError
+from mlsmith.runtime.frames import require_columns
+from mlsmith.runtime.text import TextEncoder, texts_of
 from mlsmith.tasks import Task, fit_task, infer_task
 
 if TYPE_CHECKING:
@@ -70,10 +66,12 @@ class TextPreprocessor(Preprocessor):
         # Where the tokenizer came from: "trained: wordpiece" or the file it was loaded from.
         self.tokenizer_source = tokenizer_source
         self._tokenizer_json = tokenizer
-        self.tokenizer: Tokenizer = tokenizer_from_json(tokenizer)
-        self.tokenizer.no_padding()  # padding is per batch, in TextBatches
-        self.tokenizer.enable_truncation(max_length)
-        self.pad_id = pad_id(self.tokenizer)
+        # The encoding itself, shared with every model package (which has no mlsmith).
+        self.encoder = TextEncoder(
+            tokenizer=tokenizer, text_column=text_column, max_length=max_length
+        )
+        self.tokenizer: Tokenizer = self.encoder.tokenizer
+        self.pad_id = self.encoder.pad_id
         self.vocab_size = vocabulary_size(self.tokenizer)
 
     @classmethod
@@ -84,7 +82,7 @@ class TextPreprocessor(Preprocessor):
             tokenizer, file = load_tokenizer_file(cfg.path)
             source = str(file)
         else:
-            tokenizer = train_tokenizer(_texts(train[data.text_column]), cfg)
+            tokenizer = train_tokenizer(texts_of(train[data.text_column]), cfg)
             source = f"trained: {cfg.kind}"
         # Saved without padding or truncation settings of its own: both are applied here.
         tokenizer.no_padding()
@@ -99,25 +97,13 @@ class TextPreprocessor(Preprocessor):
         )
 
     def encode(self, texts: list[str]) -> dict[str, np.ndarray]:
-        """Texts to {'input_ids': int32 (n, width), 'lengths': int32 (n,)}.
-
-        ``width`` is the longest text's token count (at least 1); shorter rows are padded.
-        """
-        encodings = self.tokenizer.encode_batch(texts, add_special_tokens=False)
-        lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int32, count=len(texts))
-        width = max(int(lengths.max(initial=0)), 1)
-        ids = np.full((len(texts), width), self.pad_id, dtype=np.int32)
-        flat = np.fromiter(
-            (i for e in encodings for i in e.ids), dtype=np.int32, count=int(lengths.sum())
-        )
-        # Row-major boolean assignment fills each row's first `length` cells in order.
-        ids[np.arange(width) < lengths[:, None]] = flat
-        return {"input_ids": ids, "lengths": lengths}
+        """Texts to {'input_ids': int32 (n, width), 'lengths': int32 (n,)}, padded to the
+        longest."""
+        return self.encoder.encode(texts)
 
     def transform(self, frame: pd.DataFrame, source: str = "input") -> dict[str, np.ndarray]:
         """Raw rows to token ids; a missing text is the empty text."""
-        require_columns(frame, [self.text_column], source, "text")
-        return self.encode(_texts(frame[self.text_column]))
+        return self.encoder.transform(frame, source)
 
     def batches(
         self, inputs: dict[str, np.ndarray], target: np.ndarray | None, options: BatchOptions
@@ -273,11 +259,6 @@ def _load(path: str, data: TextDataConfig, role: str) -> pd.DataFrame:
     if len(frame) == 0:
         raise DataError(f"{path}: every row's target '{data.target}' is missing")
     return frame.reset_index(drop=True)
-
-
-def _texts(column: pd.Series) -> list[str]:
-    """Cell values as text; missing cells (NaN, None, NA) are the empty text."""
-    return column.astype(object).where(column.notna(), "").astype(str).tolist()
 
 
 def _text_config(config: Config) -> TextDataConfig:

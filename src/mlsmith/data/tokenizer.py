@@ -11,7 +11,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlsmith.errors import ConfigError, MissingExtraError
+from mlsmith.errors import ConfigError
+from mlsmith.runtime.text import pad_id as pad_id
+from mlsmith.runtime.text import tokenizer_from_json as tokenizer_from_json
+from mlsmith.runtime.text import tokenizers_module
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -22,18 +25,7 @@ PAD = "[PAD]"
 UNK = "[UNK]"
 # Marks a piece that continues a word (WordPiece's convention, used for BPE too).
 PREFIX = "##"
-# Padding tokens of common pretrained tokenizers, tried in order when loading one from a file.
-PAD_CANDIDATES = (PAD, "<pad>", "<PAD>", "[pad]", "<|padding|>")
 TOKENIZER_FILE = "tokenizer.json"
-
-
-def tokenizers_module() -> Any:
-    """The ``tokenizers`` package, or a MissingExtraError saying how to install it."""
-    try:
-        import tokenizers
-    except ImportError:
-        raise MissingExtraError("tokenizers", "text", "Text data") from None
-    return tokenizers
 
 
 def train_tokenizer(texts: Sequence[str], cfg: TokenizerConfig) -> Tokenizer:
@@ -119,27 +111,6 @@ def load_tokenizer_file(path: str) -> tuple[Tokenizer, Path]:
             f"data.tokenizer.path: {file} is not a readable Hugging Face tokenizer ({exc})"
         ) from None
     return tokenizer, file
-
-
-def tokenizer_from_json(text: str) -> Tokenizer:
-    """A tokenizer saved with a run (``Tokenizer.to_str()``)."""
-    tokenizer: Tokenizer = tokenizers_module().Tokenizer.from_str(text)
-    return tokenizer
-
-
-def pad_id(tokenizer: Tokenizer) -> int:
-    """The id padding is stored with: the tokenizer's padding token if it has one, else 0.
-
-    Models never read it (they use the attention mask); it only fills the stored matrix.
-    """
-    padding = tokenizer.padding
-    if padding and "pad_id" in padding:
-        return int(padding["pad_id"])
-    for token in PAD_CANDIDATES:
-        found = tokenizer.token_to_id(token)
-        if found is not None:
-            return int(found)
-    return 0
 
 
 def vocabulary_size(tokenizer: Tokenizer) -> int:

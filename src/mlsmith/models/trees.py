@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import importlib
 import logging
-import os
 from abc import abstractmethod
 from pathlib import Path
 from types import ModuleType
@@ -33,6 +32,7 @@ from mlsmith.errors import MissingExtraError
 from mlsmith.files import atomic_path
 from mlsmith.models.base import FitContext, FitSummary, Model
 from mlsmith.models.boosting import RoundRecorder
+from mlsmith.runtime.engines import available_cores, feature_matrix
 
 if TYPE_CHECKING:
     from mlsmith.data.base import PreparedData, Preprocessor
@@ -48,18 +48,6 @@ def import_library(package: str) -> ModuleType:
         return importlib.import_module(package)
     except ImportError:
         raise MissingExtraError(package, "trees", f"model.type {package}") from None
-
-
-def feature_matrix(inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """Preprocessed inputs to one float32 matrix: numerics, then categorical codes."""
-    numeric = inputs["numeric"].astype(np.float32)  # (n, n_numeric)
-    # Codes are small integers, exact in float32.
-    codes = inputs["categorical"].astype(np.float32)  # (n, n_categorical)
-    return np.hstack([numeric, codes])
-
-
-def available_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
 class TreeModel(Model):

@@ -11,23 +11,18 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
-from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
-from mlsmith.data.images.sources import ARRAY, PATH
 from mlsmith.errors import DataError, MissingExtraError
+from mlsmith.runtime import images as runtime_images
+from mlsmith.runtime.images import ARRAY, GRAY_MODES, PATH, parallel_map, read_file
 
 if TYPE_CHECKING:
     import pandas as pd
-
-# Pillow modes that are one channel of intensity.
-GRAY_MODES = frozenset({"1", "L", "LA", "La", "I", "F", "I;16", "I;16B", "I;16L", "I;16N"})
 
 
 def require_vision() -> None:
@@ -40,88 +35,27 @@ def require_vision() -> None:
 
 
 def decode_bytes(data: bytes, name: str, size: tuple[int, int] | None = None) -> torch.Tensor:
-    """Image file bytes to uint8 (C, H, W), C 1 (grayscale) or 3 (RGB), EXIF orientation applied.
-
-    With ``size``, JPEGs are decoded at a reduced scale still covering it (Pillow's draft).
-    """
-    from PIL import Image, ImageOps, UnidentifiedImageError
-
-    try:
-        with Image.open(io.BytesIO(data)) as opened:
-            if size is not None:
-                opened.draft(None, (max(size), max(size)))
-            image = ImageOps.exif_transpose(opened)
-            pixels = _pixels(image)
-    except (
-        UnidentifiedImageError,
-        OSError,
-        ValueError,
-        SyntaxError,
-        Image.DecompressionBombError,
-    ) as exc:
-        raise DataError(f"{name}: cannot be read as an image ({exc})") from None
-    tensor = torch.from_numpy(pixels)
-    return tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)
-
-
-def _pixels(image: Any) -> np.ndarray:
-    """A Pillow image as uint8 (H, W) or (H, W, 3)."""
-    mode = image.mode
-    if mode.startswith("I;16") or mode == "I":
-        # 16-bit (or wider) grayscale: scale to 8 bits instead of clipping as convert("L") does.
-        wide = np.asarray(image).astype(np.int64)
-        top = 65535 if mode.startswith("I;16") or wide.max(initial=0) > 255 else 255
-        return np.clip((wide * 255 + top // 2) // top, 0, 255).astype(np.uint8)
-    if mode == "P" and "transparency" in image.info:
-        image = image.convert("RGBA")  # what Pillow asks for palettes with transparency
-    if image.mode not in ("L", "RGB"):
-        image = image.convert("L" if image.mode in GRAY_MODES else "RGB")
-    return np.array(image, dtype=np.uint8)
-
-
-def read_file(path: str) -> bytes:
-    """The file's bytes; a DataError naming it when it is missing or unreadable."""
-    try:
-        return Path(path).read_bytes()
-    except FileNotFoundError:
-        raise DataError(f"image file not found: {path}") from None
-    except OSError as exc:
-        raise DataError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+    """Image file bytes to uint8 (C, H, W), C 1 (grayscale) or 3 (RGB), EXIF orientation applied."""
+    return torch.from_numpy(runtime_images.decode_bytes(data, name, size))
 
 
 def fit_image(
     image: torch.Tensor, channels: int | None, size: tuple[int, int] | None
 ) -> torch.Tensor:
-    """uint8 (c, h, w) to the fitted channel count and size: resized so it covers ``size``
-    (aspect ratio kept), then center-cropped. ``None`` keeps what is there."""
-    from torchvision.transforms.v2 import functional as F
-
-    if channels == 1 and image.shape[-3] == 3:
-        image = F.rgb_to_grayscale(image)
-    elif channels == 3 and image.shape[-3] == 1:
-        image = image.expand(*image.shape[:-3], 3, -1, -1)
-    if size is not None and tuple(image.shape[-2:]) != size:
-        height, width = image.shape[-2:]
-        scale = max(size[0] / height, size[1] / width)
-        covering = [max(size[0], round(height * scale)), max(size[1], round(width * scale))]
-        image = F.resize(image, covering, antialias=True)
-        image = F.center_crop(image, list(size))
-    return image.contiguous()
+    """uint8 (c, h, w), or a batch (n, c, h, w), to the fitted channel count and size (see
+    :func:`mlsmith.runtime.images.fit_image`, which every model package runs too)."""
+    if image.ndim == 4:
+        fitted = [runtime_images.fit_image(one.numpy(), channels, size) for one in image]
+        if not fitted:
+            return image
+        return torch.from_numpy(np.stack(fitted))
+    out = runtime_images.fit_image(image.numpy(), channels, size)
+    return torch.from_numpy(out if out.flags.writeable else out.copy())
 
 
 def decode_file(path: str, channels: int | None, size: tuple[int, int] | None) -> torch.Tensor:
     """The image file at ``path`` as uint8 (C, H, W) at the fitted channels and size."""
     return fit_image(decode_bytes(read_file(path), path, size), channels, size)
-
-
-def parallel_map(function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-    """``[function(x) for x in items]`` in threads (Pillow and torch release the GIL); the first
-    error cancels what has not started yet."""
-    pool = ThreadPoolExecutor(max(2, min(16, os.cpu_count() or 1)))
-    try:
-        return list(pool.map(function, items))
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def decode_rows(

@@ -34,8 +34,8 @@ from mlsmith.data.images.decode import (
 from mlsmith.data.images.preprocess import ImagePreprocessor, cache_mode
 from mlsmith.data.images.sources import ARRAY, PATH, Sources
 from mlsmith.data.splits import split_frames
-from mlsmith.data.tables import require_columns
 from mlsmith.errors import ConfigError, DataError
+from mlsmith.runtime.frames import require_columns
 from mlsmith.tasks import fit_task, infer_task
 
 if TYPE_CHECKING:

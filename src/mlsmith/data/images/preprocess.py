@@ -16,8 +16,8 @@ from mlsmith.data.images.augment import Normalize, build_augment
 from mlsmith.data.images.batches import ImageBatches, StreamBatches
 from mlsmith.data.images.decode import decode_rows, require_vision, stack_images
 from mlsmith.data.images.sources import ARRAY, PATH, Sources
-from mlsmith.data.tables import require_columns
 from mlsmith.errors import DataError
+from mlsmith.runtime.frames import require_columns
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -14,15 +14,15 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mlsmith.data.tables import SUFFIXES, iter_table, read_table, require_columns
+from mlsmith.data.tables import SUFFIXES, iter_table, read_table
 from mlsmith.errors import DataError, did_you_mean
+from mlsmith.runtime.frames import require_columns
+from mlsmith.runtime.images import ARRAY, PATH
 
 if TYPE_CHECKING:
     import pandas as pd
 
 # Frame columns: the image's file (or "<file.npz>[i]"), and for .npz rows the pixels themselves.
-PATH = "path"
-ARRAY = "image"
 IMAGE_SUFFIXES = frozenset(
     {
         ".png",

@@ -1,0 +1,33 @@
+"""MLflow's entry point into a package (the pyfunc flavour's ``loader_module``).
+
+``mlflow.pyfunc.load_model`` imports this module from the package's own ``code/`` folder and
+calls :func:`_load_pyfunc` with the package's ``data/`` folder; what it returns predicts on a
+pandas DataFrame of raw rows. Neither torch nor mlsmith needs to be installed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+# At runtime, not only for type checkers: MLflow reads predict's hints (a DataFrame: no schema
+# inference from them, the package's signature is the schema).
+import pandas as pd
+
+from .package import Package
+
+
+class PackageModel:
+    """What ``mlflow.pyfunc`` wraps: ``predict(rows) -> predictions``."""
+
+    def __init__(self, package: Package) -> None:
+        self.package = package
+
+    def predict(
+        self, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        return self.package.predict(frame)
+
+
+def _load_pyfunc(data_path: str) -> PackageModel:
+    return PackageModel(Package(data_path))
