@@ -57,7 +57,8 @@ def table_csv(tmp_path: Path) -> Callable[..., Path]:
 
 
 def config_dict(data_path: Path | str, output_dir: Path, **sections: Any) -> dict[str, Any]:
-    """A fast config: tiny model, few epochs, tracking off unless a section turns it on."""
+    """A fast config: tiny model, few epochs, tracking, reports and the package off unless a
+    section turns them on."""
     config: dict[str, Any] = {
         "experiment": "t",
         "seed": 0,
@@ -68,6 +69,8 @@ def config_dict(data_path: Path | str, output_dir: Path, **sections: Any) -> dic
         "track": {"enabled": False},
         # Reports cost seconds of matplotlib per run; tests/reports turns them on.
         "eval": {"bootstrap": 200, "report": False},
+        # Exporting and verifying a package costs seconds per run; tests/export turns it on.
+        "export": {"package": False},
     }
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(config.get(key), dict):

@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from tests.conftest import make_table
 
-from mlsmith.config import Config, TuneConfig, apply_overrides, load_config
+from mlsmith.config import Config, RegisterConfig, TuneConfig, apply_overrides, load_config
 from mlsmith.config.loading import _section_type
 from mlsmith.errors import ConfigError
 
@@ -54,8 +54,15 @@ def _leaves(model: type[BaseModel]) -> int:
 
 
 def test_only_data_path_and_target_are_required() -> None:
-    # tune.space is required only inside the optional tune section (None by default).
-    assert _required(Config) == ["data", "data.path", "data.target", "tune.space"]
+    # tune.space and track.register.name are required only inside optional sections (None by
+    # default).
+    assert _required(Config) == [
+        "data",
+        "data.path",
+        "data.target",
+        "track.registration.name",
+        "tune.space",
+    ]
 
 
 def test_defaults() -> None:
@@ -536,9 +543,9 @@ def test_flat_keys(tmp_path: Path) -> None:
     assert flat["train.precision"] == "32"
     assert not any(isinstance(v, dict) for v in flat.values())
     # One key per leaf field of the schema, nothing more, nothing less; the optional tune
-    # section is None here, one key.
-    assert flat["tune"] is None
-    assert len(flat) == _leaves(Config) - _leaves(TuneConfig) + 1
+    # section is None here, one key, and so is the optional track.register.
+    assert flat["tune"] is None and flat["track.register"] is None
+    assert len(flat) == _leaves(Config) - _leaves(TuneConfig) + 1 - _leaves(RegisterConfig) + 1
 
 
 # --- through the CLI --------------------------------------------------------------------------

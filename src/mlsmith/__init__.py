@@ -6,6 +6,7 @@ The public API fits on one screen::
     run = mlsmith.train("examples/tabular.yaml", overrides=["train.epochs=5"])
     run.metrics["test"]["roc_auc"]          # {"value": ..., "ci95": [low, high]}
     run.predict(frame)                      # raw rows in, predictions out
+    mlsmith.load_package(run.path).predict(frame)   # the same, without torch (its package)
     mlsmith.load_run(run.path).evaluate("other.csv")
 
 Names are imported lazily so ``import mlsmith`` (and ``mlsmith --help``) stays instant: torch is
@@ -28,6 +29,13 @@ _EXPORTS = {
     "report": "mlsmith.api",
     "compare": "mlsmith.api",
     "tune": "mlsmith.api",
+    "export": "mlsmith.api",
+    "load_package": "mlsmith.api",
+    "register": "mlsmith.api",
+    "promote": "mlsmith.api",
+    "Decision": "mlsmith.registry",
+    "RegisteredVersion": "mlsmith.registry",
+    "Package": "mlsmith.runtime.package",
     "TuneResult": "mlsmith.tuning",
     "load_run": "mlsmith.run",
     "Run": "mlsmith.run",
@@ -43,7 +51,10 @@ __all__ = [
     "Config",
     "ConfigError",
     "DataError",
+    "Decision",
     "MlsmithError",
+    "Package",
+    "RegisteredVersion",
     "Run",
     "RunError",
     "TuneResult",
@@ -51,20 +62,39 @@ __all__ = [
     "check",
     "compare",
     "evaluate",
+    "export",
     "load_config",
+    "load_package",
     "load_run",
     "lr_find",
     "predict",
+    "promote",
+    "register",
     "report",
     "train",
     "tune",
 ]
 
 if TYPE_CHECKING:
-    from mlsmith.api import check, compare, evaluate, lr_find, predict, report, train, tune
+    from mlsmith.api import (
+        check,
+        compare,
+        evaluate,
+        export,
+        load_package,
+        lr_find,
+        predict,
+        promote,
+        register,
+        report,
+        train,
+        tune,
+    )
     from mlsmith.config import Config, load_config
     from mlsmith.errors import ConfigError, DataError, MlsmithError, RunError
+    from mlsmith.registry import Decision, RegisteredVersion
     from mlsmith.run import Run, load_run
+    from mlsmith.runtime.package import Package
     from mlsmith.tuning import TuneResult
 
 

@@ -14,7 +14,9 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from mlsmith.checks import CheckReport
+    from mlsmith.registry import Decision, RegisteredVersion
     from mlsmith.reports.compare import Comparison
+    from mlsmith.runtime.package import Package
     from mlsmith.training.lr_finder import LRFindResult
     from mlsmith.tuning import TuneResult
 
@@ -22,9 +24,13 @@ __all__ = [
     "check",
     "compare",
     "evaluate",
+    "export",
+    "load_package",
     "load_run",
     "lr_find",
     "predict",
+    "promote",
+    "register",
     "report",
     "train",
     "tune",
@@ -190,3 +196,91 @@ def _log_to_tracked_run(run: Run, paths: list[Path]) -> None:
 
 def _as_run(run: str | Path | Run) -> Run:
     return run if isinstance(run, Run) else load_run(run)
+
+
+def export(
+    run: str | Path | Run,
+    *,
+    formats: list[str] | None = None,
+    tolerance: float | None = None,
+    output: str | Path | None = None,
+) -> dict[str, Any]:
+    """Write the run's package (``<run>/package/``, or ``output``) and return ``export.json``.
+
+    ``formats`` (default: the run's ``export.formats``) are ``onnx`` and ``torchscript`` for
+    networks; each is checked against the torch model on the run's test rows and the export
+    fails (:class:`~mlsmith.packaging.writer.ExportError`, exit 1) beyond ``tolerance``.
+    """
+    from mlsmith import pipeline
+
+    return pipeline.export_run(
+        run if isinstance(run, Run) else load_run(run),
+        formats=formats,
+        tolerance=tolerance,
+        output=output,
+    )
+
+
+def load_package(source: str | Path, *, tracking_uri: str | None = None) -> Package:
+    """A package ready to ``predict(rows)``: a package or run directory, ``runs:/<id>/package``
+    or ``models:/<name>@<alias>`` (from ``tracking_uri``, default ``MLFLOW_TRACKING_URI``)."""
+    from mlsmith.registry import load_package as load
+
+    return load(source, tracking_uri=tracking_uri)
+
+
+def register(
+    run: str | Path | Run,
+    name: str,
+    *,
+    alias: str | None = None,
+    tracking_uri: str | None = None,
+) -> RegisteredVersion:
+    """Register the run's package as a new version of ``name`` in MLflow's model registry.
+
+    The version is tagged with the run's test metrics and intervals, data fingerprint, code
+    version and parity figures, and described by its ``MODEL_CARD.md``; ``alias`` is pointed at
+    it. The store is ``tracking_uri``, else the one the run was tracked to.
+    """
+    from mlsmith.registry import register as register_run
+
+    return register_run(_as_run(run), name, alias=alias, tracking_uri=tracking_uri)
+
+
+def promote(
+    name: str,
+    candidate: str | int | None,
+    to: str,
+    *,
+    data: str | Path | None = None,
+    metric: str | None = None,
+    margin: float = 0.0,
+    force: bool = False,
+    reason: str | None = None,
+    rollback: bool = False,
+    tracking_uri: str | None = None,
+) -> Decision:
+    """Move alias ``to`` of ``name`` to version ``candidate`` (a number or an alias) only if it
+    is not worse than the version holding ``to`` by more than ``margin``.
+
+    Both are scored on the same labelled rows (``data``, default the candidate run's test split,
+    minus rows either trained or validated on); the paired bootstrap 95% interval of the
+    difference in ``metric`` (default: the task's headline) must not reach below ``-margin``, and
+    the candidate must load in a fresh process with the incumbent's input columns. ``force``
+    overrides (``reason`` is recorded); ``rollback`` moves ``to`` back to its previous holder.
+    ``Decision.exit_code`` is 0 when promoted, 1 when refused.
+    """
+    from mlsmith.registry import promote as promote_version
+
+    return promote_version(
+        name,
+        candidate,
+        to,
+        data=data,
+        metric=metric,
+        margin=margin,
+        force=force,
+        reason=reason,
+        rollback=rollback,
+        tracking_uri=tracking_uri,
+    )

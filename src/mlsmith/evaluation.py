@@ -22,7 +22,7 @@ Conventions for undefined metrics, which must never raise because test sets can 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -171,18 +171,7 @@ def bootstrap_cis(
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     metric_fn = _weighted_metric_fn(kind, y_true, outputs)
-    n = len(y_true)
-    rng = np.random.default_rng(seed)
-    block = max(1, min(n_resamples, _BLOCK_ELEMENTS // n))
-    parts: list[dict[str, np.ndarray]] = []
-    for start in range(0, n_resamples, block):
-        b = min(block, n_resamples - start)
-        idx = rng.integers(0, n, size=(b, n))
-        # Offsetting each resample's indices into its own range of n bins turns b separate
-        # counts into a single bincount.
-        idx += np.arange(b)[:, None] * n
-        weights = np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
-        parts.append(metric_fn(weights))
+    parts = [metric_fn(w) for w in _resample_weights(len(y_true), n_resamples, seed)]
     tail = 100.0 * (1.0 - confidence) / 2.0
     cis: dict[str, tuple[float, float]] = {}
     for name in parts[0]:
@@ -193,6 +182,52 @@ def bootstrap_cis(
             low, high = np.nanpercentile(values, [tail, 100.0 - tail])
             cis[name] = (float(low), float(high))
     return cis
+
+
+def paired_difference(
+    kind: str,
+    y_true: np.ndarray,
+    outputs_a: np.ndarray,
+    outputs_b: np.ndarray,
+    metric: str,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> tuple[float, float, float, float, float]:
+    """``(a, b, a - b, low, high)``: ``metric`` of two models' outputs on the same rows, their
+    difference and its paired percentile-bootstrap interval (both scored on every resample).
+
+    The same ``seed`` gives the same interval; (nan, nan) when the metric is never defined.
+    """
+    metric_a = _weighted_metric_fn(kind, y_true, outputs_a)
+    metric_b = _weighted_metric_fn(kind, y_true, outputs_b)
+    whole = np.ones((1, len(y_true)))
+    a, b = float(metric_a(whole)[metric][0]), float(metric_b(whole)[metric][0])
+    values = np.concatenate(
+        [
+            metric_a(w)[metric] - metric_b(w)[metric]
+            for w in _resample_weights(len(y_true), n_resamples, seed)
+        ]
+    )
+    if np.isnan(values).all():
+        return a, b, a - b, math.nan, math.nan
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.nanpercentile(values, [tail, 100.0 - tail])
+    return a, b, a - b, float(low), float(high)
+
+
+def _resample_weights(n: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
+    """Bootstrap resamples of n rows as row counts (resamples, n), a block at a time."""
+    rng = np.random.default_rng(seed)
+    block = max(1, min(n_resamples, _BLOCK_ELEMENTS // n))
+    for start in range(0, n_resamples, block):
+        b = min(block, n_resamples - start)
+        idx = rng.integers(0, n, size=(b, n))
+        # Offsetting each resample's indices into its own range of n bins turns b separate
+        # counts into a single bincount.
+        idx += np.arange(b)[:, None] * n
+        yield np.bincount(idx.ravel(), minlength=b * n).reshape(b, n).astype(np.float64)
 
 
 def evaluate_outputs(

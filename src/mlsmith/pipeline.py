@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from mlsmith.config import Config, load_config
 from mlsmith.errors import ConfigError, DataError, MlsmithError, PreflightError, RunError
 from mlsmith.files import read_json, write_json, write_text
+from mlsmith.packaging.writer import CheckRows, check_rows
 from mlsmith.run import (
     CONFIG_FILE,
     INFO_FILE,
@@ -70,6 +71,7 @@ def run_training(
 ) -> Run:
     """Train, evaluate on the held-out test split and track one run (see ``mlsmith.train``)."""
     from mlsmith.models.base import FitContext
+    from mlsmith.registry import register_after_training
     from mlsmith.tracking import Tracker, final_metrics, run_tags
     from mlsmith.training.device import resolve_device
     from mlsmith.training.history import HistoryWriter
@@ -95,7 +97,8 @@ def run_training(
             f"{data.fingerprint}, recorded {info['data_fingerprint']})"
         )
     checks = _preflight(cfg, data, model) if cfg.train.preflight and resume is None else None
-    data.frames.clear()  # the raw rows were only needed by the checks
+    package_rows = check_rows(data) if cfg.export.package else None
+    data.frames.clear()  # the raw rows were only needed by the checks (and the package's)
     if run_dir is None:
         # Only now: a config, data or pre-flight error must not leave a run directory behind.
         run_dir = new_run_dir(cfg)
@@ -163,6 +166,9 @@ def run_training(
     )
     write_json(run_dir / INFO_FILE, info)
     try:
+        if package_rows is not None:
+            info["package"] = _write_package(run_dir, model, package_rows, cfg, tracker)
+            write_json(run_dir / INFO_FILE, info)
         # Per-epoch keys (val/accuracy...) already have one point per epoch: log only their CIs.
         per_epoch = {key for row in summary.history for key in row}
         tracker.log_metrics(final_metrics(results, per_epoch), step=summary.best_epoch or 0)
@@ -172,6 +178,10 @@ def run_training(
         )
         reports = write_reports_safely(run_dir) if cfg.eval.report else []
         tracker.log_artifacts([*reports, run_dir / STEPS_FILE])
+        if cfg.track.registration is not None:
+            # After the reports: the version's description is the model card. Never fails.
+            info["registration"] = register_after_training(run_dir, cfg.track.registration)
+            write_json(run_dir / INFO_FILE, info)
     except KeyboardInterrupt:
         tracker.finish("KILLED")
         log.warning(
@@ -272,6 +282,85 @@ def write_reports_safely(run_dir: Path) -> list[Path]:
         return []
     log.info("report: %s", paths[0])
     return paths
+
+
+def _write_package(
+    run_dir: Path, model: Model, rows: CheckRows, cfg: Config, tracker: Tracker
+) -> dict[str, Any]:
+    """``<run>/package/``, logged as the run's MLflow model; a failure here is a warning: the
+    run itself is complete, and ``mlsmith export`` can try again."""
+    from mlsmith.packaging.writer import PACKAGE_DIR, write_package
+
+    try:
+        export = write_package(run_dir, model, rows, cfg.export)
+    except Exception as error:  # the model is saved; packaging must never cost the user the run
+        what = str(error) if isinstance(error, MlsmithError) else f"{type(error).__name__}: {error}"
+        log.warning("no package written (%s); retry with `mlsmith export %s`", what, run_dir)
+        return {"status": "failed", "error": what}
+    return _record_package(run_dir / PACKAGE_DIR, export, tracker)
+
+
+def _record_package(
+    package: Path, export: dict[str, Any], tracker: Tracker | None
+) -> dict[str, Any]:
+    """Log a written package as the run's MLflow model; what run.json says about it."""
+    record: dict[str, Any] = {"status": "written", "path": package.name, "serves": export["serves"]}
+    record["max_abs_diff"] = max(f["max_abs_diff"] for f in export["formats"].values())
+    model_id = tracker.log_package(package) if tracker is not None else None
+    if model_id:
+        record["mlflow_model_id"] = model_id
+    log.info(
+        "package: %s (%s, max |difference| from the trained model %.2g on %d rows)",
+        package,
+        export["serves"],
+        record["max_abs_diff"],
+        export["rows_checked"],
+    )
+    return record
+
+
+def export_run(
+    run: Run,
+    *,
+    formats: Sequence[str] | None = None,
+    tolerance: float | None = None,
+    output: str | Path | None = None,
+) -> dict[str, Any]:
+    """Write (again) the package of a finished run; see ``mlsmith.export``. Returns export.json.
+
+    The check rows are the run's own test split, read again from its data with its saved
+    preprocessing. The package is logged to the run's MLflow run when written in its place.
+    """
+    from mlsmith import families
+    from mlsmith.packaging.writer import PACKAGE_DIR, write_package
+    from mlsmith.tracking import Tracker
+
+    cfg = run.config
+    if run.info.get("status") not in (None, "finished"):
+        raise RunError(
+            f"{run.path}: the run is {run.info.get('status')}, not finished; "
+            "export packages a finished run's best model"
+        )
+    settings = cfg.export.model_copy(
+        update={
+            **({"formats": list(formats)} if formats else {}),
+            **({"tolerance": tolerance} if tolerance is not None else {}),
+        }
+    )
+    settings = type(settings).model_validate(settings.model_dump())
+    model = run.model
+    data = families.data_kind(cfg.data.type).prepare(cfg, preprocessor=run.preprocessor)
+    rows = check_rows(data)
+    if rows is None:
+        raise DataError(f"{run.path}: the run's data has no test or validation rows to check on")
+    target = Path(output) if output else run.path / PACKAGE_DIR
+    export = write_package(run.path, model, rows, settings, output=target, run_name=run.id)
+    if output is None or target.resolve() == (run.path / PACKAGE_DIR).resolve():
+        tracker = Tracker.reopen(cfg, run.info.get("mlflow_run_id"))
+        info = run.info
+        info["package"] = _record_package(target, export, tracker)
+        write_json(run.path / INFO_FILE, info)
+    return export
 
 
 def _preflight(cfg: Config, data: PreparedData, model: Model) -> CheckReport:

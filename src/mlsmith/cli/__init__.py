@@ -20,8 +20,11 @@ from mlsmith.cli import (
     check,
     compare,
     evaluate,
+    export,
     lr_find,
     predict,
+    promote,
+    register,
     report,
     signals,
     train,
@@ -45,6 +48,9 @@ app.command("lr-find", no_args_is_help=True)(lr_find.command)
 app.command("report", no_args_is_help=True)(report.command)
 app.command("compare", no_args_is_help=True)(compare.command)
 app.command("tune", no_args_is_help=True)(tune.command)
+app.command("export", no_args_is_help=True)(export.command)
+app.command("register", no_args_is_help=True)(register.command)
+app.command("promote", no_args_is_help=True)(promote.command)
 
 
 @app.callback(invoke_without_command=True)

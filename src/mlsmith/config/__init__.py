@@ -21,6 +21,7 @@ from mlsmith.config.data import (
     TokenizerConfig,
 )
 from mlsmith.config.experiment import Config
+from mlsmith.config.export import ExportConfig, ExportFormat, RegisterConfig
 from mlsmith.config.families import (
     DATA_CONFIGS,
     FAMILIES,
@@ -87,6 +88,8 @@ __all__ = [
     "EarlyStoppingConfig",
     "EmbeddingConfig",
     "EvalConfig",
+    "ExportConfig",
+    "ExportFormat",
     "FloatParam",
     "ImageDataConfig",
     "IntParam",
@@ -96,6 +99,7 @@ __all__ = [
     "ModelConfig",
     "ModelFamily",
     "OptimizerConfig",
+    "RegisterConfig",
     "SchedulerConfig",
     "SearchParam",
     "Section",

@@ -9,6 +9,7 @@ from pydantic import Field, model_validator
 
 from mlsmith.config.base import Section, flatten
 from mlsmith.config.data import AnyDataConfig
+from mlsmith.config.export import ExportConfig
 from mlsmith.config.families import KINDS, MODELS_FOR_DATA
 from mlsmith.config.models import MLPConfig, ModelConfig
 from mlsmith.config.track import CardConfig, EvalConfig, TrackConfig
@@ -27,6 +28,7 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     track: TrackConfig = Field(default_factory=TrackConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    export: ExportConfig = Field(default_factory=ExportConfig)
     card: CardConfig = Field(default_factory=CardConfig)
     tune: TuneConfig | None = Field(None, description="search space for `mlsmith tune`")
 

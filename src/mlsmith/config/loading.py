@@ -232,13 +232,20 @@ def _untag(loc: tuple[str, ...]) -> tuple[tuple[str, ...], type[BaseModel] | Non
 
 
 def _fields_at(model: type[BaseModel], loc: tuple[str, ...]) -> list[str]:
-    """Field names of the section found by following ``loc`` from ``model``."""
+    """Keys (as YAML spells them: aliases where set) of the section found by following ``loc``
+    from ``model``."""
     current: type[BaseModel] | None = model
     for part in loc:
-        if current is None or part not in current.model_fields:
+        fields = _keys(current) if current else {}
+        if current is None or part not in fields:
             return []
-        current = _section_type(current.model_fields[part].annotation)
-    return list(current.model_fields) if current else []
+        current = _section_type(current.model_fields[fields[part]].annotation)
+    return list(_keys(current)) if current else []
+
+
+def _keys(model: type[BaseModel]) -> dict[str, str]:
+    """YAML key -> field name."""
+    return {info.alias or name: name for name, info in model.model_fields.items()}
 
 
 def _section_type(annotation: Any) -> type[BaseModel] | None:

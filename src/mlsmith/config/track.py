@@ -3,9 +3,10 @@ model card (``card:``)."""
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import ConfigDict, Field
 
 from mlsmith.config.base import Section
+from mlsmith.config.export import RegisterConfig
 
 
 class TrackConfig(Section):
@@ -16,6 +17,20 @@ class TrackConfig(Section):
     experiment: str | None = Field(None, description="MLflow experiment; default: `experiment`")
     parent_run_id: str | None = Field(
         None, description="MLflow run to nest this run under (set by `mlsmith tune`)"
+    )
+    # `register` in YAML; the Python name differs because pydantic models already have a
+    # `register` (ABC's).
+    registration: RegisterConfig | None = Field(
+        None,
+        alias="register",
+        description="register the package as a model version at the end of train",
+    )
+
+    model_config = ConfigDict(
+        **Section.model_config,
+        validate_by_name=True,
+        validate_by_alias=True,
+        serialize_by_alias=True,
     )
 
 

@@ -185,6 +185,25 @@ class Tracker(Callback):
                 self.client.log_artifact(self.run_id, str(path), artifact_path)
 
     @_guarded
+    def log_package(self, package_dir: Path, name: str = "package") -> str | None:
+        """Log a package folder as the run's MLflow model; returns the logged model's id.
+
+        ``runs:/<run_id>/package`` and, once registered, ``models:/<name>@<alias>`` load it.
+        """
+        if self.client is None or self.run_id is None:
+            return None
+        from mlflow.entities import LoggedModelOutput
+
+        run = self.client.get_run(self.run_id)
+        model = self.client.create_logged_model(
+            run.info.experiment_id, name=name, source_run_id=self.run_id, model_type="mlsmith"
+        )
+        self.client.log_model_artifacts(model.model_id, str(package_dir))
+        self.client.finalize_logged_model(model.model_id, "READY")
+        self.client.log_outputs(self.run_id, [LoggedModelOutput(model.model_id, step=0)])
+        return str(model.model_id)
+
+    @_guarded
     def set_tags(self, tags: dict[str, str]) -> None:
         if self.client is None or self.run_id is None:
             return

@@ -92,6 +92,9 @@ def run_trial(
         "tune": None,
         "eval.report": False,  # plotting costs seconds per trial; best.yaml can be reported
         "eval.bootstrap": 0,  # intervals do not change the tuned metric
+        # Exporting costs seconds per trial; `mlsmith export` packages the trial kept.
+        "export.package": False,
+        "track.register": None,  # a trial is not a release
         "track.parent_run_id": parent_run_id,
     }
     if not preflight:

@@ -1,0 +1,446 @@
+"""Writing ``<run>/package/``: the model in MLflow's format, verified before it appears.
+
+The package is built in a temporary folder beside its destination: the payload (fitted
+preprocessing, the exported network or the booster's own file, ``package.json``), the inference
+code (:mod:`mlsmith.runtime`, copied in as ``mlsmith_runtime``) and MLflow's ``MLmodel`` with a
+signature of the raw input columns, an input example and the requirements inference imports.
+Then every format is run on the check rows against the torch model, and the finished package is
+loaded by the runtime and compared, raw row by raw row, with ``mlsmith predict``. Only a package
+that passed replaces the destination, in one rename; ``export.json`` says what was verified.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import shutil
+import statistics
+import tempfile
+import time
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mlsmith.errors import MlsmithError
+from mlsmith.files import fsync_directory, write_json
+from mlsmith.runtime import outputs as runtime_outputs
+from mlsmith.runtime.package import (
+    DATA_DIR,
+    EXPORT_FILE,
+    FORMAT_VERSION,
+    PACKAGE_FILE,
+    PAYLOAD_DIR,
+    PREPROCESSING_FILE,
+    Encoder,
+    Package,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from mlsmith.config import ExportConfig
+    from mlsmith.data.base import PreparedData
+    from mlsmith.models.base import Model
+
+log = logging.getLogger(__name__)
+
+PACKAGE_DIR = "package"
+RUNTIME_NAME = "mlsmith_runtime"
+# Rows the formats and the finished package are checked on (images are slower to decode).
+CHECK_ROWS = 2_000
+CHECK_IMAGES = 256
+EXAMPLE_ROWS = 5
+# The batch sizes latency is measured at, and the most input memory the large one may take.
+LATENCY_BATCHES = (1, 1024)
+LATENCY_MEMORY = 256 * 2**20
+
+
+class ExportError(MlsmithError):
+    """An export does not reproduce the trained model (or cannot be made)."""
+
+    exit_code = 1
+
+
+@dataclass
+class CheckRows:
+    """Raw labelled rows the package is verified on, and where they came from."""
+
+    frame: pd.DataFrame
+    source: str
+
+
+def check_rows(data: PreparedData) -> CheckRows | None:
+    """The test split's raw rows (else validation's), at most :data:`CHECK_ROWS`."""
+    for name, label in (("test", "test split"), ("val", "validation split")):
+        frame = data.frames.get(name)
+        if frame is not None and len(frame):
+            limit = CHECK_IMAGES if data.preprocessor.kind == "image" else CHECK_ROWS
+            return CheckRows(frame.head(limit).reset_index(drop=True), label)
+    return None
+
+
+def write_package(
+    run_dir: Path,
+    model: Model,
+    rows: CheckRows,
+    settings: ExportConfig,
+    *,
+    output: Path | None = None,
+    run_name: str | None = None,
+) -> dict[str, Any]:
+    """Write and verify the package of ``model`` (saved in ``run_dir``); return export.json.
+
+    Raises :class:`ExportError` when a format or the finished package diverges from the torch
+    model by more than ``settings.tolerance``; nothing is written then.
+    """
+    target = Path(output) if output else Path(run_dir) / PACKAGE_DIR
+    started = time.perf_counter()
+    with _workspace(target) as work:
+        payload = work / PAYLOAD_DIR
+        payload.mkdir()
+        shutil.copyfile(Path(run_dir) / PREPROCESSING_FILE, payload / PREPROCESSING_FILE)
+        encoder = Encoder(model.preprocessor.kind, model.preprocessor.to_dict())
+        encoded = encoder.transform(rows.frame, rows.source)
+        if _is_network(model):
+            record = _export_network(model, encoder, encoded, payload, settings)
+        else:
+            record = _export_booster(model, Path(run_dir), encoded, payload, settings)
+        info = {
+            "format_version": FORMAT_VERSION,
+            "family": model.family,
+            "kind": model.preprocessor.kind,
+            "engine": record["engine"],
+            "model_file": record["model_file"],
+            "batch_size": model.config.train.eval_batch_size,
+            "run": run_name or Path(run_dir).name,
+            "mlsmith_version": _version("mlsmith"),
+        }
+        write_json(payload / PACKAGE_FILE, info)
+        export = {
+            "serves": record["serves"],
+            "tolerance": settings.tolerance,
+            "rows_checked": len(rows.frame),
+            "rows_source": rows.source,
+            "formats": record["formats"],
+        }
+        write_json(payload / EXPORT_FILE, export)
+        package_dir = work / PACKAGE_DIR
+        _save_mlflow_model(package_dir, payload, encoder, rows, model, info)
+        export["package_check"] = _check_package(package_dir, model, rows, settings.tolerance)
+        export["seconds"] = round(time.perf_counter() - started, 2)
+        write_json(package_dir / DATA_DIR / PAYLOAD_DIR / EXPORT_FILE, export)
+        _replace(package_dir, target)
+    return export
+
+
+def package_payload(package_dir: Path) -> Path:
+    """Where a package's payload (``package.json``, the model file...) lies."""
+    return Path(package_dir) / DATA_DIR / PAYLOAD_DIR
+
+
+# --- networks ---------------------------------------------------------------------------------
+
+
+def _is_network(model: Model) -> bool:
+    return hasattr(model, "network")
+
+
+def _export_network(
+    model: Model,
+    encoder: Encoder,
+    encoded: dict[str, np.ndarray],
+    payload: Path,
+    settings: ExportConfig,
+) -> dict[str, Any]:
+    from mlsmith.packaging.formats import (
+        ONNX_FILE,
+        TORCHSCRIPT_FILE,
+        EagerRunner,
+        TorchScriptRunner,
+        to_onnx,
+        to_torchscript,
+    )
+    from mlsmith.packaging.graphs import inference_graph
+    from mlsmith.runtime.engines import OnnxEngine
+
+    network = copy.deepcopy(model.network).cpu().eval()  # type: ignore[attr-defined]
+    graph = inference_graph(network, model.preprocessor)
+    batch_size = model.config.train.eval_batch_size
+    n = len(next(iter(encoded.values())))
+    example = encoder.batch(encoded, 0, min(n, 8))
+    eager = EagerRunner(graph)
+    reference = _raw(eager.raw, encoder, encoded, batch_size)
+    kind = model.task.kind
+    formats: dict[str, dict[str, Any]] = {}
+    runners: dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]] = {"torch": eager.raw}
+    for name in ["onnx", *[f for f in settings.formats if f != "onnx"]]:
+        if name == "onnx":
+            record = to_onnx(graph, example, payload / ONNX_FILE)
+            runner = OnnxEngine(payload / ONNX_FILE, providers=["CPUExecutionProvider"]).raw
+        else:
+            record = to_torchscript(graph, example, payload / TORCHSCRIPT_FILE)
+            runner = TorchScriptRunner(payload / TORCHSCRIPT_FILE).raw
+        record |= _parity(name, reference, _raw(runner, encoder, encoded, batch_size), kind)
+        record["bytes"] = (payload / record["file"]).stat().st_size
+        _require_parity(name, record, settings.tolerance)
+        formats[name] = record
+        runners[name] = runner
+    _latencies(formats, runners, encoder, encoded)
+    return {
+        "engine": "onnx",
+        "model_file": ONNX_FILE,
+        "serves": "onnx",
+        "formats": formats,
+    }
+
+
+def _raw(
+    run: Callable[[dict[str, np.ndarray]], np.ndarray],
+    encoder: Encoder,
+    encoded: dict[str, np.ndarray],
+    batch_size: int,
+) -> np.ndarray:
+    n = len(next(iter(encoded.values())))
+    chunks = [
+        run(encoder.batch(encoded, start, min(start + batch_size, n)))
+        for start in range(0, n, batch_size)
+    ]
+    return np.concatenate(chunks).astype(np.float64)
+
+
+def _compared(raw: np.ndarray, kind: str) -> np.ndarray:
+    """What a user reads from raw outputs: probabilities, or the (standardised) value."""
+    if kind == "binary":
+        return runtime_outputs.binary_probabilities(raw)
+    if kind == "multiclass":
+        return runtime_outputs.softmax(raw)
+    return raw.reshape(len(raw), -1)
+
+
+def _parity(name: str, reference: np.ndarray, candidate: np.ndarray, kind: str) -> dict[str, Any]:
+    ref, got = _compared(reference, kind), _compared(candidate, kind)
+    diff = np.abs(ref - got)
+    worst = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.size else (0, 0)
+    return {
+        "compared": "probabilities" if kind != "regression" else "standardised output",
+        "max_abs_diff": float(diff.max(initial=0.0)),
+        "max_abs_diff_raw": float(np.abs(reference - candidate).max(initial=0.0)),
+        "worst_row": int(worst[0]),
+        "worst_output": int(worst[1]) if len(worst) > 1 else 0,
+    }
+
+
+def _require_parity(name: str, record: dict[str, Any], tolerance: float) -> None:
+    if record["max_abs_diff"] <= tolerance:
+        return
+    raise ExportError(
+        f"the {name} export diverges from the torch model: max |difference| of the "
+        f"{record['compared']} is {record['max_abs_diff']:.3g} (tolerance {tolerance:g}), "
+        f"at check row {record['worst_row']}, output {record['worst_output']}; nothing was "
+        "written. Raise export.tolerance only if that difference is acceptable"
+    )
+
+
+def _latencies(
+    formats: dict[str, dict[str, Any]],
+    runners: dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]],
+    encoder: Encoder,
+    encoded: dict[str, np.ndarray],
+) -> None:
+    """Median milliseconds per call at batch 1 and batch 1,024, each format and torch eager."""
+    n = len(next(iter(encoded.values())))
+    row_bytes = sum(v[:1].nbytes for v in encoded.values())
+    for batch in LATENCY_BATCHES:
+        size = max(1, min(batch, LATENCY_MEMORY // max(row_bytes, 1)))
+        picked = np.arange(size) % n
+        rows = {k: v[picked] for k, v in encoded.items()}
+        inputs = encoder.batch(rows, 0, size)
+        repeats = 20 if size == 1 else 3
+        timings = {name: _median_ms(run, inputs, repeats) for name, run in runners.items()}
+        for name, record in formats.items():
+            key = f"batch_{batch}"
+            record.setdefault("latency_ms", {})[key] = {
+                "rows": size,
+                name: round(timings[name], 4),
+                "torch": round(timings["torch"], 4),
+                "speedup_vs_torch": round(timings["torch"] / max(timings[name], 1e-9), 3),
+            }
+
+
+def _median_ms(
+    run: Callable[[dict[str, np.ndarray]], np.ndarray], inputs: dict[str, np.ndarray], repeats: int
+) -> float:
+    run(inputs)  # warm-up: first calls allocate and pick kernels
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run(inputs)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+# --- boosted trees ----------------------------------------------------------------------------
+
+
+def _export_booster(
+    model: Model,
+    run_dir: Path,
+    encoded: dict[str, np.ndarray],
+    payload: Path,
+    settings: ExportConfig,
+) -> dict[str, Any]:
+    from mlsmith.runtime.engines import LightGBMEngine, XGBoostEngine
+
+    source = model.artifacts(run_dir)[0]
+    if not source.is_file():
+        raise ExportError(f"{source}: the {model.family} model file is missing; train again")
+    shutil.copyfile(source, payload / source.name)
+    n_outputs = model.task.n_outputs
+    engine: LightGBMEngine | XGBoostEngine
+    if model.family == "lightgbm":
+        engine = LightGBMEngine(payload / source.name, n_outputs=n_outputs)
+    else:
+        pre = model.preprocessor
+        engine = XGBoostEngine(
+            payload / source.name,
+            n_outputs=n_outputs,
+            n_numeric=len(pre.numeric),  # type: ignore[attr-defined]
+            n_categorical=len(pre.categorical),  # type: ignore[attr-defined]
+        )
+    reference = model.predict_raw(encoded)
+    record: dict[str, Any] = {
+        "file": source.name,
+        "library": model.family,
+        "version": _version(model.family),
+    }
+    record |= _parity(model.family, reference, engine.raw(encoded), model.task.kind)
+    record["bytes"] = (payload / source.name).stat().st_size
+    _require_parity(model.family, record, settings.tolerance)
+    return {
+        "engine": model.family,
+        "model_file": source.name,
+        "serves": model.family,
+        "formats": {model.family: record},
+    }
+
+
+# --- the MLflow model -------------------------------------------------------------------------
+
+
+def _save_mlflow_model(
+    package_dir: Path,
+    payload: Path,
+    encoder: Encoder,
+    rows: CheckRows,
+    model: Model,
+    info: dict[str, Any],
+) -> None:
+    with warnings.catch_warnings():
+        # MLflow's own response types warn about their type hints when first imported.
+        warnings.simplefilter("ignore", UserWarning)
+        import mlflow.pyfunc
+        from mlflow.models import infer_signature
+
+    # MLflow announces at INFO that it loads the package to validate the example: it is ours.
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)
+
+    from mlsmith.prediction import predict_frame
+
+    code = payload.parent / RUNTIME_NAME
+    shutil.copytree(
+        Path(__file__).resolve().parents[1] / "runtime",
+        code,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    example = rows.frame[encoder.columns].head(EXAMPLE_ROWS).reset_index(drop=True)
+    signature = infer_signature(example, predict_frame(model, example, rows.source))
+    mlflow.pyfunc.save_model(
+        str(package_dir),
+        loader_module=f"{RUNTIME_NAME}.pyfunc",
+        data_path=str(payload),
+        code_paths=[str(code)],
+        signature=signature,
+        input_example=example,
+        pip_requirements=requirements(info["kind"], info["engine"]),
+        metadata={"mlsmith": {k: info[k] for k in ("family", "kind", "engine", "run")}},
+    )
+
+
+def requirements(kind: str, engine: str) -> list[str]:
+    """The packages inference imports, pinned to the versions the package was verified with."""
+    names = ["mlflow-skinny", "numpy", "pandas"]
+    names += {"onnx": ["onnxruntime"], "lightgbm": ["lightgbm"], "xgboost": ["xgboost"]}[engine]
+    names += {"text": ["tokenizers"], "image": ["pillow"]}.get(kind, [])
+    return [f"{name}=={_version(name)}" for name in names]
+
+
+def _version(distribution: str) -> str:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return "0"
+
+
+def _check_package(
+    package_dir: Path, model: Model, rows: CheckRows, tolerance: float
+) -> dict[str, Any]:
+    """Load the finished package with the runtime and compare it with ``mlsmith predict``."""
+    from mlsmith.prediction import predict_frame
+
+    package = Package(package_dir, providers=["CPUExecutionProvider"])
+    got = package.predict(rows.frame, rows.source)
+    expected = predict_frame(model, rows.frame, rows.source)
+    if list(got.columns) != list(expected.columns):
+        raise ExportError(
+            f"the package's output columns {list(got.columns)} differ from mlsmith predict's "
+            f"{list(expected.columns)}"
+        )
+    numbers = [c for c in got.columns if c.startswith("proba_")] or ["prediction"]
+    diff = float(np.abs(got[numbers].to_numpy(float) - expected[numbers].to_numpy(float)).max())
+    labels_equal = not model.task.is_classification or bool(
+        (got["prediction"] == expected["prediction"]).all()
+    )
+    scale = 1.0 if model.task.is_classification else float(getattr(model.task, "std", 1.0))
+    if diff > tolerance * scale or (model.task.is_classification and not labels_equal):
+        raise ExportError(
+            f"the finished package does not reproduce mlsmith predict on the {rows.source}: "
+            f"max |difference| {diff:.3g}"
+            + ("" if labels_equal else ", and some predicted labels differ")
+        )
+    record: dict[str, Any] = {"rows": len(rows.frame), "max_abs_diff": diff}
+    if model.task.is_classification:
+        record["labels_equal"] = labels_equal
+    return record
+
+
+# --- files ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def _workspace(target: Path) -> Iterator[Path]:
+    """A scratch folder beside ``target`` (same file system, so the final move is a rename)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _replace(new: Path, target: Path) -> None:
+    """Put the folder ``new`` at ``target`` with renames: a reader sees the old or the new."""
+    old = None
+    if target.exists():
+        old = new.parent / "previous"
+        os.replace(target, old)
+    os.replace(new, target)
+    fsync_directory(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,273 @@
+"""The package every run leaves: MLflow's format, raw rows in, ``mlsmith predict``'s outputs out.
+
+One tiny run per family is trained once for the module (with the package on and MLflow tracking
+to a real SQLite store); the tests load those packages the ways a user would: the runtime, the
+MLflow pyfunc on the folder and on ``runs:/``, and a fresh virtual environment without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import venv
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from tests.conftest import config_dict, make_table
+
+import mlsmith
+from mlsmith.errors import DataError, RunError
+
+# family -> (data.type, task kind, model settings that keep the fit to a second or two)
+FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
+    "mlp": ("tabular", "multiclass", {"hidden": [8], "dropout": 0.0}),
+    "lightgbm": ("tabular", "binary", {"n_estimators": 20, "min_child_samples": 5}),
+    "xgboost": ("tabular", "regression", {"n_estimators": 20}),
+    "cnn": ("image", "multiclass", {"channels": [8, 16], "depth": 1}),
+    "torchvision": ("image", "binary", {"arch": "resnet18"}),
+    "bag": ("text", "binary", {"dim": 8, "buckets": 1024}),
+    "transformer": ("text", "multiclass", {"dim": 16, "depth": 1, "heads": 2}),
+}
+TOLERANCE = 1e-5
+
+
+@dataclass
+class Trained:
+    run: mlsmith.Run
+    rows: pd.DataFrame  # raw rows to predict (no target)
+
+
+def _data(root: Path, data_type: str, kind: str) -> tuple[dict[str, Any], pd.DataFrame]:
+    if data_type == "tabular":
+        frame = make_table(kind, rows=120, seed=3)
+        frame.to_csv(root / "data.csv", index=False)
+        return {"path": str(root / "data.csv"), "target": "label"}, frame.drop(columns="label")
+    if data_type == "text":
+        from tests.text_data import make_texts
+
+        frame = make_texts(kind, rows=120, seed=3)
+        frame.to_csv(root / "texts.csv", index=False)
+        section = {"path": str(root / "texts.csv"), "target": "label"}
+        return section | {"tokenizer": {"vocab_size": 200}}, frame.drop(columns="label")
+    from tests.image_data import make_images, write_folder
+
+    # Images of two sizes and modes: the package resizes and converts them as training did.
+    images, labels = make_images(12, classes=2 if kind == "binary" else 3, size=(20, 16), seed=3)
+    folder = write_folder(root / "images", images, labels)
+    paths = sorted(str(p) for p in folder.rglob("*.png"))
+    return {"path": str(folder), "image_size": 16}, pd.DataFrame({"path": paths})
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Trained]:
+    out: dict[str, Trained] = {}
+    for family, (data_type, kind, settings) in FAMILIES.items():
+        root = tmp_path_factory.mktemp(family)
+        section, rows = _data(root, data_type, kind)
+        raw = config_dict("unused", root / "runs", train={"epochs": 2, "batch_size": 16})
+        raw["data"] = {"type": data_type, **section}
+        raw["model"] = {"type": family, **settings}
+        raw["export"] = {"package": True}
+        raw["track"] = {"enabled": True}
+        out[family] = Trained(mlsmith.train(raw, progress=False, epoch_lines=False), rows)
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_packages_and_predicts_as_mlsmith_predict(
+    trained: dict[str, Trained], family: str
+) -> None:
+    import mlflow.pyfunc
+
+    run, rows = trained[family].run, trained[family].rows
+    record = run.info["package"]
+    assert record["status"] == "written", record
+    package_dir = run.path / "package"
+    assert (package_dir / "MLmodel").is_file()
+    export = json.loads((package_dir / "data" / "mlsmith" / "export.json").read_text())
+    served = export["formats"][export["serves"]]
+    assert served["max_abs_diff"] <= TOLERANCE
+    assert export["rows_checked"] > 0
+    assert export["package_check"]["max_abs_diff"] <= TOLERANCE * 10
+
+    expected = run.predict(rows)
+    by_runtime = mlsmith.load_package(run.path).predict(rows)
+    by_pyfunc = mlflow.pyfunc.load_model(str(package_dir)).predict(rows)
+    for got in (by_runtime, by_pyfunc):
+        assert list(got.columns) == list(expected.columns)
+        _assert_same_predictions(got, expected)
+
+
+def _assert_same_predictions(got: pd.DataFrame, expected: pd.DataFrame) -> None:
+    probabilities = [c for c in expected.columns if c.startswith("proba_")]
+    if probabilities:
+        assert (got["prediction"].astype(str) == expected["prediction"].astype(str)).all()
+        np.testing.assert_allclose(got[probabilities], expected[probabilities], atol=TOLERANCE)
+    else:  # regression, in the target's units
+        np.testing.assert_allclose(got["prediction"], expected["prediction"], rtol=1e-5, atol=1e-4)
+
+
+@pytest.mark.slow
+def test_package_metadata_names_raw_columns_and_only_inference_requirements(
+    trained: dict[str, Trained],
+) -> None:
+    import mlflow.models
+
+    for family in ("mlp", "bag", "cnn", "lightgbm"):
+        package_dir = trained[family].run.path / "package"
+        model = mlflow.models.Model.load(str(package_dir))
+        inputs = model.signature.inputs.input_names()
+        assert inputs == list(trained[family].rows.columns)
+        assert model.signature.outputs.input_names()[0] == "prediction"
+        requirements = (package_dir / "requirements.txt").read_text()
+        names = {line.split("==")[0] for line in requirements.split() if "==" in line}
+        assert "torch" not in names and "mlsmith" not in names, names
+        assert {"mlflow-skinny", "numpy", "pandas"} <= names
+        assert ("onnxruntime" in names) == (family not in ("lightgbm", "xgboost"))
+        assert (package_dir / "code" / "mlsmith_runtime" / "package.py").is_file()
+        assert (package_dir / "input_example.json").is_file()
+
+
+@pytest.mark.slow
+def test_logged_to_the_run_and_loadable_from_runs_uri(trained: dict[str, Trained]) -> None:
+    import mlflow.pyfunc
+
+    run = trained["mlp"].run
+    uri = run.info["tracking_uri"]
+    run_id = run.info["mlflow_run_id"]
+    assert run.info["package"]["mlflow_model_id"]
+    mlflow.set_tracking_uri(uri)
+    try:
+        loaded = mlflow.pyfunc.load_model(f"runs:/{run_id}/package")
+        got = loaded.predict(trained["mlp"].rows)
+    finally:
+        mlflow.set_tracking_uri(None)
+    _assert_same_predictions(got, run.predict(trained["mlp"].rows))
+    package = mlsmith.load_package(f"runs:/{run_id}/package", tracking_uri=uri)
+    _assert_same_predictions(package.predict(trained["mlp"].rows), run.predict(trained["mlp"].rows))
+
+
+@pytest.mark.slow
+def test_image_rows_may_carry_the_files_bytes(trained: dict[str, Trained]) -> None:
+    run, rows = trained["cnn"].run, trained["cnn"].rows
+    as_bytes = pd.DataFrame({"path": [Path(p).read_bytes() for p in rows["path"]]})
+    package = mlsmith.load_package(run.path)
+    _assert_same_predictions(package.predict(as_bytes), package.predict(rows))
+
+
+@pytest.mark.slow
+def test_bad_rows_are_data_errors_naming_the_column(trained: dict[str, Trained]) -> None:
+    package = mlsmith.load_package(trained["mlp"].run.path)
+    rows = trained["mlp"].rows
+    with pytest.raises(DataError, match="'x2' not found"):
+        package.predict(rows.drop(columns="x2"))
+    bad = rows.copy()
+    bad["x1"] = bad["x1"].astype(object)
+    bad.loc[0, "x1"] = "not a number"
+    with pytest.raises(DataError, match="numeric column 'x1' holds a non-numeric value"):
+        package.predict(bad)
+    empty = package.predict(rows.head(0))
+    assert len(empty) == 0 and "prediction" in empty.columns
+
+
+def test_a_folder_that_is_no_package_is_a_run_error(tmp_path: Path) -> None:
+    (tmp_path / "config.yaml").write_text("experiment: x\n")
+    with pytest.raises(RunError, match="mlsmith export"):
+        mlsmith.load_package(tmp_path)
+    with pytest.raises(RunError, match="not an mlsmith package"):
+        mlsmith.load_package(tmp_path / "nothing")
+
+
+def test_the_runtime_imports_without_torch_or_the_training_stack() -> None:
+    """Every runtime module imports with torch, pydantic, sklearn and the rest of mlsmith
+    made unimportable: the folder can travel alone inside a package."""
+    code = """
+import importlib, sys
+for name in ("torch", "torchvision", "pydantic", "sklearn", "typer", "optuna", "matplotlib"):
+    sys.modules[name] = None  # import fails
+import mlsmith.runtime as runtime
+for module in ("errors", "frames", "tabular", "text", "images", "outputs", "engines", "package",
+               "pyfunc"):
+    importlib.import_module(f"mlsmith.runtime.{module}")
+loaded = sorted(m for m in sys.modules if m.startswith("mlsmith") and sys.modules[m] is not None)
+outside = [m for m in loaded if m != "mlsmith" and not m.startswith("mlsmith.runtime")]
+assert not outside, outside
+print("ok")
+"""
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
+@pytest.mark.slow
+def test_packages_run_in_a_fresh_venv_without_torch_or_mlsmith(
+    trained: dict[str, Trained], tmp_path: Path
+) -> None:
+    """The union of the packages' requirements.txt in a new venv: no torch, no mlsmith; every
+    family loads through mlflow.pyfunc and predicts what ``mlsmith predict`` does."""
+    env_dir = tmp_path / "venv"
+    venv.EnvBuilder(with_pip=True).create(env_dir)
+    python = env_dir / "bin" / "python"
+    requirements = sorted(
+        {
+            line.strip()
+            for t in trained.values()
+            for line in (t.run.path / "package" / "requirements.txt").read_text().splitlines()
+            if line.strip() and not line.startswith("#")
+        }
+    )
+    install = subprocess.run(
+        [str(python), "-m", "pip", "install", "--quiet", *requirements],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert install.returncode == 0, install.stderr[-3000:]
+    jobs = {}
+    for family, t in trained.items():
+        # JSON, not pickles: this environment's pandas may store text with pyarrow, which the
+        # fresh one does not have.
+        rows_file = tmp_path / f"{family}.json"
+        rows_file.write_text(t.rows.to_json(orient="split"))
+        jobs[family] = {"package": str(t.run.path / "package"), "rows": str(rows_file)}
+    script = """
+import json, sys
+try:
+    import torch  # noqa: F401
+    sys.exit("torch is importable")
+except ImportError:
+    pass
+try:
+    import mlsmith  # noqa: F401
+    sys.exit("mlsmith is importable")
+except ImportError:
+    pass
+import mlflow.pyfunc, pandas as pd
+jobs = json.loads(sys.argv[1])
+for family, job in jobs.items():
+    rows = pd.read_json(job["rows"], orient="split", dtype=False)
+    out = mlflow.pyfunc.load_model(job["package"]).predict(rows)
+    with open(job["rows"] + ".out", "w") as file:
+        file.write(out.to_json(orient="split"))
+print("ok")
+"""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    result = subprocess.run(
+        [str(python), "-c", script, json.dumps(jobs)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-3000:]
+    for family, t in trained.items():
+        got = pd.read_json(Path(jobs[family]["rows"] + ".out"), orient="split", dtype=False)
+        _assert_same_predictions(got, t.run.predict(t.rows))
