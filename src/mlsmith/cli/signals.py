@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import Any
 
+from mlsmith import interrupts
 from mlsmith.errors import Interrupted
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
@@ -26,6 +27,9 @@ _received: list[int] = []
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
     _received.append(signum)
+    if interrupts.holding():  # mid-write to a database: raised when the write is done
+        interrupts.hold(signum)
+        return
     raise Interrupted(signum)
 
 

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from mlsmith import interrupts
 from mlsmith.config import Config, TrackConfig
 from mlsmith.training.callbacks import Callback
 
@@ -37,14 +38,16 @@ def default_uri(output_dir: str | Path) -> str:
 
 
 def _guarded(method: Callable[..., T]) -> Callable[..., T | None]:
-    """Run a tracking call; on any failure warn, switch tracking off and return None."""
+    """Run a tracking call whole (a signal waits for its end: see :mod:`mlsmith.interrupts`); on
+    any failure warn, switch tracking off and return None."""
 
     @functools.wraps(method)
     def wrapper(self: Tracker, *args: Any, **kwargs: Any) -> T | None:
         if self.client is None:
             return None
         try:
-            return method(self, *args, **kwargs)
+            with interrupts.shielded():
+                return method(self, *args, **kwargs)
         except Exception as exc:  # any store failure must not stop training
             log.warning(
                 "MLflow tracking failed (%s: %s); training continues without it and the run "
