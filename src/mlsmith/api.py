@@ -204,12 +204,18 @@ def export(
     formats: list[str] | None = None,
     tolerance: float | None = None,
     output: str | Path | None = None,
+    quantize: str | None = None,
+    prune: float | None = None,
 ) -> dict[str, Any]:
     """Write the run's package (``<run>/package/``, or ``output``) and return ``export.json``.
 
     ``formats`` (default: the run's ``export.formats``) are ``onnx`` and ``torchscript`` for
     networks; each is checked against the torch model on the run's test rows and the export
     fails (:class:`~mlsmith.packaging.writer.ExportError`, exit 1) beyond ``tolerance``.
+    ``quantize="int8"`` serves the ONNX model quantized by ONNX Runtime; ``prune=AMOUNT``
+    (0 < AMOUNT < 1) serves the network with that share of its Linear/Conv weights pruned and
+    fine-tuned; both (default: the run's ``export.quantize`` / ``export.prune``) record how the
+    served model compares with the one it came from, and are networks only (ConfigError).
     """
     from mlsmith import pipeline
 
@@ -218,6 +224,8 @@ def export(
         formats=formats,
         tolerance=tolerance,
         output=output,
+        quantize=quantize,
+        prune=prune,
     )
 
 

@@ -16,7 +16,13 @@ from typing import TYPE_CHECKING, Any
 from mlsmith.config import Config, load_config
 from mlsmith.errors import ConfigError, DataError, MlsmithError, PreflightError, RunError
 from mlsmith.files import read_json, write_json, write_text
-from mlsmith.packaging.writer import CheckRows, check_rows
+from mlsmith.packaging.writer import (
+    CheckRows,
+    TrainingRows,
+    check_export_settings,
+    check_rows,
+    training_rows,
+)
 from mlsmith.run import (
     CONFIG_FILE,
     INFO_FILE,
@@ -96,8 +102,13 @@ def run_training(
             f"cannot resume {run_dir}: the data changed since it started (fingerprint "
             f"{data.fingerprint}, recorded {info['data_fingerprint']})"
         )
+    if cfg.export.package:
+        check_export_settings(model, cfg.export)  # quantize or prune on a tree: exit 2 now
     checks = _preflight(cfg, data, model) if cfg.train.preflight and resume is None else None
     package_rows = check_rows(data) if cfg.export.package else None
+    # Pruning fine-tunes on the training split; static quantization calibrates on its rows.
+    optimised = cfg.export.quantize is not None or cfg.export.prune is not None
+    package_training = training_rows(data) if package_rows is not None and optimised else None
     data.frames.clear()  # the raw rows were only needed by the checks (and the package's)
     if run_dir is None:
         # Only now: a config, data or pre-flight error must not leave a run directory behind.
@@ -167,7 +178,9 @@ def run_training(
     write_json(run_dir / INFO_FILE, info)
     try:
         if package_rows is not None:
-            info["package"] = _write_package(run_dir, model, package_rows, cfg, tracker)
+            info["package"] = _write_package(
+                run_dir, model, package_rows, cfg, tracker, package_training
+            )
             write_json(run_dir / INFO_FILE, info)
         # Per-epoch keys (val/accuracy...) already have one point per epoch: log only their CIs.
         per_epoch = {key for row in summary.history for key in row}
@@ -285,14 +298,19 @@ def write_reports_safely(run_dir: Path) -> list[Path]:
 
 
 def _write_package(
-    run_dir: Path, model: Model, rows: CheckRows, cfg: Config, tracker: Tracker
+    run_dir: Path,
+    model: Model,
+    rows: CheckRows,
+    cfg: Config,
+    tracker: Tracker,
+    training: TrainingRows | None,
 ) -> dict[str, Any]:
     """``<run>/package/``, logged as the run's MLflow model; a failure here is a warning: the
     run itself is complete, and ``mlsmith export`` can try again."""
     from mlsmith.packaging.writer import PACKAGE_DIR, write_package
 
     try:
-        export = write_package(run_dir, model, rows, cfg.export)
+        export = write_package(run_dir, model, rows, cfg.export, training=training)
     except Exception as error:  # the model is saved; packaging must never cost the user the run
         what = str(error) if isinstance(error, MlsmithError) else f"{type(error).__name__}: {error}"
         log.warning("no package written (%s); retry with `mlsmith export %s`", what, run_dir)
@@ -306,11 +324,17 @@ def _record_package(
     """Log a written package as the run's MLflow model; what run.json says about it."""
     record: dict[str, Any] = {"status": "written", "path": package.name, "serves": export["serves"]}
     record["max_abs_diff"] = max(f["max_abs_diff"] for f in export["formats"].values())
+    # A pruned or int8 package differs from the trained model by design: say by how much.
+    for change, extra in (("pruned", "sparsity"), ("quantized", "size_ratio")):
+        if export.get(change):
+            figures = export[change]
+            record[change] = {k: figures[k] for k in ("metric", "difference", "ci95", extra)}
     model_id = tracker.log_package(package) if tracker is not None else None
     if model_id:
         record["mlflow_model_id"] = model_id
     log.info(
-        "package: %s (%s, max |difference| from the trained model %.2g on %d rows)",
+        "package: %s (serves %s; max |difference| of each export from the torch network it was "
+        "made from %.2g on %d rows)",
         package,
         export["serves"],
         record["max_abs_diff"],
@@ -325,13 +349,19 @@ def export_run(
     formats: Sequence[str] | None = None,
     tolerance: float | None = None,
     output: str | Path | None = None,
+    quantize: str | None = None,
+    prune: float | None = None,
 ) -> dict[str, Any]:
     """Write (again) the package of a finished run; see ``mlsmith.export``. Returns export.json.
 
     The check rows are the run's own test split, read again from its data with its saved
-    preprocessing. The package is logged to the run's MLflow run when written in its place.
+    preprocessing (and its training split too, for ``quantize`` and ``prune``). The package is
+    logged to the run's MLflow run when written in its place.
     """
+    from pydantic import ValidationError
+
     from mlsmith import families
+    from mlsmith.config import ExportConfig, format_validation_error
     from mlsmith.packaging.writer import PACKAGE_DIR, write_package
     from mlsmith.tracking import Tracker
 
@@ -341,20 +371,29 @@ def export_run(
             f"{run.path}: the run is {run.info.get('status')}, not finished; "
             "export packages a finished run's best model"
         )
-    settings = cfg.export.model_copy(
-        update={
-            **({"formats": list(formats)} if formats else {}),
-            **({"tolerance": tolerance} if tolerance is not None else {}),
-        }
-    )
-    settings = type(settings).model_validate(settings.model_dump())
+    options = {
+        "formats": list(formats) if formats else None,
+        "tolerance": tolerance,
+        "quantize": quantize,
+        "prune": prune,
+    }
+    try:
+        settings = ExportConfig.model_validate(
+            cfg.export.model_dump() | {k: v for k, v in options.items() if v is not None}
+        )
+    except ValidationError as error:
+        raise ConfigError(format_validation_error(error, "export options")) from None
     model = run.model
+    check_export_settings(model, settings)
     data = families.data_kind(cfg.data.type).prepare(cfg, preprocessor=run.preprocessor)
     rows = check_rows(data)
     if rows is None:
         raise DataError(f"{run.path}: the run's data has no test or validation rows to check on")
+    training = training_rows(data) if settings.quantize or settings.prune else None
     target = Path(output) if output else run.path / PACKAGE_DIR
-    export = write_package(run.path, model, rows, settings, output=target, run_name=run.id)
+    export = write_package(
+        run.path, model, rows, settings, output=target, run_name=run.id, training=training
+    )
     if output is None or target.resolve() == (run.path / PACKAGE_DIR).resolve():
         tracker = Tracker.reopen(cfg, run.info.get("mlflow_run_id"))
         info = run.info

@@ -156,10 +156,14 @@ def test_logged_to_the_run_and_loadable_from_runs_uri(trained: dict[str, Trained
 
 @pytest.mark.slow
 def test_image_rows_may_carry_the_files_bytes(trained: dict[str, Trained]) -> None:
+    import mlflow.pyfunc
+
     run, rows = trained["cnn"].run, trained["cnn"].rows
     as_bytes = pd.DataFrame({"path": [Path(p).read_bytes() for p in rows["path"]]})
     package = mlsmith.load_package(run.path)
     _assert_same_predictions(package.predict(as_bytes), package.predict(rows))
+    pyfunc = mlflow.pyfunc.load_model(str(run.path / "package"))
+    _assert_same_predictions(pyfunc.predict(as_bytes), package.predict(rows))
 
 
 @pytest.mark.slow
@@ -211,7 +215,8 @@ def test_packages_run_in_a_fresh_venv_without_torch_or_mlsmith(
     trained: dict[str, Trained], tmp_path: Path
 ) -> None:
     """The union of the packages' requirements.txt in a new venv: no torch, no mlsmith; every
-    family loads through mlflow.pyfunc and predicts what ``mlsmith predict`` does."""
+    family loads through mlflow.pyfunc, from its folder and as ``models:/<name>@champion`` from
+    the registry, and predicts what ``mlsmith predict`` does."""
     env_dir = tmp_path / "venv"
     venv.EnvBuilder(with_pip=True).create(env_dir)
     python = env_dir / "bin" / "python"
@@ -223,8 +228,11 @@ def test_packages_run_in_a_fresh_venv_without_torch_or_mlsmith(
             if line.strip() and not line.startswith("#")
         }
     )
+    # The registry here is a SQLite store, which the MLflow client reads through SQLAlchemy and
+    # Alembic (a registry server would need neither): client-side needs, not the package's.
+    store_client = ["sqlalchemy", "alembic"]
     install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", *requirements],
+        [str(python), "-m", "pip", "install", "--quiet", *requirements, *store_client],
         capture_output=True,
         text=True,
         timeout=900,
@@ -236,7 +244,12 @@ def test_packages_run_in_a_fresh_venv_without_torch_or_mlsmith(
         # fresh one does not have.
         rows_file = tmp_path / f"{family}.json"
         rows_file.write_text(t.rows.to_json(orient="split"))
-        jobs[family] = {"package": str(t.run.path / "package"), "rows": str(rows_file)}
+        mlsmith.register(t.run, family, alias="champion")
+        jobs[family] = {
+            "package": str(t.run.path / "package"),
+            "rows": str(rows_file),
+            "uri": t.run.info["tracking_uri"],
+        }
     script = """
 import json, sys
 try:
@@ -256,6 +269,10 @@ for family, job in jobs.items():
     out = mlflow.pyfunc.load_model(job["package"]).predict(rows)
     with open(job["rows"] + ".out", "w") as file:
         file.write(out.to_json(orient="split"))
+    mlflow.set_tracking_uri(job["uri"])
+    out = mlflow.pyfunc.load_model(f"models:/{family}@champion").predict(rows)
+    with open(job["rows"] + ".registry.out", "w") as file:
+        file.write(out.to_json(orient="split"))
 print("ok")
 """
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
@@ -269,5 +286,39 @@ print("ok")
     )
     assert result.returncode == 0, result.stdout + result.stderr[-3000:]
     for family, t in trained.items():
-        got = pd.read_json(Path(jobs[family]["rows"] + ".out"), orient="split", dtype=False)
-        _assert_same_predictions(got, t.run.predict(t.rows))
+        expected = t.run.predict(t.rows)
+        for suffix in (".out", ".registry.out"):
+            got = pd.read_json(Path(jobs[family]["rows"] + suffix), orient="split", dtype=False)
+            _assert_same_predictions(got, expected)
+
+
+@pytest.mark.slow
+def test_images_stored_as_arrays_package_with_png_bytes_as_the_example(tmp_path: Path) -> None:
+    """An .npz names no image file: the package's signature reads the images' bytes (MLflow's
+    JSON examples cannot hold them, so there is none), and rows of pixel arrays or PNG bytes
+    predict as mlsmith predict does."""
+    import mlflow.pyfunc
+    from tests.image_data import image_config, make_images, write_npz
+
+    images, labels = make_images(12, classes=2, size=(16, 16), seed=5)
+    data = write_npz(tmp_path / "images.npz", images, labels)
+    raw = image_config(data, tmp_path / "runs")
+    raw["export"] = {"package": True}
+    run = mlsmith.train(raw, progress=False, epoch_lines=False)
+    assert run.info["package"]["status"] == "written", run.info["package"]
+    pyfunc = mlflow.pyfunc.load_model(str(run.path / "package"))
+    assert pyfunc.metadata.get_input_schema().input_names() == ["path"]
+    rows = pd.DataFrame({"image": list(images[:6])})
+    expected = run.predict(rows)
+    _assert_same_predictions(mlsmith.load_package(run.path).predict(rows), expected)
+    import io
+
+    from PIL import Image
+
+    files = []
+    for image in images[:6]:
+        buffer = io.BytesIO()
+        pixels = image if image.ndim == 2 else image.transpose(1, 2, 0).squeeze(-1)
+        Image.fromarray(pixels).save(buffer, format="PNG")
+        files.append(buffer.getvalue())
+    _assert_same_predictions(pyfunc.predict(pd.DataFrame({"path": files})), expected)

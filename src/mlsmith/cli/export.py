@@ -1,14 +1,17 @@
-"""``mlsmith export RUN_DIR [--format onnx,torchscript] [--output DIR]``."""
+"""``mlsmith export RUN_DIR [--format onnx,torchscript] [--output DIR] [--tolerance X]
+[--quantize int8] [--prune AMOUNT]``."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import typer
 
 from mlsmith.errors import ConfigError
 
 FORMATS = ("onnx", "torchscript")
+QUANTIZATIONS = ("int8",)
 
 
 def command(
@@ -31,6 +34,22 @@ def command(
         help="Largest output difference from the torch model accepted (default 1e-5).",
         show_default=False,
     ),
+    quantize: str = typer.Option(
+        None,
+        "--quantize",
+        help="int8: serve the ONNX model quantized by ONNX Runtime (the float one is kept). "
+        "Networks only. Default: the run's export.quantize.",
+        show_default=False,
+    ),
+    prune: float = typer.Option(
+        None,
+        "--prune",
+        metavar="AMOUNT",
+        help="Serve the network with this share (0 < AMOUNT < 1) of its Linear/Conv weights "
+        "pruned by magnitude, after a short fine-tune. Networks only. Default: the run's "
+        "export.prune.",
+        show_default=False,
+    ),
 ) -> None:
     """Write the run's package: the model in MLflow's format, checked against the torch model."""
     from rich.console import Console
@@ -39,7 +58,10 @@ def command(
     from mlsmith.api import export
 
     chosen = _formats(formats)
-    result = export(run, formats=chosen, tolerance=tolerance, output=output)
+    _check_options(quantize, prune)
+    result = export(
+        run, formats=chosen, tolerance=tolerance, output=output, quantize=quantize, prune=prune
+    )
     table = Table(title=f"package of {run} (serves {result['serves']})")
     for column in (
         "format",
@@ -65,11 +87,14 @@ def command(
             f"{many['speedup_vs_torch']:.2f}x" if many else "-",
             _size(record["bytes"]),
         )
-    Console(stderr=True).print(table)
+    console = Console(stderr=True)
+    console.print(table)
+    if result.get("pruned") or result.get("quantized"):
+        console.print(_variants_table(result))
     check = result["package_check"]
     typer.echo(
         f"package checked on {check['rows']} rows of the {result['rows_source']}: max |diff| "
-        f"from mlsmith predict {check['max_abs_diff']:.2g}",
+        f"from {check.get('compared_with', 'mlsmith predict')} {check['max_abs_diff']:.2g}",
         err=True,
     )
     typer.echo(str(output or Path(run) / "package"))
@@ -85,6 +110,68 @@ def _formats(text: str | None) -> list[str] | None:
             f"--format: unknown format '{unknown[0]}'; choose from {', '.join(FORMATS)}"
         )
     return chosen
+
+
+def _check_options(quantize: str | None, prune: float | None) -> None:
+    if quantize is not None and quantize not in QUANTIZATIONS:
+        raise ConfigError(
+            f"--quantize: unknown value '{quantize}'; choose from {', '.join(QUANTIZATIONS)}"
+        )
+    if prune is not None and not 0.0 < prune < 1.0:
+        raise ConfigError(
+            f"--prune: {prune:g} is not between 0 and 1 (exclusive); it is the share of the "
+            "network's Linear/Conv weights set to zero, e.g. --prune 0.5"
+        )
+
+
+def _variants_table(result: dict[str, Any]) -> Any:
+    """How the served network compares with the one it came from on the check rows: one
+    column per change (pruned, int8), one row per figure."""
+    from rich.table import Table
+
+    pruned, quantized = result.get("pruned"), result.get("quantized")
+    figures: dict[str, dict[str, str]] = {}
+    if pruned:
+        figures["pruned vs dense"] = {
+            "how": f"{pruned['amount']:g} of weights, {pruned['fine_tune_steps']} tune steps",
+            "sparsity": f"{pruned['sparsity']:.3f}",
+            "metric": pruned["metric"],
+            "before -> after": f"{_number(pruned['dense_value'])} -> "
+            f"{_number(pruned['pruned_value'])}",
+            "difference": _number(pruned["difference"], signed=True),
+            "95% CI": _interval(pruned["ci95"]),
+        }
+    if quantized:
+        speed = quantized["speed_ratio"]
+        figures["int8 vs float"] = {
+            "how": f"{quantized['method']} ({quantized['file']})",
+            "metric": quantized["metric"],
+            "before -> after": f"{_number(quantized['float_value'])} -> "
+            f"{_number(quantized['int8_value'])}",
+            "difference": _number(quantized["difference"], signed=True),
+            "95% CI": _interval(quantized["ci95"]),
+            "size": f"{quantized['size_ratio']:.2f}x the float file",
+            "speed": f"{speed['batch_1']:.2f}x (batch 1), {speed['batch_1024']:.2f}x (1024)",
+        }
+    table = Table(title=f"serves {result['serves']}: on the {result['rows_checked']} check rows")
+    table.add_column("")
+    for name in figures:
+        table.add_column(name)
+    names = list(dict.fromkeys(key for column in figures.values() for key in column))
+    for key in names:
+        table.add_row(key, *[column.get(key, "-") for column in figures.values()])
+    return table
+
+
+def _number(value: float | None, *, signed: bool = False) -> str:
+    if value is None:
+        return "-"
+    return f"{value:+.4f}" if signed else f"{value:.4f}"
+
+
+def _interval(ci: list[float | None]) -> str:
+    low, high = ci
+    return "-" if low is None or high is None else f"[{low:+.4f}, {high:+.4f}]"
 
 
 def _size(n: int) -> str:

@@ -9,6 +9,7 @@ from pydantic import Field
 from mlsmith.config.base import Section
 
 ExportFormat = Literal["onnx", "torchscript"]
+Quantization = Literal["int8"]
 
 
 class ExportConfig(Section):
@@ -21,6 +22,18 @@ class ExportConfig(Section):
     )
     tolerance: float = Field(
         1e-5, gt=0.0, description="largest output difference from the torch model accepted"
+    )
+    quantize: Quantization | None = Field(
+        None,
+        description="serve the network quantized with ONNX Runtime (int8: dynamic, or static "
+        "where it measures better), keeping the float model beside it; networks only",
+    )
+    prune: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="serve the network with this share of its Linear/Conv weights set to zero "
+        "(global magnitude pruning, then a short fine-tune); networks only",
     )
 
 

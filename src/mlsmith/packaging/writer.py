@@ -7,6 +7,12 @@ signature of the raw input columns, an input example and the requirements infere
 Then every format is run on the check rows against the torch model, and the finished package is
 loaded by the runtime and compared, raw row by raw row, with ``mlsmith predict``. Only a package
 that passed replaces the destination, in one rename; ``export.json`` says what was verified.
+
+With ``export.prune`` the network is pruned and fine-tuned first (:mod:`.prune`) and that network
+is exported and checked; with ``export.quantize`` the ONNX model is quantized (:mod:`.quantize`)
+and the int8 file is served. Either way ``export.json`` says what the package serves and how it
+compares with the model it came from, and the finished package is compared with the network it
+serves rather than with ``mlsmith predict``, from which it differs by design.
 """
 
 from __future__ import annotations
@@ -15,11 +21,10 @@ import copy
 import logging
 import os
 import shutil
-import statistics
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from importlib import metadata
@@ -28,8 +33,16 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlsmith.errors import MlsmithError
+from mlsmith.errors import ConfigError, MlsmithError
 from mlsmith.files import fsync_directory, write_json
+from mlsmith.packaging.measures import (
+    LATENCY_BATCHES,
+    Runner,
+    median_ms,
+    raw_outputs,
+    repeats_for,
+    timing_inputs,
+)
 from mlsmith.runtime import outputs as runtime_outputs
 from mlsmith.runtime.package import (
     DATA_DIR,
@@ -46,7 +59,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from mlsmith.config import ExportConfig
-    from mlsmith.data.base import PreparedData
+    from mlsmith.data.base import PreparedData, Split
     from mlsmith.models.base import Model
 
 log = logging.getLogger(__name__)
@@ -57,9 +70,6 @@ RUNTIME_NAME = "mlsmith_runtime"
 CHECK_ROWS = 2_000
 CHECK_IMAGES = 256
 EXAMPLE_ROWS = 5
-# The batch sizes latency is measured at, and the most input memory the large one may take.
-LATENCY_BATCHES = (1, 1024)
-LATENCY_MEMORY = 256 * 2**20
 
 
 class ExportError(MlsmithError):
@@ -86,6 +96,42 @@ def check_rows(data: PreparedData) -> CheckRows | None:
     return None
 
 
+@dataclass
+class TrainingRows:
+    """The training split, for what pruning and quantization learn from: its encoded rows (the
+    fine-tune after pruning) and a sample of its raw rows (static quantization's calibration)."""
+
+    split: Split
+    frame: pd.DataFrame
+    source: str = "training split"
+
+
+def training_rows(data: PreparedData) -> TrainingRows | None:
+    """The training split, with up to ``quantize.CALIBRATION_ROWS`` raw rows sampled from it
+    (a seeded sample: a split need not be shuffled, and calibration should see every class)."""
+    from mlsmith.packaging.quantize import CALIBRATION_ROWS
+
+    frame = data.frames.get("train")
+    if frame is None or not len(frame):
+        return None
+    sample = frame.sample(n=min(CALIBRATION_ROWS, len(frame)), random_state=0)
+    return TrainingRows(data.train, sample.sort_index().reset_index(drop=True))
+
+
+def check_export_settings(model: Model, settings: ExportConfig) -> None:
+    """Quantization and pruning change a network's ONNX graph: asking them of a boosted-tree
+    family is a ConfigError (exit 2), raised before any work."""
+    if _is_network(model):
+        return
+    for key, value in (("quantize", settings.quantize), ("prune", settings.prune)):
+        if value is not None:
+            raise ConfigError(
+                f"--{key} / export.{key}: applies to networks exported to ONNX; model.type "
+                f"'{model.family}' is a boosted-tree family, whose package serves "
+                f"{model.family}'s own model file"
+            )
+
+
 def write_package(
     run_dir: Path,
     model: Model,
@@ -94,12 +140,17 @@ def write_package(
     *,
     output: Path | None = None,
     run_name: str | None = None,
+    training: TrainingRows | None = None,
 ) -> dict[str, Any]:
     """Write and verify the package of ``model`` (saved in ``run_dir``); return export.json.
 
     Raises :class:`ExportError` when a format or the finished package diverges from the torch
-    model by more than ``settings.tolerance``; nothing is written then.
+    model by more than ``settings.tolerance``; nothing is written then. ``training`` (the
+    training split) is needed when ``settings`` asks for quantization or pruning.
     """
+    check_export_settings(model, settings)
+    if (settings.quantize or settings.prune) and training is None:
+        raise ExportError("quantization and pruning need the run's training split; none was given")
     target = Path(output) if output else Path(run_dir) / PACKAGE_DIR
     started = time.perf_counter()
     with _workspace(target) as work:
@@ -109,7 +160,7 @@ def write_package(
         encoder = Encoder(model.preprocessor.kind, model.preprocessor.to_dict())
         encoded = encoder.transform(rows.frame, rows.source)
         if _is_network(model):
-            record = _export_network(model, encoder, encoded, payload, settings)
+            record = _export_network(model, encoder, encoded, payload, settings, rows, training)
         else:
             record = _export_booster(model, Path(run_dir), encoded, payload, settings)
         info = {
@@ -130,10 +181,13 @@ def write_package(
             "rows_source": rows.source,
             "formats": record["formats"],
         }
+        export |= {key: record[key] for key in ("pruned", "quantized") if record.get(key)}
         write_json(payload / EXPORT_FILE, export)
         package_dir = work / PACKAGE_DIR
         _save_mlflow_model(package_dir, payload, encoder, rows, model, info)
-        export["package_check"] = _check_package(package_dir, model, rows, settings.tolerance)
+        export["package_check"] = _check_package(
+            package_dir, model, rows, settings.tolerance, record.get("served_raw")
+        )
         export["seconds"] = round(time.perf_counter() - started, 2)
         write_json(package_dir / DATA_DIR / PAYLOAD_DIR / EXPORT_FILE, export)
         _replace(package_dir, target)
@@ -158,7 +212,11 @@ def _export_network(
     encoded: dict[str, np.ndarray],
     payload: Path,
     settings: ExportConfig,
+    rows: CheckRows,
+    training: TrainingRows | None,
 ) -> dict[str, Any]:
+    """Export the network (pruned first, when asked) in every format, each checked against the
+    torch network it came from; then, when asked, quantize the ONNX model to serve it in int8."""
     from mlsmith.packaging.formats import (
         ONNX_FILE,
         TORCHSCRIPT_FILE,
@@ -171,15 +229,24 @@ def _export_network(
     from mlsmith.runtime.engines import OnnxEngine
 
     network = copy.deepcopy(model.network).cpu().eval()  # type: ignore[attr-defined]
-    graph = inference_graph(network, model.preprocessor)
     batch_size = model.config.train.eval_batch_size
     n = len(next(iter(encoded.values())))
     example = encoder.batch(encoded, 0, min(n, 8))
-    eager = EagerRunner(graph)
-    reference = _raw(eager.raw, encoder, encoded, batch_size)
     kind = model.task.kind
+    pruned: dict[str, Any] | None = None
+    if settings.prune is not None:
+        from mlsmith.packaging.prune import prune_for_export
+
+        assert training is not None  # write_package checked
+        network, pruned = prune_for_export(
+            model, network, settings.prune, encoder, encoded, _truth(model, rows), training.split
+        )
+    graph = inference_graph(network, model.preprocessor)
+    eager = EagerRunner(graph)
+    reference = raw_outputs(eager.raw, encoder, encoded, batch_size)
     formats: dict[str, dict[str, Any]] = {}
-    runners: dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]] = {"torch": eager.raw}
+    outputs: dict[str, np.ndarray] = {}
+    runners: dict[str, Runner] = {"torch": eager.raw}
     for name in ["onnx", *[f for f in settings.formats if f != "onnx"]]:
         if name == "onnx":
             record = to_onnx(graph, example, payload / ONNX_FILE)
@@ -187,32 +254,61 @@ def _export_network(
         else:
             record = to_torchscript(graph, example, payload / TORCHSCRIPT_FILE)
             runner = TorchScriptRunner(payload / TORCHSCRIPT_FILE).raw
-        record |= _parity(name, reference, _raw(runner, encoder, encoded, batch_size), kind)
+        outputs[name] = raw_outputs(runner, encoder, encoded, batch_size)
+        record |= _parity(name, reference, outputs[name], kind)
         record["bytes"] = (payload / record["file"]).stat().st_size
         _require_parity(name, record, settings.tolerance)
         formats[name] = record
         runners[name] = runner
     _latencies(formats, runners, encoder, encoded)
-    return {
+    served: dict[str, Any] = {
         "engine": "onnx",
         "model_file": ONNX_FILE,
-        "serves": "onnx",
+        "serves": "onnx-pruned" if pruned else "onnx",
         "formats": formats,
+        "pruned": pruned,
+        # What the finished package must reproduce when it does not serve the trained network.
+        "served_raw": reference if pruned else None,
     }
+    if settings.quantize is not None:
+        assert training is not None
+        served |= _quantized(
+            model, encoder, encoded, payload / ONNX_FILE, outputs["onnx"], rows, training
+        )
+        served["serves"] += "-int8"
+    return served
 
 
-def _raw(
-    run: Callable[[dict[str, np.ndarray]], np.ndarray],
+def _quantized(
+    model: Model,
     encoder: Encoder,
     encoded: dict[str, np.ndarray],
-    batch_size: int,
-) -> np.ndarray:
-    n = len(next(iter(encoded.values())))
-    chunks = [
-        run(encoder.batch(encoded, start, min(start + batch_size, n)))
-        for start in range(0, n, batch_size)
-    ]
-    return np.concatenate(chunks).astype(np.float64)
+    float_file: Path,
+    float_raw: np.ndarray,
+    rows: CheckRows,
+    training: TrainingRows,
+) -> dict[str, Any]:
+    """The int8 model beside the float one: what the package now serves, and its record."""
+    from mlsmith.packaging.quantize import QUANTIZED_FILE, Inputs, quantize_network
+
+    inputs = Inputs(
+        encoder=encoder,
+        check=encoded,
+        truth=_truth(model, rows),
+        float_raw=float_raw,
+        task=model.task,
+        batch_size=model.config.train.eval_batch_size,
+        resamples=model.config.eval.bootstrap,
+        seed=model.config.seed,
+    )
+    calibration = encoder.transform(training.frame, training.source)
+    record, int8_raw = quantize_network(float_file, inputs, calibration)
+    return {"model_file": QUANTIZED_FILE, "quantized": record, "served_raw": int8_raw}
+
+
+def _truth(model: Model, rows: CheckRows) -> np.ndarray:
+    """The check rows' targets as metrics read them (class indices, or values)."""
+    return model.task.truth(model.preprocessor.encode_target(rows.frame, rows.source))
 
 
 def _compared(raw: np.ndarray, kind: str) -> np.ndarray:
@@ -250,20 +346,14 @@ def _require_parity(name: str, record: dict[str, Any], tolerance: float) -> None
 
 def _latencies(
     formats: dict[str, dict[str, Any]],
-    runners: dict[str, Callable[[dict[str, np.ndarray]], np.ndarray]],
+    runners: dict[str, Runner],
     encoder: Encoder,
     encoded: dict[str, np.ndarray],
 ) -> None:
     """Median milliseconds per call at batch 1 and batch 1,024, each format and torch eager."""
-    n = len(next(iter(encoded.values())))
-    row_bytes = sum(v[:1].nbytes for v in encoded.values())
     for batch in LATENCY_BATCHES:
-        size = max(1, min(batch, LATENCY_MEMORY // max(row_bytes, 1)))
-        picked = np.arange(size) % n
-        rows = {k: v[picked] for k, v in encoded.items()}
-        inputs = encoder.batch(rows, 0, size)
-        repeats = 20 if size == 1 else 3
-        timings = {name: _median_ms(run, inputs, repeats) for name, run in runners.items()}
+        size, inputs = timing_inputs(encoder, encoded, batch)
+        timings = {name: median_ms(run, inputs, repeats_for(size)) for name, run in runners.items()}
         for name, record in formats.items():
             key = f"batch_{batch}"
             record.setdefault("latency_ms", {})[key] = {
@@ -272,18 +362,6 @@ def _latencies(
                 "torch": round(timings["torch"], 4),
                 "speedup_vs_torch": round(timings["torch"] / max(timings[name], 1e-9), 3),
             }
-
-
-def _median_ms(
-    run: Callable[[dict[str, np.ndarray]], np.ndarray], inputs: dict[str, np.ndarray], repeats: int
-) -> float:
-    run(inputs)  # warm-up: first calls allocate and pick kernels
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        run(inputs)
-        times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
 
 
 # --- boosted trees ----------------------------------------------------------------------------
@@ -359,18 +437,49 @@ def _save_mlflow_model(
         code,
         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
     )
-    example = rows.frame[encoder.columns].head(EXAMPLE_ROWS).reset_index(drop=True)
-    signature = infer_signature(example, predict_frame(model, example, rows.source))
-    mlflow.pyfunc.save_model(
-        str(package_dir),
-        loader_module=f"{RUNTIME_NAME}.pyfunc",
-        data_path=str(payload),
-        code_paths=[str(code)],
-        signature=signature,
-        input_example=example,
-        pip_requirements=requirements(info["kind"], info["engine"]),
-        metadata={"mlsmith": {k: info[k] for k in ("family", "kind", "engine", "run")}},
-    )
+    head = rows.frame.head(EXAMPLE_ROWS).reset_index(drop=True)
+    example = _example(head, encoder)
+    signature = infer_signature(example, predict_frame(model, head, rows.source))
+    # MLflow stores examples as JSON, which holds no bytes: arrays' PNGs shape the signature only.
+    stored_example = None if _holds_bytes(example) else example
+    with warnings.catch_warnings():
+        # Without an example (see above) MLflow advises adding one; the signature says it all.
+        warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+        mlflow.pyfunc.save_model(
+            str(package_dir),
+            loader_module=f"{RUNTIME_NAME}.pyfunc",
+            data_path=str(payload),
+            code_paths=[str(code)],
+            signature=signature,
+            input_example=stored_example,
+            pip_requirements=requirements(info["kind"], info["engine"]),
+            metadata={"mlsmith": {k: info[k] for k in ("family", "kind", "engine", "run")}},
+        )
+
+
+def _example(frame: pd.DataFrame, encoder: Encoder) -> pd.DataFrame:
+    """Rows a user of the package could send: its input columns; images stored as arrays (an
+    .npz) become the PNG files' bytes, since their "paths" name no file."""
+    import io
+
+    from mlsmith.runtime.images import ARRAY, PATH, pillow
+
+    if encoder.kind != "image" or ARRAY not in frame.columns:
+        return frame[encoder.columns]
+    image = pillow()
+    files = []
+    for pixels in frame[ARRAY]:
+        array = np.asarray(pixels)
+        buffer = io.BytesIO()
+        image.fromarray(array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)).save(
+            buffer, format="PNG"
+        )
+        files.append(buffer.getvalue())
+    return frame.assign(**{PATH: files})[[PATH]]
+
+
+def _holds_bytes(frame: pd.DataFrame) -> bool:
+    return any(isinstance(value, bytes) for value in frame.iloc[:1].to_numpy().ravel())
 
 
 def requirements(kind: str, engine: str) -> list[str]:
@@ -389,10 +498,19 @@ def _version(distribution: str) -> str:
 
 
 def _check_package(
-    package_dir: Path, model: Model, rows: CheckRows, tolerance: float
+    package_dir: Path,
+    model: Model,
+    rows: CheckRows,
+    tolerance: float,
+    served_raw: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """Load the finished package with the runtime and compare it with ``mlsmith predict``."""
-    from mlsmith.prediction import predict_frame
+    """Load the finished package with the runtime and compare it with ``mlsmith predict``.
+
+    A package serving a pruned or int8 network differs from the trained model by design: its
+    values are compared with that network's own outputs (``served_raw``, on the check rows),
+    its columns still with ``mlsmith predict``'s.
+    """
+    from mlsmith.prediction import decoded_frame, predict_frame
 
     package = Package(package_dir, providers=["CPUExecutionProvider"])
     got = package.predict(rows.frame, rows.source)
@@ -402,19 +520,23 @@ def _check_package(
             f"the package's output columns {list(got.columns)} differ from mlsmith predict's "
             f"{list(expected.columns)}"
         )
+    if served_raw is not None:
+        expected = decoded_frame(model.task, model.task.decode(served_raw))
+        expected.index = got.index
     numbers = [c for c in got.columns if c.startswith("proba_")] or ["prediction"]
     diff = float(np.abs(got[numbers].to_numpy(float) - expected[numbers].to_numpy(float)).max())
     labels_equal = not model.task.is_classification or bool(
         (got["prediction"] == expected["prediction"]).all()
     )
     scale = 1.0 if model.task.is_classification else float(getattr(model.task, "std", 1.0))
+    what = "the network it serves" if served_raw is not None else "mlsmith predict"
     if diff > tolerance * scale or (model.task.is_classification and not labels_equal):
         raise ExportError(
-            f"the finished package does not reproduce mlsmith predict on the {rows.source}: "
+            f"the finished package does not reproduce {what} on the {rows.source}: "
             f"max |difference| {diff:.3g}"
             + ("" if labels_equal else ", and some predicted labels differ")
         )
-    record: dict[str, Any] = {"rows": len(rows.frame), "max_abs_diff": diff}
+    record: dict[str, Any] = {"rows": len(rows.frame), "max_abs_diff": diff, "compared_with": what}
     if model.task.is_classification:
         record["labels_equal"] = labels_equal
     return record
