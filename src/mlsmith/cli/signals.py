@@ -11,7 +11,9 @@ a command that returns normally after one still exits as interrupted.
 
 from __future__ import annotations
 
+import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +39,23 @@ def _record(signum: int, frame: FrameType | None) -> None:
     _received.append(signum)
 
 
+def _redeliver(unraisable: Any) -> None:
+    """``sys.unraisablehook`` inside :func:`interruptible`: an Interrupted raised while Python
+    ran a finalizer or a weakref callback (say SQLAlchemy's, during garbage collection) cannot
+    propagate, and Python would print it as a traceback and carry on. Send the signal again
+    instead: it lands in the code that was running and stops it as it should (from another
+    thread, a moment later: sent from here it would land in this hook, unraisable again)."""
+    if isinstance(unraisable.exc_value, Interrupted):
+        resend = threading.Timer(0.01, os.kill, (os.getpid(), unraisable.exc_value.signum))
+        resend.daemon = True
+        resend.start()
+        return
+    _previous_hook(unraisable)
+
+
+_previous_hook = sys.unraisablehook
+
+
 @contextmanager
 def interruptible(restore: bool = True) -> Iterator[None]:
     """Within this block SIGINT and SIGTERM raise Interrupted (main thread only).
@@ -48,13 +67,16 @@ def interruptible(restore: bool = True) -> Iterator[None]:
     if threading.current_thread() is not threading.main_thread():
         yield
         return
+    global _previous_hook
     previous: dict[int, Any] = {s: signal.getsignal(s) for s in HANDLED}
     _received.clear()
     for signum in HANDLED:
         signal.signal(signum, _raise_interrupted)
+    _previous_hook, sys.unraisablehook = sys.unraisablehook, _redeliver
     try:
         yield
     finally:
+        sys.unraisablehook = _previous_hook
         for number, handler in previous.items():
             signal.signal(number, handler if restore else signal.SIG_IGN)
 
