@@ -322,3 +322,22 @@ def test_images_stored_as_arrays_package_with_png_bytes_as_the_example(tmp_path:
         Image.fromarray(pixels).save(buffer, format="PNG")
         files.append(buffer.getvalue())
     _assert_same_predictions(pyfunc.predict(pd.DataFrame({"path": files})), expected)
+
+
+@pytest.mark.slow
+def test_integer_columns_accept_missing_values_through_the_pyfunc(tmp_path: Path) -> None:
+    """The signature types integer features as doubles: a missing value (imputed by the
+    package, as by mlsmith predict) is not a schema error."""
+    import mlflow.pyfunc
+
+    frame = make_table("binary", rows=120, seed=4)
+    frame["size"] = frame["size"].astype("int64")
+    frame.to_csv(tmp_path / "data.csv", index=False)
+    raw = config_dict(tmp_path / "data.csv", tmp_path / "runs", export={"package": True})
+    run = mlsmith.train(raw, progress=False, epoch_lines=False)
+    pyfunc = mlflow.pyfunc.load_model(str(run.path / "package"))
+    types = {c.name: str(c.type) for c in pyfunc.metadata.get_input_schema().inputs}
+    assert types["size"].endswith("double"), types
+    rows = frame.drop(columns="label").head(5).astype({"size": "float64"})
+    rows.loc[0, "size"] = np.nan
+    _assert_same_predictions(pyfunc.predict(rows), run.predict(rows))

@@ -462,10 +462,16 @@ def _example(frame: pd.DataFrame, encoder: Encoder) -> pd.DataFrame:
     .npz) become the PNG files' bytes, since their "paths" name no file."""
     import io
 
+    import pandas as pd
+
     from mlsmith.runtime.images import ARRAY, PATH, pillow
 
     if encoder.kind != "image" or ARRAY not in frame.columns:
-        return frame[encoder.columns]
+        example = frame[encoder.columns]
+        # Integer columns as floats: the package imputes a missing number, and a signature of
+        # integers would make MLflow refuse the NaN that stands for it.
+        integers = [c for c in example.columns if pd.api.types.is_integer_dtype(example[c])]
+        return example.astype(dict.fromkeys(integers, "float64"))
     image = pillow()
     files = []
     for pixels in frame[ARRAY]:
