@@ -82,7 +82,7 @@ def test_a_signal_mid_training_stops_the_run_cleanly_and_says_how_to_resume(
     info = json.loads((run_dir / "run.json").read_text())
     assert info["status"] == "interrupted"
     status, end_time = _mlflow_status(tmp_path, info["mlflow_run_id"])
-    assert status == "KILLED" and end_time is not None
+    assert status == "KILLED" and end_time is not None, (status, stderr[-3000:])
     assert ("terminated" if signum == signal.SIGTERM else "interrupted") in stderr
     assert not temporaries(tmp_path)
     load_checkpoint(run_dir / "checkpoints" / "last.pt")
