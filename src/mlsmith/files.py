@@ -80,11 +80,15 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         target.parent.mkdir(parents=True, exist_ok=True)
         sweep_stale_temporaries(target.parent)
         tmp = temporary_path(target)
-        # O_EXCL: the name is ours alone; 0o666 & ~umask as a plain open() would create it.
-        os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_UMASK))
     except OSError as exc:
         raise WriteError(target, exc) from None
+    # Created inside the try: a signal landing right after the file appears still removes it.
     try:
+        try:
+            # O_EXCL: the name is ours alone; 0o666 & ~umask as a plain open() would create it.
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 & ~_UMASK))
+        except OSError as exc:
+            raise WriteError(target, exc) from None
         yield tmp
         try:
             with open(tmp, "rb+") as handle:
