@@ -33,6 +33,7 @@ _EXPORTS = {
     "load_package": "mlsmith.api",
     "register": "mlsmith.api",
     "promote": "mlsmith.api",
+    "serve": "mlsmith.api",
     "Decision": "mlsmith.registry",
     "RegisteredVersion": "mlsmith.registry",
     "Package": "mlsmith.runtime.package",
@@ -71,6 +72,7 @@ __all__ = [
     "promote",
     "register",
     "report",
+    "serve",
     "train",
     "tune",
 ]
@@ -87,6 +89,7 @@ if TYPE_CHECKING:
         promote,
         register,
         report,
+        serve,
         train,
         tune,
     )

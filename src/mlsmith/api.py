@@ -32,6 +32,7 @@ __all__ = [
     "promote",
     "register",
     "report",
+    "serve",
     "train",
     "tune",
 ]
@@ -292,3 +293,61 @@ def promote(
         rollback=rollback,
         tracking_uri=tracking_uri,
     )
+
+
+def serve(
+    models: list[str] | dict[str, str] | None = None,
+    *,
+    config: str | Path | dict[str, Any] | None = None,
+    host: str | None = None,
+    port: int | None = None,
+    workers: int | None = None,
+    tracking_uri: str | None = None,
+    watch: float | None = None,
+    log_dir: str | Path | None = None,
+    batching: bool | None = None,
+    overrides: list[str] | None = None,
+) -> None:
+    """Serve models over HTTP (Open Inference Protocol v2 and ``POST .../predict``) until
+    SIGTERM or Ctrl-C, which drain in-flight requests first.
+
+    ``models`` are run directories, package directories or ``models:/NAME@ALIAS``, each served
+    under ``name`` when given as ``"name=reference"`` (or as a dict), else under its registered
+    name or run's experiment. ``config`` is a serve.yaml (A/B routes, shadow, batching, the
+    prediction log); the keyword options and ``overrides`` (``key=value``) take precedence.
+    """
+    from mlsmith.config.serve import load_serve_config
+    from mlsmith.serving.models import default_name
+    from mlsmith.serving.server import serve as run_server
+
+    named: dict[str, str] = {}
+    items = models.items() if isinstance(models, dict) else [_named(m) for m in models or []]
+    for name, reference in items:
+        name = name or default_name(reference)
+        if name in named:
+            raise ConfigError(
+                f"two models would be served as '{name}' ({named[name]} and {reference}); "
+                f"name them: NAME=MODEL"
+            )
+        named[name] = reference
+    settings = load_serve_config(
+        config,
+        overrides,
+        models=named or None,
+        host=host,
+        port=port,
+        workers=workers,
+        tracking_uri=tracking_uri,
+        watch=watch,
+        log_dir=log_dir,
+        batching=batching,
+    )
+    run_server(settings)
+
+
+def _named(reference: str) -> tuple[str | None, str]:
+    """``name=reference`` split; a bare reference has no name (``models:/`` has no ``=``)."""
+    name, sep, rest = reference.partition("=")
+    if sep and name and "/" not in name and not reference.startswith("models:/"):
+        return name, rest
+    return None, reference

@@ -26,6 +26,7 @@ from mlsmith.cli import (
     promote,
     register,
     report,
+    serve,
     signals,
     train,
     tune,
@@ -51,6 +52,7 @@ app.command("tune", no_args_is_help=True)(tune.command)
 app.command("export", no_args_is_help=True)(export.command)
 app.command("register", no_args_is_help=True)(register.command)
 app.command("promote", no_args_is_help=True)(promote.command)
+app.command("serve", no_args_is_help=True)(serve.command)
 
 
 @app.callback(invoke_without_command=True)
