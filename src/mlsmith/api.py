@@ -14,6 +14,7 @@ if TYPE_CHECKING:
     import pandas as pd
 
     from mlsmith.checks import CheckReport
+    from mlsmith.monitoring import MonitorResult
     from mlsmith.registry import Decision, RegisteredVersion
     from mlsmith.reports.compare import Comparison
     from mlsmith.runtime.package import Package
@@ -28,6 +29,7 @@ __all__ = [
     "load_package",
     "load_run",
     "lr_find",
+    "monitor",
     "predict",
     "promote",
     "register",
@@ -351,3 +353,48 @@ def _named(reference: str) -> tuple[str | None, str]:
     if sep and name and "/" not in name and not reference.startswith("models:/"):
         return name, rest
     return None, reference
+
+
+def monitor(
+    package: str | Path,
+    log: str | Path,
+    *,
+    labels: str | Path | None = None,
+    output: str | Path | None = None,
+    tracking_uri: str | None = None,
+    model: str | None = None,
+    variant: str | None = None,
+    last: int | None = None,
+    psi_threshold: float | None = None,
+    p_value: float | None = None,
+    min_rows: int | None = None,
+    max_metric_drop: float | None = None,
+) -> MonitorResult:
+    """Judge a server's prediction log (``log``, its ``log.directory``) against ``package``'s
+    training statistics: PSI and a KS / chi-square test per feature and for the predictions,
+    and, with ``labels`` (CSV or Parquet of ``request_id`` and ``label``), live performance
+    against the package's test metrics. ``package`` is a package or run directory or
+    ``models:/<name>@<alias>``; ``model`` / ``variant`` / ``last`` pick the logged rows;
+    thresholds left None take :class:`~mlsmith.config.monitor.MonitorConfig`'s defaults.
+    ``output`` writes the HTML report. ``result.exit_code`` is 1 on drift or degradation.
+    """
+    from mlsmith.monitoring import monitor as judge_log
+    from mlsmith.monitoring import monitor_config
+
+    config = monitor_config(
+        psi_threshold=psi_threshold,
+        p_value=p_value,
+        min_rows=min_rows,
+        max_metric_drop=max_metric_drop,
+    )
+    return judge_log(
+        load_package(package, tracking_uri=tracking_uri),
+        log,
+        labels=labels,
+        output=output,
+        config=config,
+        model=model,
+        variant=variant,
+        last=last,
+        name=str(package),
+    )

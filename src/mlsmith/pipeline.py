@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from mlsmith.config import Config, load_config
 from mlsmith.errors import ConfigError, DataError, MlsmithError, PreflightError, RunError
 from mlsmith.files import read_json, write_json, write_text
+from mlsmith.packaging.reference import reference_rows
 from mlsmith.packaging.writer import (
     CheckRows,
     TrainingRows,
@@ -38,6 +39,8 @@ from mlsmith.training.history import HISTORY_FILE, STEPS_FILE
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
+
+    import pandas as pd
 
     from mlsmith.checks import CheckReport
     from mlsmith.data.base import PreparedData, Preprocessor
@@ -109,6 +112,7 @@ def run_training(
     # Pruning fine-tunes on the training split; static quantization calibrates on its rows.
     optimised = cfg.export.quantize is not None or cfg.export.prune is not None
     package_training = training_rows(data) if package_rows is not None and optimised else None
+    package_reference = reference_rows(data) if package_rows is not None else None
     data.frames.clear()  # the raw rows were only needed by the checks (and the package's)
     if run_dir is None:
         # Only now: a config, data or pre-flight error must not leave a run directory behind.
@@ -179,7 +183,7 @@ def run_training(
     try:
         if package_rows is not None:
             info["package"] = _write_package(
-                run_dir, model, package_rows, cfg, tracker, package_training
+                run_dir, model, package_rows, cfg, tracker, package_training, package_reference
             )
             write_json(run_dir / INFO_FILE, info)
         # Per-epoch keys (val/accuracy...) already have one point per epoch: log only their CIs.
@@ -304,13 +308,16 @@ def _write_package(
     cfg: Config,
     tracker: Tracker,
     training: TrainingRows | None,
+    reference: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """``<run>/package/``, logged as the run's MLflow model; a failure here is a warning: the
     run itself is complete, and ``mlsmith export`` can try again."""
     from mlsmith.packaging.writer import PACKAGE_DIR, write_package
 
     try:
-        export = write_package(run_dir, model, rows, cfg.export, training=training)
+        export = write_package(
+            run_dir, model, rows, cfg.export, training=training, reference=reference
+        )
     except Exception as error:  # the model is saved; packaging must never cost the user the run
         what = str(error) if isinstance(error, MlsmithError) else f"{type(error).__name__}: {error}"
         log.warning("no package written (%s); retry with `mlsmith export %s`", what, run_dir)
@@ -392,7 +399,14 @@ def export_run(
     training = training_rows(data) if settings.quantize or settings.prune else None
     target = Path(output) if output else run.path / PACKAGE_DIR
     export = write_package(
-        run.path, model, rows, settings, output=target, run_name=run.id, training=training
+        run.path,
+        model,
+        rows,
+        settings,
+        output=target,
+        run_name=run.id,
+        training=training,
+        reference=reference_rows(data),
     )
     if output is None or target.resolve() == (run.path / PACKAGE_DIR).resolve():
         tracker = Tracker.reopen(cfg, run.info.get("mlflow_run_id"))

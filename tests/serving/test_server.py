@@ -329,3 +329,19 @@ def test_bad_model_reference_is_a_usage_error(server_factory: Any, tmp_path: Any
     )
     assert result.returncode == 2
     assert "not an mlsmith package" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_missing_serve_extra_names_the_install(served_run: ServedRun) -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; sys.modules['fastapi'] = None\n"
+        "from mlsmith.cli import main\n"
+        f"main(['serve', {str(served_run.path)!r}, '--port', '0'])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2, result.stderr
+    assert "pip install 'mlsmith[serve]'" in result.stderr and "Traceback" not in result.stderr

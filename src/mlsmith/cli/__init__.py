@@ -22,6 +22,7 @@ from mlsmith.cli import (
     evaluate,
     export,
     lr_find,
+    monitor,
     predict,
     promote,
     register,
@@ -53,6 +54,7 @@ app.command("export", no_args_is_help=True)(export.command)
 app.command("register", no_args_is_help=True)(register.command)
 app.command("promote", no_args_is_help=True)(promote.command)
 app.command("serve", no_args_is_help=True)(serve.command)
+app.command("monitor", no_args_is_help=True)(monitor.command)
 
 
 @app.callback(invoke_without_command=True)

@@ -141,12 +141,14 @@ def write_package(
     output: Path | None = None,
     run_name: str | None = None,
     training: TrainingRows | None = None,
+    reference: pd.DataFrame | None = None,
 ) -> dict[str, Any]:
     """Write and verify the package of ``model`` (saved in ``run_dir``); return export.json.
 
     Raises :class:`ExportError` when a format or the finished package diverges from the torch
     model by more than ``settings.tolerance``; nothing is written then. ``training`` (the
-    training split) is needed when ``settings`` asks for quantization or pruning.
+    training split) is needed when ``settings`` asks for quantization or pruning; ``reference``
+    (raw training rows) gives the package the statistics drift is measured against.
     """
     check_export_settings(model, settings)
     if (settings.quantize or settings.prune) and training is None:
@@ -183,6 +185,10 @@ def write_package(
         }
         export |= {key: record[key] for key in ("pruned", "quantized") if record.get(key)}
         write_json(payload / EXPORT_FILE, export)
+        if reference is not None:
+            from mlsmith.packaging.reference import write_reference
+
+            write_reference(payload, reference, Path(run_dir))
         package_dir = work / PACKAGE_DIR
         _save_mlflow_model(package_dir, payload, encoder, rows, model, info)
         export["package_check"] = _check_package(

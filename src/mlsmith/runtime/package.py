@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from . import text
+from .drift import REFERENCE_FILE, Reference
 from .engines import Engine, LightGBMEngine, OnnxEngine, XGBoostEngine
 from .errors import DataError
 from .images import ImageEncoder
@@ -96,6 +97,7 @@ class Package:
         self.encoder = Encoder(self.kind, state)
         self.batch_size = int(self.info.get("batch_size", 1024))
         self.engine = self._engine(data / self.info["model_file"], state, providers)
+        self._reference = _read_reference(data / REFERENCE_FILE)
 
     @property
     def family(self) -> str:
@@ -109,6 +111,12 @@ class Package:
     @property
     def classes(self) -> list[Any]:
         return self.decoder.classes
+
+    @property
+    def reference(self) -> Reference | None:
+        """The training split's statistics drift is measured against (None: a package written
+        before packages carried them)."""
+        return self._reference
 
     def raw(self, frame: pd.DataFrame, source: str = "input") -> np.ndarray:
         """Raw outputs (n, n_outputs) for raw rows."""
@@ -144,6 +152,16 @@ class Package:
                 n_categorical=len(state["categorical"]),
             )
         raise DataError(f"{self.directory / PACKAGE_FILE}: unknown engine '{engine}'")
+
+
+def _read_reference(file: Path) -> Reference | None:
+    # Read now: a package loaded from the registry is read from a download deleted afterwards.
+    if not file.is_file():
+        return None
+    try:
+        return Reference.from_dict(_read_json(file))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise DataError(f"{file}: not readable ({exc})") from None
 
 
 def _read_json(file: Path) -> dict[str, Any]:

@@ -29,9 +29,28 @@ CONFIG_ENV = "MLSMITH_SERVE_CONFIG"
 READY_LINE = "mlsmith serve: listening on"
 
 
+def require_serve_extra() -> None:
+    """A clear message naming the install when the ``[serve]`` extra is missing."""
+    import importlib.util
+
+    from mlsmith.errors import MissingExtraError
+
+    for module, package in (
+        ("fastapi", "fastapi"),
+        ("uvicorn", "uvicorn"),
+        ("prometheus_client", "prometheus-client"),
+    ):
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except (ImportError, ValueError):  # blocked or half-installed
+            found = False
+        if not found:
+            raise MissingExtraError(package, "serve", "mlsmith serve")
+
+
 def serve(config: ServeConfig) -> None:
     """Serve ``config`` until SIGTERM or Ctrl-C; returns after the drain."""
-
+    require_serve_extra()
     from mlsmith.serving.app import create_app
 
     if config.workers == 1:
@@ -47,9 +66,9 @@ def serve(config: ServeConfig) -> None:
     uv_config.factory = True
     sock = uv_config.bind_socket()
     _announce(config.host, sock.getsockname()[1], config, workers=config.workers)
-    from uvicorn.supervisors import Multiprocess
-
     import inspect
+
+    from uvicorn.supervisors import Multiprocess
 
     if "target" in inspect.signature(Multiprocess.__init__).parameters:  # uvicorn < 0.36
         supervisor = Multiprocess(
