@@ -107,10 +107,13 @@ def validate_raw(model: torch.nn.Module, data: Data, args: argparse.Namespace) -
 # --- (b) the mlsmith Trainer ------------------------------------------------------------------
 
 
-def train_mlsmith(model: torch.nn.Module, data: Data, args: argparse.Namespace) -> None:
+def train_mlsmith(
+    model: torch.nn.Module, data: Data, args: argparse.Namespace, grad_norms: bool = True
+) -> None:
     from mlsmith.training.progress import ProgressReporter
 
     config = TrainConfig(
+        log_grad_norm=grad_norms,
         epochs=args.epochs,
         batch_size=args.batch_size,
         eval_batch_size=args.eval_batch_size,
@@ -140,6 +143,13 @@ def train_mlsmith(model: torch.nn.Module, data: Data, args: argparse.Namespace) 
         # fit() restores the best checkpoint; the comparison needs the final weights.
         final = torch.load(Path(checkpoints) / "last.pt", weights_only=True)["model"]
         model.load_state_dict(final)
+
+
+def train_mlsmith_without_grad_norms(
+    model: torch.nn.Module, data: Data, args: argparse.Namespace
+) -> None:
+    """The Trainer with its one optional per-step diagnostic off: what that diagnostic costs."""
+    train_mlsmith(model, data, args, grad_norms=False)
 
 
 # --- (c) PyTorch Lightning --------------------------------------------------------------------
@@ -247,7 +257,7 @@ def compare(
             seconds, finals[name] = timed(loops[name], initial, data, args)
             times[name].append(seconds)
             print(
-                f"  MLP {hidden} repeat {repeat + 1}: {name:<16} {seconds:6.2f} s", file=sys.stderr
+                f"  MLP {hidden} repeat {repeat + 1}: {name:<22} {seconds:6.2f} s", file=sys.stderr
             )
     reference = finals["raw loop"].state_dict()
     mlsmith_state = finals["mlsmith Trainer"].state_dict()
@@ -280,6 +290,11 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=1e-2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--no-lightning", action="store_true")
+    parser.add_argument(
+        "--ablation",
+        action="store_true",
+        help="also time the Trainer with per-step gradient norms off (train.log_grad_norm=false)",
+    )
     args = parser.parse_args()
 
     logging.getLogger("lightning").setLevel(logging.ERROR)
@@ -292,6 +307,8 @@ def main() -> None:
         "raw loop, again": train_raw,
         "mlsmith Trainer": train_mlsmith,
     }
+    if args.ablation:
+        loops["mlsmith, no grad norms"] = train_mlsmith_without_grad_norms
     if not args.no_lightning:
         loops["Lightning"] = train_lightning
     sizes = [[int(w) for w in size.split(",")] for size in args.sizes]
@@ -305,16 +322,16 @@ def main() -> None:
         "gradient norms and NaN checks, steps.csv rows, checkpoints each epoch)\n"
     )
     print(
-        f"| {'model':<11} | {'loop':<16} | {'samples/s':>10} | {'vs raw':>6} "
+        f"| {'model':<11} | {'loop':<22} | {'samples/s':>10} | {'vs raw':>6} "
         f"| {'vs raw, best':>12} | max abs w diff |"
     )
-    print(f"|{'-' * 13}|{'-' * 18}|{'-' * 12}|{'-' * 8}|{'-' * 14}|{'-' * 16}|")
+    print(f"|{'-' * 13}|{'-' * 24}|{'-' * 12}|{'-' * 8}|{'-' * 14}|{'-' * 16}|")
     for hidden, by_loop in results.items():
         raw, raw_best = by_loop["raw loop"][:2]
         for name, (median, best, diff) in by_loop.items():
             model = "MLP " + "-".join(map(str, hidden))
             print(
-                f"| {model:<11} | {name:<16} | {samples / median:>10,.0f} | "
+                f"| {model:<11} | {name:<22} | {samples / median:>10,.0f} | "
                 f"{raw / median:>6.3f} | {raw_best / best:>12.3f} | {diff:>14.2e} |"
             )
     print("\n(vs raw: ratio of median times; best: of the fastest runs)")
