@@ -385,31 +385,6 @@ def _routes(app: FastAPI, state: ServerState) -> None:
 
     from mlsmith import __version__
 
-    def endpoint_for(name: str) -> Endpoint:
-        endpoint = state.endpoints.get(name)
-        if endpoint is None:
-            from mlsmith.errors import did_you_mean
-
-            known = list(state.endpoints)
-            raise ProtocolError(
-                f"no model named '{name}'{did_you_mean(name, known)}; served: {', '.join(known)}",
-                404,
-            )
-        return endpoint
-
-    def variant_for(endpoint: Endpoint, version: str | None) -> Variant | None:
-        if version is None:
-            return None
-        variant = endpoint.pinned(version)
-        if variant is None:
-            served = sorted({v.slot.current.version for v in endpoint.variants.values()})
-            raise ProtocolError(
-                f"model '{endpoint.name}' has no version '{version}' being served (serving: "
-                f"{', '.join(served)})",
-                404,
-            )
-        return variant
-
     @app.get("/v2/health/live", tags=["health"])
     async def live() -> dict[str, bool]:
         return {"live": True}
@@ -451,15 +426,15 @@ def _routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v2/models/{name}", tags=["metadata"], responses=_ERRORS)
     async def model_metadata(name: str) -> dict[str, Any]:
-        return metadata(endpoint_for(name), None)
+        return metadata(endpoint_for(state, name), None)
 
     @app.get("/v2/models/{name}/versions/{version}", tags=["metadata"], responses=_ERRORS)
     async def version_metadata(name: str, version: str) -> dict[str, Any]:
-        endpoint = endpoint_for(name)
+        endpoint = endpoint_for(state, name)
         return metadata(endpoint, variant_for(endpoint, version))
 
     def readiness(name: str, version: str | None) -> Response:
-        endpoint = endpoint_for(name)
+        endpoint = endpoint_for(state, name)
         variant_for(endpoint, version)
         ok = not state.draining
         return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
@@ -476,7 +451,7 @@ def _routes(app: FastAPI, state: ServerState) -> None:
         "/v2/models/{name}/infer", tags=["inference"], openapi_extra=_INFER_BODY, responses=_ERRORS
     )
     async def infer(name: str, request: Request) -> Response:
-        return await _infer(state, request, name, None, endpoint_for, variant_for)
+        return await _infer(state, request, name, None)
 
     @app.post(
         "/v2/models/{name}/versions/{version}/infer",
@@ -485,7 +460,7 @@ def _routes(app: FastAPI, state: ServerState) -> None:
         responses=_ERRORS,
     )
     async def infer_version(name: str, version: str, request: Request) -> Response:
-        return await _infer(state, request, name, version, endpoint_for, variant_for)
+        return await _infer(state, request, name, version)
 
     @app.post(
         "/v2/models/{name}/predict",
@@ -494,13 +469,13 @@ def _routes(app: FastAPI, state: ServerState) -> None:
         responses=_ERRORS,
     )
     async def predict(name: str, request: Request) -> Response:
-        return await _predict_rows(state, request, endpoint_for(name))
+        return await _predict_rows(state, request, endpoint_for(state, name))
 
     @app.post(
         "/v2/models/{name}/feedback", tags=["a/b"], openapi_extra=_FEEDBACK_BODY, responses=_ERRORS
     )
     async def feedback(name: str, request: Request) -> Response:
-        endpoint = endpoint_for(name)
+        endpoint = endpoint_for(state, name)
         body = _json_object(await _read_body(request, state.config))
         ids, labels = body.get("request_ids"), body.get("labels")
         if not isinstance(ids, list) or not all(isinstance(i, str) for i in ids):
@@ -518,7 +493,7 @@ def _routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v2/models/{name}/ab", tags=["a/b"], responses=_ERRORS)
     async def ab(name: str) -> Response:
-        endpoint = endpoint_for(name)
+        endpoint = endpoint_for(state, name)
         report = await asyncio.get_running_loop().run_in_executor(None, endpoint.feedback.report)
         weights = endpoint.router.weights()
         return JSONResponse(_jsonable({"model": name, "weights": weights, **report}))
@@ -528,6 +503,35 @@ def _routes(app: FastAPI, state: ServerState) -> None:
         _update_drift_gauges(state)
         body, content_type = state.metrics.render()
         return Response(body, media_type=content_type)
+
+
+def endpoint_for(state: ServerState, name: str) -> Endpoint:
+    """The served name's endpoint; 404 naming the served ones (and the closest) when unknown."""
+    endpoint = state.endpoints.get(name)
+    if endpoint is None:
+        from mlsmith.errors import did_you_mean
+
+        known = list(state.endpoints)
+        raise ProtocolError(
+            f"no model named '{name}'{did_you_mean(name, known)}; served: {', '.join(known)}",
+            404,
+        )
+    return endpoint
+
+
+def variant_for(endpoint: Endpoint, version: str | None) -> Variant | None:
+    """The variant serving ``version`` (None: no version asked); 404 when none serves it."""
+    if version is None:
+        return None
+    variant = endpoint.pinned(version)
+    if variant is None:
+        served = sorted({v.slot.current.version for v in endpoint.variants.values()})
+        raise ProtocolError(
+            f"model '{endpoint.name}' has no version '{version}' being served (serving: "
+            f"{', '.join(served)})",
+            404,
+        )
+    return variant
 
 
 def _jsonable(value: Any) -> Any:
@@ -625,13 +629,11 @@ async def _infer(
     request: Request,
     name: str,
     version: str | None,
-    endpoint_for: Any,
-    variant_for: Any,
 ) -> Response:
 
     started = time.perf_counter()
-    endpoint: Endpoint = endpoint_for(name)
-    pinned: Variant | None = variant_for(endpoint, version)
+    endpoint = endpoint_for(state, name)
+    pinned = variant_for(endpoint, version)
     status, variant_name = 400, "-"
     try:
         body = await _read_body(request, state.config)
