@@ -217,3 +217,18 @@ def test_rows_of_epoch_reads_only_the_tail() -> None:
     assert [r[0] for r in rows_of_epoch(rows, 2)] == [3.0, 4.0]
     assert [r[0] for r in rows_of_epoch(rows, 3)] == [5.0]
     assert rows_of_epoch(rows, 4) == [] and rows_of_epoch([], 1) == []
+
+
+def test_all_finite_is_exact_even_where_a_norm_overflows() -> None:
+    from mlsmith.training.diagnostics import all_finite
+
+    weights = [torch.randn(64, 64), torch.randn(64)]
+    assert all_finite(weights) and all_finite([])
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        broken = [w.clone() for w in weights]
+        broken[1][3] = bad
+        assert not all_finite(broken)
+    # Finite values whose float32 norm overflows: the fast path says no, the exact check yes.
+    huge = [torch.full((16,), 3e38)]
+    assert not bool(torch.linalg.vector_norm(huge[0]).isfinite())
+    assert all_finite(huge)

@@ -32,6 +32,7 @@ from mlsmith.training.diagnostics import (
     NonFiniteLossError,
     OverfitWatch,
     StepMonitor,
+    all_finite,
     at_stake,
     peak_memory_mb,
     precision_advice,
@@ -200,7 +201,8 @@ class Trainer:
                     save_checkpoint(self.checkpoint_dir / BEST, self._model_state(model))
                 if stop.enabled and stopper.update(row[stop.monitor]):
                     state.should_stop = True
-                self._save_last(model, parts)
+                # The weights were found finite with the epoch's loss above.
+                self._save_last(model, parts, checked=True)
                 self.callbacks.call("on_epoch_end", self, row)
         except BaseException as error:
             self.callbacks.call("on_exception", self, error)
@@ -299,9 +301,15 @@ class Trainer:
             **self.metadata,
         }
 
-    def _save_last(self, model: torch.nn.Module, parts: dict[str, Stateful]) -> None:
-        """last.pt: everything needed to continue exactly from here, even mid-epoch."""
-        self._finite_loss(model, self.state)  # never checkpoint a diverged run
+    def _save_last(
+        self, model: torch.nn.Module, parts: dict[str, Stateful], *, checked: bool = False
+    ) -> None:
+        """last.pt: everything needed to continue exactly from here, even mid-epoch.
+
+        ``checked``: the loss and weights were just found finite (at an epoch's end).
+        """
+        if not checked:
+            self._finite_loss(model, self.state)  # never checkpoint a diverged run
         state = self._model_state(model)
         state.update({name: part.state_dict() for name, part in parts.items()})
         state["rng"] = rng_states()
@@ -319,7 +327,7 @@ class Trainer:
     def _finite_loss(self, model: torch.nn.Module, state: LoopState) -> float:
         """The epoch's mean loss so far; raises before non-finite weights are checkpointed."""
         loss = state.mean_loss()
-        if math.isfinite(loss) and all(bool(p.isfinite().all()) for p in model.parameters()):
+        if math.isfinite(loss) and all_finite(list(model.parameters())):
             return loss
         what = f"loss became {loss}" if not math.isfinite(loss) else "weights became non-finite"
         raise NonFiniteLossError(
