@@ -110,7 +110,11 @@ def test_cli_train_evaluate_predict_on_a_folder(
     merged = folder_probs.merge(csv_probs, on="key", suffixes=("_f", "_c"))
     assert len(merged) == len(images)
     for name in CLASSES:
-        np.testing.assert_allclose(merged[f"proba_{name}_f"], merged[f"proba_{name}_c"])
+        # Batches of 5 and of 12 may run different convolution kernels: equal to float32's
+        # precision, not bit for bit (seen once: 2e-7 relative).
+        np.testing.assert_allclose(
+            merged[f"proba_{name}_f"], merged[f"proba_{name}_c"], rtol=1e-5, atol=1e-7
+        )
 
     # Bad prediction / evaluation data: clear errors, exit 2, nothing written.
     (loose / "bad.png").write_bytes(b"garbage")
