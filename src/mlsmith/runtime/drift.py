@@ -88,7 +88,12 @@ class FeatureStats:
 
         if self.transform == LENGTH:
             return column.astype("string").str.len().to_numpy(dtype=np.float64, na_value=np.nan)
-        values = pd.to_numeric(column, errors="coerce").to_numpy(dtype=np.float64, na_value=np.nan)
+        if column.dtype.kind in "fiub":  # already numbers: no to_numeric round trip
+            values = column.to_numpy(dtype=np.float64, na_value=np.nan)
+        else:
+            values = pd.to_numeric(column, errors="coerce").to_numpy(
+                dtype=np.float64, na_value=np.nan
+            )
         # An infinite value is not a usable number: the package refuses it; count it missing.
         return np.where(np.isinf(values), np.nan, values)
 

@@ -93,10 +93,12 @@ def nested_columns(frame: pd.DataFrame, columns: Iterable[Any] | None = None) ->
     Parquet columns hold one type, so the first value that is present tells.
     """
     found: dict[str, str] = {}
+    # The dtypes in one pass: frame[column] costs tens of microseconds per column.
+    dtypes = dict(zip(frame.columns, frame.dtypes, strict=True))
     for column in frame.columns if columns is None else columns:
-        series = frame[column]
-        if series.dtype != object:
+        if getattr(dtypes.get(column), "kind", "O") != "O":
             continue
+        series = frame[column]
         for value in series.to_numpy():
             if value is None or (isinstance(value, float) and math.isnan(value)):
                 continue

@@ -77,6 +77,14 @@ def numeric_matrix(frame: pd.DataFrame, columns: list[str], source: str) -> np.n
     first text or infinite value."""
     import pandas as pd
 
+    dtypes = dict(zip(frame.columns, frame.dtypes, strict=True))
+    if all(c in dtypes and dtypes[c].kind in "fiub" for c in columns):
+        # Already numbers (what a server or a typed DataFrame sends): one conversion of the
+        # block, not one pandas round trip per column (200 us each, 6 ms for 30 columns).
+        out = frame[columns].to_numpy(dtype=np.float64, na_value=np.nan)
+        infinite = np.isinf(out)
+        if not infinite.any():
+            return out
     out = np.empty((len(frame), len(columns)), dtype=np.float64)
     for j, column in enumerate(columns):
         raw = frame[column]

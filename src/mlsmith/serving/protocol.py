@@ -100,10 +100,7 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
                 "length of the JSON header that starts the body"
             )
         header, binary = body[:size], body[size:]
-    try:
-        document = json.loads(header)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"the request body is not valid JSON ({exc})") from None
+    document = load_json(header)
     if not isinstance(document, dict):
         raise ProtocolError("the request body must be a JSON object with an 'inputs' list")
     inputs = document.get("inputs")
@@ -113,6 +110,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     request_id = document.get("id")
     if request_id is not None and not isinstance(request_id, str):
         raise ProtocolError("'id' must be a string")
+    if request_id is not None:
+        check_text(request_id, "'id'")
     offset = 0
     tensors: list[Tensor] = []
     for i, item in enumerate(inputs):
@@ -137,6 +136,33 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
     )
 
 
+def load_json(body: bytes) -> Any:
+    """The JSON value of a body; a ProtocolError (400) for anything that is not JSON.
+
+    Python's parser recurses once per nesting level: ``[[[[...`` a few thousand deep raises
+    RecursionError, which is the client's mistake, not the server's.
+    """
+    try:
+        return json.loads(body)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"the request body is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ProtocolError("the request body is not valid JSON: nested too deeply") from None
+
+
+def check_text(value: str, what: str) -> str:
+    """``value`` if it is Unicode text; a ProtocolError otherwise.
+
+    JSON's ``\\ud800`` escapes decode to lone surrogates, which no UTF-8 encoder accepts: left
+    in, they fail later (in pandas' string arrays, in the JSON of the answer) as a 500.
+    """
+    try:
+        value.encode()
+    except UnicodeEncodeError:
+        raise ProtocolError(f"{what} must be valid Unicode text; found {value!r}") from None
+    return value
+
+
 def _object(value: Any, what: str) -> dict[str, Any]:
     if value is None:
         return {}
@@ -152,6 +178,7 @@ def _input(item: Any, index: int, binary: bytes, offset: int) -> tuple[Tensor, i
     name = item.get("name")
     if not isinstance(name, str) or not name:
         raise ProtocolError(f"inputs[{index}] needs a 'name' (a string)")
+    check_text(name, f"inputs[{index}]: 'name'")
     where = f"input '{name}'"
     datatype = item.get("datatype")
     if datatype not in DATATYPES:
@@ -212,6 +239,7 @@ def _from_json(data: Any, datatype: str, count: int, where: str) -> np.ndarray:
         for value in values:
             if not isinstance(value, str):
                 raise ProtocolError(f"{where}: BYTES data must be strings; found {value!r}")
+            check_text(value, f"{where}: BYTES data")
         array = np.empty(len(values), dtype=object)
         array[:] = values
         return array
@@ -238,8 +266,13 @@ def _from_json(data: Any, datatype: str, count: int, where: str) -> np.ndarray:
             return np.asarray(values, dtype=NUMPY_TYPES[datatype])
         except OverflowError:
             raise ProtocolError(f"{where}: a value does not fit in {datatype}") from None
-    floats = np.asarray([math.nan if v is None else v for v in values], dtype=np.float64)
-    return floats.astype(NUMPY_TYPES[datatype])
+    try:
+        floats = np.asarray([math.nan if v is None else v for v in values], dtype=np.float64)
+    except OverflowError:  # a JSON integer past float64's range (about 1.8e308)
+        raise ProtocolError(f"{where}: a value does not fit in {datatype}") from None
+    # Past FP16's or FP32's range a value becomes infinite, which the package refuses by name.
+    with np.errstate(over="ignore"):
+        return floats.astype(NUMPY_TYPES[datatype])
 
 
 def _from_binary(chunk: bytes, datatype: str, count: int, where: str) -> np.ndarray:
@@ -256,6 +289,12 @@ def _from_binary(chunk: bytes, datatype: str, count: int, where: str) -> np.ndar
 
 def decode_bytes(chunk: bytes, count: int, where: str) -> np.ndarray:
     """Length-prefixed BYTES elements (4-byte little-endian length, then the bytes)."""
+    if count * 4 > len(chunk):
+        # Checked before allocating: a shape of [10**12] must not ask numpy for terabytes.
+        raise ProtocolError(
+            f"{where}: {count} BYTES elements need at least {count * 4} bytes (a 4-byte length "
+            f"each); binary_data_size is {len(chunk)}"
+        )
     out = np.empty(count, dtype=object)
     offset = 0
     for i in range(count):
@@ -293,6 +332,7 @@ def _requested_outputs(value: Any) -> list[RequestedOutput] | None:
     for i, item in enumerate(value):
         if not isinstance(item, dict) or not isinstance(item.get("name"), str):
             raise ProtocolError(f"outputs[{i}] needs a 'name' (a string)")
+        check_text(item["name"], f"outputs[{i}]: 'name'")
         parameters = _object(item.get("parameters"), f"outputs[{i}]: 'parameters'")
         outputs.append(RequestedOutput(item["name"], bool(parameters.get("binary_data", False))))
     return outputs

@@ -65,6 +65,13 @@ def serve(config: ServeConfig) -> None:
     uv_config = _uvicorn_config("mlsmith.serving.server:app_from_environment", config)
     uv_config.factory = True
     sock = uv_config.bind_socket()
+    # uvicorn binds with proto 0, so asyncio does not set TCP_NODELAY on the accepted sockets
+    # (it only does for IPPROTO_TCP ones): Nagle then holds the body uvicorn writes after the
+    # headers until the client's delayed ACK, 40 ms a request. Accepted sockets inherit it.
+    import socket as socket_module
+
+    if sock.family in (socket_module.AF_INET, socket_module.AF_INET6):
+        sock.setsockopt(socket_module.IPPROTO_TCP, socket_module.TCP_NODELAY, 1)
     _announce(config.host, sock.getsockname()[1], config, workers=config.workers)
     import inspect
 
