@@ -38,13 +38,15 @@ from mlsmith.errors import MlsmithError
 from mlsmith.serving.batching import Batcher, Predict
 from mlsmith.serving.metrics import ServerMetrics
 from mlsmith.serving.models import (
+    Answer,
     InputSpec,
     Loaded,
     ModelSlot,
-    frame_from_rows,
-    frame_from_tensors,
+    Rows,
     output_specs,
     output_tensors,
+    rows_from_json,
+    rows_from_tensors,
 )
 from mlsmith.serving.protocol import (
     HEADER_LENGTH,
@@ -57,8 +59,6 @@ from mlsmith.serving.protocol import (
 )
 
 if TYPE_CHECKING:
-    import pandas as pd
-
     from mlsmith.runtime.drift import DriftWindow
     from mlsmith.serving.feedback import FeedbackStore
     from mlsmith.serving.predlog import PredictionLog
@@ -185,6 +185,8 @@ def _variant(
         enabled=batching.enabled,
         observe=observe,
         name=f"{name}-{variant}",
+        merge=Rows.merge,
+        part=Answer.part,
     )
     metrics.version.labels(name, variant, slot.current.version).set(1)
     return Variant(variant, slot, batcher, _drift_window(slot.current, config))
@@ -645,7 +647,10 @@ def _predictor(state: ServerState, endpoint: Endpoint, variant: Variant, loaded:
     package_predict = loaded.package.predict
     classified = bool(loaded.package.classes)
 
-    def predict(frame: pd.DataFrame) -> pd.DataFrame:
+    package = loaded.package
+
+    def predict(rows: Rows) -> Answer:
+        frame = rows.frame()  # one DataFrame per inference call, not per request
         outputs = package_predict(frame)
         if live:
             try:
@@ -654,22 +659,22 @@ def _predictor(state: ServerState, endpoint: Endpoint, variant: Variant, loaded:
                     drift.update(frame, outputs)
             except Exception:  # the gauges must never cost a client its answer
                 log.exception("%s: could not count predictions of %s", endpoint.name, variant.name)
-        return outputs
+        return Answer.of(package, outputs)
 
     variant.predictor = (loaded, drift, predict)
     return predict
 
 
 async def _run_variant(
-    state: ServerState, endpoint: Endpoint, variant: Variant, frame: pd.DataFrame, arrival: Any
-) -> tuple[Loaded, pd.DataFrame]:
+    state: ServerState, endpoint: Endpoint, variant: Variant, rows: Rows, arrival: Any
+) -> tuple[Loaded, Answer]:
     loaded = variant.slot.current  # this request's version, whatever happens to the alias
     predict = _predictor(state, endpoint, variant, loaded)
     try:
-        outputs = await arrival.predict(frame, predict)
+        answer: Answer = await arrival.predict(rows, predict)
     except MlsmithError as exc:  # the package refused these rows (a DataError)
         raise ProtocolError(str(exc)) from None
-    return loaded, outputs
+    return loaded, answer
 
 
 async def _infer(
@@ -687,14 +692,14 @@ async def _infer(
         body = await _read_body(request, state.config)
         parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
         extra = (endpoint.sticky_input,) if endpoint.sticky_input else ()
-        frame = frame_from_tensors(parsed.inputs, endpoint.inputs, extra=extra)
+        rows = rows_from_tensors(parsed.inputs, endpoint.inputs, extra=extra)
         columns = {t.name: t.data for t in parsed.inputs}
         variant = _choose(endpoint, request, columns, pinned)
         variant_name = variant.name
         request_id = parsed.id or request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
         with variant.batcher.arrival() as arrival:
-            loaded, outputs = await _run_variant(state, endpoint, variant, frame, arrival)
-        tensors = output_tensors(loaded.package, outputs)
+            loaded, answer = await _run_variant(state, endpoint, variant, rows, arrival)
+        tensors = output_tensors(loaded.package, answer)
         check_requested_outputs(parsed, [t.name for t in tensors])
         content, headers = encode_response(
             model_name=name,
@@ -707,7 +712,7 @@ async def _infer(
         headers |= {VARIANT_HEADER: variant.name, **_request_id_headers(request_id)}
         status = 200
         response = Response(content, headers=headers)
-        _after(state, endpoint, variant, loaded, request_id, frame, outputs, started, response)
+        _after(state, endpoint, variant, loaded, request_id, rows, answer, started, response)
         return response
     except ProtocolError as exc:
         status = exc.status
@@ -725,7 +730,7 @@ async def _predict_rows(state: ServerState, request: Request, endpoint: Endpoint
         body = _json_object(await _read_body(request, state.config))
         rows: Any = body.get("rows")
         extra = (endpoint.sticky_input,) if endpoint.sticky_input else ()
-        frame = frame_from_rows(rows, endpoint.inputs, extra=extra)
+        parsed_rows = rows_from_json(rows, endpoint.inputs, extra=extra)
         first = {k: [v] for k, v in rows[0].items()}  # rows: checked by frame_from_rows
         variant = _choose(endpoint, request, first, None)
         variant_name = variant.name
@@ -734,13 +739,13 @@ async def _predict_rows(state: ServerState, request: Request, endpoint: Endpoint
             "'id'",
         )
         with variant.batcher.arrival() as arrival:
-            loaded, outputs = await _run_variant(state, endpoint, variant, frame, arrival)
-        classes = loaded.package.classes
+            loaded, answer = await _run_variant(state, endpoint, variant, parsed_rows, arrival)
+        names = [str(c) for c in loaded.package.classes]
         predictions = []
-        for _, row in outputs.iterrows():
-            item: dict[str, Any] = {"prediction": row["prediction"]}
-            if classes:
-                item["probabilities"] = {str(c): float(row[f"proba_{c}"]) for c in classes}
+        for i, label in enumerate(answer.labels.tolist()):
+            item: dict[str, Any] = {"prediction": label}
+            if answer.proba is not None:
+                item["probabilities"] = dict(zip(names, answer.proba[i].tolist(), strict=True))
             predictions.append(item)
         status = 200
         response = JSONResponse(
@@ -755,7 +760,7 @@ async def _predict_rows(state: ServerState, request: Request, endpoint: Endpoint
             ),
             headers={VARIANT_HEADER: variant.name, **_request_id_headers(request_id)},
         )
-        _after(state, endpoint, variant, loaded, request_id, frame, outputs, started, response)
+        _after(state, endpoint, variant, loaded, request_id, parsed_rows, answer, started, response)
         return response
     except ProtocolError as exc:
         status = exc.status
@@ -773,8 +778,8 @@ def _after(
     variant: Variant,
     loaded: Loaded,
     request_id: str,
-    frame: pd.DataFrame,
-    outputs: pd.DataFrame,
+    rows: Rows,
+    answer: Answer,
     started: float,
     response: Response,
 ) -> None:
@@ -783,30 +788,43 @@ def _after(
 
     latency_ms = (time.perf_counter() - started) * 1000
     # The prediction counters and the drift window saw these rows in the batcher (_predictor).
-    endpoint.feedback.record(request_id, variant.name, outputs)
+    endpoint.feedback.record_array(request_id, variant.name, _scored(answer))
     if state.predlog is not None:
-        state.predlog.append(request_id, endpoint.name, variant.name, frame, outputs, latency_ms)
+        classes = loaded.package.classes
+        state.predlog.append(
+            request_id, endpoint.name, variant.name, rows.frame(), answer.frame(classes), latency_ms
+        )
     if endpoint.shadow is not None:
         # After the response has gone: the shadow can never change it or delay it.
-        response.background = BackgroundTask(_shadow, state, endpoint, request_id, frame)
+        response.background = BackgroundTask(_shadow, state, endpoint, request_id, rows)
 
 
-async def _shadow(
-    state: ServerState, endpoint: Endpoint, request_id: str, frame: pd.DataFrame
-) -> None:
+async def _shadow(state: ServerState, endpoint: Endpoint, request_id: str, rows: Rows) -> None:
     shadow = endpoint.shadow
     assert shadow is not None
     started = time.perf_counter()
     try:
         with shadow.batcher.arrival() as arrival:
-            _, outputs = await _run_variant(state, endpoint, shadow, frame, arrival)
+            loaded, answer = await _run_variant(state, endpoint, shadow, rows, arrival)
     except Exception as exc:  # a shadow's failure is logged and counted, never seen by clients
         state.metrics.shadow_failures.labels(endpoint.name, shadow.name).inc()
         log.warning(
             "%s: shadow %s failed on request %s: %s", endpoint.name, shadow.name, request_id, exc
         )
         return
-    endpoint.feedback.record(request_id, shadow.name, outputs, shadow=True)
+    endpoint.feedback.record_array(request_id, shadow.name, _scored(answer), shadow=True)
     if state.predlog is not None:
         latency_ms = (time.perf_counter() - started) * 1000
-        state.predlog.append(request_id, endpoint.name, shadow.name, frame, outputs, latency_ms)
+        state.predlog.append(
+            request_id,
+            endpoint.name,
+            shadow.name,
+            rows.frame(),
+            answer.frame(loaded.package.classes),
+            latency_ms,
+        )
+
+
+def _scored(answer: Answer) -> np.ndarray:
+    """What the feedback store scores: the probabilities, or the regression values."""
+    return answer.proba if answer.proba is not None else answer.labels.astype(np.float64)

@@ -17,21 +17,25 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import pandas as pd
 
-Predict = Callable[["pd.DataFrame"], "pd.DataFrame"]
+# A request's payload (anything with a len(): its rows) to the answer for those rows. Payloads of
+# several requests are merged for one call, and each request gets its rows of the answer back.
+Predict = Callable[[Any], Any]
+Merge = Callable[[list[Any]], Any]
+Part = Callable[[Any, int, int], Any]
 # Called after each inference call with (rows, requests) it served: the batch-size histogram.
 Observe = Callable[[int, int], None]
 
 
 @dataclass
 class _Item:
-    frame: pd.DataFrame
+    frame: Any  # the request's payload; len() is its rows
     predict: Predict
-    future: asyncio.Future[pd.DataFrame]
+    future: asyncio.Future[Any]
     queued_at: float = field(default_factory=time.perf_counter)
 
 
@@ -46,11 +50,16 @@ class Batcher:
         enabled: bool = True,
         observe: Observe | None = None,
         name: str = "model",
+        merge: Merge | None = None,
+        part: Part | None = None,
     ) -> None:
         self.max_batch_size = max_batch_size
         self.max_latency = max_latency_ms / 1000
         self.enabled = enabled
         self.observe = observe
+        # How payloads merge and answers split: DataFrames by default.
+        self.merge: Merge = merge or _concat_frames
+        self.part: Part = part or _rows_of_frame
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"predict-{name}")
         self._queue: asyncio.Queue[_Item] | None = None
         self._worker: asyncio.Task[None] | None = None
@@ -73,9 +82,7 @@ class Batcher:
             if not arrival.queued:
                 self._arriving -= 1
 
-    async def _predict(
-        self, arrival: Arrival, frame: pd.DataFrame, predict: Predict
-    ) -> pd.DataFrame:
+    async def _predict(self, arrival: Arrival, frame: Any, predict: Predict) -> Any:
         loop = asyncio.get_running_loop()
         if not self.enabled:
             arrival.queued = True
@@ -125,10 +132,9 @@ class Batcher:
 
     def _serve(self, batch: list[_Item], loop: asyncio.AbstractEventLoop) -> None:
         """Run one merged call in the predictor thread and hand each request its rows."""
-        import pandas as pd
 
         predict = batch[0].predict
-        results: list[tuple[_Item, pd.DataFrame | BaseException]] = []
+        results: list[tuple[_Item, Any]] = []
         if len(batch) == 1:
             try:
                 results.append((batch[0], predict(batch[0].frame)))
@@ -136,11 +142,11 @@ class Batcher:
                 results.append((batch[0], exc))
         else:
             try:
-                merged = predict(pd.concat([item.frame for item in batch], ignore_index=True))
+                merged = predict(self.merge([item.frame for item in batch]))
                 start = 0
                 for item in batch:
                     stop = start + len(item.frame)
-                    results.append((item, merged.iloc[start:stop].reset_index(drop=True)))
+                    results.append((item, self.part(merged, start, stop)))
                     start = stop
             except Exception:
                 # Someone's rows are bad: answer each request on its own rows.
@@ -171,7 +177,7 @@ class Arrival:
         self.batcher = batcher
         self.queued = False
 
-    async def predict(self, frame: pd.DataFrame, predict: Predict) -> pd.DataFrame:
+    async def predict(self, frame: Any, predict: Predict) -> Any:
         """``predict(frame)``, possibly as part of a larger call with other requests' rows.
 
         ``predict`` is the model version current when the request arrived: requests merge only
@@ -180,7 +186,17 @@ class Arrival:
         return await self.batcher._predict(self, frame, predict)
 
 
-def _settle(future: asyncio.Future[pd.DataFrame], result: pd.DataFrame | BaseException) -> None:
+def _concat_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    import pandas as pd
+
+    return pd.concat(frames, ignore_index=True)
+
+
+def _rows_of_frame(frame: pd.DataFrame, start: int, stop: int) -> pd.DataFrame:
+    return frame.iloc[start:stop].reset_index(drop=True)
+
+
+def _settle(future: asyncio.Future[Any], result: Any) -> None:
     if future.done():  # the client went away and the request was cancelled
         return
     if isinstance(result, BaseException):

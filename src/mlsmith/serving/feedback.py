@@ -127,7 +127,14 @@ class FeedbackStore:
         table of that request's rows (``Package.predict``'s). A second live answer under the same
         id replaces the first (and its labels); live and shadow may arrive in either order.
         """
-        answer = _Answer(variant, self._outputs_array(outputs))
+        self.record_array(request_id, variant, self._outputs_array(outputs), shadow)
+
+    def record_array(
+        self, request_id: str, variant: str, outputs: np.ndarray, shadow: bool = False
+    ) -> None:
+        """:meth:`record` with the answer already an array: the per-class probabilities
+        (rows x classes) for classification, the values (rows,) for regression."""
+        answer = _Answer(variant, np.array(outputs, dtype=np.float64))
         rows = len(answer.outputs)
         with self._lock:
             (self._shadow_answered if shadow else self._answered)[variant] += 1
