@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlsmith.files import write_text
-from mlsmith.reports.html import CSS, image_tag
+from mlsmith.reports.html import CSS, html_table, image_tag
 from mlsmith.reports.plots import figure, to_png
 
 if TYPE_CHECKING:
@@ -40,7 +40,7 @@ def render(result: MonitorResult) -> str:
     badge = f'<span class="badge {"fail" if result.exit_code else "pass"}">{verdict}</span>'
     reasons = result.reasons or ["no threshold passed"]
     thresholds = result.config
-    summary = _table(
+    summary = html_table(
         ["", ""],
         [
             ("package", result.package),
@@ -84,7 +84,9 @@ def _features(result: MonitorResult) -> str:
         (f.name, f.type, _fmt(f.psi), f.test, _fmt(f.p_value), "yes" if f.drifted else "no")
         for f in ordered
     ]
-    table = _table(["feature", "type", "PSI", "test", "p-value", "drifted"], rows, numeric=(2, 4))
+    table = html_table(
+        ["feature", "type", "PSI", "test", "p-value", "drifted"], rows, numeric=(2, 4)
+    )
     plots = [image_tag(_psi_plot(result.features, result.config.psi_threshold), "PSI")]
     for feature in [f for f in ordered if f.drifted][:MAX_SHARE_PLOTS]:
         plots.append(image_tag(_shares_plot(feature), f"shares of {feature.name}"))
@@ -95,7 +97,7 @@ def _prediction(result: MonitorResult) -> str:
     p = result.prediction
     if p is None:
         return "<p>No prediction distribution was compared.</p>"
-    table = _table(
+    table = html_table(
         ["PSI", "test", "p-value", "drifted"],
         [(_fmt(p.psi), p.test, _fmt(p.p_value), "yes" if p.drifted else "no")],
         numeric=(0, 2),
@@ -122,13 +124,13 @@ def _performance(result: MonitorResult) -> str:
         + ("degraded" if perf.degraded else "judged stable" if perf.judged else "not judged")
         + ".</p>"
     )
-    out = text + _table(head, rows, numeric=(1, 3))
+    out = text + html_table(head, rows, numeric=(1, 3))
     if perf.by_variant:
         variant_rows = [
             (name, f"{v['rows']:,}", _fmt(v.get(perf.headline)))
             for name, v in perf.by_variant.items()
         ]
-        out += _table(["variant", "rows", perf.headline], variant_rows, numeric=(1, 2))
+        out += html_table(["variant", "rows", perf.headline], variant_rows, numeric=(1, 2))
     return out
 
 
@@ -159,25 +161,6 @@ def _shares_plot(feature: FeatureDrift) -> bytes:
         ax.set_title(f"{feature.name}: PSI {_fmt(feature.psi)}")
         ax.legend()
         return to_png(fig)
-
-
-def _table(
-    headers: list[str],
-    rows: Sequence[Sequence[Any]],
-    *,
-    header: bool = True,
-    numeric: tuple[int, ...] = (),
-) -> str:
-    head = "<tr>" + "".join(f"<th>{escape(h)}</th>" for h in headers) + "</tr>" if header else ""
-    lines = []
-    for row in rows:
-        cells = []
-        for i, cell in enumerate(row):
-            tag = "th" if not header and i == 0 else "td"
-            css = ' class="num"' if i in numeric else ""
-            cells.append(f"<{tag}{css}>{escape(str(cell))}</{tag}>")
-        lines.append("<tr>" + "".join(cells) + "</tr>")
-    return f"<table>{head}{''.join(lines)}</table>"
 
 
 def _figures(images: list[str]) -> str:

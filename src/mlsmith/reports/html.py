@@ -72,7 +72,7 @@ def render_html(record: RunRecord) -> str:
         ("metrics", "Metrics with confidence intervals", _metrics(record)),
         ("limitations", "Measured limitations", _list(facts.measured_limitations(record))),
         ("preflight", "Pre-flight checks", _preflight(record)),
-        ("data", "Data", _table(["", ""], facts.data_rows(record), header=False)),
+        ("data", "Data", html_table(["", ""], facts.data_rows(record), header=False)),
         ("environment", "Environment and reproducibility", _environment(record)),
         ("artifacts", "Artifacts", _artifacts(record)),
         ("config", "Configuration", f"<pre>{escape(record.config_yaml)}</pre>"),
@@ -135,7 +135,7 @@ def _summary(record: RunRecord) -> str:
             for name, entry in record.metrics[split].items()
             if name in facts.HEADLINE_METRICS
         ]
-        table = f"<h3>Headline metrics ({escape(split)} split)</h3>" + _table(
+        table = f"<h3>Headline metrics ({escape(split)} split)</h3>" + html_table(
             ["metric", "value", record.ci_label], rows, numeric=(1, 2)
         )
     observations = facts.observations(record)
@@ -159,7 +159,7 @@ def _training(record: RunRecord) -> str:
             wide=True,
         ),
     ]
-    table = _table(["", ""], facts.progress_facts(record), header=False)
+    table = html_table(["", ""], facts.progress_facts(record), header=False)
     return table + figures(grid)
 
 
@@ -218,14 +218,14 @@ def _per_class(record: RunRecord) -> str:
     ]
     if not rows:
         return missing("Test-split predictions")
-    return _table(["class", "precision", "recall", "F1", "support"], rows, numeric=(1, 2, 3, 4))
+    return html_table(["class", "precision", "recall", "F1", "support"], rows, numeric=(1, 2, 3, 4))
 
 
 def _metrics(record: RunRecord) -> str:
     rows = facts.metric_rows(record)
     if not rows:
         return missing("Metrics")
-    return _table(["split", "metric", "value", record.ci_label], rows, numeric=(2, 3))
+    return html_table(["split", "metric", "value", record.ci_label], rows, numeric=(2, 3))
 
 
 def _preflight(record: RunRecord) -> str:
@@ -236,7 +236,7 @@ def _preflight(record: RunRecord) -> str:
     if not rows:
         return missing("Pre-flight check results")
     summary = f"<p>{escape(facts.preflight_summary(record))}.</p>"
-    return summary + _table(["group", "check", "status", "detail"], rows, raw=(0, 1, 2, 3))
+    return summary + html_table(["group", "check", "status", "detail"], rows, raw=(0, 1, 2, 3))
 
 
 def _environment(record: RunRecord) -> str:
@@ -250,19 +250,19 @@ def _environment(record: RunRecord) -> str:
         *facts.environment_rows(record),
     ]
     command = f"<p>Reproduce with:</p><pre>{escape(facts.reproduce_command(record))}</pre>"
-    return _table(["", ""], rows, header=False) + command
+    return html_table(["", ""], rows, header=False) + command
 
 
 def _artifacts(record: RunRecord) -> str:
     rows = facts.artifact_rows(record)
-    table = _table(["file", "size"], rows, numeric=(1,)) if rows else missing("Artifacts")
+    table = html_table(["file", "size"], rows, numeric=(1,)) if rows else missing("Artifacts")
     return table + "<p>This report, REPORT.md and MODEL_CARD.md are written beside them.</p>"
 
 
 # --- building blocks --------------------------------------------------------------------------
 
 
-def _table(
+def html_table(
     headers: list[str],
     rows: Sequence[Sequence[str]],
     *,

@@ -731,7 +731,7 @@ async def _predict_rows(state: ServerState, request: Request, endpoint: Endpoint
         rows: Any = body.get("rows")
         extra = (endpoint.sticky_input,) if endpoint.sticky_input else ()
         parsed_rows = rows_from_json(rows, endpoint.inputs, extra=extra)
-        first = {k: [v] for k, v in rows[0].items()}  # rows: checked by frame_from_rows
+        first = {k: [v] for k, v in rows[0].items()}  # rows: checked by rows_from_json
         variant = _choose(endpoint, request, first, None)
         variant_name = variant.name
         request_id = check_text(

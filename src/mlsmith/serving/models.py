@@ -218,13 +218,6 @@ def signature(package: Package) -> list[InputSpec]:
     return [InputSpec(package.columns[0], BYTES, (BYTES,), "image")]
 
 
-def frame_from_tensors(
-    tensors: list[Tensor], inputs: list[InputSpec], *, extra: tuple[str, ...] = ()
-) -> pd.DataFrame:
-    """The raw rows a request's tensors hold, checked (see :func:`rows_from_tensors`)."""
-    return rows_from_tensors(tensors, inputs, extra=extra).frame()
-
-
 def rows_from_tensors(
     tensors: list[Tensor], inputs: list[InputSpec], *, extra: tuple[str, ...] = ()
 ) -> Rows:
@@ -367,13 +360,6 @@ def _label_tensor(classes: list[Any], labels: np.ndarray) -> tuple[str, np.ndarr
 
 def _plain(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
-
-
-def frame_from_rows(
-    rows: Any, inputs: list[InputSpec], *, extra: tuple[str, ...] = ()
-) -> pd.DataFrame:
-    """The raw rows of a plain JSON request, checked (see :func:`rows_from_json`)."""
-    return rows_from_json(rows, inputs, extra=extra).frame()
 
 
 def rows_from_json(rows: Any, inputs: list[InputSpec], *, extra: tuple[str, ...] = ()) -> Rows:
