@@ -46,7 +46,9 @@ class StepMonitor:
     ``names`` are the parameter names in the order the norms come in. ``scaled`` is true under
     fp16 with a GradScaler: there, overflowing gradients are expected now and then (the scaler
     skips that update and lowers the scale), so only a non-finite *loss* stops training.
-    ``checkpoint`` is the last-good checkpoint a diagnosis names.
+    ``checkpoint`` is the last-good checkpoint a diagnosis names. ``params`` (in ``names``'
+    order) let a diagnosis on the CPU name the culprits from the gradients themselves when a
+    step measured only the total norm.
 
     On the CPU each step's loss and gradient norm are read and checked before its update: a read
     costs a microsecond there, and a NaN never reaches the weights. On a GPU any read waits for
@@ -60,6 +62,7 @@ class StepMonitor:
     scaled: bool = False
     precision: str = "32"  # train.precision, for the advice when a value goes non-finite
     checkpoint: Path | None = None
+    params: list[torch.nn.Parameter] | None = None
     _rows: list[tuple[float, ...]] = field(default_factory=list)
     _pending: list[_Pending] = field(default_factory=list)
 
@@ -110,6 +113,8 @@ class StepMonitor:
         if not math.isfinite(value) or (
             total is not None and not self.scaled and not math.isfinite(grad)
         ):
+            if norms is None and self.params is not None:
+                norms = gradient_norms(self.params)  # the update has not happened yet
             culprits = self._non_finite(norms) if norms is not None else []
             pending = _Pending(step, epoch, lr, loss, total, norms)
             raise NonFiniteLossError(self._diagnosis(pending, value, grad, culprits))

@@ -14,6 +14,7 @@ from typing import Any
 import torch
 
 from mlsmith.training.diagnostics import gradient_norms_and_total
+from mlsmith.training.gradients import FlatGradients
 from mlsmith.training.precision import Precision
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
@@ -30,7 +31,9 @@ class StepResult:
     loss: torch.Tensor  # () mean loss over the step's samples, detached
     samples: int
     grad_norm: torch.Tensor | None  # () total norm before clipping, when measured
-    grad_norms: torch.Tensor | None  # (P,) per-parameter norms before clipping, when measured
+    # (P,) per-parameter norms before clipping, when measured (not on the flat-gradient path,
+    # where only the total is taken: a diagnosis reads the gradients themselves)
+    grad_norms: torch.Tensor | None
 
 
 def optimizer_step(
@@ -44,6 +47,7 @@ def optimizer_step(
     clip: float | None = None,
     measure: bool = False,
     before_update: BeforeUpdate | None = None,
+    grads: FlatGradients | None = None,
 ) -> StepResult:
     """Forward and backward over ``micro_batches`` (accumulated), then one update.
 
@@ -52,6 +56,7 @@ def optimizer_step(
     included; without accumulation the share is 1 and the maths is exactly a plain loop's.
     With ``measure`` or ``clip`` the true (unscaled) gradient norms of ``params`` are taken
     before clipping; ``clip`` caps their total as ``torch.nn.utils.clip_grad_norm_`` does.
+    ``grads``: the parameters' flat gradient buffer, if any (see :mod:`.gradients`).
     """
     if len(micro_batches) == 1:  # no accumulation: exactly a plain loop's step
         (inputs, target), n_step = micro_batches[0], len(micro_batches[0][1])
@@ -72,13 +77,20 @@ def optimizer_step(
     if measure or clip is not None:
         params = params if params is not None else _trainable(optimizer)
         precision.unscale(optimizer)
-        norms, total = gradient_norms_and_total(params)
+        # Clipping takes torch's total (a norm of per-parameter norms) so it matches
+        # clip_grad_norm_ to the bit; a measurement alone takes the one-reduction total.
+        total = grads.total_norm() if grads is not None and clip is None else None
+        if total is None:
+            norms, total = gradient_norms_and_total(params)
         if clip is not None:
             torch.nn.utils.clip_grads_with_norm_(params, clip, total)
     if before_update is not None:
         before_update(step_loss, total, norms)
     precision.step(optimizer)
-    optimizer.zero_grad(set_to_none=True)
+    if grads is not None:
+        grads.zero_(optimizer)
+    else:
+        optimizer.zero_grad(set_to_none=True)
     return StepResult(step_loss, n_step, total, norms)
 
 

@@ -37,6 +37,7 @@ from mlsmith.training.diagnostics import (
     peak_memory_mb,
     precision_advice,
 )
+from mlsmith.training.gradients import FlatGradients
 from mlsmith.training.optimizers import LRSchedule, build_optimizer
 from mlsmith.training.precision import build_precision
 from mlsmith.training.reproducibility import restore_rng_states, rng_states, set_deterministic
@@ -139,15 +140,18 @@ class Trainer:
         parts |= {"overfit": overfit, "loop": state}
         if resume is not None:
             self._restore(load_checkpoint(resume, map_location=self.device), model, parts)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        grads = FlatGradients.for_params(trainable)
         take_step = partial(
             optimizer_step,
             forward=torch.compile(model) if cfg.compile else model,
             loss_fn=objective.loss,
             optimizer=optimizer,
             precision=self.precision,
-            params=[p for p in model.parameters() if p.requires_grad],
+            params=trainable,
             clip=cfg.grad_clip,
             measure=cfg.log_grad_norm or cfg.grad_clip is not None,
+            grads=grads,
         )
         self._lr = float(optimizer.param_groups[0]["lr"])
 
@@ -207,6 +211,9 @@ class Trainer:
         except BaseException as error:
             self.callbacks.call("on_exception", self, error)
             raise
+        finally:
+            if grads is not None:
+                grads.release()
         return self._finish(model)
 
     # --- the TrainingState callbacks read -------------------------------------------------------
@@ -290,6 +297,7 @@ class Trainer:
             scaled=getattr(self.precision, "scaler", None) is not None,
             precision=self.config.precision,
             checkpoint=self.checkpoint_dir / LAST,
+            params=[p for p in model.parameters() if p.requires_grad],
         )
 
     def _model_state(self, model: torch.nn.Module) -> dict[str, Any]:
