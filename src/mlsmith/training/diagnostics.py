@@ -107,7 +107,8 @@ class StepMonitor:
                 self.flush()
             return
         # On the CPU a read waits for nothing: two numbers, checked before the weights change.
-        self.flush()
+        if self._pending:
+            self.flush()
         value = float(loss)
         grad = math.nan if total is None else float(total)
         if not math.isfinite(value) or (
