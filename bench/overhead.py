@@ -25,7 +25,7 @@ import tempfile
 import time
 import warnings
 from collections.abc import Callable
-from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -35,6 +35,7 @@ from mlsmith.config import MLPConfig, TrainConfig
 from mlsmith.data.batches import BatchOptions, TensorBatches
 from mlsmith.models.mlp import TabularMLP
 from mlsmith.tasks import BinaryTask
+from mlsmith.training.callbacks import Callback
 from mlsmith.training.trainer import Trainer
 
 SEED = 0
@@ -130,10 +131,20 @@ def train_mlsmith(
         }
         return TensorBatches(inputs, split["y"], BatchOptions(size, shuffle=shuffle, seed=SEED))
 
+    class FinalWeights(Callback):
+        """The weights after the last epoch (fit() then restores the best checkpoint's)."""
+
+        def on_epoch_end(self, trainer: Any, row: dict[str, float]) -> None:
+            if trainer.epoch == trainer.epochs:
+                final.update({k: v.detach().clone() for k, v in model.state_dict().items()})
+
+    final: dict[str, torch.Tensor] = {}
     with tempfile.TemporaryDirectory() as checkpoints:
         # As `mlsmith train` runs it, with checkpoints every epoch and the per-epoch log line.
         trainer = Trainer(
-            config, checkpoint_dir=checkpoints, callbacks=[ProgressReporter(live=False)]
+            config,
+            checkpoint_dir=checkpoints,
+            callbacks=[ProgressReporter(live=False), FinalWeights()],
         )
         trainer.fit(
             model,
@@ -141,9 +152,7 @@ def train_mlsmith(
             batches(data.val, args.eval_batch_size, shuffle=False),
             BinaryTask([0.0, 1.0]),
         )
-        # fit() restores the best checkpoint; the comparison needs the final weights.
-        final = torch.load(Path(checkpoints) / "last.pt", weights_only=True)["model"]
-        model.load_state_dict(final)
+    model.load_state_dict(final)
 
 
 def train_mlsmith_without_grad_norms(
