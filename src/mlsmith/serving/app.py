@@ -19,6 +19,7 @@ mistakes are 4xx with ``{"error": "..."}``; a 5xx means a bug.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import logging
 import math
@@ -53,6 +54,7 @@ from mlsmith.serving.protocol import (
     ProtocolError,
     check_requested_outputs,
     check_text,
+    dump_json,
     encode_response,
     load_json,
     parse_request,
@@ -696,7 +698,7 @@ async def _infer(
         columns = {t.name: t.data for t in parsed.inputs}
         variant = _choose(endpoint, request, columns, pinned)
         variant_name = variant.name
-        request_id = parsed.id or request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex
+        request_id = parsed.id or request.headers.get(REQUEST_ID_HEADER) or new_request_id()
         with variant.batcher.arrival() as arrival:
             loaded, answer = await _run_variant(state, endpoint, variant, rows, arrival)
         tensors = output_tensors(loaded.package, answer)
@@ -735,7 +737,7 @@ async def _predict_rows(state: ServerState, request: Request, endpoint: Endpoint
         variant = _choose(endpoint, request, first, None)
         variant_name = variant.name
         request_id = check_text(
-            str(body.get("id") or request.headers.get(REQUEST_ID_HEADER) or uuid.uuid4().hex),
+            str(body.get("id") or request.headers.get(REQUEST_ID_HEADER) or new_request_id()),
             "'id'",
         )
         with variant.batcher.arrival() as arrival:
@@ -748,16 +750,16 @@ async def _predict_rows(state: ServerState, request: Request, endpoint: Endpoint
                 item["probabilities"] = dict(zip(names, answer.proba[i].tolist(), strict=True))
             predictions.append(item)
         status = 200
-        response = JSONResponse(
-            _jsonable(
-                {
-                    "model_name": endpoint.name,
-                    "model_version": loaded.version,
-                    "id": request_id,
-                    "variant": variant.name,
-                    "predictions": predictions,
-                }
-            ),
+        document = {
+            "model_name": endpoint.name,
+            "model_version": loaded.version,
+            "id": request_id,
+            "variant": variant.name,
+            "predictions": predictions,  # plain Python values: tolist() above
+        }
+        response = Response(
+            dump_json(document),
+            media_type="application/json",
             headers={VARIANT_HEADER: variant.name, **_request_id_headers(request_id)},
         )
         _after(state, endpoint, variant, loaded, request_id, parsed_rows, answer, started, response)
@@ -823,6 +825,17 @@ async def _shadow(state: ServerState, endpoint: Endpoint, request_id: str, rows:
             answer.frame(loaded.package.classes),
             latency_ms,
         )
+
+
+# A request without an id gets this process's random prefix and a counter: unique across
+# workers and restarts, without a system call per request as uuid4() makes.
+_ID_PREFIX = uuid.uuid4().hex[:16]
+_ID_COUNTER = itertools.count(1)
+
+
+def new_request_id() -> str:
+    """An id for a request that brought none."""
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
 
 
 def _scored(answer: Answer) -> np.ndarray:

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 if TYPE_CHECKING:
     import pandas as pd
     from prometheus_client import CollectorRegistry
@@ -122,8 +124,10 @@ class ServerMetrics:
         """Count what was predicted (the prediction distribution)."""
         column = outputs["prediction"]
         if classified:
-            for label, count in column.astype(str).value_counts().items():
-                self.labels.labels(model, variant, str(label)).inc(int(count))
+            # numpy, not pandas' value_counts: a tenth of the cost on a batch of a few rows.
+            labels, counts = np.unique(column.to_numpy().astype(str), return_counts=True)
+            for label, count in zip(labels.tolist(), counts.tolist(), strict=True):
+                self.labels.labels(model, variant, label).inc(count)
         else:
             histogram = self.values.labels(model, variant)
             for value in column.to_numpy(dtype=float).tolist():

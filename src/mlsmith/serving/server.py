@@ -39,6 +39,7 @@ def require_serve_extra() -> None:
         ("fastapi", "fastapi"),
         ("uvicorn", "uvicorn"),
         ("prometheus_client", "prometheus-client"),
+        ("orjson", "orjson"),
     ):
         try:
             found = importlib.util.find_spec(module) is not None
