@@ -161,3 +161,21 @@ def test_an_image_package_window_follows_the_predictions_only() -> None:
     dogs = pd.DataFrame({"prediction": ["dog"] * 80})
     window.update(pd.DataFrame({"path": [b"png"] * 80}), dogs)
     assert window.prediction_psi() == pytest.approx(psi([0.6, 0.4, 0.0], [0.2, 0.8, 0.0]))
+
+
+def test_numpy_columns_bin_exactly_as_the_frame_they_make() -> None:
+    """The server bins a request's numpy columns without pandas: the same bins as the frame
+    they make, with missing values, infinities, float32 and int columns and unseen categories."""
+    reference = _reference()
+    frame = make_table("binary", rows=300, seed=5)
+    columns = {name: frame[name].to_numpy() for name in NUMERIC}
+    columns["x1"] = columns["x1"].copy()
+    columns["x1"][:3] = [np.nan, np.inf, -np.inf]
+    columns["x2"] = columns["x2"].astype(np.float32)
+    columns["size"] = np.nan_to_num(columns["size"]).astype(np.int64)
+    columns["color"] = np.array(["red", "mauve", None] * 100, dtype=object)
+    expected = reference.feature_bins(pd.DataFrame(columns))
+    assert np.array_equal(reference.feature_bins(columns), expected)
+    # red has its bin; unseen and missing categories share the "other" bin.
+    assert set(expected[:, 3].tolist()) == {reference.features[3].categories.index("red"), 3}
+    assert set(expected[:3, 0].tolist()) == {reference.features[0].n_bins - 1}  # nan, +-inf

@@ -658,7 +658,7 @@ def _predictor(state: ServerState, endpoint: Endpoint, variant: Variant, loaded:
             try:
                 state.metrics.predictions(endpoint.name, variant.name, outputs, classified)
                 if drift is not None:
-                    drift.update(frame, outputs)
+                    drift.update(rows.columns, outputs)  # numpy columns: no pandas per feature
             except Exception:  # the gauges must never cost a client its answer
                 log.exception("%s: could not count predictions of %s", endpoint.name, variant.name)
         return Answer.of(package, outputs)
