@@ -172,6 +172,28 @@ def test_every_family_is_served_over_the_v2_protocol(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("family", ["mlp", "lightgbm", "xgboost", "bag", "cnn"])
+def test_rows_as_numpy_columns_give_the_frame_paths_raw_outputs(
+    trained: dict[str, Trained], family: str
+) -> None:
+    """The server hands a package numpy columns: tabular packages read them without a
+    DataFrame (with categories, missing values and integer columns), other kinds through one;
+    both give exactly the frame path's outputs, and a bad column the frame path's error."""
+    package = mlsmith.load_package(trained[family].run.path)
+    rows = trained[family].rows.reset_index(drop=True)
+    columns = {c: rows[c].to_numpy() for c in rows.columns}
+    if family == "mlp":
+        columns["x1"] = columns["x1"].astype(np.float32).astype(np.float64)
+        rows = pd.DataFrame(columns)
+        assert package.encoder.transform_columns(columns, len(rows)) is not None  # the fast path
+    expected = package.raw(rows)
+    assert np.array_equal(package.raw_columns(columns, len(rows)), expected)
+    if family in ("mlp", "lightgbm"):
+        bad = dict(columns, x1=np.array(["oops"] * len(rows), dtype=object))
+        with pytest.raises(DataError, match="numeric column 'x1' holds a non-numeric value"):
+            package.raw_columns(bad, len(rows))
+
+
 def test_package_metadata_names_raw_columns_and_only_inference_requirements(
     trained: dict[str, Trained],
 ) -> None:

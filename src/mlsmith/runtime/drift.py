@@ -287,11 +287,13 @@ class Reference:
             out[:, j] = feature.bins(frame[feature.column])
         return out
 
-    def prediction_bins(self, predictions: pd.DataFrame) -> np.ndarray:
-        """The bin of every row's ``prediction``, int64 (n,)."""
+    def prediction_bins(self, predictions: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """The bin of every row's ``prediction`` (the output table, or the predictions as an
+        array), int64 (n,)."""
         if self.prediction is None:
             return np.zeros(len(predictions), dtype=np.int64)
-        return self.prediction.bins(predictions[PREDICTION])
+        column = predictions if isinstance(predictions, np.ndarray) else predictions[PREDICTION]
+        return self.prediction.bins(column)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -385,10 +387,12 @@ class DriftWindow:
         return self._filled
 
     def update(
-        self, frame: pd.DataFrame | Mapping[str, np.ndarray], predictions: pd.DataFrame
+        self,
+        frame: pd.DataFrame | Mapping[str, np.ndarray],
+        predictions: pd.DataFrame | np.ndarray,
     ) -> None:
         """Add the rows of one answered batch: raw inputs (a frame, or numpy columns by name)
-        and the package's output table."""
+        and the package's output table (or its predictions as an array)."""
         columns = [self.reference.feature_bins(frame)]
         if self._has_prediction:
             columns.append(self.reference.prediction_bins(predictions)[:, None])

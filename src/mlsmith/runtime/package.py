@@ -11,6 +11,7 @@ the MLflow pyfunc, ``mlsmith.load_package``, the server.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -72,6 +73,15 @@ class Encoder:
         """Encoded inputs of every row (for text: ids and lengths, batched later)."""
         return self.inner.transform(frame, source)
 
+    def transform_columns(
+        self, columns: Mapping[str, object], n: int
+    ) -> dict[str, np.ndarray] | None:
+        """Encoded inputs of ``n`` rows given as arrays by column, where the kind can do without
+        a DataFrame (tabular); None otherwise."""
+        if isinstance(self.inner, TableEncoder):
+            return self.inner.transform_columns(columns, n)
+        return None
+
     def batch(self, encoded: dict[str, np.ndarray], start: int, stop: int) -> dict[str, np.ndarray]:
         """The network's inputs for rows [start, stop)."""
         part = {k: v[start:stop] for k, v in encoded.items()}
@@ -120,8 +130,19 @@ class Package:
 
     def raw(self, frame: pd.DataFrame, source: str = "input") -> np.ndarray:
         """Raw outputs (n, n_outputs) for raw rows."""
-        encoded = self.encoder.transform(frame, source)
-        n = len(frame)
+        return self._run(self.encoder.transform(frame, source), len(frame))
+
+    def raw_columns(self, columns: Mapping[str, object], n: int) -> np.ndarray:
+        """:meth:`raw` for ``n`` rows given as arrays by column (a server's batch): a tabular
+        package reads them without building a DataFrame (the larger part of a one-row call)."""
+        encoded = self.encoder.transform_columns(columns, n)
+        if encoded is None:
+            import pandas as pd
+
+            return self.raw(pd.DataFrame(dict(columns)))
+        return self._run(encoded, n)
+
+    def _run(self, encoded: dict[str, np.ndarray], n: int) -> np.ndarray:
         chunks = [
             self.engine.raw(self.encoder.batch(encoded, start, min(start + self.batch_size, n)))
             for start in range(0, n, self.batch_size)

@@ -646,22 +646,21 @@ def _predictor(state: ServerState, endpoint: Endpoint, variant: Variant, loaded:
     cached = variant.predictor
     if cached is not None and cached[0] is loaded and cached[1] is drift:
         return cached[2]
-    package_predict = loaded.package.predict
     classified = bool(loaded.package.classes)
 
     package = loaded.package
 
     def predict(rows: Rows) -> Answer:
-        frame = rows.frame()  # one DataFrame per inference call, not per request
-        outputs = package_predict(frame)
+        # Numpy columns in, arrays out: no DataFrame at either end for a tabular package.
+        answer = Answer.decode(package, package.raw_columns(rows.columns, rows.n))
         if live:
             try:
-                state.metrics.predictions(endpoint.name, variant.name, outputs, classified)
+                state.metrics.predictions(endpoint.name, variant.name, answer.labels, classified)
                 if drift is not None:
-                    drift.update(rows.columns, outputs)  # numpy columns: no pandas per feature
+                    drift.update(rows.columns, answer.labels)
             except Exception:  # the gauges must never cost a client its answer
                 log.exception("%s: could not count predictions of %s", endpoint.name, variant.name)
-        return Answer.of(package, outputs)
+        return answer
 
     variant.predictor = (loaded, drift, predict)
     return predict

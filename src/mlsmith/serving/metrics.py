@@ -119,18 +119,23 @@ class ServerMetrics:
         )
 
     def predictions(
-        self, model: str, variant: str, outputs: pd.DataFrame, classified: bool
+        self, model: str, variant: str, predictions: pd.DataFrame | np.ndarray, classified: bool
     ) -> None:
-        """Count what was predicted (the prediction distribution)."""
-        column = outputs["prediction"]
+        """Count what was predicted (the prediction distribution): the output table's
+        ``prediction`` column, or the predictions as an array."""
+        column = (
+            predictions
+            if isinstance(predictions, np.ndarray)
+            else predictions["prediction"].to_numpy()
+        )
         if classified:
             # numpy, not pandas' value_counts: a tenth of the cost on a batch of a few rows.
-            labels, counts = np.unique(column.to_numpy().astype(str), return_counts=True)
+            labels, counts = np.unique(column.astype(str), return_counts=True)
             for label, count in zip(labels.tolist(), counts.tolist(), strict=True):
                 self.labels.labels(model, variant, label).inc(count)
         else:
             histogram = self.values.labels(model, variant)
-            for value in column.to_numpy(dtype=float).tolist():
+            for value in column.astype(np.float64).tolist():
                 histogram.observe(value)
 
     def render(self) -> tuple[bytes, str]:

@@ -114,6 +114,18 @@ class Answer:
             proba[:, j] = predictions[f"proba_{c}"].to_numpy(dtype=np.float64)
         return Answer(labels, proba)
 
+    @staticmethod
+    def decode(package: Package, raw: np.ndarray) -> Answer:
+        """The package's raw outputs as an answer, without the output table between them."""
+        from mlsmith.runtime.outputs import class_labels
+
+        decoder = package.decoder
+        decoded = decoder.decode(raw) if len(raw) else decoder.empty()
+        if not package.classes:
+            return Answer(np.asarray(decoded, dtype=np.float64).reshape(-1), None)
+        proba = np.asarray(decoded, dtype=np.float64)
+        return Answer(class_labels(package.classes, proba), proba)
+
     def frame(self, classes: list[Any]) -> pd.DataFrame:
         """Back to ``Package.predict``'s table (for the prediction log)."""
         import pandas as pd
