@@ -127,8 +127,8 @@ def parse_request(body: bytes, header_length: str | None) -> InferRequest:
             f"binary_data_size add up to {offset}"
         )
     names = [t.name for t in tensors]
-    repeated = sorted({n for n in names if names.count(n) > 1})
-    if repeated:
+    if len(set(names)) < len(names):
+        repeated = sorted({n for n in names if names.count(n) > 1})
         raise ProtocolError(f"input(s) given more than once: {', '.join(repeated)}")
     return InferRequest(
         id=request_id,
@@ -196,11 +196,8 @@ def _input(item: Any, index: int, binary: bytes, offset: int) -> tuple[Tensor, i
             f"{where}: datatype must be one of {', '.join(DATATYPES)}; found {datatype!r}"
         )
     shape = item.get("shape")
-    if (
-        not isinstance(shape, list)
-        or not shape
-        or not all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-    ):
+    # A loop over exact types, not all(isinstance...): this runs for every input of every request.
+    if type(shape) is not list or not shape or any(type(d) is not int or d < 0 for d in shape):
         raise ProtocolError(
             f"{where}: 'shape' must be a list of non-negative integers; found {shape!r}"
         )
@@ -226,8 +223,13 @@ def _input(item: Any, index: int, binary: bytes, offset: int) -> tuple[Tensor, i
 
 
 def _flatten(data: Any) -> list[Any]:
-    if not isinstance(data, list):
+    if type(data) is not list:
         return [data]
+    for value in data:
+        if type(value) is list:
+            break
+    else:
+        return data  # already flat: the usual case
     out: list[Any] = []
     stack = [iter(data)]
     while stack:
@@ -259,16 +261,10 @@ def _from_json(data: Any, datatype: str, count: int, where: str) -> np.ndarray:
             raise ProtocolError(f"{where}: BOOL data must be true or false; found {bad!r}")
         return np.asarray(values, dtype=np.bool_)
     # JSON has no NaN: a null is a missing value, which the package imputes as in training.
-    bad = next(
-        (
-            v
-            for v in values
-            if v is not None and (isinstance(v, bool) or not isinstance(v, (int, float)))
-        ),
-        None,
-    )
-    if bad is not None:
-        raise ProtocolError(f"{where}: {datatype} data must be numbers; found {bad!r}")
+    for v in values:
+        kind = type(v)
+        if kind is not float and kind is not int and v is not None:
+            raise ProtocolError(f"{where}: {datatype} data must be numbers; found {v!r}")
     if datatype.startswith(("INT", "UINT")):
         if any(v is None or (isinstance(v, float) and not v.is_integer()) for v in values):
             raise ProtocolError(f"{where}: {datatype} data must be whole numbers")
@@ -276,8 +272,10 @@ def _from_json(data: Any, datatype: str, count: int, where: str) -> np.ndarray:
             return np.asarray(values, dtype=NUMPY_TYPES[datatype])
         except OverflowError:
             raise ProtocolError(f"{where}: a value does not fit in {datatype}") from None
+    if None in values:
+        values = [math.nan if v is None else v for v in values]
     try:
-        floats = np.asarray([math.nan if v is None else v for v in values], dtype=np.float64)
+        floats = np.asarray(values, dtype=np.float64)
     except OverflowError:  # a JSON integer past float64's range (about 1.8e308)
         raise ProtocolError(f"{where}: a value does not fit in {datatype}") from None
     target = NUMPY_TYPES[datatype]
