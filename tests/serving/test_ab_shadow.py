@@ -202,3 +202,36 @@ def test_prediction_frame_from_the_plain_endpoint_equals_the_package(
     got = pd.Series([p["prediction"] for p in body["predictions"]])
     want = mlsmith.load_package(served_run.path).predict(rows)["prediction"].reset_index(drop=True)
     assert got.equals(want)
+
+
+def test_a_shadow_never_slows_the_answer(
+    server_factory: Any, served_run: ServedRun, second_run: ServedRun, tmp_path: Path
+) -> None:
+    """The shadow runs after the response has gone: with it, a request's latency is the same
+    as without it. Requests alternate between the two servers (so the machine's noise hits both
+    alike), each followed by a pause in which the shadow's work gets done."""
+    alone = {"variants": [{"name": "champion", "model": str(served_run.path), "weight": 1}]}
+    shadowed = alone | {"shadow": {"name": "shadow", "model": str(second_run.path)}}
+    servers = []
+    for name, route in (("shadowed", shadowed), ("alone", alone)):
+        config = tmp_path / f"{name}.yaml"
+        config.write_text(yaml.safe_dump({"routes": {"clf": route}}))
+        servers.append(server_factory(["--config", str(config)]))
+    # Every row in one request: the shadow's inference costs as much as the answer's.
+    body = json.dumps({"inputs": v2_inputs(served_run.rows)})
+    latencies: dict[int, list[float]] = {0: [], 1: []}
+    with httpx.Client(timeout=30) as client:
+        for round_ in range(90):
+            for i, server in enumerate(servers):
+                started = time.perf_counter()
+                response = client.post(server.url + "/v2/models/clf/infer", content=body)
+                elapsed = time.perf_counter() - started
+                assert response.status_code == 200
+                if round_ >= 10:  # warm-up
+                    latencies[i].append(elapsed)
+                time.sleep(0.03)
+    with_shadow, without = (sorted(latencies[i])[len(latencies[i]) // 2] for i in (0, 1))
+    # On the response path the shadow would add its own inference, a fifth of the latency here.
+    assert with_shadow <= 1.1 * without + 0.0003, (with_shadow, without)
+    report = httpx.get(servers[0].url + "/v2/models/clf/ab", timeout=60).json()
+    assert report["shadow"]["n_requests"] >= 80  # the shadow did run, after each answer
