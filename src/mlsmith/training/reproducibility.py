@@ -22,7 +22,10 @@ def set_deterministic(enabled: bool) -> None:
     if enabled:
         # cuBLAS needs a fixed workspace to be deterministic; must be set before its first use.
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(enabled)
+    # Only on a change: the call imports torch._inductor's config, 1.1 s the first time, which a
+    # run that leaves the default (off) has no use for.
+    if torch.are_deterministic_algorithms_enabled() != enabled:
+        torch.use_deterministic_algorithms(enabled)
     torch.backends.cudnn.deterministic = enabled
     torch.backends.cudnn.benchmark = not enabled
 
