@@ -63,10 +63,13 @@ class Decoder:
             return softmax(raw)
         return unstandardise(raw, self.mean, self.std)
 
+    def decoded(self, raw: np.ndarray) -> np.ndarray:
+        """:meth:`decode`, with the right empty shape for no rows."""
+        return self.decode(raw) if len(raw) else self.empty()
+
     def frame(self, raw: np.ndarray) -> pd.DataFrame:
         """Raw outputs to the prediction table (see :func:`output_frame`)."""
-        decoded = self.decode(raw) if len(raw) else self.empty()
-        return output_frame(self.classes, decoded)
+        return output_frame(self.classes, self.decoded(raw))
 
     def empty(self) -> np.ndarray:
         return np.zeros((0, len(self.classes)) if self.classes else 0)

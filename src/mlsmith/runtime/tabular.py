@@ -63,51 +63,44 @@ class TableEncoder:
         if self.na_values:
             frame = mark_missing(frame[self.features], self.na_values)
         values = numeric_matrix(frame, self.numeric, source)
-        values = np.where(np.isnan(values), self.medians, values)
-        numeric = ((values - self.means) / self.stds).astype(np.float32)
-        categorical = np.empty((len(frame), len(self.categorical)), dtype=np.int64)
-        for j, (column, lookup) in enumerate(zip(self.categorical, self._lookups, strict=True)):
-            # get_indexer gives -1 for unseen values; +1 maps that to the unknown bucket 0.
-            categorical[:, j] = lookup.get_indexer(category_keys(frame[column])) + 1
-        return {"numeric": numeric, "categorical": categorical}
+        return self._encode(values, [frame[column] for column in self.categorical])
 
     def transform_columns(
         self, columns: Mapping[str, object], n: int
     ) -> dict[str, np.ndarray] | None:
         """The same encoding for ``n`` rows given as numpy arrays by column (a server's batch),
-        without building a DataFrame; None when only the frame path can judge the rows."""
-        return _encode_columns(self, columns, n)
+        without building a DataFrame; None where the frame path must judge (missing or
+        non-numeric columns, infinite values, ``na_values``), so each refusal keeps its one
+        message."""
+        import pandas as pd
 
-
-def _encode_columns(
-    encoder: TableEncoder, columns: Mapping[str, object], n: int
-) -> dict[str, np.ndarray] | None:
-    """:meth:`TableEncoder.transform` for rows given as numpy arrays by column, without a
-    DataFrame; None where the frame path must judge (missing or non-numeric columns, infinite
-    values, ``na_values``), so every refusal keeps its one message."""
-    import pandas as pd
-
-    if encoder.na_values or any(c not in columns for c in encoder.features):
-        return None
-    arrays = [a for c in encoder.numeric if isinstance(a := columns[c], np.ndarray)]
-    if len(arrays) != len(encoder.numeric) or any(a.dtype.kind not in "fiub" for a in arrays):
-        return None
-    values = (
-        np.column_stack(arrays).astype(np.float64, copy=False)
-        if arrays
-        else np.empty((n, 0), dtype=np.float64)
-    )
-    if np.isinf(values).any():
-        return None
-    values = np.where(np.isnan(values), encoder.medians, values)
-    numeric = ((values - encoder.means) / encoder.stds).astype(np.float32)
-    categorical = np.empty((n, len(encoder.categorical)), dtype=np.int64)
-    for j, (column, lookup) in enumerate(zip(encoder.categorical, encoder._lookups, strict=True)):
-        raw = columns[column]
-        if not isinstance(raw, np.ndarray) or raw.dtype.kind not in "fiubOU":
+        if self.na_values or any(c not in columns for c in self.features):
             return None
-        categorical[:, j] = lookup.get_indexer(category_keys(pd.Series(raw))) + 1
-    return {"numeric": numeric, "categorical": categorical}
+        arrays = [a for c in self.numeric if isinstance(a := columns[c], np.ndarray)]
+        if len(arrays) != len(self.numeric) or any(a.dtype.kind not in "fiub" for a in arrays):
+            return None
+        values = (
+            np.column_stack(arrays).astype(np.float64, copy=False)
+            if arrays
+            else np.empty((n, 0), dtype=np.float64)
+        )
+        if np.isinf(values).any():
+            return None
+        categories = [columns[c] for c in self.categorical]
+        if not all(isinstance(c, np.ndarray) and c.dtype.kind in "fiubOU" for c in categories):
+            return None
+        return self._encode(values, [pd.Series(c) for c in categories])
+
+    def _encode(self, values: np.ndarray, categories: list[pd.Series]) -> dict[str, np.ndarray]:
+        """Imputed, standardised numbers and category ids from the raw numeric matrix and the
+        categorical columns (one per ``self.categorical``)."""
+        values = np.where(np.isnan(values), self.medians, values)
+        numeric = ((values - self.means) / self.stds).astype(np.float32)
+        categorical = np.empty((len(values), len(self.categorical)), dtype=np.int64)
+        for j, (column, lookup) in enumerate(zip(categories, self._lookups, strict=True)):
+            # get_indexer gives -1 for unseen values; +1 maps that to the unknown bucket 0.
+            categorical[:, j] = lookup.get_indexer(category_keys(column)) + 1
+        return {"numeric": numeric, "categorical": categorical}
 
 
 def numeric_matrix(frame: pd.DataFrame, columns: list[str], source: str) -> np.ndarray:

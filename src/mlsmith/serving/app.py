@@ -681,9 +681,8 @@ def _predictor(state: ServerState, endpoint: Endpoint, variant: Variant, loaded:
     cached = variant.predictor
     if cached is not None and cached[0] is loaded and cached[1] is drift:
         return cached[2]
-    classified = bool(loaded.package.classes)
-
     package = loaded.package
+    classified = bool(package.classes)
 
     def predict(rows: Rows) -> Answer:
         # Numpy columns in, arrays out: no DataFrame at either end for a tabular package.

@@ -119,8 +119,7 @@ class Answer:
         """The package's raw outputs as an answer, without the output table between them."""
         from mlsmith.runtime.outputs import class_labels
 
-        decoder = package.decoder
-        decoded = decoder.decode(raw) if len(raw) else decoder.empty()
+        decoded = package.decoder.decoded(raw)
         if not package.classes:
             return Answer(np.asarray(decoded, dtype=np.float64).reshape(-1), None)
         proba = np.asarray(decoded, dtype=np.float64)

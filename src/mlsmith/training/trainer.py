@@ -129,7 +129,8 @@ class Trainer:
         )
         stop = cfg.early_stopping
         stopper = EarlyStopping(stop.monitor, stop.mode, stop.patience, stop.min_delta)
-        steps = self.monitor_steps = self._step_monitor(model)
+        trainable = [p for p in model.parameters() if p.requires_grad]
+        steps = self.monitor_steps = self._step_monitor(model, trainable)
         overfit = OverfitWatch(cfg.overfit_patience)
         state = self.state = LoopState(cfg.epochs, steps_per_epoch, device=self.device)
         state.epoch_start_rng = train.generator.get_state()
@@ -140,7 +141,6 @@ class Trainer:
         parts |= {"overfit": overfit, "loop": state}
         if resume is not None:
             self._restore(load_checkpoint(resume, map_location=self.device), model, parts)
-        trainable = [p for p in model.parameters() if p.requires_grad]
         grads = FlatGradients.for_params(trainable)
         take_step = partial(
             optimizer_step,
@@ -290,14 +290,16 @@ class Trainer:
 
     # --- checkpoints --------------------------------------------------------------------------
 
-    def _step_monitor(self, model: torch.nn.Module) -> StepMonitor:
+    def _step_monitor(
+        self, model: torch.nn.Module, trainable: list[torch.nn.Parameter]
+    ) -> StepMonitor:
         return StepMonitor(
             [n for n, p in model.named_parameters() if p.requires_grad],
             self.device,
             scaled=getattr(self.precision, "scaler", None) is not None,
             precision=self.config.precision,
             checkpoint=self.checkpoint_dir / LAST,
-            params=[p for p in model.parameters() if p.requires_grad],
+            params=trainable,
         )
 
     def _model_state(self, model: torch.nn.Module) -> dict[str, Any]:
