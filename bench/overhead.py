@@ -4,7 +4,8 @@ All three train the same MLP (mlsmith's TabularMLP) from the same initial weight
 batches in the same order, with the same optimizer (AdamW, no decay on biases), and validate
 once per epoch. Whatever separates their throughput is loop overhead. The raw loop and the
 Trainer must end with the same weights (allclose), which proves the Trainer adds nothing to the
-maths. Runs alternate (raw, mlsmith, lightning, then rotated) and the table shows medians.
+maths. Each repeat runs every loop twice in mirrored order (A-B-B-A, rotated each repeat) and
+the table shows medians over repeats.
 
     python bench/overhead.py                  # needs: pip install -e ".[bench]"
     python bench/overhead.py --rows 20000 --repeats 3 --sizes 64,64 256,256 1024,1024
@@ -267,11 +268,24 @@ def compare(
     for fn in loops.values():
         timed(fn, initial, Data(2_000, args.features), args)
     for repeat in range(args.repeats):
-        for name in names[repeat % len(names) :] + names[: repeat % len(names)]:
+        # A-B-B-A: each loop runs twice per repeat, in rotated order and then in reverse, and
+        # counts the mean of its two runs. A run's speed depends on what ran just before it
+        # (allocator and cache state) and the machine drifts within a repeat; the mirrored
+        # order gives every loop the same neighbours and the same mean position, so neither
+        # effect favours one loop. (Plain rotation left "raw loop" and "raw loop, again",
+        # the same code, 5% apart.)
+        order = names[repeat % len(names) :] + names[: repeat % len(names)]
+        runs: dict[str, list[float]] = {name: [] for name in names}
+        for name in order + order[::-1]:
             seconds, finals[name] = timed(loops[name], initial, data, args)
-            times[name].append(seconds)
+            runs[name].append(seconds)
+        for name in names:
+            times[name].append(statistics.fmean(runs[name]))
             print(
-                f"  MLP {hidden} repeat {repeat + 1}: {name:<22} {seconds:6.2f} s", file=sys.stderr
+                f"  MLP {hidden} repeat {repeat + 1}: {name:<22} "
+                + " + ".join(f"{s:.2f}" for s in runs[name])
+                + " s",
+                file=sys.stderr,
             )
     reference = finals["raw loop"].state_dict()
     mlsmith_state = finals["mlsmith Trainer"].state_dict()
