@@ -184,6 +184,52 @@ def bootstrap_cis(
     return cis
 
 
+def paired_differences(
+    kind: str,
+    y_true: np.ndarray,
+    outputs_a: np.ndarray,
+    outputs_b: np.ndarray,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict[str, float | list[float | None] | None]]:
+    """Every metric of ``kind`` for two models' outputs on the same rows, ready for JSON:
+    ``{metric: {"value": a - b, "ci95": [low, high], "a": a, "b": b}}``.
+
+    The interval is the paired percentile bootstrap: both are scored on each resample, so
+    what the rows share cancels out. Undefined numbers are ``None``; without resamples the
+    interval is left out.
+    """
+    metric_a = _weighted_metric_fn(kind, y_true, outputs_a)
+    metric_b = _weighted_metric_fn(kind, y_true, outputs_b)
+    whole = np.ones((1, len(y_true)))
+    point_a, point_b = metric_a(whole), metric_b(whole)
+    parts: list[dict[str, np.ndarray]] = []
+    for w in _resample_weights(len(y_true), n_resamples, seed) if n_resamples > 0 else ():
+        scored_a, scored_b = metric_a(w), metric_b(w)
+        parts.append({name: scored_a[name] - scored_b[name] for name in scored_a})
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    report: dict[str, dict[str, float | list[float | None] | None]] = {}
+    for name in point_a:
+        a, b = float(point_a[name][0]), float(point_b[name][0])
+        entry: dict[str, float | list[float | None] | None] = {
+            "value": _json_number(a - b),
+            "a": _json_number(a),
+            "b": _json_number(b),
+        }
+        if parts:
+            values = np.concatenate([part[name] for part in parts])
+            bounds = (
+                np.nanpercentile(values, [tail, 100.0 - tail])
+                if not np.isnan(values).all()
+                else (math.nan, math.nan)
+            )
+            entry["ci95"] = [_json_number(float(bound)) for bound in bounds]
+        report[name] = entry
+    return report
+
+
 def paired_difference(
     kind: str,
     y_true: np.ndarray,

@@ -30,6 +30,7 @@ from mlsmith.run import (
     METRICS_FILE,
     PREFLIGHT_FILE,
     Run,
+    Scored,
     capture_environment,
     check_output_dir,
     code_version,
@@ -42,6 +43,7 @@ if TYPE_CHECKING:
 
     import pandas as pd
 
+    from mlsmith.baselines import BaselineOutputs, BaselineScores
     from mlsmith.checks import CheckReport
     from mlsmith.data.base import PreparedData, Preprocessor
     from mlsmith.models.base import FitSummary, Model
@@ -113,6 +115,8 @@ def run_training(
     optimised = cfg.export.quantize is not None or cfg.export.prune is not None
     package_training = training_rows(data) if package_rows is not None and optimised else None
     package_reference = reference_rows(data) if package_rows is not None else None
+    # Fitted before the raw rows go: the text baseline reads the raw texts.
+    baseline = _fit_baseline(cfg, data) if cfg.eval.baseline else None
     data.frames.clear()  # the raw rows were only needed by the checks (and the package's)
     if run_dir is None:
         # Only now: a config, data or pre-flight error must not leave a run directory behind.
@@ -161,9 +165,11 @@ def run_training(
         summary = model.fit(data, context)
         run = Run(run_dir)
         run.model = model
-        results = {"val": run.evaluate_split(data.val, "val")}
+        scored = {"val": run.score_split(data.val, "val")}
         if data.test is not None:
-            results["test"] = run.evaluate_split(data.test, "test")
+            scored["test"] = run.score_split(data.test, "test")
+        results = {split: s.metrics for split, s in scored.items()}
+        compared = _score_baseline(run, baseline, scored) if baseline is not None else None
     except BaseException as error:
         _record_stop(cfg, run_dir, info, tracker, error)
         raise
@@ -175,10 +181,12 @@ def run_training(
         best_epoch=summary.best_epoch,
         stopped_early=summary.stopped_early,
         epochs_run=len(summary.history),
-        observations=_observations(cfg, summary),
+        observations=_observations(cfg, summary, compared),
         train_seconds=info.get("train_seconds", 0.0) + time.perf_counter() - started,
         finished=time.time(),
     )
+    if compared is not None:
+        info["baseline"] = compared.summary
     write_json(run_dir / INFO_FILE, info)
     try:
         if package_rows is not None:
@@ -188,6 +196,12 @@ def run_training(
             write_json(run_dir / INFO_FILE, info)
         # Per-epoch keys (val/accuracy...) already have one point per epoch: log only their CIs.
         per_epoch = {key for row in summary.history for key in row}
+        if compared is not None:
+            results |= {
+                f"{section}/{split}": metrics
+                for section, by_split in compared.sections.items()
+                for split, metrics in by_split.items()
+            }
         tracker.log_metrics(final_metrics(results, per_epoch), step=summary.best_epoch or 0)
         tracker.log_artifacts(
             [run_dir / f for f in (CONFIG_FILE, METRICS_FILE, HISTORY_FILE, "preprocessing.json")]
@@ -463,9 +477,59 @@ def _record_stop(
         )
 
 
-def _observations(cfg: Config, summary: FitSummary) -> list[str]:
+def _fit_baseline(cfg: Config, data: PreparedData) -> BaselineOutputs | None:
+    """The baseline beside the model (see :mod:`mlsmith.baselines`); a failure is a warning."""
+    from mlsmith.baselines import fit_baseline
+
+    text_column = getattr(cfg.data, "text_column", None) if cfg.data.type == "text" else None
+    try:
+        baseline = fit_baseline(data, text_column=text_column, seed=cfg.seed)
+    except Exception as error:  # a comparison must never cost the user the run
+        log.warning("no baseline (%s: %s)", type(error).__name__, error)
+        return None
+    if baseline is not None:
+        log.info(
+            "baseline: %s on %s, fitted in %.1f s",
+            baseline.name,
+            baseline.params["features"],
+            baseline.seconds,
+        )
+    return baseline
+
+
+def _score_baseline(
+    run: Run, baseline: BaselineOutputs, scored: dict[str, Scored]
+) -> BaselineScores | None:
+    """Score the baseline on the splits the model was scored on, into metrics.json."""
+    from mlsmith.baselines import score_baseline
+
+    cfg = run.config
+    try:
+        compared = score_baseline(
+            baseline,
+            run.model.task.kind,
+            {split: s.truth for split, s in scored.items()},
+            {split: s.decoded for split, s in scored.items()},
+            n_resamples=cfg.eval.bootstrap,
+            confidence=cfg.eval.confidence,
+            seed=cfg.seed,
+        )
+    except Exception as error:  # a comparison must never cost the user the run
+        log.warning("baseline not scored (%s: %s)", type(error).__name__, error)
+        return None
+    run.record_sections(compared.sections)
+    if compared.observation:
+        log.warning("%s", compared.observation)
+    return compared
+
+
+def _observations(
+    cfg: Config, summary: FitSummary, compared: BaselineScores | None = None
+) -> list[str]:
     """One-line facts about how training went, for the report."""
     notes = list(summary.observations)
+    if compared is not None and compared.observation:
+        notes.append(compared.observation)
     # Families with their own stopping rule (boosted trees) explain it themselves.
     explained = any(note.startswith(("early stopping", "stopped")) for note in notes)
     if summary.stopped_early and summary.history and not explained:

@@ -10,7 +10,8 @@ A run directory is the complete, self-describing record of one training run::
         preflight.json       the pre-flight checks run before training
         preprocessing.json   the fitted preprocessing (raw rows in, model inputs out)
         checkpoints/         best.pt and last.pt
-        metrics.json         split -> metric -> {"value", "ci95"}
+        metrics.json         split -> metric -> {"value", "ci95"}, plus the sections in
+                             SECTION_KEYS (baseline...); schema: mlsmith/schemas/metrics.schema.json
         confusion_matrix.json, test_predictions.csv   (classification / all tasks)
         report.html, REPORT.md, MODEL_CARD.md          the human-readable record
 """
@@ -24,6 +25,7 @@ import platform
 import secrets
 import subprocess
 import sys
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -47,6 +49,9 @@ PREFLIGHT_FILE = "preflight.json"
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.json"
 TEST_PREDICTIONS_FILE = "test_predictions.csv"
+# Top-level keys of metrics.json that are not splits: the baseline beside the model, its
+# majority-class floor and the model's paired difference to the baseline.
+SECTION_KEYS = ("baseline", "majority", "vs_baseline")
 
 # Libraries every run uses; families and data kinds add their own (see mlsmith.families).
 PACKAGES = ("torch", "numpy", "pandas", "scikit-learn", "pydantic", "mlflow-skinny", "mlflow")
@@ -164,6 +169,31 @@ def code_version(environment: dict[str, Any]) -> str:
     return ", ".join(parts)
 
 
+def metrics_schema() -> dict[str, Any]:
+    """The JSON Schema of ``metrics.json`` (``mlsmith/schemas/metrics.schema.json``)."""
+    import json
+    from importlib.resources import files
+
+    schema: dict[str, Any] = json.loads(
+        files("mlsmith").joinpath("schemas/metrics.schema.json").read_text(encoding="utf-8")
+    )
+    return schema
+
+
+def split_metrics(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """``metrics.json`` without its sections: split -> metric -> {"value", "ci95"}."""
+    return {k: v for k, v in metrics.items() if k not in SECTION_KEYS}
+
+
+@dataclass
+class Scored:
+    """A split scored: its metrics, the truth and the model's decoded outputs."""
+
+    metrics: dict[str, Any]
+    truth: np.ndarray
+    decoded: np.ndarray
+
+
 class Run:
     """A finished (or interrupted) run, loaded from its directory."""
 
@@ -259,6 +289,10 @@ class Run:
 
     def evaluate_split(self, split: Split, name: str) -> dict[str, Any]:
         """Score the model on ``split``; record metrics (and, for the test split, predictions)."""
+        return self.score_split(split, name).metrics
+
+    def score_split(self, split: Split, name: str) -> Scored:
+        """:meth:`evaluate_split`, also returning the truth and the model's decoded outputs."""
         from mlsmith.evaluation import confusion, evaluate_outputs
 
         task = self.model.task
@@ -281,7 +315,13 @@ class Run:
             )
         if name == "test":
             self._write_predictions(truth, decoded)
-        return metrics
+        return Scored(metrics, truth, decoded)
+
+    def record_sections(self, sections: dict[str, Any]) -> None:
+        """Add top-level sections (``baseline``...) beside the splits in ``metrics.json``."""
+        file = self.path / METRICS_FILE
+        content = read_json(file) if file.is_file() else {}
+        write_json(file, {**content, **sections})
 
     def _merge_json(self, filename: str, key: str, value: Any) -> None:
         file = self.path / filename

@@ -25,7 +25,43 @@ def metrics_table(results: dict[str, dict[str, Any]], title: str | None = None) 
 
 
 def print_metrics(results: dict[str, dict[str, Any]], title: str | None = None) -> None:
-    Console(soft_wrap=True).print(metrics_table(results, title))
+    """The splits' metrics table, then the model vs its baseline when metrics.json has one."""
+    from mlsmith.run import split_metrics
+
+    console = Console(soft_wrap=True)
+    console.print(metrics_table(split_metrics(results), title))
+    if results.get("vs_baseline"):
+        console.print(baseline_table(results))
+
+
+def baseline_table(results: dict[str, Any]) -> Table:
+    """Model, baseline and majority class on the held-out split, with the paired difference."""
+    split, difference = next(iter(results["vs_baseline"].items()))
+    majority = (results.get("majority") or {}).get(split) or {}
+    table = Table(title=f"model vs baseline, {split} split (paired 95% CI)")
+    for column in ("metric", "model", "baseline", "difference", "majority"):
+        table.add_column(column, justify="left" if column == "metric" else "right")
+    for name, entry in difference.items():
+        table.add_row(
+            name,
+            _number(entry.get("a")),
+            _number(entry.get("b")),
+            _difference(entry),
+            _number((majority.get(name) or {}).get("value")),
+        )
+    return table
+
+
+def _difference(entry: dict[str, Any]) -> str:
+    if entry.get("value") is None:
+        return "-"
+    low, high = entry.get("ci95") or (None, None)
+    interval = "" if low is None or high is None else f" [{low:+.3f}, {high:+.3f}]"
+    return f"{entry['value']:+.3f}{interval}"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
 
 
 def _cell(entry: dict[str, Any] | None) -> str:

@@ -42,6 +42,11 @@ class EvalConfig(Section):
     report: bool = Field(
         True, description="write report.html, REPORT.md and MODEL_CARD.md at the end of train"
     )
+    baseline: bool = Field(
+        True,
+        description="also fit a linear baseline (logistic/ridge regression, TF-IDF for text) and "
+        "the majority class on the same split, and report the model's paired difference to it",
+    )
 
 
 class CardConfig(Section):

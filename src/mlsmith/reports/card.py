@@ -9,7 +9,7 @@ missing statement is visible rather than silently absent.
 from __future__ import annotations
 
 from mlsmith.reports import facts
-from mlsmith.reports.markdown import bullets, metrics_table, table
+from mlsmith.reports.markdown import baseline_section, bullets, metrics_table, table
 from mlsmith.reports.runinfo import NOT_RECORDED, RunRecord, count_parameters, format_time
 
 NOT_STATED = "not stated"
@@ -56,6 +56,10 @@ def render_card(record: RunRecord) -> str:
         metrics_table(record, (split,) if split else None),
         "",
         _evaluation_note(record, split),
+        "",
+        "### Compared with a baseline",
+        "",
+        baseline_section(record),
         "",
     ]
     per_class = facts.per_class_metrics(record)

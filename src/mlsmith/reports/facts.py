@@ -58,6 +58,55 @@ def metric_rows(record: RunRecord) -> list[tuple[str, str, str, str]]:
     ]
 
 
+def baseline_rows(record: RunRecord) -> list[tuple[str, str, str, str, str, str]]:
+    """(metric, model, baseline, difference, its interval, majority) on the held-out split."""
+    difference = record.sections.get("vs_baseline") or {}
+    if not difference:
+        return []
+    split = next(iter(difference))
+    majority = (record.sections.get("majority") or {}).get(split) or {}
+    return [
+        (
+            name,
+            format_number(entry.get("a")),
+            format_number(entry.get("b")),
+            _signed(entry.get("value")),
+            format_ci(entry),
+            format_number((majority.get(name) or {}).get("value")),
+        )
+        for name, entry in difference[split].items()
+    ]
+
+
+def baseline_summary(record: RunRecord) -> str:
+    """One sentence: which baseline, how it was chosen, and whether the model beats it."""
+    about = record.info.get("baseline")
+    if not isinstance(about, dict) or not about.get("name"):
+        return "No baseline was fitted (eval.baseline=false, or the data kind has none)."
+    params = about.get("params") or {}
+    chosen = (
+        f"regularisation chosen over {params.get('grid')} values on the validation split, "
+        f"fitted on {format_number(params.get('train_rows'))} training rows"
+    )
+    split, metric = about.get("split", "test"), about.get("metric", "")
+    low, high = (about.get("ci95") or [None, None])[:2]
+    interval = f" (95% CI {_signed(low)} to {_signed(high)})" if low is not None else ""
+    verdict = {True: "beats", False: "does not beat", None: "cannot be compared with"}[
+        about.get("beats")
+    ]
+    return (
+        f"Baseline: {about['name']} on {params.get('features', 'the same inputs')} "
+        f"({chosen}). On the {split} split the model {verdict} it: {metric} "
+        f"{format_number(about.get('model'))} vs {format_number(about.get('baseline'))}, "
+        f"difference {_signed(about.get('difference'))}{interval}."
+    )
+
+
+def _signed(value: Any) -> str:
+    text = format_number(value)
+    return text if text.startswith("-") or text == "-" else f"+{text}"
+
+
 def progress_facts(record: RunRecord) -> list[tuple[str, str]]:
     """Key numbers of the training loop, as (label, value) rows."""
     info, cfg = record.info, record.config.train

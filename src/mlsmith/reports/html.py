@@ -70,6 +70,7 @@ def render_html(record: RunRecord) -> str:
         ("training", "Training", _training(record)),
         ("evaluation", "Test-split evaluation", _evaluation(record)),
         ("metrics", "Metrics with confidence intervals", _metrics(record)),
+        ("baseline", "Model vs baseline", _baseline(record)),
         ("limitations", "Measured limitations", _list(facts.measured_limitations(record))),
         ("preflight", "Pre-flight checks", _preflight(record)),
         ("data", "Data", html_table(["", ""], facts.data_rows(record), header=False)),
@@ -226,6 +227,16 @@ def _metrics(record: RunRecord) -> str:
     if not rows:
         return missing("Metrics")
     return html_table(["split", "metric", "value", record.ci_label], rows, numeric=(2, 3))
+
+
+def _baseline(record: RunRecord) -> str:
+    rows = facts.baseline_rows(record)
+    text = f"<p>{escape(facts.baseline_summary(record))}</p>"
+    if not rows:
+        return text
+    last = "training mean" if record.task == "regression" else "majority class"
+    headers = ["metric", "model", "baseline", "difference", record.ci_label, last]
+    return text + html_table(headers, rows, numeric=(1, 2, 3, 4, 5))
 
 
 def _preflight(record: RunRecord) -> str:

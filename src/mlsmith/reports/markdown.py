@@ -44,6 +44,10 @@ def render_report(record: RunRecord) -> str:
         f"Intervals are {record.ci_level} percentile-bootstrap confidence intervals "
         f"({cfg.eval.bootstrap:,} resamples of the split's rows).",
         "",
+        "## Model vs baseline",
+        "",
+        baseline_section(record),
+        "",
         "## Measured limitations",
         "",
         bullets(facts.measured_limitations(record)),
@@ -80,6 +84,22 @@ def metrics_table(record: RunRecord, splits: tuple[str, ...] | None = None) -> s
     if not rows:
         return f"Metrics: {NOT_RECORDED}."
     return table(["split", "metric", "value", record.ci_label], rows, align="llrr")
+
+
+def baseline_section(record: RunRecord) -> str:
+    """The baseline sentence and the model - baseline table with paired intervals."""
+    rows = facts.baseline_rows(record)
+    text = facts.baseline_summary(record)
+    if not rows:
+        return text
+    headers = ["metric", "model", "baseline", "difference", record.ci_label, "majority class"]
+    if record.task == "regression":
+        headers[-1] = "training mean"
+    note = (
+        "Differences are model minus baseline; their intervals are paired percentile-bootstrap "
+        "intervals (both scored on the same resampled rows)."
+    )
+    return f"{text}\n\n{table(headers, rows, align='lrrrrr')}\n\n{note}"
 
 
 def table(headers: list[str], rows: Sequence[Sequence[str]], align: str = "") -> str:
