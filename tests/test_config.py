@@ -267,7 +267,7 @@ def test_unknown_key_without_close_match_lists_valid_keys() -> None:
     with pytest.raises(ConfigError) as info:
         load_config({**IRIS, "eval": {"zzzz": 1}})
     message = str(info.value)
-    assert "eval.zzzz: unknown key; valid keys here: bootstrap, confidence" in message
+    assert "eval.zzzz: unknown key; valid keys here: baseline, bootstrap, confidence" in message
     assert "did you mean" not in message
 
 

@@ -109,7 +109,11 @@ def run_training(
         )
     if cfg.export.package:
         check_export_settings(model, cfg.export)  # quantize or prune on a tree: exit 2 now
-    checks = _preflight(cfg, data, model) if cfg.train.preflight and resume is None else None
+    # lr: auto becomes a number here; config.yaml keeps "auto", run.json the rate chosen.
+    trained_cfg, lr_auto = resolve_lr(cfg, data, model, info.get("lr_auto"))
+    checks = (
+        _preflight(trained_cfg, data, model) if cfg.train.preflight and resume is None else None
+    )
     package_rows = check_rows(data) if cfg.export.package else None
     # Pruning fine-tunes on the training split; static quantization calibrates on its rows.
     optimised = cfg.export.quantize is not None or cfg.export.prune is not None
@@ -129,6 +133,8 @@ def run_training(
         environment = capture_environment(device, cfg)
         write_text(run_dir / CONFIG_FILE, cfg.to_yaml())
         data.preprocessor.save(run_dir)
+        if lr_auto is not None:
+            info["lr_auto"] = _save_lr_find(run_dir, lr_auto)
         info.update(
             id=run_dir.name,
             experiment=cfg.experiment,
@@ -141,9 +147,12 @@ def run_training(
         write_json(run_dir / INFO_FILE, info)
 
         tracker = Tracker(cfg.track, output_dir=cfg.output_dir, experiment=cfg.experiment)
+        params = cfg.flat()
+        if lr_auto is not None:
+            params["train.optimizer.lr_auto"] = lr_auto["lr"]
         info["mlflow_run_id"] = tracker.start(
             run_name=run_dir.name,
-            params=cfg.flat(),
+            params=params,
             tags=run_tags(run_dir, data.fingerprint, environment),
             resume_id=info.get("mlflow_run_id"),
         )
@@ -226,6 +235,56 @@ def run_training(
     return run
 
 
+def resolve_lr(
+    cfg: Config, data: PreparedData, model: Model, recorded: dict[str, Any] | None = None
+) -> tuple[Config, dict[str, Any] | None]:
+    """``cfg`` with ``train.optimizer.lr: auto`` replaced by the LR range test's choice (set on
+    ``model`` too), and what run.json records; ``cfg`` itself when the rate is a number.
+
+    ``recorded``: a resumed run's ``lr_auto``, reused rather than measured again.
+    """
+    if cfg.train.optimizer.lr != "auto":
+        return cfg, None
+    from mlsmith.models.neural import NeuralModel
+
+    if not isinstance(model, NeuralModel):
+        raise ConfigError(
+            f"train.optimizer.lr: 'auto' runs a learning-rate range test, which needs a network "
+            f"trained by gradient descent; model.type '{cfg.model.type}' is not one (give a "
+            "number, or leave the key out)"
+        )
+    if recorded is not None and isinstance(recorded.get("lr"), float):
+        record = dict(recorded)
+    else:
+        import tempfile
+
+        from mlsmith.training.lr_finder import choose_lr
+
+        with tempfile.TemporaryDirectory() as folder:
+            _, record = choose_lr(cfg, data, model.network, Path(folder))
+            # Kept in memory until the run directory exists (after the pre-flight checks).
+            record["files"] = {f.name: f.read_bytes() for f in Path(folder).iterdir()}
+    optimizer = cfg.train.optimizer.model_copy(update={"lr": record["lr"]})
+    resolved = cfg.model_copy(
+        update={"train": cfg.train.model_copy(update={"optimizer": optimizer})}
+    )
+    model.config = resolved
+    return resolved, record
+
+
+def _save_lr_find(run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
+    """Write the range test's table and plot into ``run_dir/lr_find/``; run.json's record."""
+    from mlsmith.files import write_bytes
+
+    record = dict(record)
+    files = record.pop("files", {})
+    for name, content in files.items():
+        write_bytes(run_dir / "lr_find" / name, content)
+    if files:
+        record["plot"] = "lr_find/lr_find.png"
+    return record
+
+
 def check(cfg: Config, *, quick: bool = False) -> CheckReport:
     """Build as ``train`` does and run every check (``mlsmith check``); trains nothing.
 
@@ -247,6 +306,7 @@ def check(cfg: Config, *, quick: bool = False) -> CheckReport:
             "check: data, splits and the model on a real batch%s",
             "" if quick else ", then one-batch overfitting",
         )
+        cfg, _ = resolve_lr(cfg, data, model)
         report = run_checks(cfg, data, model, quick=quick)
     finally:
         restore_rng_states(states)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -13,11 +14,29 @@ class OptimizerConfig(Section):
     """The optimizer; no weight decay on biases and norms."""
 
     name: Literal["adamw", "adam", "sgd"] = "adamw"
-    lr: float = Field(1e-3, gt=0.0)
+    lr: float | Literal["auto"] = Field(
+        1e-3,
+        description="learning rate; auto: a short LR range test before training picks it "
+        "(recorded in run.json as lr_auto)",
+    )
     weight_decay: float = Field(1e-2, ge=0.0)
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
     nesterov: bool = Field(False, description="sgd only")
     betas: tuple[float, float] = Field((0.9, 0.999), description="adam and adamw only")
+
+    @field_validator("lr", mode="before")
+    @classmethod
+    def _number_or_auto(cls, value: Any) -> Any:
+        # One clear message instead of one per member of the union.
+        if isinstance(value, str) and value.strip().lower() == "auto":
+            return "auto"
+        try:
+            number = float(value) if not isinstance(value, bool) else math.nan
+        except (TypeError, ValueError):
+            raise ValueError("expected a number greater than 0, or auto") from None
+        if not number > 0:
+            raise ValueError("expected a number greater than 0, or auto")
+        return number
 
     @model_validator(mode="after")
     def _check(self) -> OptimizerConfig:

@@ -342,7 +342,17 @@ def hyperparameter_rows(record: RunRecord) -> list[tuple[str, str]]:
             "checkpoint.monitor",
         )
     ]
-    return [(key, format_value(flat[key])) for key in keys if key in flat]
+    rows = [(key, format_value(flat[key])) for key in keys if key in flat]
+    auto = record.info.get("lr_auto")
+    if isinstance(auto, dict) and isinstance(auto.get("lr"), (int, float)):
+        # The rate trained with, and how it was chosen: the config only says "auto".
+        rows = [
+            (key, f"auto: {auto['lr']:.3g} ({auto.get('rule', 'LR range test')})")
+            if key == "train.optimizer.lr"
+            else (key, value)
+            for key, value in rows
+        ]
+    return rows
 
 
 def reproduce_command(record: RunRecord) -> str:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -88,7 +88,8 @@ def find_lr(
     precision = build_precision(cfg.precision, device)
     network = network.to(device)
     network.train()
-    optimizer = build_optimizer(network, cfg.optimizer)
+    # The range test sets every step's rate itself (lr may be "auto" in the config).
+    optimizer = build_optimizer(network, cfg.optimizer.model_copy(update={"lr": min_lr}))
     from mlsmith.data.batches import BatchOptions
 
     batches = data.preprocessor.batches(
@@ -152,6 +153,50 @@ def find_lr(
     plot = folder / "lr_find.png"
     write_bytes(plot, _plot(lrs[: len(smoothed)], losses, smoothed, suggested, config))
     return LRFindResult(lrs, losses, smoothed, suggested, at_min, diverged, plot, table, seconds)
+
+
+# When the range test finds no clear fall (a loss flat from the start), the rate used instead.
+FALLBACK_LR = 1e-3
+
+
+def choose_lr(
+    config: Config, data: PreparedData, network: torch.nn.Module, output: Path
+) -> tuple[float, dict[str, Any]]:
+    """``train.optimizer.lr: auto``: the range test's suggestion for ``network``, and what
+    run.json records about it.
+
+    The test trains a copy, and every RNG is restored afterwards, so the run itself starts from
+    the same weights and draws the same batches as with a fixed rate. ``lr_find.csv`` and
+    ``.png`` go to ``output``.
+    """
+    import copy
+
+    from mlsmith.training.reproducibility import restore_rng_states, rng_states
+
+    states = rng_states()
+    try:
+        result = find_lr(config, data, copy.deepcopy(network), output=output)
+    finally:
+        restore_rng_states(states)
+    lr, rule = result.suggested_lr, "steepest fall of the smoothed loss"
+    if lr is None or not math.isfinite(lr):
+        lr, rule = FALLBACK_LR, f"no clear fall in the loss: the fallback {FALLBACK_LR:g}"
+    record = {
+        "lr": lr,
+        "rule": rule,
+        "min_loss_lr": result.min_loss_lr,
+        "steps": len(result.lrs),
+        "diverged": result.diverged,
+        "seconds": round(result.seconds, 3),
+    }
+    log.info(
+        "lr auto: %.3g (%s; range test of %d steps, %.1f s)",
+        lr,
+        rule,
+        len(result.lrs),
+        result.seconds,
+    )
+    return lr, record
 
 
 def centred_average(values: list[float], window: int) -> list[float]:

@@ -15,6 +15,8 @@ WARMUP_START = 0.01
 
 def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
     """AdamW, Adam or SGD; weight decay only on matrices (not biases or norm scales)."""
+    if cfg.lr == "auto":  # the pipeline resolves it (a range test) before anything trains
+        raise ValueError("train.optimizer.lr is 'auto': resolve it with choose_lr first")
     params = [p for p in model.parameters() if p.requires_grad]
     decay = [p for p in params if p.ndim >= 2]
     no_decay = [p for p in params if p.ndim < 2]
