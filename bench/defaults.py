@@ -1,0 +1,277 @@
+"""Are the defaults good on data nobody tuned them on? Each family x dataset: the default config
+against the best of a small grid, and the linear baseline beside them.
+
+For every family the grid varies what the defaults fix (the learning rate, including
+``lr: auto``'s range test); every run keeps the rest of the family's defaults. Each cell is the
+test-split score (accuracy, or RMSE for regression) averaged over seeds; a run picks its best
+epoch on the validation split, as ``mlsmith train`` does.
+
+The default is judged leave-one-dataset-out: for each dataset, the grid point that does best on
+the *other* datasets of its kind (mean of score / best score) is what a default chosen without
+this dataset would have been, and its ratio on this dataset is what a user with new data gets.
+The two datasets issue 14 names (a product-review set, MNIST-1D) are not here: they are for
+evaluation only and neither ships offline.
+
+    python bench/defaults.py                        # every family, 2 seeds (~15 min on 2 cores)
+    python bench/defaults.py --families mlp --seeds 1
+
+Prints one table per family, then the leave-one-out table; ratios are score / best of grid
+(for RMSE: best / score), so 1.00 is as good as the grid's best and lower is worse.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+ROOT = Path(__file__).resolve().parent.parent
+# Learning rates tried; "auto" is the range test. The config default is 1e-3 for every family.
+LR_GRID: tuple[str, ...] = ("3e-4", "1e-3", "3e-3", "1e-2", "auto")
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    kind: str  # tabular | text | image
+    make: Callable[[Path], dict[str, Any]]  # folder -> the config's data section
+
+
+# --- datasets: shipped with scikit-learn or in examples/, or generated --------------------------
+
+
+def _sklearn(name: str, target: str = "target") -> Callable[[Path], dict[str, Any]]:
+    return lambda _: {"path": f"sklearn:{name}", "target": target}
+
+
+def _penguins(_: Path) -> dict[str, Any]:
+    return {"path": str(ROOT / "examples/data/penguins.csv"), "target": "species", "drop": ["year"]}
+
+
+def _synthetic_classification(folder: Path) -> dict[str, Any]:
+    from sklearn.datasets import make_classification
+
+    x, y = make_classification(
+        n_samples=3000, n_features=20, n_informative=8, n_redundant=4, n_classes=3,
+        n_clusters_per_class=2, class_sep=0.8, flip_y=0.03, random_state=0,
+    )  # fmt: skip
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(x.shape[1])]).assign(label=y)
+    frame.to_csv(folder / "synthetic.csv", index=False)
+    return {"path": str(folder / "synthetic.csv"), "target": "label", "task": "multiclass"}
+
+
+def _friedman(folder: Path) -> dict[str, Any]:
+    from sklearn.datasets import make_friedman1
+
+    x, y = make_friedman1(n_samples=2000, n_features=10, noise=1.0, random_state=0)
+    frame = pd.DataFrame(x, columns=[f"x{i}" for i in range(x.shape[1])]).assign(y=y)
+    frame.to_csv(folder / "friedman.csv", index=False)
+    return {"path": str(folder / "friedman.csv"), "target": "y"}
+
+
+def _mixed_types(folder: Path) -> dict[str, Any]:
+    """A binary table with interacting categorical and numeric columns and missing values."""
+    rng = np.random.default_rng(1)
+    n = 4000
+    city = rng.choice([f"c{i}" for i in range(30)], n)
+    plan = rng.choice(["basic", "plus", "pro"], n, p=[0.6, 0.3, 0.1])
+    age = rng.normal(40, 12, n)
+    usage = rng.gamma(2.0, 3.0, n)
+    effect = {f"c{i}": rng.normal(0, 0.8) for i in range(30)}
+    logit = (
+        np.vectorize(effect.get)(city) + 0.08 * (age - 40) * (plan == "pro")
+        - 0.3 * np.log1p(usage) + np.where(plan == "basic", 0.6, -0.2)
+    )  # fmt: skip
+    label = rng.random(n) < 1 / (1 + np.exp(-logit))
+    frame = pd.DataFrame({"city": city, "plan": plan, "age": age, "usage": usage, "churn": label})
+    frame.loc[rng.random(n) < 0.1, "age"] = np.nan
+    frame.to_csv(folder / "churn.csv", index=False)
+    return {"path": str(folder / "churn.csv"), "target": "churn"}
+
+
+def _reviews(_: Path) -> dict[str, Any]:
+    return {
+        "type": "text",
+        "path": str(ROOT / "examples/data/rotten_tomatoes_6k.csv"),
+        "target": "label",
+        "text_column": "text",
+    }
+
+
+def _generated_texts(classes: int, noise: float, seed: int) -> Callable[[Path], dict[str, Any]]:
+    """Topic-like texts: each class has its own words, drowned in shared ones; some labels flip."""
+
+    def make(folder: Path) -> dict[str, Any]:
+        rng = np.random.default_rng(seed)
+        shared = [f"w{i}" for i in range(400)]
+        own = {c: [f"t{c}_{i}" for i in range(40)] for c in range(classes)}
+        rows = []
+        for _ in range(3000):
+            label = int(rng.integers(classes))
+            words = list(rng.choice(shared, rng.integers(5, 40)))
+            # A text carries 0-3 of its class's words and sometimes another class's.
+            words += list(rng.choice(own[label], rng.integers(0, 4)))
+            words += list(rng.choice(own[int(rng.integers(classes))], rng.integers(0, 2)))
+            rng.shuffle(words)
+            if rng.random() < noise:
+                label = int(rng.integers(classes))
+            rows.append((" ".join(words), f"class{label}"))
+        name = f"texts_{classes}_{seed}.csv"
+        pd.DataFrame(rows, columns=["text", "label"]).to_csv(folder / name, index=False)
+        return {"type": "text", "path": str(folder / name), "target": "label"}
+
+    return make
+
+
+DATASETS: tuple[Dataset, ...] = (
+    Dataset("breast_cancer", "tabular", _sklearn("breast_cancer")),
+    Dataset("wine", "tabular", _sklearn("wine")),
+    Dataset("digits (as a table)", "tabular", _sklearn("digits")),
+    Dataset("penguins", "tabular", _penguins),
+    Dataset("synthetic 3-class", "tabular", _synthetic_classification),
+    Dataset("churn (mixed types)", "tabular", _mixed_types),
+    Dataset("diabetes (regression)", "tabular", _sklearn("diabetes")),
+    Dataset("friedman1 (regression)", "tabular", _friedman),
+    Dataset("rotten tomatoes 6k", "text", _reviews),
+    Dataset("topics, 4 classes", "text", _generated_texts(4, 0.1, 0)),
+    Dataset("topics, 2 classes", "text", _generated_texts(2, 0.2, 1)),
+)
+FAMILIES: dict[str, str] = {"mlp": "tabular", "bag": "text", "transformer": "text"}
+
+
+# --- runs ---------------------------------------------------------------------------------------
+
+
+def score(run_dir: Path) -> tuple[float, float, str]:
+    """(test score, the linear baseline's, metric name) of a finished run."""
+    import json
+
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    name = "rmse" if "rmse" in metrics["test"] else "accuracy"
+    baseline = metrics.get("baseline", {}).get("test", {}).get(name, {}).get("value", np.nan)
+    return float(metrics["test"][name]["value"]), float(baseline), name
+
+
+def train_once(
+    data: dict[str, Any], family: str, lr: str, seed: int, out: Path
+) -> tuple[float, float, str]:
+    from mlsmith import train
+
+    config = {
+        "experiment": "defaults",
+        "seed": seed,
+        "output_dir": str(out),
+        "data": data,
+        "model": {"type": family},
+        "track": {"enabled": False},
+        "eval": {"bootstrap": 0, "report": False, "baseline": True},
+        "export": {"package": False},
+        "train": {"preflight": False},
+    }
+    run = train(config, [f"train.optimizer.lr={lr}"], progress=False, epoch_lines=False)
+    return score(run.path)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--families", nargs="+", default=["mlp", "bag"], choices=list(FAMILIES))
+    parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--lrs", nargs="+", default=list(LR_GRID))
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    logging.getLogger("mlsmith").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")
+
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        for family in args.families:
+            datasets = [d for d in DATASETS if d.kind == FAMILIES[family]]
+            # scores[dataset][lr] = mean test score over seeds
+            scores: dict[str, dict[str, float]] = {}
+            baselines: dict[str, float] = {}
+            lower_better: dict[str, bool] = {}
+            for dataset in datasets:
+                data = dataset.make(folder)
+                scores[dataset.name] = {}
+                for lr in args.lrs:
+                    results = [
+                        train_once(data, family, lr, seed, folder / "runs")
+                        for seed in range(args.seeds)
+                    ]
+                    scores[dataset.name][lr] = statistics.fmean(r[0] for r in results)
+                    baselines[dataset.name] = statistics.fmean(r[1] for r in results)
+                    lower_better[dataset.name] = results[0][2] == "rmse"
+                    print(
+                        f"  {family:<11} {dataset.name:<24} lr {lr:<5} "
+                        f"{scores[dataset.name][lr]:.4f}  ({time.perf_counter() - started:.0f} s)",
+                        file=sys.stderr,
+                    )
+            report(family, args.lrs, scores, baselines, lower_better)
+    print(f"\n{time.perf_counter() - started:.0f} s in all")
+
+
+def ratios(
+    scores: dict[str, dict[str, float]], lower_better: dict[str, bool]
+) -> dict[str, dict[str, float]]:
+    """score / best of the grid per dataset (best / score for an error): 1.0 is the best."""
+    out = {}
+    for name, by_lr in scores.items():
+        if lower_better[name]:
+            best = min(by_lr.values())
+            out[name] = {lr: best / value for lr, value in by_lr.items()}
+        else:
+            best = max(by_lr.values())
+            out[name] = {lr: value / best for lr, value in by_lr.items()}
+    return out
+
+
+def report(
+    family: str,
+    lrs: list[str],
+    scores: dict[str, dict[str, float]],
+    baselines: dict[str, float],
+    lower_better: dict[str, bool],
+) -> None:
+    relative = ratios(scores, lower_better)
+    print(f"\n### {family}: test score by learning rate (accuracy; rmse for regression)\n")
+    head = " | ".join(f"lr {lr}" for lr in lrs)
+    print(f"| dataset | {head} | linear baseline | default (1e-3) / best |")
+    print("|---|" + "---:|" * (len(lrs) + 2))
+    for name, by_lr in scores.items():
+        cells = " | ".join(f"{by_lr[lr]:.4f}" for lr in lrs)
+        default = relative[name].get("1e-3", float("nan"))
+        print(f"| {name} | {cells} | {baselines[name]:.4f} | {default:.3f} |")
+    print(
+        f"\n### {family}: leave one dataset out (the grid point best on the others, on this one)\n"
+    )
+    print("| held-out dataset | chosen on the others | its ratio here | default 1e-3 here |")
+    print("|---|---|---:|---:|")
+    chosen_ratios, default_ratios = [], []
+    for name in scores:
+        others = [n for n in scores if n != name]
+        chosen = max(lrs, key=lambda lr: statistics.fmean(relative[n][lr] for n in others))
+        chosen_ratios.append(relative[name][chosen])
+        default_ratios.append(relative[name].get("1e-3", float("nan")))
+        print(f"| {name} | {chosen} | {relative[name][chosen]:.3f} | {default_ratios[-1]:.3f} |")
+    overall = max(lrs, key=lambda lr: statistics.fmean(relative[n][lr] for n in scores))
+    print(
+        f"\n{family}: mean ratio leave-one-out {statistics.fmean(chosen_ratios):.3f} "
+        f"(worst {min(chosen_ratios):.3f}), default 1e-3 {statistics.fmean(default_ratios):.3f} "
+        f"(worst {min(default_ratios):.3f}); best on all datasets: lr {overall}"
+    )
+
+
+if __name__ == "__main__":
+    main()
