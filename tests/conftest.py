@@ -67,8 +67,9 @@ def config_dict(data_path: Path | str, output_dir: Path, **sections: Any) -> dic
         "model": {"type": "mlp", "hidden": [16], "dropout": 0.0},
         "train": {"epochs": 3, "batch_size": 32},
         "track": {"enabled": False},
-        # Reports cost seconds of matplotlib per run; tests/reports turns them on.
-        "eval": {"bootstrap": 200, "report": False},
+        # Reports cost seconds of matplotlib per run; tests/reports turns them on. The baseline
+        # (a second model and its paired bootstrap) is tested in tests/test_baselines.py.
+        "eval": {"bootstrap": 200, "report": False, "baseline": False},
         # Exporting and verifying a package costs seconds per run; tests/export turns it on.
         "export": {"package": False},
     }

@@ -84,5 +84,5 @@ def image_config(data_path: Path | str, output_dir: Path, **data: object) -> dic
         "model": {"type": "cnn", "channels": [8, 16], "depth": 1, "dropout": 0.1},
         "train": {"epochs": 2, "batch_size": 16, "optimizer": {"lr": 0.01}},
         "track": {"enabled": False},
-        "eval": {"bootstrap": 100},
+        "eval": {"bootstrap": 100, "baseline": False},
     }

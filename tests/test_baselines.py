@@ -147,7 +147,7 @@ def test_a_run_reports_its_baseline_everywhere(
         path,
         tmp_path / "runs",
         train={"epochs": 1, "optimizer": {"lr": 1e-5}},
-        eval={"bootstrap": 200, "report": True},
+        eval={"bootstrap": 200, "report": True, "baseline": True},
         track={"enabled": True},
     )
     config_file = tmp_path / "c.yaml"
@@ -188,7 +188,8 @@ def test_baseline_off_and_the_cli_table(tmp_path: Path, cli: object) -> None:
     path = tmp_path / "t.csv"
     make_table("binary", rows=200).to_csv(path, index=False)
     config_file = tmp_path / "c.yaml"
-    config_file.write_text(yaml.safe_dump(config_dict(path, tmp_path / "runs")))
+    config = config_dict(path, tmp_path / "runs", eval={"baseline": True})
+    config_file.write_text(yaml.safe_dump(config))
     result = cli("train", config_file)  # type: ignore[operator]
     assert result.code == 0, result.stderr
     assert "model vs baseline" in result.stdout, result.stdout
