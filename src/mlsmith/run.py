@@ -10,7 +10,8 @@ A run directory is the complete, self-describing record of one training run::
         preflight.json       the pre-flight checks run before training
         preprocessing.json   the fitted preprocessing (raw rows in, model inputs out)
         checkpoints/         best.pt and last.pt
-        metrics.json         split -> metric -> {"value", "ci95"}
+        metrics.json         split -> metric -> {"value", "ci95"}; "cv" with eval.cv
+        cv/fold-<k>/         each cross-validation fold's preprocessing, model and history
         confusion_matrix.json, test_predictions.csv   (classification / all tasks)
         report.html, REPORT.md, MODEL_CARD.md          the human-readable record
 """
@@ -47,6 +48,8 @@ PREFLIGHT_FILE = "preflight.json"
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.json"
 TEST_PREDICTIONS_FILE = "test_predictions.csv"
+# metrics.json's cross-validation block (eval.cv), beside the splits: not a split itself.
+CV_METRICS_KEY = "cv"
 
 # Libraries every run uses; families and data kinds add their own (see mlsmith.families).
 PACKAGES = ("torch", "numpy", "pandas", "scikit-learn", "pydantic", "mlflow-skinny", "mlflow")
@@ -324,6 +327,11 @@ class Run:
             chunk_rows=chunk_rows,
             keep_columns=keep_columns,
         )
+
+
+def split_metrics(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """metrics.json's splits (split -> metric -> entry), without the cross-validation block."""
+    return {k: v for k, v in metrics.items() if k != CV_METRICS_KEY}
 
 
 def load_run(path: str | Path) -> Run:

@@ -28,7 +28,8 @@ def command(
     """Train, evaluate on the test split and track a run; prints the run directory last."""
     from mlsmith.api import train
     from mlsmith.cli.output import print_metrics
+    from mlsmith.run import split_metrics
 
     run = train(config, overrides or [], resume=resume, progress=progress)
-    print_metrics(run.metrics, title=f"{run.config.experiment} / {run.id}")
+    print_metrics(split_metrics(run.metrics), title=f"{run.config.experiment} / {run.id}")
     typer.echo(str(run.path))

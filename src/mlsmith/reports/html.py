@@ -70,6 +70,7 @@ def render_html(record: RunRecord) -> str:
         ("training", "Training", _training(record)),
         ("evaluation", "Test-split evaluation", _evaluation(record)),
         ("metrics", "Metrics with confidence intervals", _metrics(record)),
+        *([("cv", "Cross-validation", _cv(record))] if record.cv else []),
         ("limitations", "Measured limitations", _list(facts.measured_limitations(record))),
         ("preflight", "Pre-flight checks", _preflight(record)),
         ("data", "Data", html_table(["", ""], facts.data_rows(record), header=False)),
@@ -226,6 +227,13 @@ def _metrics(record: RunRecord) -> str:
     if not rows:
         return missing("Metrics")
     return html_table(["split", "metric", "value", record.ci_label], rows, numeric=(2, 3))
+
+
+def _cv(record: RunRecord) -> str:
+    headers, rows = facts.cv_table(record)
+    if not rows:
+        return missing("Cross-validation results")
+    return html_table(headers, rows, numeric=tuple(range(1, len(headers))))
 
 
 def _preflight(record: RunRecord) -> str:

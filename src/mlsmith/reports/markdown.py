@@ -44,6 +44,7 @@ def render_report(record: RunRecord) -> str:
         f"Intervals are {record.ci_level} percentile-bootstrap confidence intervals "
         f"({cfg.eval.bootstrap:,} resamples of the split's rows).",
         "",
+        *_cv(record),
         "## Measured limitations",
         "",
         bullets(facts.measured_limitations(record)),
@@ -120,6 +121,24 @@ def _config_rows(record: RunRecord) -> list[tuple[str, str]]:
         ("train.device", cfg.train.device),
     ]
     return rows
+
+
+def _cv(record: RunRecord) -> list[str]:
+    headers, rows = facts.cv_table(record)
+    if not rows:
+        return []
+    info = record.info.get("cv") or {}
+    return [
+        "## Cross-validation",
+        "",
+        table(headers, rows, align="l" + "r" * (len(headers) - 1)),
+        "",
+        f"{info.get('folds', len(rows) - 2)} folds of the training split "
+        f"({info.get('scheme', NOT_RECORDED)}), each with its own preprocessing; metrics on each "
+        "fold's held-out rows; the interval is Student-t over the folds. Final model: "
+        f"{info.get('final', NOT_RECORDED)}.",
+        "",
+    ]
 
 
 def _preflight(record: RunRecord) -> str:

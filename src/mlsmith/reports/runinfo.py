@@ -20,11 +20,13 @@ from mlsmith.errors import RunError
 from mlsmith.run import (
     CONFIG_FILE,
     CONFUSION_FILE,
+    CV_METRICS_KEY,
     INFO_FILE,
     METRICS_FILE,
     PREFLIGHT_FILE,
     TEST_PREDICTIONS_FILE,
     Run,
+    split_metrics,
 )
 from mlsmith.training.history import HISTORY_FILE, STEPS_FILE
 
@@ -59,6 +61,8 @@ class RunRecord:
     preflight: dict[str, Any] | None
     preprocessing: dict[str, Any] | None = None
     artifacts: list[tuple[str, int]] = field(default_factory=list)
+    # metrics.json's cross-validation block (eval.cv): {"held_out": {metric: {mean, ...}}}.
+    cv: dict[str, Any] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -147,6 +151,7 @@ def load_record(run_dir: str | Path) -> RunRecord:
     """Read a run directory; raises :class:`RunError` when it is not one."""
     run = Run(run_dir)  # checks the directory and config.yaml, loads the validated config
     path = run.path
+    metrics = _read_json(path / METRICS_FILE) or {}
     return RunRecord(
         path=path,
         config=run.config,
@@ -154,12 +159,13 @@ def load_record(run_dir: str | Path) -> RunRecord:
         info=_read_json(path / INFO_FILE) or {},
         history=_read_csv(path / HISTORY_FILE),
         steps=_read_csv(path / STEPS_FILE),
-        metrics=_read_json(path / METRICS_FILE) or {},
+        metrics=split_metrics(metrics),
         confusion=_read_json(path / CONFUSION_FILE) or {},
         predictions=_read_predictions(path / TEST_PREDICTIONS_FILE),
         preflight=_read_json(path / PREFLIGHT_FILE),
         preprocessing=_read_json(path / PREPROCESSING_FILE),
         artifacts=list_artifacts(path),
+        cv=metrics.get(CV_METRICS_KEY) or {},
     )
 
 
