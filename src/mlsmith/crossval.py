@@ -172,6 +172,11 @@ def cross_validate(
             # Ordered folds: train on what came before the held-out block only.
             keep &= _before(train, held, cfg)
         fold_train, fold_held = train.iloc[np.flatnonzero(keep)], train.iloc[held]
+        if len(fold_train) == 0:
+            raise DataError(
+                f"eval.cv: fold {fold} has no training rows (every earlier row shares its "
+                "first time); lower eval.cv.folds"
+            )
         fold_dir = run_dir / CV_DIR / f"fold-{fold}"
         fold_dir.mkdir(parents=True, exist_ok=True)
         write_json(
@@ -201,7 +206,8 @@ def cross_validate(
             len(fold_held),
             ", ".join(f"{k} {v:.4g}" for k, v in list(metrics.items())[:3]),
         )
-        fits.append((fold_data, model, summary))
+        if cv.final == "best_fold":  # refit needs no fold model: do not hold K in memory
+            fits.append((fold_data, model, summary))
 
     block = {HELD_OUT: summarise(results, cfg.eval.confidence)}
     _merge_metrics(run_dir, block)
@@ -306,9 +312,9 @@ def _fit_fold(
     context = FitContext(run_dir=fold_dir, callbacks=callbacks, metadata=run.metadata)
     try:
         return model.fit(data, context)
-    except BaseException:
+    except BaseException as error:
         if nested is not None:
-            nested.finish("FAILED")
+            nested.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
         raise
 
 
