@@ -238,6 +238,7 @@ def test_cv_config_errors_exit_2(
     config = write_config(data, "cv.yaml", eval={"report": False, "cv": {"folds": 2}})
     trained = cli("train", config, "--no-progress")
     assert trained.code == 0, trained.stderr
+    assert "cv mean" in trained.stdout  # the folds' means, a column beside val and test
     run_dir = trained.stdout.strip().splitlines()[-1]
     resumed = cli("train", config, "--resume", run_dir)
     assert resumed.code == 2 and "cannot be resumed" in resumed.stderr

@@ -334,6 +334,20 @@ def split_metrics(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in metrics.items() if k != CV_METRICS_KEY}
 
 
+def cv_means(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The cross-validation block as one more split for a metrics table: ``{"cv mean": {metric:
+    {"value": mean over the folds, "ci95": its t-interval}}}``; {} without CV."""
+    held = (metrics.get(CV_METRICS_KEY) or {}).get("held_out") or {}
+    if not held:
+        return {}
+    return {
+        "cv mean": {
+            name: {"value": entry.get("mean"), "ci95": entry.get("ci95")}
+            for name, entry in held.items()
+        }
+    }
+
+
 def load_run(path: str | Path) -> Run:
     """Open a run directory written by :func:`mlsmith.train`."""
     return Run(path)
