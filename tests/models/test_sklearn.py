@@ -92,6 +92,17 @@ def test_python_api_trains_hist_gradient_boosting_natively_on_categories(
     pd.testing.assert_frame_equal(reloaded, run.predict(frame))
 
 
+def test_an_estimator_from_another_package_trains_and_reloads(tmp_path: Path) -> None:
+    """lightgbm's scikit-learn wrapper: its parameters are not checked by scikit-learn's
+    validation, and its saved types (lightgbm's own) are trusted on load."""
+    pytest.importorskip("lightgbm")
+    model = {"estimator": "lightgbm.LGBMClassifier", "params": {"n_estimators": 10, "verbose": -1}}
+    run = mlsmith.train(_config(tmp_path, "binary", model))
+
+    assert run.metrics["test"]["accuracy"]["value"] > 0.6
+    assert mlsmith.load_run(run.path).evaluate()["test"] == run.metrics["test"]
+
+
 def test_one_hot_encoding_for_estimators_without_native_categories(tmp_path: Path) -> None:
     run = mlsmith.train(_config(tmp_path, "multiclass", {"estimator": LOGISTIC}))
 

@@ -21,8 +21,9 @@ and a tuner's callback work unchanged. Resuming fits again from scratch (same se
 
 The fitted estimator is saved with skops (``model/sklearn.skops``), not pickle: loading a
 pickle runs whatever code the file names. skops refuses any type it is not told to trust, and
-:func:`load_estimator` trusts only the types of scikit-learn, numpy, scipy and the configured
-estimator's own package; a file naming anything else is refused with a RunError.
+:func:`load_estimator` trusts only the types of scikit-learn, numpy, scipy, the configured
+estimator's own package (lightgbm for ``lightgbm.LGBMClassifier``) and a few standard-library
+containers; a file naming anything else is refused with a RunError.
 """
 
 from __future__ import annotations
@@ -56,6 +57,11 @@ AUTO_ESTIMATORS = {
 }
 # Packages whose types a saved estimator may hold (besides the estimator's own package).
 TRUSTED_PACKAGES = ("sklearn", "numpy", "scipy")
+# Standard-library containers and wrappers that run nothing themselves (a partial's function
+# and a defaultdict's factory are types of their own, which skops checks apart).
+TRUSTED_TYPES = frozenset(
+    {"functools.partial", "collections.OrderedDict", "collections.defaultdict", "collections.deque"}
+)
 # Probabilities are clipped before their logarithm, so raw outputs stay finite.
 _EPS = 1e-15
 # HistGradientBoosting's default max_bins: it splits natively on at most this many categories.
@@ -108,8 +114,9 @@ def build_estimator(cls: type, settings: SklearnConfig, task: Task, seed: int) -
     if "random_state" in names and "random_state" not in settings.params:
         estimator.set_params(random_state=seed)
     # scikit-learn checks parameter values at fit; check them now, before a run directory.
+    # Only estimators that declare their constraints (scikit-learn's own) can check them.
     validate = getattr(estimator, "_validate_params", None)
-    if callable(validate):
+    if callable(validate) and hasattr(estimator, "_parameter_constraints"):
         try:
             validate()
         except (ValueError, TypeError) as error:
@@ -129,12 +136,15 @@ def load_estimator(file: Path, cls: type) -> Any:
     content = file.read_bytes()
     own = cls.__module__.split(".")[0]
     untrusted = skops.io.get_untrusted_types(data=content)
-    # functools.partial wraps a function, which skops checks as a type of its own.
-    refused = [t for t in untrusted if t.split(".")[0] not in {*TRUSTED_PACKAGES, own}]
-    refused = [t for t in refused if t != "functools.partial"]
+    refused = [
+        t
+        for t in untrusted
+        if t.split(".")[0] not in {*TRUSTED_PACKAGES, own} and t not in TRUSTED_TYPES
+    ]
     if refused:
         raise RunError(
-            f"{file}: holds types outside scikit-learn, numpy, scipy and {own}: "
+            f"{file}: holds types outside scikit-learn, numpy, scipy, {own} and a few "
+            f"standard containers: "
             f"{', '.join(refused)}; refusing to load it"
         )
     estimator = skops.io.loads(content, trusted=untrusted)
