@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlsmith.config import Config, load_config
+from mlsmith.crossval import cross_validate, plan_folds
 from mlsmith.errors import ConfigError, DataError, MlsmithError, PreflightError, RunError
 from mlsmith.files import read_json, write_json, write_text
 from mlsmith.packaging.reference import reference_rows
@@ -107,14 +108,17 @@ def run_training(
             f"cannot resume {run_dir}: the data changed since it started (fingerprint "
             f"{data.fingerprint}, recorded {info['data_fingerprint']})"
         )
-    if cfg.export.package:
+    package = cfg.export.package and _packageable(model)
+    if package:
         check_export_settings(model, cfg.export)  # quantize or prune on a tree: exit 2 now
     # lr: auto becomes a number here; config.yaml keeps "auto", run.json the rate chosen.
     trained_cfg, lr_auto = resolve_lr(cfg, data, model, info.get("lr_auto"))
     checks = (
         _preflight(trained_cfg, data, model) if cfg.train.preflight and resume is None else None
     )
-    package_rows = check_rows(data) if cfg.export.package else None
+    # Cross-validation keeps the raw rows (its folds refit the preprocessing); errors now.
+    folds = plan_folds(cfg, data, resume=resume) if cfg.eval.cv is not None else None
+    package_rows = check_rows(data) if package else None
     # Pruning fine-tunes on the training split; static quantization calibrates on its rows.
     optimised = cfg.export.quantize is not None or cfg.export.prune is not None
     package_training = training_rows(data) if package_rows is not None and optimised else None
@@ -171,7 +175,15 @@ def run_training(
             metadata={"config": cfg.to_dict(), "code_version": code_version(environment)},
         )
         started = time.perf_counter()
-        summary = model.fit(data, context)
+        crossed = cross_validate(trained_cfg, folds, data, context, tracker) if folds else None
+        if crossed is not None:
+            info["cv"] = crossed.info
+        if crossed is not None and crossed.kept is not None:
+            data, model, summary = crossed.kept  # eval.cv.final: best_fold
+            if package_training is not None:
+                package_training = training_rows(data)  # encoded as the kept fold's model reads
+        else:
+            summary = model.fit(data, context)
         run = Run(run_dir)
         run.model = model
         scored = {"val": run.score_split(data.val, "val")}
@@ -283,6 +295,16 @@ def _save_lr_find(run_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
     if files:
         record["plot"] = "lr_find/lr_find.png"
     return record
+
+
+def _packageable(model: Model) -> bool:
+    """False, with a warning saying why, for a family that has no package (scikit-learn)."""
+    from mlsmith.packaging.writer import package_unsupported
+
+    reason = package_unsupported(model)
+    if reason is not None:
+        log.warning("no package written: %s; set export.package=false to silence this", reason)
+    return reason is None
 
 
 def check(cfg: Config, *, quick: bool = False) -> CheckReport:

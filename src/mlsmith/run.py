@@ -11,7 +11,9 @@ A run directory is the complete, self-describing record of one training run::
         preprocessing.json   the fitted preprocessing (raw rows in, model inputs out)
         checkpoints/         best.pt and last.pt
         metrics.json         split -> metric -> {"value", "ci95"}, plus the sections in
-                             SECTION_KEYS (baseline...); schema: mlsmith/schemas/metrics.schema.json
+                             SECTION_KEYS (baseline, cv...); schema:
+                             mlsmith/schemas/metrics.schema.json
+        cv/fold-<k>/         each cross-validation fold's preprocessing, model and history
         confusion_matrix.json, test_predictions.csv   (classification / all tasks)
         report.html, REPORT.md, MODEL_CARD.md          the human-readable record
 """
@@ -49,9 +51,11 @@ PREFLIGHT_FILE = "preflight.json"
 METRICS_FILE = "metrics.json"
 CONFUSION_FILE = "confusion_matrix.json"
 TEST_PREDICTIONS_FILE = "test_predictions.csv"
+# metrics.json's cross-validation block (eval.cv), beside the splits: not a split itself.
+CV_METRICS_KEY = "cv"
 # Top-level keys of metrics.json that are not splits: the baseline beside the model, its
-# majority-class floor and the model's paired difference to the baseline.
-SECTION_KEYS = ("baseline", "majority", "vs_baseline")
+# majority-class floor, the model's paired difference to the baseline, cross-validation.
+SECTION_KEYS = ("baseline", "majority", "vs_baseline", CV_METRICS_KEY)
 
 # Libraries every run uses; families and data kinds add their own (see mlsmith.families).
 PACKAGES = ("torch", "numpy", "pandas", "scikit-learn", "pydantic", "mlflow-skinny", "mlflow")
@@ -364,6 +368,20 @@ class Run:
             chunk_rows=chunk_rows,
             keep_columns=keep_columns,
         )
+
+
+def cv_means(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The cross-validation block as one more split for a metrics table: ``{"cv mean": {metric:
+    {"value": mean over the folds, "ci95": its t-interval}}}``; {} without CV."""
+    held = (metrics.get(CV_METRICS_KEY) or {}).get("held_out") or {}
+    if not held:
+        return {}
+    return {
+        "cv mean": {
+            name: {"value": entry.get("mean"), "ci95": entry.get("ci95")}
+            for name, entry in held.items()
+        }
+    }
 
 
 def load_run(path: str | Path) -> Run:

@@ -28,7 +28,11 @@ def command(
     """Train, evaluate on the test split and track a run; prints the run directory last."""
     from mlsmith.api import train
     from mlsmith.cli.output import print_metrics
+    from mlsmith.run import cv_means
 
     run = train(config, overrides or [], resume=resume, progress=progress)
-    print_metrics(run.metrics, title=f"{run.config.experiment} / {run.id}")
+    # With eval.cv, a first column: each metric's mean over the held-out folds [t-interval];
+    # print_metrics leaves out metrics.json's other sections and prints the baseline's own table.
+    table = {**cv_means(run.metrics), **run.metrics}
+    print_metrics(table, title=f"{run.config.experiment} / {run.id}")
     typer.echo(str(run.path))

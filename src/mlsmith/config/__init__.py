@@ -46,11 +46,12 @@ from mlsmith.config.models import (
     LightGBMConfig,
     MLPConfig,
     ModelConfig,
+    SklearnConfig,
     TorchvisionConfig,
     TransformerConfig,
     XGBoostConfig,
 )
-from mlsmith.config.track import CardConfig, EvalConfig, TrackConfig
+from mlsmith.config.track import CardConfig, CVConfig, EvalConfig, TrackConfig
 from mlsmith.config.train import (
     CheckpointConfig,
     EarlyStoppingConfig,
@@ -78,6 +79,7 @@ __all__ = [
     "AugmentConfig",
     "BagConfig",
     "CNNConfig",
+    "CVConfig",
     "CardConfig",
     "CategoricalParam",
     "CheckpointConfig",
@@ -103,6 +105,7 @@ __all__ = [
     "SchedulerConfig",
     "SearchParam",
     "Section",
+    "SklearnConfig",
     "SplitConfig",
     "TabularDataConfig",
     "Task",

@@ -22,6 +22,7 @@ from mlsmith.config.models import (
     CNNConfig,
     LightGBMConfig,
     MLPConfig,
+    SklearnConfig,
     TorchvisionConfig,
     TransformerConfig,
     XGBoostConfig,
@@ -81,6 +82,12 @@ FAMILIES: dict[str, ModelFamily] = {
         data=("tabular",),
         implementation="mlsmith.models.trees:XGBoostModel",
         packages=("xgboost",),
+    ),
+    "sklearn": ModelFamily(
+        SklearnConfig,
+        data=("tabular",),
+        implementation="mlsmith.models.estimators:SklearnModel",
+        packages=("skops",),
     ),
 }
 

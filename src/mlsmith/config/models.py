@@ -6,7 +6,7 @@ A family is one section class here, one member of :data:`ModelConfig` and one ro
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, model_validator
 
@@ -138,6 +138,39 @@ class XGBoostConfig(Section):
     n_jobs: int | None = Field(None, ge=1, description="threads; default: every available core")
 
 
+class SklearnConfig(Section):
+    """Any scikit-learn-style estimator class on the preprocessed table (tabular data).
+
+    The estimator gets one matrix: the standardised, imputed numerics, then the categorical
+    columns as ``categorical`` says. ``params`` go to its constructor as they are, and
+    ``random_state`` is set to the config's seed when the estimator has one and ``params`` do
+    not set it. It is fitted once on the training split (the validation split is only scored:
+    one history row). The ``train:`` section is for torch networks and is ignored, except that
+    ``train.preflight`` still applies. The fitted estimator is saved with skops, and loaded
+    trusting only types from scikit-learn, numpy, scipy and the estimator's own package.
+    """
+
+    type: Literal["sklearn"] = "sklearn"
+    estimator: str = Field(
+        "auto",
+        description="dotted path of an estimator class with fit/predict (and predict_proba for "
+        "classification), e.g. sklearn.linear_model.LogisticRegression; auto: "
+        "sklearn.ensemble.HistGradientBoostingClassifier, or ...Regressor for regression",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword arguments of the estimator's constructor, e.g. {max_iter: 200}; "
+        "tunable as model.params.<name>",
+    )
+    categorical: Literal["auto", "native", "onehot", "ordinal"] = Field(
+        "auto",
+        description="categorical columns as: native (the estimator's categorical_features, "
+        "e.g. HistGradientBoosting), onehot (one 0/1 column per category and one for unseen "
+        "values), ordinal (the category codes as numbers); auto: native when the estimator "
+        "takes categorical_features, else onehot",
+    )
+
+
 # Written out member by member so mypy sees the union; tests/test_families.py checks that it
 # holds exactly the classes of the FAMILIES table.
 ModelConfig = Annotated[
@@ -149,6 +182,7 @@ ModelConfig = Annotated[
         | Annotated[TransformerConfig, Tag("transformer")]
         | Annotated[LightGBMConfig, Tag("lightgbm")]
         | Annotated[XGBoostConfig, Tag("xgboost")]
+        | Annotated[SklearnConfig, Tag("sklearn")]
     ),
     Discriminator(type_tag("mlp")),
 ]

@@ -3,6 +3,8 @@ model card (``card:``)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import ConfigDict, Field
 
 from mlsmith.config.base import Section
@@ -34,6 +36,25 @@ class TrackConfig(Section):
     )
 
 
+class CVConfig(Section):
+    """K-fold cross-validation over the training split (``mlsmith.crossval`` says exactly how).
+
+    The folds are cut from the training split only: the validation split stays every fold
+    model's selection set (early stopping, best checkpoint) and the test split is never touched.
+    Each fold refits the preprocessing on its own training rows. Folds are stratified for
+    classification, grouped when ``data.split.group`` is set, and ordered in time (each fold
+    trains on the rows before it) when ``data.split.time`` is set.
+    """
+
+    folds: int = Field(5, ge=2, le=100, description="number of folds K (K fits, plus the final)")
+    final: Literal["refit", "best_fold"] = Field(
+        "refit",
+        description="the run's model: refit: trained on the whole training split as without "
+        "CV; best_fold: the fold model with the lowest held-out loss (log_loss or mse), kept "
+        "with its fold's preprocessing",
+    )
+
+
 class EvalConfig(Section):
     """Final evaluation: bootstrap confidence intervals and the reports."""
 
@@ -46,6 +67,11 @@ class EvalConfig(Section):
         True,
         description="also fit a linear baseline (logistic/ridge regression, TF-IDF for text) and "
         "the majority class on the same split, and report the model's paired difference to it",
+    )
+    cv: CVConfig | None = Field(
+        None,
+        description="cross-validate on the training split first, e.g. {folds: 5}; tabular "
+        "data only; results under `cv` in metrics.json; null: off",
     )
 
 

@@ -74,6 +74,12 @@ class TuneConfig(Section):
     direction: Literal["auto", "minimize", "maximize"] = Field(
         "auto", description="auto: minimise losses and errors, maximise scores"
     )
+    objective: Literal["val", "cv"] = Field(
+        "val",
+        description="val: the best per-epoch value of `metric` on the validation split; cv: "
+        "its mean over the held-out folds of eval.cv (val/loss means log_loss or mse there); "
+        "cv needs eval.cv and turns pruning off",
+    )
     trials: int = Field(20, ge=1, description="total trials of the study, across all workers")
     sampler: Literal["tpe", "random", "cmaes", "gp"] = "tpe"
     pruner: Literal["median", "hyperband", "none"] = "median"

@@ -46,7 +46,7 @@ def split_rows(
     n = len(frame)
     positions = np.arange(n)
     if cfg.time:
-        order = np.argsort(_sortable(frame[cfg.time], cfg.time, source), kind="stable")
+        order = np.argsort(sortable(frame[cfg.time], cfg.time, source), kind="stable")
         n_test, n_val = round(n * test), round(n * val)
         n_train = n - n_test - n_val
         return _indices(order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :])
@@ -100,7 +100,8 @@ def _cut(
     return np.asarray(keep), np.asarray(cut)
 
 
-def _sortable(column: pd.Series, name: str, source: str) -> np.ndarray:
+def sortable(column: pd.Series, name: str, source: str) -> np.ndarray:
+    """``column`` as values that sort chronologically: numbers, or dates parsed from text."""
     import pandas as pd
 
     if pd.api.types.is_numeric_dtype(column) or pd.api.types.is_datetime64_any_dtype(column):

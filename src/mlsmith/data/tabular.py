@@ -199,6 +199,26 @@ def prepare(config: Config, *, preprocessor: TabularPreprocessor | None = None) 
     )
 
 
+def refit(preprocessor: TabularPreprocessor, frame: pd.DataFrame) -> TabularPreprocessor:
+    """The same preprocessing (columns, classes) with every statistic learnt from ``frame``
+    alone: medians, means, standard deviations, vocabularies and a regression target's scale.
+
+    Cross-validation fits one per fold on the fold's training rows, so nothing a fold's model
+    sees was computed with its held-out rows. Which columns are numeric or categorical, and the
+    class list, stay the run's: they describe the schema, not a statistic of the rows.
+    """
+    task = preprocessor.task
+    if task.kind == "regression":
+        task = fit_task("regression", frame[preprocessor.target], frame[preprocessor.target])
+    return TabularPreprocessor.fit(
+        frame[preprocessor.features],
+        target=preprocessor.target,
+        task=task,
+        categorical=preprocessor.categorical,
+        na_values=list(preprocessor.na_values),
+    )
+
+
 def load_preprocessor(directory: Path) -> TabularPreprocessor:
     """The preprocessor saved in a run directory."""
     return TabularPreprocessor.load(directory)

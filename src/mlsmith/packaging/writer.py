@@ -118,17 +118,37 @@ def training_rows(data: PreparedData) -> TrainingRows | None:
     return TrainingRows(data.train, sample.sort_index().reset_index(drop=True))
 
 
+# Families packaged with their library's own model file rather than an ONNX network.
+BOOSTERS = ("lightgbm", "xgboost")
+
+
+def package_unsupported(model: Model) -> str | None:
+    """Why ``model`` cannot be packaged, or None when it can.
+
+    A scikit-learn estimator (model.type sklearn) has no package yet: a package serves ONNX or
+    a booster's own file, and converting arbitrary estimators to ONNX needs skl2onnx, which is
+    not a dependency (and converts only some estimators).
+    """
+    if _is_network(model) or model.family in BOOSTERS:
+        return None
+    return (
+        f"model.type '{model.family}' cannot be packaged yet (a package serves an ONNX network "
+        "or a LightGBM/XGBoost model file); the run itself is complete, and `mlsmith predict` "
+        "and `mlsmith evaluate` use its model"
+    )
+
+
 def check_export_settings(model: Model, settings: ExportConfig) -> None:
     """Quantization and pruning change a network's ONNX graph: asking them of a boosted-tree
-    family is a ConfigError (exit 2), raised before any work."""
+    or scikit-learn family is a ConfigError (exit 2), raised before any work."""
     if _is_network(model):
         return
+    what = "a boosted-tree" if model.family in BOOSTERS else "a scikit-learn"
     for key, value in (("quantize", settings.quantize), ("prune", settings.prune)):
         if value is not None:
             raise ConfigError(
                 f"--{key} / export.{key}: applies to networks exported to ONNX; model.type "
-                f"'{model.family}' is a boosted-tree family, whose package serves "
-                f"{model.family}'s own model file"
+                f"'{model.family}' is {what} family, which has no network to {key}"
             )
 
 
@@ -151,6 +171,9 @@ def write_package(
     (raw training rows) gives the package the statistics drift is measured against.
     """
     check_export_settings(model, settings)
+    unsupported = package_unsupported(model)
+    if unsupported is not None:
+        raise ExportError(unsupported)
     if (settings.quantize or settings.prune) and training is None:
         raise ExportError("quantization and pruning need the run's training split; none was given")
     target = Path(output) if output else Path(run_dir) / PACKAGE_DIR

@@ -453,3 +453,37 @@ def _regression_limitations(record: RunRecord) -> list[str]:
         f"(fifth {worst + 1} of 5 by true value): MAE {format_number(maes[worst])} there vs "
         f"{format_number(overall)} overall."
     ]
+
+
+def cv_table(record: RunRecord) -> tuple[list[str], list[list[str]]]:
+    """Cross-validation (eval.cv): one row per fold (its sizes and held-out headline metrics),
+    then the mean +- std and the interval over the folds; no rows without CV."""
+    held = record.cv.get("held_out") or {}
+    names = [m for m in HEADLINE_METRICS if m in held] or list(held)[:4]
+    if not names:
+        return [], []
+    info = record.info.get("cv") or {}
+    sizes = {int(s["fold"]): s for s in info.get("sizes", [])}
+    count = max(len(held[name].get("folds") or []) for name in names)
+    rows = []
+    for index in range(count):
+        size = sizes.get(index + 1, {})
+        label = f"{index + 1}" + (" (kept)" if info.get("kept_fold") == index + 1 else "")
+        values = [(held[n].get("folds") or [])[index : index + 1] for n in names]
+        cells = [format_number(v[0] if v else None) for v in values]
+        rows.append(
+            [label, format_number(size.get("train")), format_number(size.get("held_out")), *cells]
+        )
+    rows.append(
+        [
+            "mean +- std",
+            "",
+            "",
+            *(
+                f"{format_number(held[n].get('mean'))} +- {format_number(held[n].get('std'))}"
+                for n in names
+            ),
+        ]
+    )
+    rows.append(["t-interval", "", "", *(format_ci(held[n]) for n in names)])
+    return ["fold", "training rows", "held-out rows", *names], rows

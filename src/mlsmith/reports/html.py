@@ -71,6 +71,7 @@ def render_html(record: RunRecord) -> str:
         ("evaluation", "Test-split evaluation", _evaluation(record)),
         ("metrics", "Metrics with confidence intervals", _metrics(record)),
         ("baseline", "Model vs baseline", _baseline(record)),
+        *([("cv", "Cross-validation", _cv(record))] if record.cv else []),
         ("limitations", "Measured limitations", _list(facts.measured_limitations(record))),
         ("preflight", "Pre-flight checks", _preflight(record)),
         ("data", "Data", html_table(["", ""], facts.data_rows(record), header=False)),
@@ -237,6 +238,13 @@ def _baseline(record: RunRecord) -> str:
     last = "training mean" if record.task == "regression" else "majority class"
     headers = ["metric", "model", "baseline", "difference", record.ci_label, last]
     return text + html_table(headers, rows, numeric=(1, 2, 3, 4, 5))
+
+
+def _cv(record: RunRecord) -> str:
+    headers, rows = facts.cv_table(record)
+    if not rows:
+        return missing("Cross-validation results")
+    return html_table(headers, rows, numeric=tuple(range(1, len(headers))))
 
 
 def _preflight(record: RunRecord) -> str:

@@ -48,6 +48,7 @@ def render_report(record: RunRecord) -> str:
         "",
         baseline_section(record),
         "",
+        *_cv(record),
         "## Measured limitations",
         "",
         bullets(facts.measured_limitations(record)),
@@ -140,6 +141,24 @@ def _config_rows(record: RunRecord) -> list[tuple[str, str]]:
         ("train.device", cfg.train.device),
     ]
     return rows
+
+
+def _cv(record: RunRecord) -> list[str]:
+    headers, rows = facts.cv_table(record)
+    if not rows:
+        return []
+    info = record.info.get("cv") or {}
+    return [
+        "## Cross-validation",
+        "",
+        table(headers, rows, align="l" + "r" * (len(headers) - 1)),
+        "",
+        f"{info.get('folds', len(rows) - 2)} folds of the training split "
+        f"({info.get('scheme', NOT_RECORDED)}), each with its own preprocessing; metrics on each "
+        "fold's held-out rows; the interval is Student-t over the folds. Final model: "
+        f"{info.get('final', NOT_RECORDED)}.",
+        "",
+    ]
 
 
 def _preflight(record: RunRecord) -> str:

@@ -20,6 +20,7 @@ from mlsmith.errors import RunError
 from mlsmith.run import (
     CONFIG_FILE,
     CONFUSION_FILE,
+    CV_METRICS_KEY,
     INFO_FILE,
     METRICS_FILE,
     PREFLIGHT_FILE,
@@ -62,6 +63,8 @@ class RunRecord:
     artifacts: list[tuple[str, int]] = field(default_factory=list)
     # metrics.json's other top-level keys: baseline, majority, vs_baseline
     sections: dict[str, Any] = field(default_factory=dict)
+    # metrics.json's cross-validation block (eval.cv): {"held_out": {metric: {mean, ...}}}.
+    cv: dict[str, Any] = field(default_factory=dict)
 
     @property
     def id(self) -> str:
@@ -165,6 +168,7 @@ def load_record(run_dir: str | Path) -> RunRecord:
         preflight=_read_json(path / PREFLIGHT_FILE),
         preprocessing=_read_json(path / PREPROCESSING_FILE),
         artifacts=list_artifacts(path),
+        cv=recorded.get(CV_METRICS_KEY) or {},
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import sys
 import time
 from typing import TYPE_CHECKING, Any, TextIO
@@ -27,7 +28,8 @@ def format_epoch(row: dict[str, float], epochs: int) -> str:
     """One human line for an epoch's history row."""
     parts = [f"epoch {int(row['epoch'])}/{epochs}"]
     parts += [f"{key} {row[key]:.4f}" for key in LINE_KEYS if key in row]
-    parts.append(f"lr {row['lr']:.2e}")
+    if math.isfinite(row.get("lr", math.nan)):  # NaN: a family without a learning rate
+        parts.append(f"lr {row['lr']:.2e}")
     if "grad_norm" in row:
         parts.append(f"grad norm {row['grad_norm']:.3g}")
     parts.append(f"{row['samples_per_s']:,.0f} samples/s")

@@ -11,6 +11,7 @@ from mlsmith.config import (
     Config,
     FloatParam,
     SearchParam,
+    SklearnConfig,
     TuneConfig,
     load_config,
 )
@@ -38,12 +39,21 @@ def tune_section(cfg: Config) -> TuneConfig:
     if cfg.tune is None:
         raise ConfigError(f"tune needs a 'tune' section in the config, for example:\n{EXAMPLE}")
     known = [k for k in cfg.flat() if not k.startswith("tune.") and k != "tune"]
+    # An estimator's constructor arguments (model.type sklearn) are open-ended: any name.
+    open_keys = ("model.params.",) if isinstance(cfg.model, SklearnConfig) else ()
     for key in cfg.tune.space:
+        if key.startswith(open_keys) and len(key) > len("model.params."):
+            continue
         if key not in known or key.startswith(("track.", "tune")):
             raise ConfigError(
                 f"tune.space: '{key}' is not a config key{did_you_mean(key, known)}; "
                 "use a dotted path such as train.optimizer.lr"
             )
+    if cfg.tune.objective == "cv" and cfg.eval.cv is None:
+        raise ConfigError(
+            "tune.objective: cv optimises the cross-validation mean, which needs eval.cv "
+            "(e.g. eval.cv.folds=5); set it, or use tune.objective=val"
+        )
     return cfg.tune
 
 

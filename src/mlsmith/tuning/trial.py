@@ -88,6 +88,8 @@ def run_trial(
     trial.set_user_attr("worker", f"{socket.gethostname()}:{os.getpid()}")
     params = {key: suggest(trial, key, param) for key, param in tune.space.items()}
     callback = PruningCallback(trial, tune.metric, direction)
+    # The CV mean is known only once every fold has run: nothing to report epoch by epoch.
+    by_cv = tune.objective == "cv"
     extra: dict[str, Any] = {
         "tune": None,
         "eval.report": False,  # plotting costs seconds per trial; best.yaml can be reported
@@ -103,7 +105,7 @@ def run_trial(
         # One line per trial (below), not one per epoch of every trial.
         run = run_training(
             apply_params(cfg, params, extra),
-            callbacks=[callback],
+            callbacks=[] if by_cv else [callback],
             progress=False,
             epoch_lines=False,
         )
@@ -114,6 +116,14 @@ def run_trial(
         study.tell(trial, state=TrialState.FAIL)
         return "FAIL"
     trial.set_user_attr("run_dir", str(run.path))
+    if by_cv:
+        try:
+            value = cv_objective(run.metrics, tune.metric, run.model.task.kind)
+        except ConfigError as error:
+            trial.set_user_attr(ERROR_ATTR, str(error))
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        callback.values = [value] if math.isfinite(value) else []
     if callback.unknown_metric is not None:
         unknown = ConfigError(
             f"tune.metric: unknown metric '{tune.metric}'"
@@ -136,6 +146,27 @@ def run_trial(
     study.tell(trial, callback.best)
     log.info("trial %d: %s = %.6g, params %s", trial.number, tune.metric, callback.best, params)
     return "COMPLETE"
+
+
+def cv_objective(metrics: dict[str, Any], metric: str, kind: str) -> float:
+    """``tune.metric``'s mean over the held-out folds (tune.objective cv), from metrics.json.
+
+    ``val/<name>`` reads ``<name>``; ``val/loss`` reads the task's loss: ``log_loss`` for
+    classification, ``mse`` for regression (in the target's units, not standardised: the same
+    ordering of trials). NaN when undefined on every fold (the trial then fails).
+    """
+    held = (metrics.get("cv") or {}).get("held_out") or {}
+    name = metric.split("/", 1)[1] if metric.startswith(("val/", "train/")) else metric
+    if name == "loss":
+        name = "mse" if kind == "regression" else "log_loss"
+    if name not in held:
+        raise ConfigError(
+            f"tune.metric: '{metric}' has no cross-validation mean"
+            f"{did_you_mean(name, list(held))}; available with tune.objective cv: "
+            + ", ".join(f"val/{k}" for k in held)
+        )
+    mean = held[name].get("mean")
+    return float(mean) if mean is not None else math.nan
 
 
 def _mark_run(cfg: Config, run_id: str | None, status: str | None, number: int) -> None:
