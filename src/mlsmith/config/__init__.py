@@ -55,6 +55,7 @@ from mlsmith.config.train import (
     CheckpointConfig,
     EarlyStoppingConfig,
     OptimizerConfig,
+    ProfileConfig,
     SchedulerConfig,
     TrainConfig,
 )
@@ -99,6 +100,7 @@ __all__ = [
     "ModelConfig",
     "ModelFamily",
     "OptimizerConfig",
+    "ProfileConfig",
     "RegisterConfig",
     "SchedulerConfig",
     "SearchParam",
