@@ -5,11 +5,13 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from tests.conftest import CliResult
 from tests.training.test_trainer import (
     N_FEATURES,
     Crash,
@@ -26,6 +28,8 @@ from torch import nn
 from mlsmith.config import Config, load_config
 from mlsmith.config.train import format_duration, parse_duration
 from mlsmith.errors import ConfigError
+from mlsmith.reports.facts import observations, progress_facts
+from mlsmith.reports.runinfo import load_record
 from mlsmith.tasks import RegressionTask
 from mlsmith.training.checkpoint import BEST, LAST, load_checkpoint
 from mlsmith.training.ema import WeightAverage
@@ -195,3 +199,63 @@ def test_a_run_shorter_than_the_profile_still_writes_it(tmp_path: Path) -> None:
 def test_bad_profile_settings_are_refused(profile: dict[str, int], key: str) -> None:
     with pytest.raises(ConfigError, match=rf"train\.profile\.{key}"):
         _load({"profile": profile})
+
+
+# --- end to end -------------------------------------------------------------------------------
+
+
+def test_train_with_ema_time_budget_and_profile(
+    table_csv: Callable[..., Path],
+    write_config: Callable[..., Path],
+    cli: Callable[..., CliResult],
+) -> None:
+    """`mlsmith train` with all three: the budget stops a 500-epoch run, run.json says so, the
+    profile lands in the run directory and the report's facts show it."""
+    config = write_config(
+        table_csv("binary"),
+        train={"epochs": 500, "batch_size": 8, "early_stopping": {"enabled": False}},
+        eval={"bootstrap": 0, "report": False},
+    )
+    started = time.monotonic()
+    overrides = ["train.ema=0.9", "train.max_time=1s", "train.profile.steps=2"]
+    result = cli("train", config, *overrides, "--no-progress")
+    assert result.code == 0, result.stderr
+    assert time.monotonic() - started < 30
+    run_dir = Path(result.stdout.strip().splitlines()[-1])
+
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "finished" and info["stopped_early"] is True
+    assert 1 <= info["epochs_run"] < 500
+    assert any("train.max_time=1s" in note for note in info["observations"])
+    last = load_checkpoint(run_dir / "checkpoints" / LAST)
+    assert last["ema"]["updates"] == last["loop"]["global_step"]
+    json.loads((run_dir / "profile" / "trace.json").read_text())
+    assert json.loads((run_dir / "profile" / "profile.json").read_text())["steps"] == 2
+    record = load_record(run_dir)
+    rows = dict(progress_facts(record))
+    assert "over 2 steps" in rows["profiled step"] and "aten::" in rows["top operators (self CPU)"]
+    # The report gives the time budget as the reason, not early stopping's patience.
+    assert rows["stopped early"].endswith("the time budget train.max_time was spent")
+    notes = observations(record)
+    assert notes[0].startswith("Stopped after") and "patience" not in " ".join(notes)
+    assert not any("no improvement" in note for note in notes)
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("train.ema=-0.5", "train.ema"),
+        ("train.max_time=20x", "train.max_time"),
+        ("train.profile.steps=0", "train.profile.steps"),
+    ],
+)
+def test_bad_loop_options_exit_2_naming_the_key(
+    table_csv: Callable[..., Path],
+    write_config: Callable[..., Path],
+    cli: Callable[..., CliResult],
+    override: str,
+    key: str,
+) -> None:
+    result = cli("train", write_config(table_csv("binary")), override)
+    assert result.code == 2
+    assert key in result.stderr and "Traceback" not in result.stderr

@@ -34,6 +34,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREPROCESSING_FILE = "preprocessing.json"
+PROFILE_FILE = "profile/profile.json"  # train.profile's summary (mlsmith.training.profiling)
 HTML_REPORT = "report.html"
 MARKDOWN_REPORT = "REPORT.md"
 MODEL_CARD = "MODEL_CARD.md"
@@ -58,6 +59,7 @@ class RunRecord:
     predictions: pd.DataFrame | None
     preflight: dict[str, Any] | None
     preprocessing: dict[str, Any] | None = None
+    profile: dict[str, Any] | None = None
     artifacts: list[tuple[str, int]] = field(default_factory=list)
 
     @property
@@ -159,6 +161,7 @@ def load_record(run_dir: str | Path) -> RunRecord:
         predictions=_read_predictions(path / TEST_PREDICTIONS_FILE),
         preflight=_read_json(path / PREFLIGHT_FILE),
         preprocessing=_read_json(path / PREPROCESSING_FILE),
+        profile=_read_json(path / PROFILE_FILE),
         artifacts=list_artifacts(path),
     )
 
