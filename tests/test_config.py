@@ -14,7 +14,14 @@ import yaml
 from pydantic import BaseModel, ValidationError
 from tests.conftest import make_table
 
-from mlsmith.config import Config, RegisterConfig, TuneConfig, apply_overrides, load_config
+from mlsmith.config import (
+    Config,
+    ProfileConfig,
+    RegisterConfig,
+    TuneConfig,
+    apply_overrides,
+    load_config,
+)
 from mlsmith.config.loading import _section_type
 from mlsmith.errors import ConfigError
 
@@ -543,9 +550,10 @@ def test_flat_keys(tmp_path: Path) -> None:
     assert flat["train.precision"] == "32"
     assert not any(isinstance(v, dict) for v in flat.values())
     # One key per leaf field of the schema, nothing more, nothing less; the optional tune
-    # section is None here, one key, and so is the optional track.register.
-    assert flat["tune"] is None and flat["track.register"] is None
-    assert len(flat) == _leaves(Config) - _leaves(TuneConfig) + 1 - _leaves(RegisterConfig) + 1
+    # section is None here, one key, and so are the optional track.register and train.profile.
+    assert flat["tune"] is None and flat["track.register"] is None and flat["train.profile"] is None
+    optional = (TuneConfig, RegisterConfig, ProfileConfig)
+    assert len(flat) == _leaves(Config) - sum(_leaves(section) - 1 for section in optional)
 
 
 # --- through the CLI --------------------------------------------------------------------------

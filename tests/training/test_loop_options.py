@@ -247,6 +247,7 @@ def test_train_with_ema_time_budget_and_profile(
         ("train.ema=-0.5", "train.ema"),
         ("train.max_time=20x", "train.max_time"),
         ("train.profile.steps=0", "train.profile.steps"),
+        ("train.gradient_checkpointing=true", "train.gradient_checkpointing"),  # on an mlp
     ],
 )
 def test_bad_loop_options_exit_2_naming_the_key(
