@@ -66,6 +66,15 @@ class Config(Section):
             )
         return self
 
+    @model_validator(mode="after")
+    def _mixing_fits_data(self) -> Config:
+        for key in ("mixup", "cutmix"):
+            if getattr(self.train, key) and self.data.type != "image":
+                raise ValueError(
+                    f"train.{key}: mixes images, and data.type is '{self.data.type}'; set it to 0"
+                )
+        return self
+
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-compatible dict of every value, defaults included."""
         return self.model_dump(mode="json")

@@ -141,6 +141,12 @@ class TrainConfig(Section):
     profile: ProfileConfig | None = Field(
         None, description="profile a few optimizer steps into the run's profile/ folder"
     )
+    mixup: float = Field(
+        0.0, ge=0.0, description="image classification: MixUp's Beta alpha (e.g. 0.2); 0: off"
+    )
+    cutmix: float = Field(
+        0.0, ge=0.0, description="image classification: CutMix's Beta alpha (e.g. 1.0); 0: off"
+    )
     gradient_checkpointing: bool = Field(
         False,
         description="recompute activations in the backward pass to save memory (transformer "

@@ -41,6 +41,7 @@ from mlsmith.training.diagnostics import (
 )
 from mlsmith.training.ema import WeightAverage
 from mlsmith.training.gradients import FlatGradients
+from mlsmith.training.mixing import BatchMixer
 from mlsmith.training.optimizers import LRSchedule, build_optimizer
 from mlsmith.training.precision import build_precision
 from mlsmith.training.profiling import StepProfiler
@@ -157,6 +158,8 @@ class Trainer:
         # train.max_time counts the training time of the invocations before a resume too.
         self._clock = time.monotonic() - state.train_seconds
         deadline = self._clock + cfg.max_time if cfg.max_time is not None else None
+        # train.mixup / train.cutmix: mixed images and soft targets for image classification.
+        mix = BatchMixer(cfg.mixup, cfg.cutmix, objective) if cfg.mixup or cfg.cutmix else None
         grads = FlatGradients.for_params(trainable)
         take_step = partial(
             optimizer_step,
@@ -185,6 +188,8 @@ class Trainer:
                 for micro_batches in islice(epoch_steps, state.step_in_epoch, None):
                     # Checked before the update: on the CPU a NaN never reaches the weights.
                     check = partial(steps.observe, state.global_step + 1, state.epoch + 1, self._lr)
+                    if mix is not None:
+                        micro_batches = [mix(*batch) for batch in micro_batches]
                     result = take_step(micro_batches, before_update=check)
                     if ema is not None:
                         ema.update()
