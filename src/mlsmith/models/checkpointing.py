@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from functools import partial
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -49,7 +49,7 @@ def checkpoint_stages(stages: list[nn.Sequential]) -> None:
     for stage in stages:
         stage.__class__ = CheckpointedSequential
         # Built once; a plain list, so the blocks are not registered (or saved) a second time.
-        stage.checkpoint_groups = _groups(stage)
+        cast(CheckpointedSequential, stage).checkpoint_groups = _groups(stage)
 
 
 def _groups(stage: nn.Sequential) -> list[nn.Sequential]:

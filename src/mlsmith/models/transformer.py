@@ -72,7 +72,8 @@ class TextTransformer(nn.Module):
             # The encoder's loop, each layer's activations recomputed in the backward pass.
             for layer in self.encoder.layers:
                 x = checkpointed(layer, x, src_key_padding_mask=padding)  # (B, S, D)
-            x = self.encoder.norm(x)  # (B, S, D)
+            if self.encoder.norm is not None:
+                x = self.encoder.norm(x)  # (B, S, D)
         else:
             x = self.encoder(x, src_key_padding_mask=padding)  # (B, S, D)
         if self.cls is not None:

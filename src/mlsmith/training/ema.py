@@ -32,8 +32,8 @@ class WeightAverage:
             for mine, theirs in zip(self.model.parameters(), model.parameters(), strict=True)
             if theirs.requires_grad
         ]
-        self.averaged = [mine for mine, _ in pairs]
-        self.trained = [theirs for _, theirs in pairs]
+        self.averaged: list[torch.Tensor] = [mine for mine, _ in pairs]
+        self.trained: list[torch.Tensor] = [theirs for _, theirs in pairs]
         # Buffers (batch-norm running statistics, counters) are copied, not averaged: they are
         # already running averages, and an average of counters means nothing.
         self.buffers = list(zip(self.model.buffers(), model.buffers(), strict=True))
