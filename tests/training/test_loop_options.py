@@ -260,3 +260,15 @@ def test_bad_loop_options_exit_2_naming_the_key(
     result = cli("train", write_config(table_csv("binary")), override)
     assert result.code == 2
     assert key in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_run_within_the_profile_warmup_says_nothing_was_recorded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    x, y = regression_data(32)
+    config = train_config(epochs=1, batch_size=16, profile={"warmup": 5})
+    Trainer(config, checkpoint_dir=tmp_path, profile_dir=tmp_path / "p").fit(
+        make_net(), batches(x, y, 16), batches(x, y, 64), RegressionTask(0.0, 1.0)
+    )
+    assert not (tmp_path / "p").exists()
+    assert "within the profile's 5 warm-up steps: nothing was recorded" in caplog.text

@@ -10,6 +10,7 @@ slowed down.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -20,6 +21,8 @@ import torch
 from mlsmith.config import ProfileConfig
 from mlsmith.files import atomic_path, write_json
 from mlsmith.training.diagnostics import peak_memory_mb
+
+log = logging.getLogger(__name__)
 
 TRACE = "trace.json"
 SUMMARY = "profile.json"
@@ -91,6 +94,13 @@ class StepProfiler:
         """Stop early (the run ended or failed first); what was recorded is still written."""
         if not self.written:
             self.profiler.stop()
+        if not self.written:  # stopped during the warm-up: the schedule recorded nothing
+            log.warning(
+                "train.profile: training ended after %d steps, within the profile's %d warm-up "
+                "steps: nothing was recorded; lower train.profile.warmup",
+                self.taken,
+                self.warmup,
+            )
 
     def _write(self, profiler: Any) -> None:
         with atomic_path(self.directory / TRACE) as tmp:
