@@ -387,10 +387,11 @@ class Trainer:
         """The observation for a run that train.max_time stopped."""
         state, budget = self.state, self.config.max_time or 0.0
         spent = format_duration(time.monotonic() - self._clock)
+        kept = f"epoch {state.best_epoch}" if state.best_epoch else "the last weights"
         return (
             f"stopped after {spent} (epoch {state.epoch}, step {state.global_step}): the time "
             f"budget train.max_time={format_duration(budget)} was spent; the model is the best "
-            f"checkpoint so far (epoch {state.best_epoch})"
+            f"checkpoint so far ({kept})"
         )
 
     def _finish(self, model: torch.nn.Module, evaluated: torch.nn.Module) -> FitResult:
