@@ -17,6 +17,7 @@ from tests.conftest import make_table
 from mlsmith.config import (
     Config,
     CVConfig,
+    ProfileConfig,
     RegisterConfig,
     TuneConfig,
     apply_overrides,
@@ -550,9 +551,11 @@ def test_flat_keys(tmp_path: Path) -> None:
     assert flat["train.precision"] == "32"
     assert not any(isinstance(v, dict) for v in flat.values())
     # One key per leaf field of the schema, nothing more, nothing less; the optional tune
-    # section is None here, one key, and so are the optional track.register and eval.cv.
+    # section is None here, one key, and so are the optional track.register, eval.cv and
+    # train.profile.
     assert flat["tune"] is None and flat["track.register"] is None and flat["eval.cv"] is None
-    optional = [TuneConfig, RegisterConfig, CVConfig]
+    assert flat["train.profile"] is None
+    optional = [TuneConfig, RegisterConfig, CVConfig, ProfileConfig]
     assert len(flat) == _leaves(Config) - sum(_leaves(section) - 1 for section in optional)
 
 

@@ -527,14 +527,21 @@ class CrashAt:
 
 
 @pytest.mark.parametrize(
-    ("scheduler", "accum", "crash_at"),
-    [("cosine", 1, 26), ("onecycle", 2, 14), ("plateau", 3, 11), ("step", 1, 45)],
+    ("scheduler", "accum", "crash_at", "ema"),
+    [
+        ("cosine", 1, 26, None),
+        ("onecycle", 2, 14, None),
+        ("plateau", 3, 11, None),
+        ("step", 1, 45, None),
+        ("cosine", 2, 20, 0.9),
+    ],
 )
 def test_resume_mid_epoch_is_bit_identical(
-    tmp_path: Path, scheduler: str, accum: int, crash_at: int
+    tmp_path: Path, scheduler: str, accum: int, crash_at: int, ema: float | None
 ) -> None:
     """Shuffling, dropout, a warmup schedule and AdamW: resuming from a mid-epoch last.pt ends
-    with exactly the weights and history of a run that was never interrupted."""
+    with exactly the weights and history of a run that was never interrupted (and with
+    train.ema, the same moving average: best.pt holds it)."""
     x, y = regression_data(150)
     config = train_config(
         epochs=4,
@@ -544,6 +551,7 @@ def test_resume_mid_epoch_is_bit_identical(
         scheduler={"name": scheduler, "warmup_epochs": 0.5, "step_size": 1, "patience": 0},
         checkpoint={"every_n_steps": 3},
         early_stopping={"enabled": True, "patience": 2},
+        ema=ema,
     )
     val = regression_data(40, seed=1)
 
@@ -572,3 +580,14 @@ def test_resume_mid_epoch_is_bit_identical(
     strip = [{k: v for k, v in row.items() if k not in timing} for row in reference.history]
     assert [{k: v for k, v in r.items() if k not in timing} for r in resumed.history] == strip
     assert resumed.best_epoch == reference.best_epoch
+    if ema is not None:
+        ref_last, resumed_last = (
+            load_checkpoint(tmp_path / "ref" / LAST),
+            load_checkpoint(tmp_path / "crash" / LAST),
+        )
+        assert_states_equal(ref_last["ema"]["model"], resumed_last["ema"]["model"])
+        assert (
+            ref_last["ema"]["updates"]
+            == resumed_last["ema"]["updates"]
+            == ref_last["loop"]["global_step"]
+        )

@@ -56,6 +56,7 @@ from mlsmith.config.train import (
     CheckpointConfig,
     EarlyStoppingConfig,
     OptimizerConfig,
+    ProfileConfig,
     SchedulerConfig,
     TrainConfig,
 )
@@ -101,6 +102,7 @@ __all__ = [
     "ModelConfig",
     "ModelFamily",
     "OptimizerConfig",
+    "ProfileConfig",
     "RegisterConfig",
     "SchedulerConfig",
     "SearchParam",

@@ -16,6 +16,9 @@ from mlsmith.config.track import CardConfig, EvalConfig, TrackConfig
 from mlsmith.config.train import TrainConfig
 from mlsmith.config.tune import TuneConfig
 
+# The families whose networks can recompute activations in the backward pass.
+GRADIENT_CHECKPOINTING = ("transformer", "torchvision")
+
 
 class Config(Section):
     """The whole experiment: one YAML file."""
@@ -51,6 +54,25 @@ class Config(Section):
                 f"model.type '{self.model.type}' does not work with data.type "
                 f"'{self.data.type}'; use one of: {', '.join(allowed)}"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _checkpointing_fits_model(self) -> Config:
+        if self.train.gradient_checkpointing and self.model.type not in GRADIENT_CHECKPOINTING:
+            raise ValueError(
+                f"train.gradient_checkpointing: applies to model.type "
+                f"{' and '.join(GRADIENT_CHECKPOINTING)}, not '{self.model.type}' (the others "
+                "are small networks or boosted trees, which do not need it); set it to false"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _mixing_fits_data(self) -> Config:
+        for key in ("mixup", "cutmix"):
+            if getattr(self.train, key) and self.data.type != "image":
+                raise ValueError(
+                    f"train.{key}: mixes images, and data.type is '{self.data.type}'; set it to 0"
+                )
         return self
 
     def to_dict(self) -> dict[str, Any]:

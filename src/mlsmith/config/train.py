@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import re
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -77,6 +78,46 @@ class CheckpointConfig(Section):
     )
 
 
+class ProfileConfig(Section):
+    """torch.profiler over a few optimizer steps: a Chrome trace and a summary in profile/."""
+
+    steps: int = Field(5, ge=1, description="optimizer steps recorded")
+    warmup: int = Field(2, ge=1, description="steps run first and not recorded (allocations...)")
+
+
+# "1h30m", "20m", "90s", "1.5h": hours, minutes and seconds, each at most once, in that order.
+_NUMBER = r"\d+(?:\.\d*)?"
+_DURATION = re.compile(rf"^(?:(?P<h>{_NUMBER})h)?(?:(?P<m>{_NUMBER})m)?(?:(?P<s>{_NUMBER})s)?$")
+
+
+def parse_duration(value: Any) -> Any:
+    """Seconds for a duration such as "1h30m", "20m" or "90s"; numbers (seconds) pass through."""
+    if not isinstance(value, str):
+        return value
+    text = value.strip().replace(" ", "")
+    match = _DURATION.match(text)
+    if not text or match is None:
+        try:
+            return float(text)
+        except ValueError:
+            raise ValueError(
+                f"expected a duration such as 90s, 20m or 1h30m, or seconds as a number; "
+                f"found '{value}'"
+            ) from None
+    hours, minutes, seconds = (float(match[unit] or 0) for unit in "hms")
+    return hours * 3600 + minutes * 60 + seconds
+
+
+def format_duration(seconds: float) -> str:
+    """``seconds`` the way :func:`parse_duration` reads it: 1h30m, 20m, 90s."""
+    if seconds < 60:
+        return f"{seconds:.3g}s"
+    hours, rest = divmod(round(seconds), 3600)
+    minutes, secs = divmod(rest, 60)
+    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "")
+    return text + (f"{secs}s" if secs or not text else "")
+
+
 class TrainConfig(Section):
     """How torch networks train: epochs, batches, precision, device and the loop's parts."""
 
@@ -103,6 +144,38 @@ class TrainConfig(Section):
         description="warn when val loss rises while train loss falls this many epochs; 0: off",
     )
     log_grad_norm: bool = Field(True, description="per-step gradient norm (before clipping)")
+    ema: float | None = Field(
+        None,
+        gt=0.0,
+        lt=1.0,
+        description="decay of a moving average of the weights (e.g. 0.999) that validation, "
+        "best.pt and predictions use; null: off",
+    )
+    max_time: float | None = Field(
+        None,
+        gt=0.0,
+        description="training time budget (90s, 20m, 1h30m or seconds): stop after the step "
+        "that spends it, validate, keep the best checkpoint; counts time before a resume",
+    )
+    profile: ProfileConfig | None = Field(
+        None, description="profile a few optimizer steps into the run's profile/ folder"
+    )
+    mixup: float = Field(
+        0.0, ge=0.0, description="image classification: MixUp's Beta alpha (e.g. 0.2); 0: off"
+    )
+    cutmix: float = Field(
+        0.0, ge=0.0, description="image classification: CutMix's Beta alpha (e.g. 1.0); 0: off"
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="recompute activations in the backward pass to save memory (transformer "
+        "and torchvision families)",
+    )
+
+    @field_validator("max_time", mode="before")
+    @classmethod
+    def _duration(cls, value: Any) -> Any:
+        return parse_duration(value)
 
     @field_validator("precision", mode="before")
     @classmethod

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from mlsmith.data.base import PreparedData, Preprocessor
 
 CHECKPOINT_DIR = "checkpoints"
+PROFILE_DIR = "profile"  # train.profile's trace and summary
 
 
 class NeuralModel(Model):
@@ -45,7 +46,11 @@ class NeuralModel(Model):
         val = batches(data.val.inputs, data.val.target, BatchOptions.evaluation(cfg))
         checkpoints = context.run_dir / CHECKPOINT_DIR
         trainer = Trainer(
-            cfg, checkpoint_dir=checkpoints, callbacks=context.callbacks, metadata=context.metadata
+            cfg,
+            checkpoint_dir=checkpoints,
+            callbacks=context.callbacks,
+            metadata=context.metadata,
+            profile_dir=context.run_dir / PROFILE_DIR,
         )
         resume = checkpoints / LAST if context.resume and (checkpoints / LAST).exists() else None
         result = trainer.fit(self.network, train, val, self.task, resume=resume)

@@ -24,12 +24,24 @@ from torch import nn
 
 from mlsmith.config import TorchvisionConfig
 from mlsmith.errors import ConfigError, MissingExtraError, MlsmithError, did_you_mean
+from mlsmith.models.checkpointing import checkpoint_stages
 from mlsmith.models.neural import NeuralModel
 
 # Seconds to wait for the weights server before giving up.
 DOWNLOAD_TIMEOUT = 30
 # Builders whose auxiliary training heads would change what forward() returns.
 _AUX_LOGITS = ("googlenet", "inception_v3")
+# Where torchvision keeps an architecture's stages as nn.Sequential, first match wins:
+# resnet/resnext/wide_resnet, regnet, shufflenet, the many `features` networks (vgg, alexnet,
+# squeezenet, densenet, mobilenet, efficientnet, convnext, swin), mnasnet, vit.
+_SEQUENTIAL_STAGES = (
+    ("layer1", "layer2", "layer3", "layer4"),
+    ("trunk_output",),
+    ("stage2", "stage3", "stage4"),
+    ("features",),
+    ("layers",),
+    ("encoder.layers",),
+)
 
 
 class PretrainedWeightsError(MlsmithError):
@@ -101,10 +113,33 @@ def _last_linear(net: nn.Module) -> tuple[nn.Module, str, nn.Linear]:
     return net.get_submodule(parent_name), attribute, module
 
 
+def _stages(net: nn.Module, arch: str) -> list[nn.Sequential]:
+    """The network's sequential stages, for gradient checkpointing."""
+    for names in _SEQUENTIAL_STAGES:
+        try:
+            stages = [net.get_submodule(name) for name in names]
+        except AttributeError:
+            continue
+        if all(isinstance(stage, nn.Sequential) for stage in stages):
+            return stages  # type: ignore[return-value]
+    raise ConfigError(
+        f"train.gradient_checkpointing: model.arch '{arch}' does not keep its blocks in "
+        "sequential stages (as resnet, efficientnet, mobilenet, convnext, vgg, vit... do), "
+        "so mlsmith cannot checkpoint it; choose one of those or set "
+        "train.gradient_checkpointing: false"
+    )
+
+
 class TorchvisionNet(nn.Module):
     """A torchvision network with a task head; ``forward(image)`` like every image family."""
 
-    def __init__(self, cfg: TorchvisionConfig, in_channels: int, n_outputs: int) -> None:
+    def __init__(
+        self,
+        cfg: TorchvisionConfig,
+        in_channels: int,
+        n_outputs: int,
+        gradient_checkpointing: bool = False,
+    ) -> None:
         super().__init__()
         torchvision = _torchvision()
         archs = classification_archs()
@@ -138,6 +173,8 @@ class TorchvisionNet(nn.Module):
                 parameter.requires_grad_(True)
         if self.channels_last:
             self.to(memory_format=torch.channels_last)
+        if gradient_checkpointing:
+            checkpoint_stages(_stages(self.net, cfg.arch))
 
     def train(self, mode: bool = True) -> TorchvisionNet:
         super().train(mode)
@@ -166,4 +203,6 @@ class TorchvisionModel(NeuralModel):
         if not isinstance(cfg, TorchvisionConfig):  # mlsmith.families routes by model.type
             raise TypeError(f"TorchvisionModel got a model section of type '{cfg.type}'")
         spec = self.preprocessor.model_inputs()
-        return TorchvisionNet(cfg, spec["channels"], self.task.n_outputs)
+        return TorchvisionNet(
+            cfg, spec["channels"], self.task.n_outputs, self.config.train.gradient_checkpointing
+        )

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from mlsmith.config import TransformerConfig
+from mlsmith.models.checkpointing import checkpointed
 from mlsmith.models.text import TextModel
 
 
@@ -19,9 +20,15 @@ class TextTransformer(nn.Module):
     """Token ids and their attention mask in, one row of raw outputs per text out."""
 
     def __init__(
-        self, vocab_size: int, max_length: int, n_outputs: int, cfg: TransformerConfig
+        self,
+        vocab_size: int,
+        max_length: int,
+        n_outputs: int,
+        cfg: TransformerConfig,
+        gradient_checkpointing: bool = False,
     ) -> None:
         super().__init__()
+        self.gradient_checkpointing = gradient_checkpointing
         self.tokens = nn.Embedding(vocab_size, cfg.dim)
         # One more position for the CLS vector, which goes first.
         self.positions = nn.Parameter(torch.zeros(max_length + (cfg.pooling == "cls"), cfg.dim))
@@ -61,7 +68,14 @@ class TextTransformer(nn.Module):
         # NaN): let it attend to its first (padding) position; pooling still ignores it.
         padding = ~mask  # (B, S) True = ignore
         padding[:, 0] &= mask.any(dim=1)
-        x = self.encoder(x, src_key_padding_mask=padding)  # (B, S, D)
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            # The encoder's loop, each layer's activations recomputed in the backward pass.
+            for layer in self.encoder.layers:
+                x = checkpointed(layer, x, src_key_padding_mask=padding)  # (B, S, D)
+            if self.encoder.norm is not None:
+                x = self.encoder.norm(x)  # (B, S, D)
+        else:
+            x = self.encoder(x, src_key_padding_mask=padding)  # (B, S, D)
         if self.cls is not None:
             pooled = x[:, 0]  # (B, D)
         else:
@@ -78,4 +92,10 @@ class TransformerModel(TextModel):
         cfg = self.config.model
         if not isinstance(cfg, TransformerConfig):  # mlsmith.families routes by model.type
             raise TypeError(f"TransformerModel got a model section of type '{cfg.type}'")
-        return TextTransformer(spec["vocab_size"], spec["max_length"], self.task.n_outputs, cfg)
+        return TextTransformer(
+            spec["vocab_size"],
+            spec["max_length"],
+            self.task.n_outputs,
+            cfg,
+            self.config.train.gradient_checkpointing,
+        )

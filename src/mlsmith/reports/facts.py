@@ -129,7 +129,27 @@ def progress_facts(record: RunRecord) -> list[tuple[str, str]]:
     memory = record.history_column("memory_mb")
     if memory is not None:
         rows.append(("peak memory", f"{float(memory.max()):,.0f} MB"))
-    return rows
+    return rows + _profile_facts(record.profile)
+
+
+def _profile_facts(profile: dict[str, Any] | None) -> list[tuple[str, str]]:
+    """train.profile's summary in two rows: step time and its split, the costliest operators."""
+    if not profile or not profile.get("steps"):
+        return []
+    share = profile.get("data_wait_share")
+    waiting = f", {share:.0%} of it waiting for data" if isinstance(share, (int, float)) else ""
+    top = ", ".join(
+        f"{op['name']} {format_number(op['self_cpu_ms'])} ms"
+        for op in (profile.get("top_cpu_operators") or [])[:3]
+    )
+    return [
+        (
+            "profiled step",
+            f"{format_number(profile.get('step_ms'))} ms over {profile['steps']} steps"
+            f"{waiting} (profile/trace.json)",
+        ),
+        ("top operators (self CPU)", top or NOT_RECORDED),
+    ]
 
 
 def observations(record: RunRecord) -> list[str]:
@@ -147,7 +167,7 @@ def observations(record: RunRecord) -> list[str]:
         )
     # The training loop words its own notes on early stopping and overfitting; do not repeat.
     said = " ".join(recorded).lower()
-    if record.info.get("stopped_early") and "early stopping" not in said:
+    if record.info.get("stopped_early") and not ("early stopping" in said or _timed_out(record)):
         derived.append(f"Stopped early {_early_stop_detail(record)}.")
     gap = _gap(record)
     if gap is not None:
@@ -410,7 +430,14 @@ def _early_stop_detail(record: RunRecord) -> str:
     stopping = record.config.train.early_stopping
     epochs = record.info.get("epochs_run")
     after = f"after epoch {epochs}: " if epochs else ""
+    if _timed_out(record):
+        return f"{after}the time budget train.max_time was spent"
     return f"{after}no improvement of {stopping.monitor} for {stopping.patience} epochs"
+
+
+def _timed_out(record: RunRecord) -> bool:
+    """Whether train.max_time stopped the run (the loop's observation says so)."""
+    return any("train.max_time" in str(note) for note in record.info.get("observations") or [])
 
 
 def _git_text(env: dict[str, Any], key: str) -> str:

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 PREPROCESSING_FILE = "preprocessing.json"
+PROFILE_FILE = "profile/profile.json"  # train.profile's summary (mlsmith.training.profiling)
 HTML_REPORT = "report.html"
 MARKDOWN_REPORT = "REPORT.md"
 MODEL_CARD = "MODEL_CARD.md"
@@ -60,6 +61,7 @@ class RunRecord:
     predictions: pd.DataFrame | None
     preflight: dict[str, Any] | None
     preprocessing: dict[str, Any] | None = None
+    profile: dict[str, Any] | None = None
     artifacts: list[tuple[str, int]] = field(default_factory=list)
     # metrics.json's other top-level keys: baseline, majority, vs_baseline
     sections: dict[str, Any] = field(default_factory=dict)
@@ -167,6 +169,7 @@ def load_record(run_dir: str | Path) -> RunRecord:
         predictions=_read_predictions(path / TEST_PREDICTIONS_FILE),
         preflight=_read_json(path / PREFLIGHT_FILE),
         preprocessing=_read_json(path / PREPROCESSING_FILE),
+        profile=_read_json(path / PROFILE_FILE),
         artifacts=list_artifacts(path),
         cv=recorded.get(CV_METRICS_KEY) or {},
     )

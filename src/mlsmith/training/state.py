@@ -33,6 +33,8 @@ class LoopState:
     best_score: float | None = None
     best_epoch: int | None = None
     should_stop: bool = False
+    # Seconds of training up to the last checkpoint, over every invocation (train.max_time).
+    train_seconds: float = 0.0
     # Things a person should know about this run (overfitting...), for the report.
     observations: list[str] = field(default_factory=list)
 
@@ -78,6 +80,7 @@ class LoopState:
             "best_score": self.best_score,
             "best_epoch": self.best_epoch,
             "should_stop": self.should_stop,
+            "train_seconds": self.train_seconds,
             "observations": self.observations,
             "loss_sum": float(self.loss_sum.item()),
             "samples": self.samples,
@@ -92,6 +95,7 @@ class LoopState:
         self.best_score = state["best_score"]
         self.best_epoch = state["best_epoch"]
         self.should_stop = state["should_stop"]
+        self.train_seconds = state.get("train_seconds", 0.0)  # absent before train.max_time
         self.observations = list(state.get("observations", []))
         self.loss_sum.fill_(state["loss_sum"])
         self.samples = state["samples"]

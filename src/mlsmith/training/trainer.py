@@ -3,7 +3,8 @@
 ``Trainer.fit`` reads top to bottom: set up device, precision, optimizer and schedule; resume if
 asked; then for each epoch, optimizer steps over accumulated micro-batches, validation, the
 schedule, best/last checkpoints and early stopping. Each feature is a few visible lines in that
-order rather than a hook somewhere else.
+order rather than a hook somewhere else; the optional ones (a moving average of the weights, a
+time budget, the profiler) cost one ``is not None`` test per step when off.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import numpy as np
 import torch
 
 from mlsmith.config import TrainConfig
+from mlsmith.config.train import format_duration
 from mlsmith.data.batches import TensorBatches
 from mlsmith.errors import ConfigError, did_you_mean
 from mlsmith.training.callbacks import CallbackList, EarlyStopping, improved, resolve_mode
@@ -37,9 +39,12 @@ from mlsmith.training.diagnostics import (
     peak_memory_mb,
     precision_advice,
 )
+from mlsmith.training.ema import WeightAverage
 from mlsmith.training.gradients import FlatGradients
+from mlsmith.training.mixing import BatchMixer
 from mlsmith.training.optimizers import LRSchedule, build_optimizer
 from mlsmith.training.precision import build_precision
+from mlsmith.training.profiling import StepProfiler
 from mlsmith.training.reproducibility import restore_rng_states, rng_states, set_deterministic
 from mlsmith.training.state import LoopState
 from mlsmith.training.step import optimizer_step
@@ -90,9 +95,12 @@ class Trainer:
         checkpoint_dir: str | Path,
         callbacks: Iterable[object] = (),
         metadata: dict[str, Any] | None = None,
+        profile_dir: str | Path | None = None,
     ) -> None:
         self.config = config
         self.checkpoint_dir = Path(checkpoint_dir)
+        # Where train.profile writes its trace and summary.
+        self.profile_dir = Path(profile_dir) if profile_dir else self.checkpoint_dir / "profile"
         self.callbacks = CallbackList(callbacks)
         # Stored in every checkpoint (resolved config, code version...), opaque to the trainer.
         self.metadata = metadata or {}
@@ -104,6 +112,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.monitor_steps: StepMonitor | None = None
         self._lr = math.nan
+        self._clock = time.monotonic()  # when training began, less the time before a resume
 
     # --- the loop -----------------------------------------------------------------------------
 
@@ -134,13 +143,23 @@ class Trainer:
         overfit = OverfitWatch(cfg.overfit_patience)
         state = self.state = LoopState(cfg.epochs, steps_per_epoch, device=self.device)
         state.epoch_start_rng = train.generator.get_state()
+        # train.ema: validation, best.pt and so the finished model use the averaged weights.
+        ema = WeightAverage(model, cfg.ema) if cfg.ema is not None else None
+        evaluated = ema.model if ema is not None else model
         # Everything a checkpoint holds besides the weights, restored in this order (the
         # schedule after the optimizer whose learning rates it drives).
         parts: dict[str, Stateful] = {"optimizer": optimizer, "schedule": schedule}
         parts |= {"precision": self.precision, "early_stopping": stopper, "steps": steps}
         parts |= {"overfit": overfit, "loop": state}
+        if ema is not None:
+            parts["ema"] = ema
         if resume is not None:
             self._restore(load_checkpoint(resume, map_location=self.device), model, parts)
+        # train.max_time counts the training time of the invocations before a resume too.
+        self._clock = time.monotonic() - state.train_seconds
+        deadline = self._clock + cfg.max_time if cfg.max_time is not None else None
+        # train.mixup / train.cutmix: mixed images and soft targets for image classification.
+        mix = BatchMixer(cfg.mixup, cfg.cutmix, objective) if cfg.mixup or cfg.cutmix else None
         grads = FlatGradients.for_params(trainable)
         take_step = partial(
             optimizer_step,
@@ -156,6 +175,7 @@ class Trainer:
         self._lr = float(optimizer.param_groups[0]["lr"])
 
         self.callbacks.call("on_fit_start", self)
+        profiler = StepProfiler(cfg.profile, self.profile_dir, self.device) if cfg.profile else None
         try:
             while not state.done:
                 model.train()
@@ -163,10 +183,18 @@ class Trainer:
                 started, resumed_samples = time.perf_counter(), state.samples
                 # Resumed mid-epoch: the same order is drawn, the steps already taken skipped.
                 epoch_steps = train.steps(cfg.grad_accum_steps)
+                if profiler is not None:  # it times how long each batch takes to arrive
+                    epoch_steps = profiler.timed(epoch_steps)
                 for micro_batches in islice(epoch_steps, state.step_in_epoch, None):
                     # Checked before the update: on the CPU a NaN never reaches the weights.
                     check = partial(steps.observe, state.global_step + 1, state.epoch + 1, self._lr)
+                    if mix is not None:
+                        micro_batches = [mix(*batch) for batch in micro_batches]
                     result = take_step(micro_batches, before_update=check)
+                    if ema is not None:
+                        ema.update()
+                    if profiler is not None and profiler.step():
+                        profiler = None  # trace and summary written: the rest runs unprofiled
                     schedule.after_step()
                     state.after_step(result.loss, result.samples)
                     self._lr = float(optimizer.param_groups[0]["lr"])
@@ -175,6 +203,8 @@ class Trainer:
                     # Mid-epoch checkpoints (the epoch's end saves one anyway).
                     if every and state.global_step % every == 0 and not state.epoch_ending:
                         self._save_last(model, parts)
+                    if deadline is not None and time.monotonic() > deadline:
+                        break  # train.max_time is spent: the epoch ends here, validated below
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()  # honest timing: wait for queued kernels
                 train_time = time.perf_counter() - started
@@ -185,7 +215,7 @@ class Trainer:
                     "epoch": state.epoch + 1,
                     "step": state.global_step,
                     "train/loss": train_loss,
-                    **self.validate(model, val, objective),
+                    **self.validate(evaluated, val, objective),
                     "lr": self._lr,
                     "samples_per_s": (state.samples - resumed_samples) / max(train_time, 1e-9),
                     "epoch_time_s": time.perf_counter() - started,
@@ -202,9 +232,12 @@ class Trainer:
                 self._lr = float(optimizer.param_groups[0]["lr"])
                 if improved(row[self.monitor], state.best_score, self.monitor_mode):
                     state.best_score, state.best_epoch = row[self.monitor], state.epoch
-                    save_checkpoint(self.checkpoint_dir / BEST, self._model_state(model))
+                    save_checkpoint(self.checkpoint_dir / BEST, self._model_state(evaluated))
                 if stop.enabled and stopper.update(row[stop.monitor]):
                     state.should_stop = True
+                if deadline is not None and time.monotonic() > deadline and not state.done:
+                    state.should_stop = True
+                    state.observations.append(self._out_of_time())
                 # The weights were found finite with the epoch's loss above.
                 self._save_last(model, parts, checked=True)
                 self.callbacks.call("on_epoch_end", self, row)
@@ -214,7 +247,9 @@ class Trainer:
         finally:
             if grads is not None:
                 grads.release()
-        return self._finish(model)
+            if profiler is not None:
+                profiler.close()
+        return self._finish(model, evaluated)
 
     # --- the TrainingState callbacks read -------------------------------------------------------
 
@@ -320,6 +355,7 @@ class Trainer:
         """
         if not checked:
             self._finite_loss(model, self.state)  # never checkpoint a diverged run
+        self.state.train_seconds = time.monotonic() - self._clock
         state = self._model_state(model)
         state.update({name: part.state_dict() for name, part in parts.items()})
         state["rng"] = rng_states()
@@ -347,12 +383,26 @@ class Trainer:
             "extreme values"
         )
 
-    def _finish(self, model: torch.nn.Module) -> FitResult:
-        """Load the best weights into ``model`` and say how training went."""
+    def _out_of_time(self) -> str:
+        """The observation for a run that train.max_time stopped."""
+        state, budget = self.state, self.config.max_time or 0.0
+        spent = format_duration(time.monotonic() - self._clock)
+        kept = f"epoch {state.best_epoch}" if state.best_epoch else "the last weights"
+        return (
+            f"stopped after {spent} (epoch {state.epoch}, step {state.global_step}): the time "
+            f"budget train.max_time={format_duration(budget)} was spent; the model is the best "
+            f"checkpoint so far ({kept})"
+        )
+
+    def _finish(self, model: torch.nn.Module, evaluated: torch.nn.Module) -> FitResult:
+        """Load the best weights into ``model`` and say how training went.
+
+        ``evaluated``: the network validation ran on (the moving average with train.ema).
+        """
         best_path = self.checkpoint_dir / BEST
         if not best_path.exists():
             # The monitored metric was never finite: keep the last weights as the best we have.
-            save_checkpoint(best_path, self._model_state(model))
+            save_checkpoint(best_path, self._model_state(evaluated))
         model.load_state_dict(load_checkpoint(best_path, map_location=self.device)["model"])
         self.callbacks.call("on_fit_end", self)
         state = self.state
