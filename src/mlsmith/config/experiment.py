@@ -10,7 +10,7 @@ from pydantic import Field, model_validator
 from mlsmith.config.base import Section, flatten
 from mlsmith.config.data import AnyDataConfig
 from mlsmith.config.export import ExportConfig
-from mlsmith.config.families import KINDS, MODELS_FOR_DATA
+from mlsmith.config.families import FAMILIES, KINDS, MODELS_FOR_DATA
 from mlsmith.config.models import MLPConfig, ModelConfig
 from mlsmith.config.track import CardConfig, EvalConfig, TrackConfig
 from mlsmith.config.train import TrainConfig
@@ -18,6 +18,20 @@ from mlsmith.config.tune import TuneConfig
 
 # The families whose networks can recompute activations in the backward pass.
 GRADIENT_CHECKPOINTING = ("transformer", "torchvision")
+
+
+def _family_lr(raw: Any) -> Any:
+    """Give ``train.optimizer.lr`` the model family's own default when the config sets none."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
+        return raw
+    family = FAMILIES.get(raw["model"].get("type"))
+    train = raw.get("train", {})
+    optimizer = train.get("optimizer", {}) if isinstance(train, dict) else None
+    if family is None or family.lr is None or not isinstance(optimizer, dict):
+        return raw
+    if "lr" in optimizer:
+        return raw
+    return {**raw, "train": {**train, "optimizer": {**optimizer, "lr": family.lr}}}
 
 
 class Config(Section):
@@ -44,7 +58,7 @@ class Config(Section):
             model = raw.get("model", {})
             if kind in KINDS and isinstance(model, dict) and "type" not in model:
                 raw = {**raw, "model": {**model, "type": KINDS[kind].default_model}}
-        return raw
+        return _family_lr(raw)
 
     @model_validator(mode="after")
     def _model_fits_data(self) -> Config:

@@ -40,6 +40,9 @@ class ModelFamily:
     """``module:Class`` of its :class:`mlsmith.models.base.Model` subclass."""
     packages: tuple[str, ...] = ()
     """Libraries beyond the core ones it trains with, recorded in run.json."""
+    lr: float | None = None
+    """The family's own ``train.optimizer.lr`` default, where the shared one (1e-3) is not the
+    right one (chosen leave-one-dataset-out with ``bench/defaults.py``)."""
 
 
 @dataclass(frozen=True)
@@ -65,7 +68,9 @@ FAMILIES: dict[str, ModelFamily] = {
         implementation="mlsmith.models.torchvision_net:TorchvisionModel",
         packages=("torchvision",),
     ),
-    "bag": ModelFamily(BagConfig, data=("text",), implementation="mlsmith.models.bag:BagModel"),
+    "bag": ModelFamily(
+        BagConfig, data=("text",), implementation="mlsmith.models.bag:BagModel", lr=3e-3
+    ),
     "transformer": ModelFamily(
         TransformerConfig,
         data=("text",),
