@@ -60,6 +60,7 @@ def build(cfg: Config, *, preprocessor: Preprocessor | None = None) -> tuple[Pre
     ``preprocessor`` (a resumed run's) is used instead of fitting a new one.
     """
     from mlsmith import families
+    from mlsmith.imbalance import configure_task
     from mlsmith.training.reproducibility import seed_everything
 
     seed_everything(cfg.seed)
@@ -67,6 +68,8 @@ def build(cfg: Config, *, preprocessor: Preprocessor | None = None) -> tuple[Pre
     # Seed again so the initial weights do not depend on how much randomness data prep used.
     seed_everything(cfg.seed)
     model = families.model_family(cfg.model.type)(cfg, data.preprocessor)
+    # Class weights, focal loss, label smoothing and a fixed threshold, checked against the task.
+    configure_task(cfg, data.task, data.train.target, model)
     return data, model
 
 
@@ -79,6 +82,7 @@ def run_training(
     epoch_lines: bool = True,
 ) -> Run:
     """Train, evaluate on the held-out test split and track one run (see ``mlsmith.train``)."""
+    from mlsmith.imbalance import fit_threshold
     from mlsmith.models.base import FitContext
     from mlsmith.registry import register_after_training
     from mlsmith.tracking import Tracker, final_metrics, run_tags
@@ -159,6 +163,12 @@ def run_training(
         )
         started = time.perf_counter()
         summary = model.fit(data, context)
+        threshold = fit_threshold(cfg, model, data.val)
+        if threshold is not None:
+            # The task now holds the threshold: saved with it, predict and the package use it.
+            data.preprocessor.save(run_dir)
+            info["threshold"] = threshold
+            write_json(run_dir / INFO_FILE, info)
         run = Run(run_dir)
         run.model = model
         results = {"val": run.evaluate_split(data.val, "val")}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -84,6 +85,48 @@ class TrainConfig(Section):
         description="warn when val loss rises while train loss falls this many epochs; 0: off",
     )
     log_grad_norm: bool = Field(True, description="per-step gradient norm (before clipping)")
+    class_weights: str | dict[str, float] = Field(
+        "none",
+        description="classification: weight each class in the loss; auto: n / (classes x "
+        "count) on the training split; or {label: weight} for every class",
+    )
+    sampler: Literal["none", "balanced"] = Field(
+        "none",
+        description="balanced: draw training rows with replacement, every class equally often "
+        "(classification; same number of samples per epoch)",
+    )
+    loss: Literal["default", "focal"] = Field(
+        "default",
+        description="classification: focal down-weights easy rows by (1 - p)^focal_gamma",
+    )
+    focal_gamma: float = Field(2.0, ge=0.0, description="focal loss focusing exponent")
+    label_smoothing: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="classification: share of each target spread over all classes (binary: "
+        "toward 0.5)",
+    )
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _class_weights(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value not in ("none", "auto"):
+                raise ValueError("expected 'none', 'auto' or a mapping {label: weight}")
+            return value
+        if not isinstance(value, dict):
+            raise ValueError("expected 'none', 'auto' or a mapping {label: weight}")
+        weights: dict[str, float] = {}
+        # YAML reads `{0: 1.0, 1: 9.0}` with integer keys; labels are matched by their text.
+        for label, weight in value.items():
+            number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
+            if not number or not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"the weight of class '{label}' must be a number >= 0")
+            weights[str(label)] = float(weight)
+        if weights and not any(weights.values()):
+            raise ValueError("at least one class weight must be positive")
+        return weights
 
     @field_validator("precision", mode="before")
     @classmethod
