@@ -147,6 +147,22 @@ def test_balanced_batches_keep_the_epoch_size_and_repeat_from_the_generator_stat
     assert BatchOptions.training(cfg, 0).balanced and not BatchOptions.evaluation(cfg).balanced
 
 
+def test_balanced_text_batches_stay_length_bucketed() -> None:
+    """Text batches bucket the sampler's draw by length like a shuffle: same epoch size, classes
+    balanced, each batch's texts of similar length."""
+    from mlsmith.data.text import TextBatches
+
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 50, size=400).astype(np.int32)
+    inputs = {"input_ids": np.ones((400, 50), dtype=np.int32), "lengths": lengths}
+    target = (np.arange(400) % 10 == 0).astype(np.int64)  # 10% class 1
+    batches = TextBatches(inputs, target, BatchOptions(16, shuffle=True, seed=1, balanced=True))
+    drawn = batches.permutation(400)
+    assert len(drawn) == 400 and 150 <= int(target[drawn.numpy()].sum()) <= 250
+    spread = [np.ptp(lengths[drawn[i : i + 16].numpy()]) for i in range(0, 400, 16)]
+    assert np.mean(spread) < 25  # a random batch of 1..49 spans about 44
+
+
 def test_resume_mid_epoch_with_the_balanced_sampler_is_bit_identical(tmp_path: Path) -> None:
     """The sampler draws from the batches' generator, which the Trainer rewinds: a run crashed
     mid-epoch and resumed ends with exactly the weights and history of an uninterrupted one."""
@@ -319,6 +335,19 @@ def test_classification_settings_on_a_regression_exit_2(
     result = cli("train", config, override)
     assert result.code == 2
     assert f"{key}: " in result.stderr and "regression" in result.stderr
+
+
+def test_training_settings_on_boosted_trees_exit_2(
+    cli: Any, tables: dict[str, Path], tmp_path: Path
+) -> None:
+    pytest.importorskip("lightgbm")
+    settings = config_dict(tables["binary"], tmp_path / "runs")
+    settings["model"] = {"type": "lightgbm", "n_estimators": 5}
+    config = tmp_path / "trees.yaml"
+    config.write_text(json.dumps(settings))
+    result = cli("train", config, "train.class_weights=auto")
+    assert result.code == 2
+    assert "train.class_weights: applies to the torch families only" in result.stderr
 
 
 def test_threshold_on_a_multiclass_task_exits_2(
