@@ -254,9 +254,12 @@ def test_auto_threshold_is_chosen_on_val_and_recorded(thresholded: Any) -> None:
     assert matrix[1][1] == int(((predictions["target"] == "rare") & (expected == "rare")).sum())
 
 
-def test_predict_uses_the_threshold(thresholded: Any, tables: Any) -> None:
+def test_predict_uses_the_threshold(
+    thresholded: Any, tables: Any, cli: Any, tmp_path: Path
+) -> None:
     """A row whose probability lies between the threshold and 0.5 is predicted 'rare', by
-    Run.predict, by a reloaded run and by the package's decoder (what `serve` answers with)."""
+    Run.predict, a reloaded run, `mlsmith predict` and the package's decoder (what `serve`
+    answers with)."""
     run = thresholded
     value = run.info["threshold"]["value"]
     frame = pd.read_csv(tables["binary"])
@@ -266,6 +269,11 @@ def test_predict_uses_the_threshold(thresholded: Any, tables: Any) -> None:
     assert (predicted.loc[between, "prediction"] == "rare").all()
     reloaded = mlsmith.load_run(run.path).predict(frame)
     assert (reloaded["prediction"] == predicted["prediction"]).all()
+    # `mlsmith predict`, chunk by chunk.
+    output = tmp_path / "predictions.csv"
+    result = cli("predict", run.path, "--input", tables["binary"], "--output", output)
+    assert result.code == 0, result.stderr
+    assert (pd.read_csv(output)["prediction"] == predicted["prediction"]).all()
 
     state = json.loads((run.path / "preprocessing.json").read_text())
     decoder = Decoder(state["task"])

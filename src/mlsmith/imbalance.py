@@ -65,9 +65,14 @@ def configure_task(cfg: Config, task: Task, train_target: np.ndarray, model: Mod
             f"{task.kind} (target '{cfg.data.target}'); remove eval.threshold"
         )
     task.threshold = threshold if isinstance(threshold, float) and threshold != 0.5 else None
+    configure_loss(cfg.train, task, train_target)
+
+
+def configure_loss(train: TrainConfig, task: Task, train_target: np.ndarray) -> None:
+    """Set a classification task's loss options (class weights, focal, smoothing) from
+    ``train``; a regression task's loss has none."""
     if not isinstance(task, ClassificationTask):
         return
-    train = cfg.train
     weights = class_weights(train.class_weights, task, train_target)
     if weights is not None:
         log.info(

@@ -407,6 +407,11 @@ def export_run(
     if rows is None:
         raise DataError(f"{run.path}: the run's data has no test or validation rows to check on")
     training = training_rows(data) if settings.quantize or settings.prune else None
+    if settings.prune:
+        from mlsmith.imbalance import configure_loss
+
+        # Pruning fine-tunes with the loss the run trained with (class weights, focal...).
+        configure_loss(cfg.train, model.task, data.train.target)
     target = Path(output) if output else run.path / PACKAGE_DIR
     export = write_package(
         run.path,
