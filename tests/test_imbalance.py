@@ -28,6 +28,7 @@ from mlsmith.errors import ConfigError
 from mlsmith.evaluation import choose_threshold, classification_metrics, confusion
 from mlsmith.imbalance import class_weights
 from mlsmith.runtime.outputs import Decoder
+from mlsmith.runtime.package import package_format
 from mlsmith.serving.models import Answer
 from mlsmith.tasks import BinaryTask, MulticlassTask
 from mlsmith.training.checkpoint import BEST, LAST, load_checkpoint
@@ -276,6 +277,9 @@ def test_predict_uses_the_threshold(
     assert (pd.read_csv(output)["prediction"] == predicted["prediction"]).all()
 
     state = json.loads((run.path / "preprocessing.json").read_text())
+    # A package of this task says format 2, which runtimes that ignore thresholds refuse.
+    assert package_format(state["task"]) == 2
+    assert package_format({"kind": "binary", "classes": ["a", "b"]}) == 1
     decoder = Decoder(state["task"])
     p = predicted["proba_rare"].to_numpy()
     raw = np.log(p / (1 - p))[:, None]  # the logits the network would output
