@@ -82,6 +82,8 @@ def test_class_weights_and_the_balanced_sampler_raise_balanced_accuracy(
     ):
         run = train(tables[kind], tmp_path / name, train=options)
         scores[name] = run.metrics["test"]["balanced_accuracy"]["value"]
+        noted = any("class weights in the loss" in note for note in run.info["observations"])
+        assert noted == (name == "weights")
     assert scores["weights"] > scores["none"] + 0.05, scores
     assert scores["sampler"] > scores["none"] + 0.05, scores
 
@@ -243,6 +245,10 @@ def test_auto_threshold_is_chosen_on_val_and_recorded(thresholded: Any) -> None:
     assert (record["objective"], record["target_recall"]) == ("recall", 0.95)
     value = record["value"]
     assert 0.0 < value < 0.5
+    assert any(
+        note.startswith(f"decision threshold {value:.4g} for 'rare'")
+        for note in run.info["observations"]
+    )
     assert run.metrics["test"]["threshold"] == record
     assert run.metrics["val"]["threshold"] == record
     preprocessing = json.loads((run.path / "preprocessing.json").read_text())

@@ -157,3 +157,22 @@ def fit_threshold(cfg: Config, model: Model, val: Split) -> dict[str, Any] | Non
         setting.threshold_for,
     )
     return {"value": chosen, "chosen_on": "val", **objective}
+
+
+def imbalance_notes(task: Task, threshold: dict[str, Any] | None) -> list[str]:
+    """One-line facts for the report: the class weights the loss used, the decision threshold."""
+    notes = []
+    weights = task.loss_options.weights if isinstance(task, ClassificationTask) else None
+    if weights is not None:
+        pairs = ", ".join(f"{c} {w:.3g}" for c, w in zip(task.classes, weights, strict=True))
+        notes.append(f"class weights in the loss: {pairs}")
+    if threshold is not None and threshold["chosen_on"] != "default":
+        where = {"val": "chosen on the validation split", "config": "set by eval.threshold"}
+        objective = threshold.get("objective")
+        goal = {"f1": " (best F1)", "recall": f" (recall >= {threshold.get('target_recall')})"}
+        goal_text = goal.get(objective, "") if objective else ""
+        notes.append(
+            f"decision threshold {threshold['value']:.4g} for '{task.classes[1]}', "
+            f"{where[threshold['chosen_on']]}{goal_text}: test metrics and predictions use it"
+        )
+    return notes

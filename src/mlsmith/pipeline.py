@@ -82,7 +82,7 @@ def run_training(
     epoch_lines: bool = True,
 ) -> Run:
     """Train, evaluate on the held-out test split and track one run (see ``mlsmith.train``)."""
-    from mlsmith.imbalance import fit_threshold
+    from mlsmith.imbalance import fit_threshold, imbalance_notes
     from mlsmith.models.base import FitContext
     from mlsmith.registry import register_after_training
     from mlsmith.tracking import Tracker, final_metrics, run_tags
@@ -185,7 +185,7 @@ def run_training(
         best_epoch=summary.best_epoch,
         stopped_early=summary.stopped_early,
         epochs_run=len(summary.history),
-        observations=_observations(cfg, summary),
+        observations=_observations(cfg, summary) + imbalance_notes(model.task, threshold),
         train_seconds=info.get("train_seconds", 0.0) + time.perf_counter() - started,
         finished=time.time(),
     )
