@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import yaml
 from tests.conftest import config_dict
 from tests.training.test_trainer import (
     Crash,
@@ -308,6 +309,20 @@ def test_a_fixed_threshold_is_used_and_recorded(tables: dict[str, Path], tmp_pat
 
 
 # --- bad settings -------------------------------------------------------------------------------
+
+
+def test_settings_round_trip_through_the_resolved_config(tmp_path: Path) -> None:
+    """What config.yaml stores (and --resume compares) reloads to the same settings."""
+    from mlsmith.config import load_config
+
+    raw = config_dict("data.csv", tmp_path)
+    raw["train"] |= {"class_weights": {0: 1, 1: 9.5}, "loss": "focal", "label_smoothing": 0.1}
+    raw["eval"] |= {"threshold": "auto", "threshold_for": "recall", "target_recall": 0.8}
+    config = load_config(raw)
+    assert config.train.class_weights == {"0": 1.0, "1": 9.5}
+    reloaded = load_config(yaml.safe_load(config.to_yaml()))
+    assert reloaded == config and reloaded.flat() == config.flat()
+    assert load_config(raw, ["eval.threshold=0.25"]).eval.threshold == 0.25
 
 
 @pytest.mark.parametrize(
