@@ -346,6 +346,7 @@ def score_baseline(
     n_resamples: int,
     confidence: float,
     seed: int,
+    threshold: float | None = None,
 ) -> BaselineScores:
     """The baseline's and the majority's metrics with CIs on each split, and the paired
     difference model - baseline on the held-out split (test, else val)."""
@@ -363,7 +364,12 @@ def score_baseline(
     }
     held_out = splits[-1]
     difference = paired_differences(
-        kind, truths[held_out], model_outputs[held_out], baseline.outputs[held_out], **options
+        kind,
+        truths[held_out],
+        model_outputs[held_out],
+        baseline.outputs[held_out],
+        thresholds=(threshold, None),  # the model decides as its predictions do
+        **options,
     )
     sections[DIFFERENCE_KEY] = {held_out: difference}
     metric = VERDICT_METRIC[kind]

@@ -42,6 +42,8 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
+from mlsmith.runtime.outputs import predicted_classes
+
 CLASSIFICATION_METRICS: tuple[str, ...] = (
     "accuracy",
     "balanced_accuracy",
@@ -74,17 +76,21 @@ _EPS = float(np.finfo(np.float64).eps)
 _WeightedMetrics = Callable[[np.ndarray], dict[str, np.ndarray]]
 
 
-def classification_metrics(y_true: np.ndarray, proba: np.ndarray) -> dict[str, float]:
+def classification_metrics(
+    y_true: np.ndarray, proba: np.ndarray, threshold: float | None = None
+) -> dict[str, float]:
     """Every metric in :data:`CLASSIFICATION_METRICS` for class indices and probabilities.
 
     ``y_true`` holds class indices in ``[0, C)``, ``proba`` is ``(n, C)`` with rows summing to 1;
-    with ``C == 2`` the positive class is index 1. The predicted class is ``argmax(proba)``.
+    with ``C == 2`` the positive class is index 1. The predicted class is ``argmax(proba)``, or
+    with a ``threshold`` (two classes) the positive one where ``proba[:, 1] >= threshold``; the
+    ranking metrics (ROC-AUC, PR-AUC) and log loss read the probabilities either way.
     Metrics that are undefined for this sample (see the module docstring) are NaN.
     """
     y, proba = _check_classification(y_true, proba)
     n_classes = proba.shape[1]
     labels = np.arange(n_classes)
-    pred = proba.argmax(axis=1)
+    pred = predicted_classes(proba, threshold)
     prf = {"labels": labels, "zero_division": 0}
     # balanced_accuracy_score is exactly this (mean recall over the classes present in y_true),
     # but it warns on the absent classes and single-class sets that small samples produce.
@@ -129,14 +135,16 @@ def regression_metrics(y_true: np.ndarray, y_pred: np.ndarray) -> dict[str, floa
     return {name: float(values[name]) for name in REGRESSION_METRICS}
 
 
-def point_metrics(kind: str, y_true: np.ndarray, outputs: np.ndarray) -> dict[str, float]:
+def point_metrics(
+    kind: str, y_true: np.ndarray, outputs: np.ndarray, *, threshold: float | None = None
+) -> dict[str, float]:
     """Every metric of ``kind`` from the vectorised implementation, for per-epoch validation.
 
     Equal to :func:`classification_metrics` / :func:`regression_metrics` up to float rounding,
     but 10-50x faster: scikit-learn's per-call input validation would otherwise cost a training
     loop several percent of its throughput on small epochs.
     """
-    values = _weighted_metric_fn(kind, y_true, outputs)(np.ones((1, len(y_true))))
+    values = _weighted_metric_fn(kind, y_true, outputs, threshold)(np.ones((1, len(y_true))))
     if kind == "regression":
         names = REGRESSION_METRICS
     else:
@@ -144,11 +152,46 @@ def point_metrics(kind: str, y_true: np.ndarray, outputs: np.ndarray) -> dict[st
     return {name: float(values[name][0]) for name in names}
 
 
-def confusion(y_true: np.ndarray, proba: np.ndarray) -> list[list[int]]:
-    """Confusion matrix over all ``C`` classes; rows are true classes, columns predicted ones."""
+def confusion(
+    y_true: np.ndarray, proba: np.ndarray, threshold: float | None = None
+) -> list[list[int]]:
+    """Confusion matrix over all ``C`` classes; rows are true classes, columns predicted ones
+    (argmax, or the binary ``threshold``)."""
     y, proba = _check_classification(y_true, proba)
-    matrix = confusion_matrix(y, proba.argmax(axis=1), labels=np.arange(proba.shape[1]))
+    pred = predicted_classes(proba, threshold)
+    matrix = confusion_matrix(y, pred, labels=np.arange(proba.shape[1]))
     return matrix.tolist()
+
+
+def choose_threshold(
+    y_true: np.ndarray, positive: np.ndarray, objective: str, target_recall: float = 0.9
+) -> float | None:
+    """The decision threshold on the positive class's probability that best meets ``objective``.
+
+    ``y_true`` holds 0 / 1, ``positive`` the positive class's probabilities; a row is predicted
+    positive when its probability is >= the threshold, so the candidates are the probabilities
+    themselves. ``f1``: the threshold with the highest F1 (the highest one among ties);
+    ``recall``: the highest threshold whose recall reaches ``target_recall``. None when there
+    is no positive row to choose on.
+    """
+    y = np.asarray(y_true).astype(bool)
+    scores = np.asarray(positive, dtype=np.float64)
+    n_pos = int(y.sum())
+    if n_pos == 0:
+        return None
+    order = np.argsort(-scores, kind="stable")
+    sorted_scores, hits = scores[order], y[order]
+    # Threshold at a score keeps every row scoring at or above it: the last row of each run of
+    # equal scores holds the counts for that threshold.
+    last = np.flatnonzero(np.append(np.diff(sorted_scores) != 0, True))
+    tp = np.cumsum(hits)[last]
+    kept = last + 1
+    candidates = sorted_scores[last]
+    if objective == "recall":
+        reached = np.flatnonzero(tp >= target_recall * n_pos - 1e-12)
+        return float(candidates[reached[0]])
+    f1 = 2.0 * tp / (kept + n_pos)  # 2 tp / (2 tp + fp + fn), with tp + fp = kept
+    return float(candidates[int(np.argmax(f1))])
 
 
 def bootstrap_cis(
@@ -159,6 +202,7 @@ def bootstrap_cis(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    threshold: float | None = None,
 ) -> dict[str, tuple[float, float]]:
     """Percentile-bootstrap confidence intervals for every metric of ``kind``.
 
@@ -170,7 +214,7 @@ def bootstrap_cis(
         raise ValueError(f"n_resamples must be at least 1, got {n_resamples}")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    metric_fn = _weighted_metric_fn(kind, y_true, outputs)
+    metric_fn = _weighted_metric_fn(kind, y_true, outputs, threshold)
     parts = [metric_fn(w) for w in _resample_weights(len(y_true), n_resamples, seed)]
     tail = 100.0 * (1.0 - confidence) / 2.0
     cis: dict[str, tuple[float, float]] = {}
@@ -193,16 +237,17 @@ def paired_differences(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    thresholds: tuple[float | None, float | None] = (None, None),
 ) -> dict[str, dict[str, float | list[float | None] | None]]:
     """Every metric of ``kind`` for two models' outputs on the same rows, ready for JSON:
     ``{metric: {"value": a - b, "ci95": [low, high], "a": a, "b": b}}``.
 
     The interval is the paired percentile bootstrap: both are scored on each resample, so
     what the rows share cancels out. Undefined numbers are ``None``; without resamples the
-    interval is left out.
+    interval is left out. ``thresholds``: each one's binary decision threshold (None: argmax).
     """
-    metric_a = _weighted_metric_fn(kind, y_true, outputs_a)
-    metric_b = _weighted_metric_fn(kind, y_true, outputs_b)
+    metric_a = _weighted_metric_fn(kind, y_true, outputs_a, thresholds[0])
+    metric_b = _weighted_metric_fn(kind, y_true, outputs_b, thresholds[1])
     whole = np.ones((1, len(y_true)))
     point_a, point_b = metric_a(whole), metric_b(whole)
     parts: list[dict[str, np.ndarray]] = []
@@ -240,14 +285,16 @@ def paired_difference(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    thresholds: tuple[float | None, float | None] = (None, None),
 ) -> tuple[float, float, float, float, float]:
     """``(a, b, a - b, low, high)``: ``metric`` of two models' outputs on the same rows, their
     difference and its paired percentile-bootstrap interval (both scored on every resample).
 
-    The same ``seed`` gives the same interval; (nan, nan) when the metric is never defined.
+    ``thresholds``: each model's binary decision threshold (None: argmax). The same ``seed``
+    gives the same interval; (nan, nan) when the metric is never defined.
     """
-    metric_a = _weighted_metric_fn(kind, y_true, outputs_a)
-    metric_b = _weighted_metric_fn(kind, y_true, outputs_b)
+    metric_a = _weighted_metric_fn(kind, y_true, outputs_a, thresholds[0])
+    metric_b = _weighted_metric_fn(kind, y_true, outputs_b, thresholds[1])
     whole = np.ones((1, len(y_true)))
     a, b = float(metric_a(whole)[metric][0]), float(metric_b(whole)[metric][0])
     values = np.concatenate(
@@ -284,8 +331,11 @@ def evaluate_outputs(
     n_resamples: int = 1000,
     confidence: float = 0.95,
     seed: int = 0,
+    threshold: float | None = None,
 ) -> dict[str, dict[str, float | list[float | None] | None]]:
     """Point values and bootstrap intervals, ready for ``json.dumps(..., allow_nan=False)``.
+
+    ``threshold``: a binary task's decision threshold (see :func:`classification_metrics`).
 
     Returns ``{"accuracy": {"value": 0.93, "ci95": [0.91, 0.95]}, ...}``. Non-finite numbers
     (undefined metrics) become ``None``. The interval key is ``"ci95"`` whatever ``confidence``
@@ -295,10 +345,16 @@ def evaluate_outputs(
     if kind == "regression":
         points = regression_metrics(y_true, outputs)
     else:
-        points = classification_metrics(y_true, outputs)
+        points = classification_metrics(y_true, outputs, threshold)
     cis = (
         bootstrap_cis(
-            kind, y_true, outputs, n_resamples=n_resamples, confidence=confidence, seed=seed
+            kind,
+            y_true,
+            outputs,
+            n_resamples=n_resamples,
+            confidence=confidence,
+            seed=seed,
+            threshold=threshold,
         )
         if n_resamples > 0
         else {}
@@ -326,18 +382,22 @@ def _weighted_metrics(
     return _weighted_metric_fn(kind, y_true, outputs)(np.asarray(weights, dtype=np.float64))
 
 
-def _weighted_metric_fn(kind: str, y_true: np.ndarray, outputs: np.ndarray) -> _WeightedMetrics:
+def _weighted_metric_fn(
+    kind: str, y_true: np.ndarray, outputs: np.ndarray, threshold: float | None = None
+) -> _WeightedMetrics:
     """Do the per-row work (encoding, sorting) once; the result maps weights to metrics."""
     _check_kind(kind, outputs)
     if kind == "regression":
         return _regression_weighted(*_check_regression(y_true, outputs))
-    return _classification_weighted(*_check_classification(y_true, outputs))
+    return _classification_weighted(*_check_classification(y_true, outputs), threshold)
 
 
-def _classification_weighted(y: np.ndarray, proba: np.ndarray) -> _WeightedMetrics:
+def _classification_weighted(
+    y: np.ndarray, proba: np.ndarray, threshold: float | None = None
+) -> _WeightedMetrics:
     n, n_classes = proba.shape
     true_hot = np.eye(n_classes)[y]
-    pred_hot = np.eye(n_classes)[proba.argmax(axis=1)]
+    pred_hot = np.eye(n_classes)[predicted_classes(proba, threshold)]
     loss = -np.log(np.clip(proba[np.arange(n), y], _EPS, 1.0 - _EPS))
     # One matrix product gives, per resample, class supports, predicted counts, true positives
     # and the summed log loss.

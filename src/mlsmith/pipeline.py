@@ -63,6 +63,7 @@ def build(cfg: Config, *, preprocessor: Preprocessor | None = None) -> tuple[Pre
     ``preprocessor`` (a resumed run's) is used instead of fitting a new one.
     """
     from mlsmith import families
+    from mlsmith.imbalance import configure_task
     from mlsmith.training.reproducibility import seed_everything
 
     seed_everything(cfg.seed)
@@ -70,6 +71,8 @@ def build(cfg: Config, *, preprocessor: Preprocessor | None = None) -> tuple[Pre
     # Seed again so the initial weights do not depend on how much randomness data prep used.
     seed_everything(cfg.seed)
     model = families.model_family(cfg.model.type)(cfg, data.preprocessor)
+    # Class weights, focal loss, label smoothing and a fixed threshold, checked against the task.
+    configure_task(cfg, data.task, data.train.target, model)
     return data, model
 
 
@@ -82,6 +85,7 @@ def run_training(
     epoch_lines: bool = True,
 ) -> Run:
     """Train, evaluate on the held-out test split and track one run (see ``mlsmith.train``)."""
+    from mlsmith.imbalance import fit_threshold, imbalance_notes
     from mlsmith.models.base import FitContext
     from mlsmith.registry import register_after_training
     from mlsmith.tracking import Tracker, final_metrics, run_tags
@@ -184,6 +188,12 @@ def run_training(
                 package_training = training_rows(data)  # encoded as the kept fold's model reads
         else:
             summary = model.fit(data, context)
+        threshold = fit_threshold(cfg, model, data.val)
+        if threshold is not None:
+            # The task now holds the threshold: saved with it, predict and the package use it.
+            data.preprocessor.save(run_dir)
+            info["threshold"] = threshold
+            write_json(run_dir / INFO_FILE, info)
         run = Run(run_dir)
         run.model = model
         scored = {"val": run.score_split(data.val, "val")}
@@ -202,7 +212,7 @@ def run_training(
         best_epoch=summary.best_epoch,
         stopped_early=summary.stopped_early,
         epochs_run=len(summary.history),
-        observations=_observations(cfg, summary, compared),
+        observations=_observations(cfg, summary, compared) + imbalance_notes(model.task, threshold),
         train_seconds=info.get("train_seconds", 0.0) + time.perf_counter() - started,
         finished=time.time(),
     )
@@ -493,6 +503,11 @@ def export_run(
     if rows is None:
         raise DataError(f"{run.path}: the run's data has no test or validation rows to check on")
     training = training_rows(data) if settings.quantize or settings.prune else None
+    if settings.prune:
+        from mlsmith.imbalance import configure_loss
+
+        # Pruning fine-tunes with the loss the run trained with (class weights, focal...).
+        configure_loss(cfg.train, model.task, data.train.target)
     target = Path(output) if output else run.path / PACKAGE_DIR
     export = write_package(
         run.path,
@@ -595,6 +610,7 @@ def _score_baseline(
             n_resamples=cfg.eval.bootstrap,
             confidence=cfg.eval.confidence,
             seed=cfg.seed,
+            threshold=getattr(run.model.task, "threshold", None),
         )
     except Exception as error:  # a comparison must never cost the user the run
         log.warning("baseline not scored (%s: %s)", type(error).__name__, error)

@@ -21,8 +21,9 @@ if TYPE_CHECKING:
 
 
 def decoded_frame(task: Task, decoded: np.ndarray) -> pd.DataFrame:
-    """``prediction`` (original labels or values) and, for classes, ``proba_<class>`` columns."""
-    return output_frame(task.classes, decoded)
+    """``prediction`` (original labels or values) and, for classes, ``proba_<class>`` columns;
+    a binary task's threshold decides the label."""
+    return output_frame(task.classes, decoded, task.threshold)
 
 
 def predict_frame(model: Model, frame: pd.DataFrame, source: str = "input") -> pd.DataFrame:

@@ -10,8 +10,9 @@ A run directory is the complete, self-describing record of one training run::
         preflight.json       the pre-flight checks run before training
         preprocessing.json   the fitted preprocessing (raw rows in, model inputs out)
         checkpoints/         best.pt and last.pt
-        metrics.json         split -> metric -> {"value", "ci95"}, plus the sections in
-                             SECTION_KEYS (baseline, cv...); schema:
+        metrics.json         split -> metric -> {"value", "ci95"} (and a binary run's
+                             "threshold" -> {"value", "chosen_on", "objective"}), plus the
+                             sections in SECTION_KEYS (baseline, cv...); schema:
                              mlsmith/schemas/metrics.schema.json
         cv/fold-<k>/         each cross-validation fold's preprocessing, model and history
         confusion_matrix.json, test_predictions.csv   (classification / all tasks)
@@ -309,13 +310,19 @@ class Run:
             n_resamples=self.config.eval.bootstrap,
             confidence=self.config.eval.confidence,
             seed=self.config.seed,
+            threshold=task.threshold,
         )
+        if task.threshold is not None:
+            # The threshold these labels were decided with, and where it came from.
+            recorded = self.info.get("threshold") or {}
+            metrics["threshold"] = {**recorded, "value": task.threshold}
         self._merge_json(METRICS_FILE, name, metrics)
         if task.is_classification:
+            matrix = confusion(truth, decoded, task.threshold)
             self._merge_json(
                 CONFUSION_FILE,
                 name,
-                {"labels": [str(c) for c in task.classes], "matrix": confusion(truth, decoded)},
+                {"labels": [str(c) for c in task.classes], "matrix": matrix},
             )
         if name == "test":
             self._write_predictions(truth, decoded)

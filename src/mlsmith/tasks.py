@@ -16,6 +16,7 @@ import numpy as np
 
 from mlsmith.columns import numbers_as_text
 from mlsmith.errors import DataError
+from mlsmith.losses import LossOptions, binary_loss, multiclass_loss
 from mlsmith.runtime import outputs
 
 if TYPE_CHECKING:
@@ -34,6 +35,9 @@ class Task(ABC):
     kind: ClassVar[str]
     # Labels in output order for classification; empty for regression.
     classes: list[Any] = []  # noqa: RUF012 (overridden per instance, never mutated)
+    # Binary only: the positive class is predicted when its probability is >= this; None: the
+    # most probable class (argmax). Saved with the task, so prediction and packages use it.
+    threshold: float | None = None
 
     @property
     @abstractmethod
@@ -84,13 +88,20 @@ class Task(ABC):
         """Point metrics (no intervals) for per-epoch validation."""
         from mlsmith import evaluation
 
-        return evaluation.point_metrics(self.kind, truth, decoded)
+        return evaluation.point_metrics(self.kind, truth, decoded, threshold=self.threshold)
 
 
 class ClassificationTask(Task):
     def __init__(self, classes: list[Any]) -> None:
         self.classes = list(classes)
         self._index = {_label_key(c): i for i, c in enumerate(self.classes)}
+        # How the training loss treats imbalance (class weights, focal, smoothing): a training
+        # setting, set from the config by mlsmith.imbalance, not saved with the task.
+        self.loss_options = LossOptions()
+
+    def class_index(self, label: Any) -> int | None:
+        """The output index of ``label`` (compared by its text, as the data's labels are)."""
+        return self._index.get(_label_key(label))
 
     def encode(self, target: pd.Series) -> np.ndarray:
         keys = [_label_key(v) for v in target.tolist()]
@@ -112,10 +123,13 @@ class ClassificationTask(Task):
         return [c for c in self.classes if _label_key(c) not in present]
 
     def labels(self, decoded: np.ndarray) -> np.ndarray:
-        return outputs.class_labels(self.classes, decoded)
+        return outputs.class_labels(self.classes, decoded, self.threshold)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"kind": self.kind, "classes": self.classes}
+        state: dict[str, Any] = {"kind": self.kind, "classes": self.classes}
+        if self.threshold is not None:
+            state["threshold"] = self.threshold
+        return state
 
 
 class BinaryTask(ClassificationTask):
@@ -131,6 +145,8 @@ class BinaryTask(ClassificationTask):
         return super().encode(target).astype(np.float32)
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not self.loss_options.is_plain:
+            return binary_loss(output, target, self.loss_options)
         import torch.nn.functional as F
 
         return F.binary_cross_entropy_with_logits(output.float().squeeze(-1), target)
@@ -147,6 +163,8 @@ class MulticlassTask(ClassificationTask):
         return len(self.classes)
 
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        if not self.loss_options.is_plain:
+            return multiclass_loss(output, target, self.loss_options)
         import torch.nn.functional as F
 
         return F.cross_entropy(output.float(), target)
@@ -280,7 +298,10 @@ def task_from_dict(state: dict[str, Any]) -> Task:
     kind = state["kind"]
     if kind == "regression":
         return RegressionTask(state["mean"], state["std"])
-    return (BinaryTask if kind == "binary" else MulticlassTask)(state["classes"])
+    task = (BinaryTask if kind == "binary" else MulticlassTask)(state["classes"])
+    if kind == "binary" and state.get("threshold") is not None:
+        task.threshold = float(state["threshold"])
+    return task
 
 
 def _all_integral(values: pd.Series) -> bool:

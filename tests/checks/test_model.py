@@ -15,6 +15,7 @@ from mlsmith.checks.model import (
     parameter_counts,
 )
 from mlsmith.config import OptimizerConfig, TrainConfig
+from mlsmith.losses import LossOptions
 from mlsmith.tasks import BinaryTask, MulticlassTask, RegressionTask
 
 THREE = MulticlassTask(["a", "b", "c"])
@@ -167,6 +168,19 @@ def test_a_suspiciously_low_initial_loss_warns() -> None:
     assert "leaked target" in result.detail
 
 
+def test_focal_loss_and_class_weights_move_the_expected_initial_loss() -> None:
+    """Focal loss (with class weights) of uniform predictions is well below ln(2): the check
+    expects that loss, with no false "leaked target"."""
+    y = torch.tensor([0.0, 1.0, 1.0, 0.0])
+    focal = BinaryTask(["no", "yes"])
+    focal.loss_options = LossOptions(focal_gamma=2.0, weights=(1.0, 1.5))
+    zeros = torch.zeros(4, 1)
+    loss = float(focal.loss(zeros, y))
+    result = initial_loss(loss, zeros, y, focal)
+    assert result.status == "pass" and "configured loss of uniform predictions" in result.detail
+    assert initial_loss(loss, zeros, y, BinaryTask(["no", "yes"])).status == "warn"
+
+
 def test_an_output_shape_mismatch_fails() -> None:
     results = step(Net(outputs=2))  # 3 classes, 2 outputs
     assert list(results) == ["output shape"]
@@ -201,6 +215,18 @@ def test_overfitting_one_batch_passes_with_a_sensible_learning_rate() -> None:
     assert result.status == "pass"
     assert result.detail.startswith("loss 1.")
     assert "steps on 16 rows" in result.detail
+
+
+def test_overfitting_with_label_smoothing_is_judged_without_it() -> None:
+    """Smoothed targets keep the loss above a floor (0.64 for s=0.3 over 3 classes); the check
+    memorises on the plain loss and passes, and leaves the task's own options alone."""
+    torch.manual_seed(0)
+    x, y = batch()
+    smoothed = MulticlassTask(["a", "b", "c"])
+    smoothed.loss_options = LossOptions(label_smoothing=0.3)
+    result = overfit_one_batch(Net(), {"x": x}, y, smoothed, OptimizerConfig(lr=0.01))
+    assert result.status == "pass"
+    assert smoothed.loss_options.label_smoothing == 0.3
 
 
 def test_overfitting_fails_with_an_absurdly_low_learning_rate_and_lists_causes() -> None:

@@ -348,8 +348,11 @@ def test_streamed_batches_equal_cached_batches(tmp_path: Path, workers: int) -> 
     )
     stream.preprocessor.mean = memory.preprocessor.mean  # type: ignore[attr-defined]
     stream.preprocessor.std = memory.preprocessor.std  # type: ignore[attr-defined]
-    for train in (False, True):
-        options = BatchOptions(4, shuffle=train, seed=3, drop_last=train, train=train)
+    # Plain, shuffled and augmented, then drawn by the balanced sampler: the same batches.
+    for train, balanced in ((False, False), (True, False), (True, True)):
+        options = BatchOptions(
+            4, shuffle=train, seed=3, drop_last=train, train=train, balanced=balanced
+        )
         cached = memory.preprocessor.batches(memory.train.inputs, memory.train.target, options)
         streamed = stream.preprocessor.batches(stream.train.inputs, stream.train.target, options)
         assert isinstance(streamed, StreamBatches)

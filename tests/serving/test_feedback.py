@@ -65,6 +65,21 @@ def test_binary_metrics_match_sklearn_over_multi_row_requests() -> None:
     assert report["shadow"] is None
 
 
+def test_binary_metrics_use_the_packages_threshold() -> None:
+    """A package with a decision threshold answers p >= threshold; its live accuracy scores
+    those labels, not the most probable class."""
+    rng = np.random.default_rng(1)
+    classes = ["no", "yes"]
+    store = FeedbackStore("binary", classes, n_resamples=50, threshold=0.3)
+    proba = random_proba(rng, 200, 2)
+    y = noisy_labels(rng, proba)
+    store.record("r", "champion", proba_frame(classes, proba))
+    store.add_labels(["r"], [[classes[k] for k in y]])
+    accuracy = store.report()["variants"]["champion"]["metrics"]["accuracy"]["value"]
+    assert accuracy == pytest.approx(accuracy_score(y, proba[:, 1] >= 0.3))
+    assert accuracy != pytest.approx(accuracy_score(y, proba.argmax(axis=1)))
+
+
 def test_multiclass_auc_is_macro_ovr_and_only_with_every_class() -> None:
     rng = np.random.default_rng(1)
     classes = [0, 1, 2]

@@ -9,12 +9,14 @@ Expected initial losses: a classifier whose logits start near zero predicts ever
 so its cross-entropy is ln(C) whatever the labels (binary: one logit, BCE = ln 2). Regression
 targets are standardised on train, so predicting ~0 scores the batch's mean squared target (~1);
 untrained outputs with a wide spread add their variance on top, which is what the check is for.
-Outside 0.5x-1.5x of the expected value it warns.
+With class weights, focal loss or label smoothing the reference is the configured loss of uniform
+predictions on the batch instead of ln(C). Outside 0.5x-1.5x of the expected value it warns.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -191,9 +193,15 @@ def initial_loss(
             "fail",
             f"loss is {loss} on a real batch: look for extreme input values or a broken layer",
         )
-    if isinstance(task, ClassificationTask):
+    if isinstance(task, ClassificationTask) and task.loss_options.is_plain:
         expected = math.log(len(task.classes))
         reference = f"ln({len(task.classes)}) = {expected:.3f}"
+    elif isinstance(task, ClassificationTask):
+        # Class weights, focal loss or label smoothing move the loss of uniform predictions
+        # away from ln(C): the reference is that loss itself, on this batch.
+        with torch.no_grad():
+            expected = float(task.loss(torch.zeros_like(output, dtype=torch.float32), target))
+        reference = f"{expected:.3f} (the configured loss of uniform predictions)"
     else:
         # Judged against zero outputs: large untrained outputs are what this check is for.
         expected = float(target.float().square().mean())
@@ -267,6 +275,16 @@ def gradient_flow(
     )
 
 
+def _without_smoothing(task: Task) -> Task:
+    """``task`` with label smoothing off: smoothed targets put a floor under the loss that no
+    amount of memorising gets below, so the 90% drop is judged on the unsmoothed loss."""
+    if not isinstance(task, ClassificationTask) or task.loss_options.label_smoothing == 0.0:
+        return task
+    unsmoothed = copy.copy(task)
+    unsmoothed.loss_options = dataclasses.replace(task.loss_options, label_smoothing=0.0)
+    return unsmoothed
+
+
 def overfit_one_batch(
     network: torch.nn.Module,
     inputs: Inputs,
@@ -288,6 +306,7 @@ def overfit_one_batch(
     from mlsmith.training.step import optimizer_step
 
     name = "one-batch overfit"
+    task = _without_smoothing(task)
     opt = build_optimizer(network, optimizer)
     network.train()
     network.zero_grad(set_to_none=True)  # the earlier checks' gradients are not this step's

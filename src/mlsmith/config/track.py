@@ -3,9 +3,9 @@ model card (``card:``)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import ConfigDict, Field
+from pydantic import ConfigDict, Field, field_validator
 
 from mlsmith.config.base import Section
 from mlsmith.config.export import RegisterConfig
@@ -73,6 +73,29 @@ class EvalConfig(Section):
         description="cross-validate on the training split first, e.g. {folds: 5}; tabular "
         "data only; results under `cv` in metrics.json; null: off",
     )
+    threshold: float | Literal["auto"] = Field(
+        0.5,
+        description="binary: predict the positive class when its probability >= this; auto: "
+        "chosen on the validation split (see threshold_for), then used for test metrics, "
+        "predict and the package",
+    )
+    threshold_for: Literal["f1", "recall"] = Field(
+        "f1",
+        description="threshold=auto: maximise F1, or the highest threshold reaching target_recall",
+    )
+    target_recall: float = Field(
+        0.9, gt=0.0, le=1.0, description="threshold_for=recall: the recall to reach on val"
+    )
+
+    @field_validator("threshold", mode="before")
+    @classmethod
+    def _threshold(cls, value: Any) -> Any:
+        if value == "auto":
+            return value
+        number = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if not number or not 0.0 < value < 1.0:
+            raise ValueError("expected a probability between 0 and 1 (exclusive) or 'auto'")
+        return float(value)
 
 
 class CardConfig(Section):

@@ -177,6 +177,49 @@ class TrainConfig(Section):
     def _duration(cls, value: Any) -> Any:
         return parse_duration(value)
 
+    class_weights: str | dict[str, float] = Field(
+        "none",
+        description="classification: weight each class in the loss; auto: n / (classes x "
+        "count) on the training split; or {label: weight} for every class",
+    )
+    sampler: Literal["none", "balanced"] = Field(
+        "none",
+        description="balanced: draw training rows with replacement, every class equally often "
+        "(classification; same number of samples per epoch)",
+    )
+    loss: Literal["default", "focal"] = Field(
+        "default",
+        description="classification: focal down-weights easy rows by (1 - p)^focal_gamma",
+    )
+    focal_gamma: float = Field(2.0, ge=0.0, description="focal loss focusing exponent")
+    label_smoothing: float = Field(
+        0.0,
+        ge=0.0,
+        lt=1.0,
+        description="classification: share of each target spread over all classes (binary: "
+        "toward 0.5)",
+    )
+
+    @field_validator("class_weights", mode="before")
+    @classmethod
+    def _class_weights(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            if value not in ("none", "auto"):
+                raise ValueError("expected 'none', 'auto' or a mapping {label: weight}")
+            return value
+        if not isinstance(value, dict):
+            raise ValueError("expected 'none', 'auto' or a mapping {label: weight}")
+        weights: dict[str, float] = {}
+        # YAML reads `{0: 1.0, 1: 9.0}` with integer keys; labels are matched by their text.
+        for label, weight in value.items():
+            number = isinstance(weight, (int, float)) and not isinstance(weight, bool)
+            if not number or not math.isfinite(weight) or weight < 0:
+                raise ValueError(f"the weight of class '{label}' must be a number >= 0")
+            weights[str(label)] = float(weight)
+        if weights and not any(weights.values()):
+            raise ValueError("at least one class weight must be positive")
+        return weights
+
     @field_validator("precision", mode="before")
     @classmethod
     def _precision_as_text(cls, value: Any) -> Any:

@@ -3,7 +3,9 @@
 A per-sample ``Dataset`` + ``DataLoader`` costs a Python call and a collate per row; when the
 data fits in memory, permuting the whole tensor once per epoch and slicing views is as fast as
 batching gets. The shuffle comes from this object's own seeded generator, whose state is saved
-in checkpoints so a resumed run sees the same batches in the same order.
+in checkpoints so a resumed run sees the same batches in the same order. The balanced sampler
+(``train.sampler: balanced``) draws its rows with replacement from that same generator, so it
+resumes exactly too.
 
 :class:`BatchOptions` says how to batch (size, shuffle, seed, drop_last, augmentation); every
 data kind's batches take one, built for training or evaluation from the ``train`` config.
@@ -40,12 +42,21 @@ class BatchOptions:
     seed: int = 0
     drop_last: bool = False
     train: bool = False
+    # Draw each epoch's rows with replacement, every class equally often (needs shuffle).
+    balanced: bool = False
 
     @classmethod
     def training(cls, cfg: TrainConfig, seed: int) -> BatchOptions:
-        """The Trainer's training batches: shuffled from ``seed``, augmented, ``drop_last`` as
-        configured."""
-        return cls(cfg.batch_size, shuffle=True, seed=seed, drop_last=cfg.drop_last, train=True)
+        """The Trainer's training batches: shuffled from ``seed`` (or drawn class-balanced),
+        augmented, ``drop_last`` as configured."""
+        return cls(
+            cfg.batch_size,
+            shuffle=True,
+            seed=seed,
+            drop_last=cfg.drop_last,
+            train=True,
+            balanced=cfg.sampler == "balanced",
+        )
 
     @classmethod
     def evaluation(cls, cfg: TrainConfig) -> BatchOptions:
@@ -72,6 +83,7 @@ class TensorBatches:
         self.shuffle = options.shuffle
         self.drop_last = options.drop_last
         self.generator = torch.Generator().manual_seed(options.seed)
+        self.sampler = BalancedSampler(target) if options.balanced and options.shuffle else None
 
     @classmethod
     def from_split(cls, split: Split, options: BatchOptions) -> TensorBatches:
@@ -114,13 +126,21 @@ class TensorBatches:
             ]
 
     def permutation(self, n: int) -> torch.Tensor:
-        """This epoch's sample order; subclasses may group similar samples (e.g. by length).
+        """This epoch's ``n`` sample indices: a shuffle of every row, or with the balanced
+        sampler a class-balanced draw with replacement; then passed through :meth:`arrange`.
 
         Draws only from ``self.generator``, so the order is reproducible and resumable.
         """
         import torch
 
-        return torch.randperm(n, generator=self.generator)
+        if self.sampler is not None:
+            return self.arrange(self.sampler.draw(n, self.generator))
+        return self.arrange(torch.randperm(n, generator=self.generator))
+
+    def arrange(self, order: torch.Tensor) -> torch.Tensor:
+        """Reorder an epoch's drawn indices; subclasses may group similar samples (e.g. by
+        length). Any randomness must come from ``self.generator``."""
+        return order
 
     def collate(self, inputs: dict[str, torch.Tensor], target: torch.Tensor) -> Batch:
         """Turn a slice of the stored tensors into the model's batch (default: as is).
@@ -139,3 +159,38 @@ class TensorBatches:
         """Every micro-batch of one epoch, in order (for evaluation)."""
         for step in self.steps(1):
             yield from step
+
+
+class BalancedSampler:
+    """Class-balanced draws with replacement: each draw picks a class uniformly among those with
+    training rows, then a row of that class uniformly.
+
+    Two integer draws per sample from the caller's generator (no ``torch.multinomial``, whose
+    category count is capped at 2**24 rows), so an epoch's draw is as reproducible and resumable
+    as a shuffle. Each class is then drawn about ``n / classes`` times an epoch, minority rows
+    repeated and majority rows left out, for the same ``n`` samples per epoch.
+    """
+
+    def __init__(self, target: np.ndarray | None) -> None:
+        import torch
+
+        if target is None:
+            raise ValueError("the balanced sampler needs the training target")
+        classes = np.asarray(target).astype(np.int64)
+        counts = np.bincount(classes)
+        present = np.flatnonzero(counts)
+        starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+        # Row indices grouped by class: class present[j]'s rows are
+        # by_class[starts[j] : starts[j] + counts[j]].
+        self.by_class = torch.from_numpy(np.argsort(classes, kind="stable"))
+        self.starts = torch.from_numpy(starts[present])
+        self.counts = torch.from_numpy(counts[present])
+
+    def draw(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """``n`` row indices (int64, on the CPU)."""
+        import torch
+
+        which = torch.randint(len(self.counts), (n,), generator=generator)
+        # Modulo of a 62-bit draw: its bias toward low offsets is below 2**-30 for any table.
+        offset = torch.randint(2**62, (n,), generator=generator) % self.counts[which]
+        return self.by_class[self.starts[which] + offset]

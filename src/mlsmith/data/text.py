@@ -125,10 +125,11 @@ class TextPreprocessor(Preprocessor):
 class TextBatches(TensorBatches):
     """Batches of token ids trimmed to the batch's longest text, with an attention mask.
 
-    Shuffled epochs are length-bucketed: a random permutation is cut into windows of
-    ``BUCKET_BATCHES`` batches, each window is sorted by length, and the full batches are then
-    shuffled (the partial one stays last, so batches stay aligned with the Trainer's slices).
-    Every draw comes from ``self.generator``, so an epoch's order is reproducible and resumable.
+    Shuffled epochs are length-bucketed: a random permutation (or the balanced sampler's draw) is
+    cut into windows of ``BUCKET_BATCHES`` batches, each window is sorted by length, and the full
+    batches are then shuffled (the partial one stays last, so batches stay aligned with the
+    Trainer's slices). Every draw comes from ``self.generator``, so an epoch's order is
+    reproducible and resumable.
     """
 
     def __init__(
@@ -146,10 +147,10 @@ class TextBatches(TensorBatches):
         # A CPU copy: the permutation is computed on the CPU whatever device holds the data.
         self._lengths = torch.from_numpy(np.asarray(inputs["lengths"], dtype=np.int64))
 
-    def permutation(self, n: int) -> torch.Tensor:
+    def arrange(self, order: torch.Tensor) -> torch.Tensor:
         import torch
 
-        order = torch.randperm(n, generator=self.generator)
+        n = len(order)
         size = self.batch_size
         if self.bucket_batches <= 0 or n <= size:
             return order

@@ -88,7 +88,9 @@ def live_performance(
         names, headline = CLASSIFICATION_METRICS, "accuracy"
     from mlsmith.evaluation import evaluate_outputs  # scikit-learn: only when labels are scored
 
-    scored = evaluate_outputs(kind, truth, outputs, n_resamples=config.bootstrap, seed=0)
+    scored = evaluate_outputs(
+        kind, truth, outputs, n_resamples=config.bootstrap, seed=0, threshold=decoder.threshold
+    )
     metrics = {name: scored[name] for name in names if name in scored}
     reference = dict(held_out.get("metrics") or {})
     recorded = (reference.get(headline) or {}).get("value") is not None
@@ -108,7 +110,7 @@ def live_performance(
         held_out_split=held_out.get("split"),
         degraded=degraded,
         judged=judged,
-        by_variant=_by_variant(joined, kind, truth, outputs, headline),
+        by_variant=_by_variant(joined, kind, truth, outputs, headline, decoder.threshold),
         note=note,
     )
 
@@ -176,9 +178,15 @@ def _regression(joined: pd.DataFrame, source: str | Path) -> tuple[np.ndarray, n
 
 
 def _by_variant(
-    joined: pd.DataFrame, kind: str, truth: np.ndarray, outputs: np.ndarray, headline: str
+    joined: pd.DataFrame,
+    kind: str,
+    truth: np.ndarray,
+    outputs: np.ndarray,
+    headline: str,
+    threshold: float | None = None,
 ) -> dict[str, dict[str, Any]]:
-    """The headline per variant (point values: the split is for comparison, not a verdict)."""
+    """The headline per variant (point values: the split is for comparison, not a verdict),
+    with the monitored package's decision threshold."""
     from mlsmith.evaluation import evaluate_outputs
 
     if VARIANT not in joined.columns or joined[VARIANT].nunique() < 2:
@@ -187,7 +195,9 @@ def _by_variant(
     variants = joined[VARIANT].astype(str).to_numpy()
     for name in sorted(set(variants)):
         mask = variants == name
-        scored = evaluate_outputs(kind, truth[mask], outputs[mask], n_resamples=0)
+        scored = evaluate_outputs(
+            kind, truth[mask], outputs[mask], n_resamples=0, threshold=threshold
+        )
         value = scored.get(headline, {}).get("value")
         out[name] = {"rows": int(mask.sum()), headline: value}
     return out

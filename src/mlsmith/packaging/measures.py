@@ -112,6 +112,7 @@ def metric_difference(
         n_resamples=resamples,
         confidence=0.95,
         seed=seed,
+        thresholds=(task.threshold, task.threshold),
     )
     return {
         "metric": metric,

@@ -47,12 +47,12 @@ from mlsmith.runtime import outputs as runtime_outputs
 from mlsmith.runtime.package import (
     DATA_DIR,
     EXPORT_FILE,
-    FORMAT_VERSION,
     PACKAGE_FILE,
     PAYLOAD_DIR,
     PREPROCESSING_FILE,
     Encoder,
     Package,
+    package_format,
 )
 
 if TYPE_CHECKING:
@@ -189,7 +189,7 @@ def write_package(
         else:
             record = _export_booster(model, Path(run_dir), encoded, payload, settings)
         info = {
-            "format_version": FORMAT_VERSION,
+            "format_version": package_format(model.task.to_dict()),
             "family": model.family,
             "kind": model.preprocessor.kind,
             "engine": record["engine"],

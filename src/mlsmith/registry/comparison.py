@@ -142,6 +142,8 @@ def compare(
         _outputs(candidate, frame, source, classes),
         _outputs(incumbent, frame, source, classes),
         chosen,
+        # Each version decides labels with its own threshold, as it does when served.
+        thresholds=(candidate.package.decoder.threshold, incumbent.package.decoder.threshold),
     )
     if not np.isfinite([difference, low, high]).all():
         raise DataError(

@@ -36,18 +36,31 @@ def unstandardise(raw: np.ndarray, mean: float, std: float) -> np.ndarray:
     return raw.reshape(len(raw), -1)[:, 0].astype(np.float64) * std + mean
 
 
-def class_labels(classes: Sequence[Any], probabilities: np.ndarray) -> np.ndarray:
-    """The most probable class of each row, in the target's original values."""
-    return np.asarray(classes, dtype=object)[probabilities.argmax(axis=1)]
+def predicted_classes(probabilities: np.ndarray, threshold: float | None = None) -> np.ndarray:
+    """Class index of each row: the most probable one, or with a ``threshold`` (two classes
+    only) the positive class (index 1) where its probability is >= the threshold."""
+    if threshold is not None and probabilities.shape[1] == 2:
+        return (probabilities[:, 1] >= threshold).astype(np.int64)
+    return probabilities.argmax(axis=1)
+
+
+def class_labels(
+    classes: Sequence[Any], probabilities: np.ndarray, threshold: float | None = None
+) -> np.ndarray:
+    """The predicted class of each row (see :func:`predicted_classes`), in the target's original
+    values."""
+    return np.asarray(classes, dtype=object)[predicted_classes(probabilities, threshold)]
 
 
 class Decoder:
-    """A task as saved in ``preprocessing.json`` (``kind`` and ``classes`` or ``mean``/``std``),
-    reading raw outputs."""
+    """A task as saved in ``preprocessing.json`` (``kind`` and ``classes`` or ``mean``/``std``,
+    and a binary task's decision ``threshold`` when one was set), reading raw outputs."""
 
     def __init__(self, task: Mapping[str, Any]) -> None:
         self.kind: str = task["kind"]
         self.classes: list[Any] = list(task.get("classes", []))
+        threshold = task.get("threshold") if self.kind == "binary" else None
+        self.threshold: float | None = None if threshold is None else float(threshold)
         self.mean = float(task.get("mean", 0.0))
         self.std = float(task.get("std", 1.0))
 
@@ -69,19 +82,22 @@ class Decoder:
 
     def frame(self, raw: np.ndarray) -> pd.DataFrame:
         """Raw outputs to the prediction table (see :func:`output_frame`)."""
-        return output_frame(self.classes, self.decoded(raw))
+        return output_frame(self.classes, self.decoded(raw), self.threshold)
 
     def empty(self) -> np.ndarray:
         return np.zeros((0, len(self.classes)) if self.classes else 0)
 
 
-def output_frame(classes: Sequence[Any], decoded: np.ndarray) -> pd.DataFrame:
-    """``prediction`` (original labels or values) and, for classes, ``proba_<class>`` columns."""
+def output_frame(
+    classes: Sequence[Any], decoded: np.ndarray, threshold: float | None = None
+) -> pd.DataFrame:
+    """``prediction`` (original labels or values) and, for classes, ``proba_<class>`` columns;
+    a binary ``threshold`` decides the predicted label (see :func:`predicted_classes`)."""
     import pandas as pd
 
     if not classes:
         return pd.DataFrame({"prediction": decoded})
-    columns: dict[str, np.ndarray] = {"prediction": class_labels(classes, decoded)}
+    columns: dict[str, np.ndarray] = {"prediction": class_labels(classes, decoded, threshold)}
     for i, label in enumerate(classes):
         columns[f"proba_{label}"] = decoded[:, i]
     return pd.DataFrame(columns)

@@ -28,9 +28,18 @@ from .tabular import TableEncoder
 if TYPE_CHECKING:
     import pandas as pd
 
-FORMAT_VERSION = 1
+# 2: a binary task may carry a decision threshold (older runtimes would ignore it and answer
+# with the most probable class, so such packages say 2; every other package still says 1).
+FORMAT_VERSION = 2
 PACKAGE_FILE = "package.json"
 PREPROCESSING_FILE = "preprocessing.json"
+
+
+def package_format(task: dict[str, Any]) -> int:
+    """The oldest package format that reads a package of ``task`` (as saved) correctly."""
+    return 2 if task.get("threshold") is not None else 1
+
+
 EXPORT_FILE = "export.json"
 DATA_DIR = "data"
 # The payload's folder name under ``data/`` (MLflow copies the data path in by its name).

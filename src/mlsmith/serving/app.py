@@ -166,7 +166,10 @@ def _endpoint(
         variants=variants,
         router=Router(route),
         shadow=shadow,
-        feedback=FeedbackStore(package.decoder.kind, package.classes or None),
+        # Scored with the first variant's decision threshold (a binary package may carry one).
+        feedback=FeedbackStore(
+            package.decoder.kind, package.classes or None, threshold=package.decoder.threshold
+        ),
         sticky_input=route.sticky.input if route.sticky else None,
     )
 

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlsmith.evaluation import TASK_KINDS, evaluate_outputs
+from mlsmith.runtime.outputs import predicted_classes
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -75,8 +76,9 @@ class FeedbackStore:
 
     ``task`` is the package's ``decoder.kind`` (binary, multiclass or regression) and
     ``classes`` its ``decoder.classes`` (ignored for regression). ``capacity`` bounds the rows
-    held. ``n_resamples`` and ``seed`` set the bootstrap behind the 95% intervals. All methods
-    are safe to call from several threads.
+    held. ``n_resamples`` and ``seed`` set the bootstrap behind the 95% intervals; a binary
+    ``threshold`` decides labels as the package does. All methods are safe to call from several
+    threads.
     """
 
     def __init__(
@@ -87,6 +89,7 @@ class FeedbackStore:
         *,
         n_resamples: int = 1000,
         seed: int = 0,
+        threshold: float | None = None,
     ) -> None:
         if task not in TASK_KINDS:
             raise ValueError(f"unknown task {task!r}; expected one of {', '.join(TASK_KINDS)}")
@@ -99,6 +102,8 @@ class FeedbackStore:
         self.capacity = capacity
         self.n_resamples = n_resamples
         self.seed = seed
+        # A binary package's decision threshold: labels are scored as the package answers.
+        self.threshold = threshold
         self._proba_columns = [f"proba_{c}" for c in self.classes]
         self._by_value: dict[Any, int] = {}
         self._by_text: dict[str, int] = {}
@@ -335,7 +340,14 @@ class FeedbackStore:
             return {}
         y = np.concatenate(ys)
         outputs = np.concatenate(outs)
-        full = evaluate_outputs(self.task, y, outputs, n_resamples=self.n_resamples, seed=self.seed)
+        full = evaluate_outputs(
+            self.task,
+            y,
+            outputs,
+            n_resamples=self.n_resamples,
+            seed=self.seed,
+            threshold=self.threshold,
+        )
         if self.task == "regression":
             return {name: full[name] for name in _REGRESSION_METRICS}
         names = list(_CLASSIFICATION_METRICS)
@@ -357,7 +369,8 @@ class FeedbackStore:
             if self.task == "regression":
                 value = float(np.abs(a - b).mean())
             else:
-                value = float((a.argmax(axis=1) == b.argmax(axis=1)).mean())
+                labels = predicted_classes(a, self.threshold), predicted_classes(b, self.threshold)
+                value = float((labels[0] == labels[1]).mean())
             return {"n_rows": len(a), measure: value if math.isfinite(value) else None}
 
         overall = agree(

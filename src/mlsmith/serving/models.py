@@ -123,7 +123,7 @@ class Answer:
         if not package.classes:
             return Answer(np.asarray(decoded, dtype=np.float64).reshape(-1), None)
         proba = np.asarray(decoded, dtype=np.float64)
-        return Answer(class_labels(package.classes, proba), proba)
+        return Answer(class_labels(package.classes, proba, package.decoder.threshold), proba)
 
     def frame(self, classes: list[Any]) -> pd.DataFrame:
         """Back to ``Package.predict``'s table (for the prediction log)."""
