@@ -12,7 +12,7 @@ this dataset would have been, and its ratio on this dataset is what a user with 
 The two datasets issue 14 names (a product-review set, MNIST-1D) are not here: they are for
 evaluation only and neither ships offline.
 
-    python bench/defaults.py                        # every family, 2 seeds (~15 min on 2 cores)
+    python bench/defaults.py                        # mlp, bag, cnn; 2 seeds
     python bench/defaults.py --families mlp --seeds 1
 
 Prints one table per family, then the leave-one-out table; ratios are score / best of grid
@@ -134,6 +134,45 @@ def _generated_texts(classes: int, noise: float, seed: int) -> Callable[[Path], 
     return make
 
 
+def _images(name: str, images: np.ndarray, labels: np.ndarray, folder: Path) -> dict[str, Any]:
+    np.savez(folder / f"{name}.npz", images=images, label=labels)
+    return {"type": "image", "path": str(folder / f"{name}.npz"), "target": "label"}
+
+
+def _digits_images(folder: Path) -> dict[str, Any]:
+    """scikit-learn's 8x8 digits (1,797) as grey images, pixels scaled to 0-255."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return _images(
+        "digits8", (digits.images * 16).clip(0, 255).astype(np.uint8), digits.target, folder
+    )
+
+
+def _mnist_2k(folder: Path) -> dict[str, Any]:
+    """2,000 of the shipped MNIST digits (a seeded sample): a short run on 2 cores."""
+    data = np.load(ROOT / "examples/data/mnist_5k.npz")
+    rows = np.random.default_rng(0).choice(len(data["label"]), 2000, replace=False)
+    return _images("mnist2k", data["images"][rows], data["label"][rows], folder)
+
+
+def _blobs(folder: Path) -> dict[str, Any]:
+    """4 classes of 24x24 colour images: a bright blob at a class-dependent place and tint, on
+    noise, with jitter in position and size."""
+    rng = np.random.default_rng(2)
+    n, side = 1600, 24
+    labels = rng.integers(0, 4, n)
+    images = rng.integers(0, 90, (n, side, side, 3)).astype(np.uint8)
+    yy, xx = np.mgrid[:side, :side]
+    for i, label in enumerate(labels):
+        angle = np.pi / 2 * label + rng.normal(0, 0.4)
+        cy, cx = side / 2 + side / 4 * np.sin(angle), side / 2 + side / 4 * np.cos(angle)
+        radius = rng.uniform(2, 5)
+        mask = (yy - cy) ** 2 + (xx - cx) ** 2 < radius**2
+        images[i][mask] = rng.integers(150, 256, 3)
+    return _images("blobs", images, labels, folder)
+
+
 DATASETS: tuple[Dataset, ...] = (
     Dataset("breast_cancer", "tabular", _sklearn("breast_cancer")),
     Dataset("wine", "tabular", _sklearn("wine")),
@@ -143,11 +182,19 @@ DATASETS: tuple[Dataset, ...] = (
     Dataset("churn (mixed types)", "tabular", _mixed_types),
     Dataset("diabetes (regression)", "tabular", _sklearn("diabetes")),
     Dataset("friedman1 (regression)", "tabular", _friedman),
+    Dataset("digits 8x8 (images)", "image", _digits_images),
+    Dataset("mnist 2k", "image", _mnist_2k),
+    Dataset("blobs 24x24 colour", "image", _blobs),
     Dataset("rotten tomatoes 6k", "text", _reviews),
     Dataset("topics, 4 classes", "text", _generated_texts(4, 0.1, 0)),
     Dataset("topics, 2 classes", "text", _generated_texts(2, 0.2, 1)),
 )
-FAMILIES: dict[str, str] = {"mlp": "tabular", "bag": "text", "transformer": "text"}
+FAMILIES: dict[str, str] = {
+    "mlp": "tabular",
+    "bag": "text",
+    "transformer": "text",
+    "cnn": "image",
+}
 
 
 # --- runs ---------------------------------------------------------------------------------------
@@ -185,7 +232,9 @@ def train_once(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--families", nargs="+", default=["mlp", "bag"], choices=list(FAMILIES))
+    parser.add_argument(
+        "--families", nargs="+", default=["mlp", "bag", "cnn"], choices=list(FAMILIES)
+    )
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--lrs", nargs="+", default=list(LR_GRID))
     args = parser.parse_args()
