@@ -222,3 +222,16 @@ def test_the_metrics_schema_rejects_what_readers_could_not_read() -> None:
     ):
         with pytest.raises(jsonschema.ValidationError):
             jsonschema.validate(bad, schema)
+
+
+def test_the_difference_uses_the_models_decision_threshold(tmp_path: Path) -> None:
+    path = tmp_path / "t.csv"
+    make_table("binary", rows=300).to_csv(path, index=False)
+    config = config_dict(path, tmp_path / "runs", eval={"baseline": True, "threshold": "auto"})
+    run = train(config)
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    jsonschema.validate(metrics, metrics_schema())
+    assert metrics["test"]["threshold"]["chosen_on"] == "val"
+    # The model's side of the comparison is its own thresholded accuracy.
+    model_side = metrics["vs_baseline"]["test"]["accuracy"]["a"]
+    assert model_side == pytest.approx(metrics["test"]["accuracy"]["value"])
