@@ -292,7 +292,7 @@ class _Constant:
 
 def _proba(task: Task, model: Any, x: Any) -> np.ndarray:
     """(n, C) probabilities over every class of the task, those unseen in training at 0."""
-    n_classes = len(task.classes)  # type: ignore[attr-defined]
+    n_classes = len(task.classes)
     proba = np.zeros((x.shape[0], n_classes))
     proba[:, np.asarray(model.classes_, dtype=np.int64)] = model.predict_proba(x)
     return proba
@@ -309,7 +309,7 @@ def _majority(task: Task, truth: np.ndarray, n: int) -> np.ndarray:
     """The training prior (for classification: the majority class wins every row)."""
     if not task.is_classification:
         return np.full(n, float(np.mean(truth)))
-    counts = np.bincount(truth.astype(np.int64), minlength=len(task.classes))  # type: ignore[attr-defined]
+    counts = np.bincount(truth.astype(np.int64), minlength=len(task.classes))
     return np.tile(counts / counts.sum(), (n, 1))
 
 
@@ -352,15 +352,23 @@ def score_baseline(
     difference model - baseline on the held-out split (test, else val)."""
     from mlsmith.evaluation import evaluate_outputs, paired_differences
 
-    options = {"n_resamples": n_resamples, "confidence": confidence, "seed": seed}
+    def scored(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        return {
+            s: evaluate_outputs(
+                kind,
+                truths[s],
+                outputs[s],
+                n_resamples=n_resamples,
+                confidence=confidence,
+                seed=seed,
+            )
+            for s in splits
+        }
+
     splits = [s for s in SPLITS if s in truths and s in baseline.outputs]
     sections: dict[str, dict[str, Any]] = {
-        BASELINE_KEY: {
-            s: evaluate_outputs(kind, truths[s], baseline.outputs[s], **options) for s in splits
-        },
-        MAJORITY_KEY: {
-            s: evaluate_outputs(kind, truths[s], baseline.majority[s], **options) for s in splits
-        },
+        BASELINE_KEY: scored(baseline.outputs),
+        MAJORITY_KEY: scored(baseline.majority),
     }
     held_out = splits[-1]
     difference = paired_differences(
@@ -369,19 +377,26 @@ def score_baseline(
         model_outputs[held_out],
         baseline.outputs[held_out],
         thresholds=(threshold, None),  # the model decides as its predictions do
-        **options,
+        n_resamples=n_resamples,
+        confidence=confidence,
+        seed=seed,
     )
     sections[DIFFERENCE_KEY] = {held_out: difference}
     metric = VERDICT_METRIC[kind]
     entry = difference[metric]
     model_value, base_value, diff = entry["a"], entry["b"], entry["value"]
-    low, high = entry.get("ci95") or (None, None)
+    bounds = entry.get("ci95")
+    low, high = bounds if isinstance(bounds, list) else (None, None)
     beats = None
     if isinstance(diff, float):
         beats = diff > 0 if HIGHER_IS_BETTER[metric] else diff < 0
     observation = None
     if beats is False:
-        interval = f", {confidence:.0%} CI [{low:.3g}, {high:.3g}]" if low is not None else ""
+        interval = (
+            f", {confidence:.0%} CI [{low:.3g}, {high:.3g}]"
+            if low is not None and high is not None
+            else ""
+        )
         features = baseline.params["features"]
         observation = (
             f"the model does not beat its baseline, {baseline.name} on {features}: "

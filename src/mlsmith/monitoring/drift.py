@@ -114,7 +114,8 @@ def ks_p_value(reference: np.ndarray | None, values: np.ndarray) -> float:
 
 def _scipy_stats() -> Any:
     # SciPy comes with scikit-learn; imported here, where the tests run, not at start-up.
-    import scipy.stats  # type: ignore[import-untyped]
+    # Typed or not depending on the SciPy release (scipy-stubs): either is fine here.
+    import scipy.stats  # type: ignore[import-untyped, unused-ignore]
 
     return scipy.stats
 
