@@ -245,10 +245,12 @@ def _logistic(
 
     from sklearn.exceptions import ConvergenceWarning
     from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
 
     val_truth = task.truth(val.target)
+    labels = np.arange(len(task.classes))
     if len(np.unique(y)) < 2:  # one class in training: nothing to regress
-        return _Constant(task, y), {"C": math.nan}
+        return _Constant(y), {"C": math.nan}
     best: tuple[float, float] | None = None
     search = LogisticRegression(max_iter=MAX_ITER, warm_start=True)
     with warnings.catch_warnings():
@@ -256,7 +258,7 @@ def _logistic(
         for c in C_GRID:  # increasing C: each fit starts from the last one's weights
             search.set_params(C=c)
             search.fit(x, y)
-            score = _log_loss(val_truth, _proba(task, search, val_x))
+            score = log_loss(val_truth, _proba(task, search, val_x), labels=labels)
             if best is None or score < best[0]:
                 best = (score, c)
         assert best is not None
@@ -283,7 +285,7 @@ def _ridge(task: Task, x: Any, y: np.ndarray, val_x: Any, val: Split) -> tuple[A
 class _Constant:
     """The training set's only class, when it has one: what a classifier would learn."""
 
-    def __init__(self, task: Task, y: np.ndarray) -> None:
+    def __init__(self, y: np.ndarray) -> None:
         self.classes_ = np.unique(y)
 
     def predict_proba(self, x: Any) -> np.ndarray:
@@ -311,12 +313,6 @@ def _majority(task: Task, truth: np.ndarray, n: int) -> np.ndarray:
         return np.full(n, float(np.mean(truth)))
     counts = np.bincount(truth.astype(np.int64), minlength=len(task.classes))
     return np.tile(counts / counts.sum(), (n, 1))
-
-
-def _log_loss(truth: np.ndarray, proba: np.ndarray) -> float:
-    eps = float(np.finfo(np.float64).eps)
-    picked = np.clip(proba[np.arange(len(truth)), truth.astype(np.int64)], eps, 1.0 - eps)
-    return float(-np.mean(np.log(picked)))
 
 
 # --- scoring ----------------------------------------------------------------------------------
@@ -352,6 +348,8 @@ def score_baseline(
     difference model - baseline on the held-out split (test, else val)."""
     from mlsmith.evaluation import evaluate_outputs, paired_differences
 
+    splits = [s for s in SPLITS if s in truths and s in baseline.outputs]
+
     def scored(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
         return {
             s: evaluate_outputs(
@@ -365,7 +363,6 @@ def score_baseline(
             for s in splits
         }
 
-    splits = [s for s in SPLITS if s in truths and s in baseline.outputs]
     sections: dict[str, dict[str, Any]] = {
         BASELINE_KEY: scored(baseline.outputs),
         MAJORITY_KEY: scored(baseline.majority),

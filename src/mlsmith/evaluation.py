@@ -293,21 +293,24 @@ def paired_difference(
     ``thresholds``: each model's binary decision threshold (None: argmax). The same ``seed``
     gives the same interval; (nan, nan) when the metric is never defined.
     """
-    metric_a = _weighted_metric_fn(kind, y_true, outputs_a, thresholds[0])
-    metric_b = _weighted_metric_fn(kind, y_true, outputs_b, thresholds[1])
-    whole = np.ones((1, len(y_true)))
-    a, b = float(metric_a(whole)[metric][0]), float(metric_b(whole)[metric][0])
-    values = np.concatenate(
-        [
-            metric_a(w)[metric] - metric_b(w)[metric]
-            for w in _resample_weights(len(y_true), n_resamples, seed)
-        ]
-    )
-    if np.isnan(values).all():
-        return a, b, a - b, math.nan, math.nan
-    tail = 100.0 * (1.0 - confidence) / 2.0
-    low, high = np.nanpercentile(values, [tail, 100.0 - tail])
-    return a, b, a - b, float(low), float(high)
+    # Every resample scores every metric anyway: the one-metric view of paired_differences.
+    entry = paired_differences(
+        kind,
+        y_true,
+        outputs_a,
+        outputs_b,
+        n_resamples=n_resamples,
+        confidence=confidence,
+        seed=seed,
+        thresholds=thresholds,
+    )[metric]
+    low, high = entry.get("ci95") or (None, None)  # type: ignore[misc]
+    a, b, diff = (_nan_if_none(entry[key]) for key in ("a", "b", "value"))
+    return a, b, diff, _nan_if_none(low), _nan_if_none(high)
+
+
+def _nan_if_none(value: object) -> float:
+    return math.nan if value is None else float(value)  # type: ignore[arg-type]
 
 
 def _resample_weights(n: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
