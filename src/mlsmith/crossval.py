@@ -45,8 +45,8 @@ import numpy as np
 
 from mlsmith.config import Config
 from mlsmith.errors import ConfigError, DataError
-from mlsmith.files import read_json, write_json
-from mlsmith.run import CV_METRICS_KEY, METRICS_FILE
+from mlsmith.files import write_json
+from mlsmith.run import CV_METRICS_KEY, record_sections
 from mlsmith.training.history import STEPS_FILE
 
 if TYPE_CHECKING:
@@ -210,7 +210,7 @@ def cross_validate(
             fits.append((fold_data, model, summary))
 
     block = {HELD_OUT: summarise(results, cfg.eval.confidence)}
-    _merge_metrics(run_dir, block)
+    record_sections(run_dir, {CV_METRICS_KEY: block})
     loss = "log_loss" if data.task.is_classification else "mse"
     kept_index = None
     if cv.final == "best_fold":
@@ -373,13 +373,6 @@ def _before(train: pd.DataFrame, held: np.ndarray, cfg: Config) -> np.ndarray:
     assert cfg.data.split.time is not None
     times = sortable(train[cfg.data.split.time], cfg.data.split.time, cfg.data.path)
     return np.asarray(times < times[held].min())
-
-
-def _merge_metrics(run_dir: Path, block: dict[str, Any]) -> None:
-    file = run_dir / METRICS_FILE
-    content = read_json(file) if file.is_file() else {}
-    content[CV_METRICS_KEY] = block
-    write_json(file, content)
 
 
 def _row_id(label: Any) -> Any:

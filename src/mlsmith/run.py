@@ -185,6 +185,13 @@ def metrics_schema() -> dict[str, Any]:
     return schema
 
 
+def record_sections(run_dir: Path, sections: dict[str, Any]) -> None:
+    """Add top-level sections (``baseline``, ``cv``...) beside the splits in ``metrics.json``."""
+    file = run_dir / METRICS_FILE
+    content = read_json(file) if file.is_file() else {}
+    write_json(file, {**content, **sections})
+
+
 def split_metrics(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """``metrics.json`` without its sections: split -> metric -> {"value", "ci95"}."""
     return {k: v for k, v in metrics.items() if k not in SECTION_KEYS}
@@ -330,9 +337,7 @@ class Run:
 
     def record_sections(self, sections: dict[str, Any]) -> None:
         """Add top-level sections (``baseline``...) beside the splits in ``metrics.json``."""
-        file = self.path / METRICS_FILE
-        content = read_json(file) if file.is_file() else {}
-        write_json(file, {**content, **sections})
+        record_sections(self.path, sections)
 
     def _merge_json(self, filename: str, key: str, value: Any) -> None:
         file = self.path / filename
