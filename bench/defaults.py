@@ -1,10 +1,12 @@
 """Are the defaults good on data nobody tuned them on? Each family x dataset: the default config
 against the best of a small grid, and the linear baseline beside them.
 
-For every family the grid varies what the defaults fix (the learning rate, including
-``lr: auto``'s range test); every run keeps the rest of the family's defaults. Each cell is the
-test-split score (accuracy, or RMSE for regression) averaged over seeds; a run picks its best
-epoch on the validation split, as ``mlsmith train`` does.
+The grid varies one setting the defaults fix at a time (``--axis``: the learning rate, including
+``lr: auto``'s range test; dropout; weight decay; width; the schedule; the epoch budget under
+early stopping), every run keeping the rest of the family's defaults: one axis at a time, so a
+default is judged where the others are. Each cell is the test-split score (accuracy, or RMSE for
+regression) averaged over seeds; a run picks its best epoch on the validation split, as
+``mlsmith train`` does.
 
 The default is judged leave-one-dataset-out: for each dataset, the grid point that does best on
 the *other* datasets of its kind (mean of score / best score) is what a default chosen without
@@ -12,8 +14,8 @@ this dataset would have been, and its ratio on this dataset is what a user with 
 The two datasets issue 14 names (a product-review set, MNIST-1D) are not here: they are for
 evaluation only and neither ships offline.
 
-    python bench/defaults.py                        # mlp, bag, cnn; 2 seeds
-    python bench/defaults.py --families mlp --seeds 1
+    python bench/defaults.py                        # mlp, bag, cnn; the learning rate; 2 seeds
+    python bench/defaults.py --families mlp --seeds 1 --axis dropout
 
 Prints one table per family, then the leave-one-out table; ratios are score / best of grid
 (for RMSE: best / score), so 1.00 is as good as the grid's best and lower is worse.
@@ -37,8 +39,55 @@ import numpy as np
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parent.parent
-# Learning rates tried; "auto" is the range test. The config default is 1e-3 for every family.
-LR_GRID: tuple[str, ...] = ("3e-4", "1e-3", "3e-3", "1e-2", "auto")
+
+
+@dataclass(frozen=True)
+class Axis:
+    """One setting the grid varies: its config key and values per family (``*``: any family).
+
+    Values are override strings as on the command line; the family's default is found among
+    them at start-up (see :func:`default_value`)."""
+
+    key: str | dict[str, str]  # the dotted key, or one per family
+    values: dict[str, tuple[str, ...]]
+
+    def key_for(self, family: str) -> str:
+        return self.key if isinstance(self.key, str) else self.key[family]
+
+    def values_for(self, family: str) -> tuple[str, ...]:
+        return self.values.get(family, self.values.get("*", ()))
+
+
+AXES: dict[str, Axis] = {
+    # "auto" is the range test (train.optimizer.lr: auto).
+    "lr": Axis("train.optimizer.lr", {"*": ("3e-4", "1e-3", "3e-3", "1e-2", "auto")}),
+    "dropout": Axis(
+        "model.dropout",
+        {
+            "mlp": ("0.0", "0.1", "0.3"),
+            "bag": ("0.0", "0.2", "0.5"),
+            "*": ("0.0", "0.1", "0.2", "0.4"),
+        },
+    ),
+    "weight_decay": Axis("train.optimizer.weight_decay", {"*": ("0.0", "0.01", "0.1")}),
+    "width": Axis(
+        {
+            "mlp": "model.hidden",
+            "bag": "model.dim",
+            "cnn": "model.channels",
+            "transformer": "model.dim",
+        },
+        {
+            "mlp": ("[64,32]", "[256,128]", "[512,256]"),
+            "bag": ("8", "16", "64"),
+            "cnn": ("[16,32,64]", "[32,64,128]", "[64,128,256]"),
+            "transformer": ("64", "128", "256"),
+        },
+    ),
+    "schedule": Axis("train.scheduler.name", {"*": ("none", "cosine", "onecycle")}),
+    # With early stopping on (the default), the epoch count is a budget, not a setting.
+    "epochs": Axis("train.epochs", {"*": ("10", "20", "50")}),
+}
 
 
 @dataclass(frozen=True)
@@ -210,8 +259,39 @@ def score(run_dir: Path) -> tuple[float, float, str]:
     return float(metrics["test"][name]["value"]), float(baseline), name
 
 
+def default_value(family: str, axis: Axis) -> str:
+    """The family's default for ``axis``, as one of the axis' values (checked, so the table's
+    "default" column is the real default and not a copy that has drifted)."""
+    from mlsmith.config import Config
+
+    data = {
+        "tabular": {"path": "x.csv", "target": "y"},
+        "text": {"type": "text", "path": "x.csv", "target": "y", "text_column": "text"},
+        "image": {"type": "image", "path": "x.npz", "target": "label"},
+    }[FAMILIES[family]]
+    config = Config.model_validate({"data": data, "model": {"type": family}})
+    value: Any = config
+    for part in axis.key_for(family).split("."):
+        value = getattr(value, part)
+    for candidate in axis.values_for(family):
+        if _same(candidate, value):
+            return candidate
+    raise SystemExit(f"{family}: the default {axis.key_for(family)}={value} is not in the grid")
+
+
+def _same(text: str, value: Any) -> bool:
+    import yaml
+
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:  # PyYAML reads "1e-3" as a string (YAML 1.1 wants "1.0e-3")
+            return float(text) == float(value)
+        except ValueError:
+            return False
+    return bool(yaml.safe_load(text) == value)
+
+
 def train_once(
-    data: dict[str, Any], family: str, lr: str, seed: int, out: Path
+    data: dict[str, Any], family: str, override: str, seed: int, out: Path
 ) -> tuple[float, float, str]:
     from mlsmith import train
 
@@ -226,7 +306,7 @@ def train_once(
         "export": {"package": False},
         "train": {"preflight": False},
     }
-    run = train(config, [f"train.optimizer.lr={lr}"], progress=False, epoch_lines=False)
+    run = train(config, [override], progress=False, epoch_lines=False)
     return score(run.path)
 
 
@@ -236,8 +316,13 @@ def main() -> None:
         "--families", nargs="+", default=["mlp", "bag", "cnn"], choices=list(FAMILIES)
     )
     parser.add_argument("--seeds", type=int, default=2)
-    parser.add_argument("--lrs", nargs="+", default=list(LR_GRID))
+    parser.add_argument("--axis", default="lr", choices=list(AXES), help="the setting varied")
+    parser.add_argument("--values", nargs="+", help="the axis' values (default: its grid)")
+    parser.add_argument(
+        "--datasets", nargs="+", help="only datasets whose name starts with one of these"
+    )
     args = parser.parse_args()
+    axis = AXES[args.axis]
     logging.basicConfig(level=logging.ERROR)
     logging.getLogger("mlsmith").setLevel(logging.ERROR)
     warnings.filterwarnings("ignore")
@@ -247,27 +332,33 @@ def main() -> None:
         folder = Path(tmp)
         for family in args.families:
             datasets = [d for d in DATASETS if d.kind == FAMILIES[family]]
-            # scores[dataset][lr] = mean test score over seeds
+            if args.datasets:
+                datasets = [d for d in datasets if d.name.startswith(tuple(args.datasets))]
+            values = list(args.values or axis.values_for(family))
+            default = default_value(family, axis) if args.values is None else values[0]
+            key = axis.key_for(family)
+            # scores[dataset][value] = mean test score over seeds
             scores: dict[str, dict[str, float]] = {}
             baselines: dict[str, float] = {}
             lower_better: dict[str, bool] = {}
             for dataset in datasets:
                 data = dataset.make(folder)
                 scores[dataset.name] = {}
-                for lr in args.lrs:
+                for value in values:
                     results = [
-                        train_once(data, family, lr, seed, folder / "runs")
+                        train_once(data, family, f"{key}={value}", seed, folder / "runs")
                         for seed in range(args.seeds)
                     ]
-                    scores[dataset.name][lr] = statistics.fmean(r[0] for r in results)
+                    scores[dataset.name][value] = statistics.fmean(r[0] for r in results)
                     baselines[dataset.name] = statistics.fmean(r[1] for r in results)
                     lower_better[dataset.name] = results[0][2] == "rmse"
                     print(
-                        f"  {family:<11} {dataset.name:<24} lr {lr:<5} "
-                        f"{scores[dataset.name][lr]:.4f}  ({time.perf_counter() - started:.0f} s)",
+                        f"  {family:<11} {dataset.name:<24} {key}={value:<12} "
+                        f"{scores[dataset.name][value]:.4f}  "
+                        f"({time.perf_counter() - started:.0f} s)",
                         file=sys.stderr,
                     )
-            report(family, args.lrs, scores, baselines, lower_better)
+            report(family, key, values, default, scores, baselines, lower_better)
     print(f"\n{time.perf_counter() - started:.0f} s in all")
 
 
@@ -288,37 +379,39 @@ def ratios(
 
 def report(
     family: str,
-    lrs: list[str],
+    key: str,
+    values: list[str],
+    default: str,
     scores: dict[str, dict[str, float]],
     baselines: dict[str, float],
     lower_better: dict[str, bool],
 ) -> None:
     relative = ratios(scores, lower_better)
-    print(f"\n### {family}: test score by learning rate (accuracy; rmse for regression)\n")
-    head = " | ".join(f"lr {lr}" for lr in lrs)
-    print(f"| dataset | {head} | linear baseline | default (1e-3) / best |")
-    print("|---|" + "---:|" * (len(lrs) + 2))
-    for name, by_lr in scores.items():
-        cells = " | ".join(f"{by_lr[lr]:.4f}" for lr in lrs)
-        default = relative[name].get("1e-3", float("nan"))
-        print(f"| {name} | {cells} | {baselines[name]:.4f} | {default:.3f} |")
+    print(f"\n### {family}: test score by {key} (accuracy; rmse for regression)\n")
+    head = " | ".join(values)
+    print(f"| dataset | {head} | linear baseline | default ({default}) / best |")
+    print("|---|" + "---:|" * (len(values) + 2))
+    for name, by_value in scores.items():
+        cells = " | ".join(f"{by_value[v]:.4f}" for v in values)
+        print(f"| {name} | {cells} | {baselines[name]:.4f} | {relative[name][default]:.3f} |")
     print(
         f"\n### {family}: leave one dataset out (the grid point best on the others, on this one)\n"
     )
-    print("| held-out dataset | chosen on the others | its ratio here | default 1e-3 here |")
+    print(f"| held-out dataset | chosen on the others | its ratio here | default {default} here |")
     print("|---|---|---:|---:|")
     chosen_ratios, default_ratios = [], []
     for name in scores:
-        others = [n for n in scores if n != name]
-        chosen = max(lrs, key=lambda lr: statistics.fmean(relative[n][lr] for n in others))
+        others = [n for n in scores if n != name] or [name]
+        chosen = max(values, key=lambda v: statistics.fmean(relative[n][v] for n in others))
         chosen_ratios.append(relative[name][chosen])
-        default_ratios.append(relative[name].get("1e-3", float("nan")))
+        default_ratios.append(relative[name][default])
         print(f"| {name} | {chosen} | {relative[name][chosen]:.3f} | {default_ratios[-1]:.3f} |")
-    overall = max(lrs, key=lambda lr: statistics.fmean(relative[n][lr] for n in scores))
+    overall = max(values, key=lambda v: statistics.fmean(relative[n][v] for n in scores))
     print(
-        f"\n{family}: mean ratio leave-one-out {statistics.fmean(chosen_ratios):.3f} "
-        f"(worst {min(chosen_ratios):.3f}), default 1e-3 {statistics.fmean(default_ratios):.3f} "
-        f"(worst {min(default_ratios):.3f}); best on all datasets: lr {overall}"
+        f"\n{family} {key}: mean ratio leave-one-out {statistics.fmean(chosen_ratios):.3f} "
+        f"(worst {min(chosen_ratios):.3f}), default {default} "
+        f"{statistics.fmean(default_ratios):.3f} (worst {min(default_ratios):.3f}); "
+        f"best on all datasets: {overall}"
     )
 
 

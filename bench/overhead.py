@@ -11,8 +11,9 @@ the table shows medians over repeats.
     python bench/overhead.py --rows 20000 --repeats 3 --sizes 64,64 256,256 1024,1024
 
 The last line reads ``overhead ratio (mlsmith / raw loop): X.XX`` for the default model
-(256-256), paired (the median of the per-repeat ratios); a line above gives it for every size
-compared.
+(256-256), interleaved: the raw loop and the Trainer alternate step by step within one run (see
+:func:`lockstep`), the one measurement this shared machine's drift does not swamp; lines above
+give it for every size compared, and the table the runs timed one after another.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -77,6 +78,13 @@ def epoch_orders(n: int, epochs: int) -> list[torch.Tensor]:
 
 
 def train_raw(model: torch.nn.Module, data: Data, args: argparse.Namespace) -> None:
+    for _ in raw_loop(model, data, args):
+        pass
+
+
+def raw_loop(model: torch.nn.Module, data: Data, args: argparse.Namespace) -> Iterator[None]:
+    """The raw loop, pausing after every step and after each epoch's validation (see
+    :func:`lockstep`)."""
     optimizer = torch.optim.AdamW(param_groups(model, args.weight_decay), lr=args.lr)
     x, y = torch.from_numpy(data.train["x"]), torch.from_numpy(data.train["y"])
     categorical = torch.zeros((args.batch_size, 0), dtype=torch.long)
@@ -90,7 +98,9 @@ def train_raw(model: torch.nn.Module, data: Data, args: argparse.Namespace) -> N
             loss.backward()
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            yield
         validate_raw(model, data, args)
+        yield
 
 
 def validate_raw(model: torch.nn.Module, data: Data, args: argparse.Namespace) -> float:
@@ -111,7 +121,11 @@ def validate_raw(model: torch.nn.Module, data: Data, args: argparse.Namespace) -
 
 
 def train_mlsmith(
-    model: torch.nn.Module, data: Data, args: argparse.Namespace, grad_norms: bool = True
+    model: torch.nn.Module,
+    data: Data,
+    args: argparse.Namespace,
+    grad_norms: bool = True,
+    callbacks: tuple[Callback, ...] = (),
 ) -> None:
     from mlsmith.training.progress import ProgressReporter
 
@@ -145,7 +159,7 @@ def train_mlsmith(
         trainer = Trainer(
             config,
             checkpoint_dir=checkpoints,
-            callbacks=[ProgressReporter(live=False), FinalWeights()],
+            callbacks=[ProgressReporter(live=False), FinalWeights(), *callbacks],
         )
         trainer.fit(
             model,
@@ -161,6 +175,71 @@ def train_mlsmith_without_grad_norms(
 ) -> None:
     """The Trainer with its one optional per-step diagnostic off: what that diagnostic costs."""
     train_mlsmith(model, data, args, grad_norms=False)
+
+
+# --- (a) and (b) interleaved step by step ----------------------------------------------------
+
+
+class Lockstep(Callback):
+    """Runs one step of the raw loop after each Trainer step (and the raw validation after each
+    Trainer epoch), timing the raw loop's share."""
+
+    def __init__(self, raw: Iterator[None]) -> None:
+        self.raw = raw
+        self.raw_seconds = 0.0
+
+    def advance(self) -> None:
+        started = time.perf_counter()
+        next(self.raw)
+        self.raw_seconds += time.perf_counter() - started
+
+    def on_train_step_end(self, trainer: Any) -> None:
+        self.advance()
+
+    def on_epoch_end(self, trainer: Any, row: dict[str, float]) -> None:
+        self.advance()
+
+
+def lockstep(
+    initial: torch.nn.Module, data: Data, args: argparse.Namespace, grad_norms: bool = True
+) -> tuple[float, float, torch.nn.Module, torch.nn.Module]:
+    """Raw loop and Trainer in one run, alternating step by step: (raw seconds, Trainer
+    seconds, raw model, Trainer model).
+
+    The machine's speed drifts by 10-15% within a minute here, so two loops timed one after
+    the other differ by more than the overhead being measured; alternating every few
+    milliseconds gives both the same machine. The Trainer's time is the whole ``fit`` (setup,
+    steps, validation, checkpoints) less the raw loop's share; the callback that runs the raw
+    step is charged to the Trainer."""
+    raw_model, model = copy.deepcopy(initial), copy.deepcopy(initial)
+    interleave = Lockstep(raw_loop(raw_model, data, args))
+    started = time.perf_counter()
+    train_mlsmith(model, data, args, grad_norms=grad_norms, callbacks=(interleave,))
+    total = time.perf_counter() - started
+    return interleave.raw_seconds, total - interleave.raw_seconds, raw_model, model
+
+
+def compare_lockstep(
+    hidden: list[int], args: argparse.Namespace, grad_norms: bool = True
+) -> tuple[float, list[float]]:
+    """Median of the interleaved ratios (raw seconds / Trainer seconds) over the repeats, and
+    each repeat's ratio; checks the maths as :func:`compare` does."""
+    data = Data(args.rows, args.features)
+    initial = make_model(args.features, hidden)
+    lockstep(initial, Data(2_000, args.features), args)  # warm-up, outside the figures
+    ratios = []
+    for repeat in range(args.repeats):
+        raw, mine, raw_model, model = lockstep(initial, data, args, grad_norms)
+        ratios.append(raw / mine)
+        print(
+            f"  MLP {hidden} interleaved {repeat + 1}: raw {raw:.2f} s, mlsmith {mine:.2f} s",
+            file=sys.stderr,
+        )
+    reference = raw_model.state_dict()
+    for key, value in model.state_dict().items():
+        if not torch.allclose(value, reference[key], rtol=1e-4, atol=1e-5):
+            raise SystemExit(f"interleaved: the Trainer's final weights differ at {key}")
+    return statistics.median(ratios), ratios
 
 
 # --- (c) PyTorch Lightning --------------------------------------------------------------------
@@ -344,6 +423,12 @@ def main() -> None:
         loops["Lightning"] = train_lightning
     sizes = [[int(w) for w in size.split(",")] for size in args.sizes]
     results = {tuple(hidden): compare(hidden, args, loops) for hidden in sizes}
+    interleaved = {tuple(hidden): compare_lockstep(hidden, args) for hidden in sizes}
+    without_norms = (
+        {tuple(hidden): compare_lockstep(hidden, args, grad_norms=False) for hidden in sizes}
+        if args.ablation
+        else {}
+    )
 
     samples = args.rows * args.epochs
     print(
@@ -384,8 +469,22 @@ def main() -> None:
             "bit-identical" if by_loop["mlsmith Trainer"][3] == 0 else "allclose"
         )
         print(line)
-    default = results.get((256, 256)) or next(iter(results.values()))
-    print(f"overhead ratio (mlsmith / raw loop): {default['mlsmith Trainer'][2]:.2f}")
+    print(
+        "\nInterleaved (raw loop and Trainer alternating step by step in one run, so both get "
+        "the same machine; raw seconds / Trainer seconds, median of the repeats):"
+    )
+    for hidden, (median, ratios) in interleaved.items():
+        model = "MLP " + "-".join(map(str, hidden))
+        print(f"{model}: {median:.3f} (" + ", ".join(f"{r:.3f}" for r in ratios) + ")")
+        if hidden in without_norms:
+            median, ratios = without_norms[hidden]
+            print(
+                f"{model}, no grad norms: {median:.3f} ("
+                + ", ".join(f"{r:.3f}" for r in ratios)
+                + ")"
+            )
+    default = interleaved.get((256, 256)) or next(iter(interleaved.values()))
+    print(f"overhead ratio (mlsmith / raw loop): {default[0]:.2f}")
 
 
 if __name__ == "__main__":
