@@ -291,7 +291,7 @@ def _same(text: str, value: Any) -> bool:
 
 
 def train_once(
-    data: dict[str, Any], family: str, override: str, seed: int, out: Path
+    data: dict[str, Any], family: str, overrides: list[str], seed: int, out: Path
 ) -> tuple[float, float, str]:
     from mlsmith import train
 
@@ -306,7 +306,7 @@ def train_once(
         "export": {"package": False},
         "train": {"preflight": False},
     }
-    run = train(config, [override], progress=False, epoch_lines=False)
+    run = train(config, overrides, progress=False, epoch_lines=False)
     return score(run.path)
 
 
@@ -320,6 +320,13 @@ def main() -> None:
     parser.add_argument("--values", nargs="+", help="the axis' values (default: its grid)")
     parser.add_argument(
         "--datasets", nargs="+", help="only datasets whose name starts with one of these"
+    )
+    parser.add_argument(
+        "--set",
+        nargs="+",
+        default=[],
+        metavar="KEY=VALUE",
+        help="overrides every run keeps (e.g. to check two axes' choices together)",
     )
     args = parser.parse_args()
     axis = AXES[args.axis]
@@ -346,7 +353,9 @@ def main() -> None:
                 scores[dataset.name] = {}
                 for value in values:
                     results = [
-                        train_once(data, family, f"{key}={value}", seed, folder / "runs")
+                        train_once(
+                            data, family, [*args.set, f"{key}={value}"], seed, folder / "runs"
+                        )
                         for seed in range(args.seeds)
                     ]
                     scores[dataset.name][value] = statistics.fmean(r[0] for r in results)

@@ -20,18 +20,21 @@ from mlsmith.config.tune import TuneConfig
 GRADIENT_CHECKPOINTING = ("transformer", "torchvision")
 
 
-def _family_lr(raw: Any) -> Any:
-    """Give ``train.optimizer.lr`` the model family's own default when the config sets none."""
+def _family_defaults(raw: Any) -> Any:
+    """Give ``train.optimizer.lr`` and ``train.epochs`` the model family's own defaults where
+    the config sets none."""
     if not isinstance(raw, dict) or not isinstance(raw.get("model"), dict):
         return raw
     family = FAMILIES.get(raw["model"].get("type"))
     train = raw.get("train", {})
-    optimizer = train.get("optimizer", {}) if isinstance(train, dict) else None
-    if family is None or family.lr is None or not isinstance(optimizer, dict):
+    if family is None or not isinstance(train, dict):
         return raw
-    if "lr" in optimizer:
-        return raw
-    return {**raw, "train": {**train, "optimizer": {**optimizer, "lr": family.lr}}}
+    if family.epochs is not None and "epochs" not in train:
+        train = {**train, "epochs": family.epochs}
+    optimizer = train.get("optimizer", {})
+    if family.lr is not None and isinstance(optimizer, dict) and "lr" not in optimizer:
+        train = {**train, "optimizer": {**optimizer, "lr": family.lr}}
+    return {**raw, "train": train}
 
 
 class Config(Section):
@@ -58,7 +61,7 @@ class Config(Section):
             model = raw.get("model", {})
             if kind in KINDS and isinstance(model, dict) and "type" not in model:
                 raw = {**raw, "model": {**model, "type": KINDS[kind].default_model}}
-        return _family_lr(raw)
+        return _family_defaults(raw)
 
     @model_validator(mode="after")
     def _model_fits_data(self) -> Config:

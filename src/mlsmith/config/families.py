@@ -43,6 +43,9 @@ class ModelFamily:
     lr: float | None = None
     """The family's own ``train.optimizer.lr`` default, where the shared one (1e-3) is not the
     right one (chosen leave-one-dataset-out with ``bench/defaults.py``)."""
+    epochs: int | None = None
+    """The family's own ``train.epochs`` default (an upper bound: early stopping is on), where
+    the shared one (20) is not the right one, chosen the same way."""
 
 
 @dataclass(frozen=True)
@@ -60,7 +63,9 @@ class DataKind:
 
 # model.type -> family. Error messages list the families in this order.
 FAMILIES: dict[str, ModelFamily] = {
-    "mlp": ModelFamily(MLPConfig, data=("tabular",), implementation="mlsmith.models.mlp:MLPModel"),
+    "mlp": ModelFamily(
+        MLPConfig, data=("tabular",), implementation="mlsmith.models.mlp:MLPModel", epochs=50
+    ),
     "cnn": ModelFamily(CNNConfig, data=("image",), implementation="mlsmith.models.cnn:CNNModel"),
     "torchvision": ModelFamily(
         TorchvisionConfig,
