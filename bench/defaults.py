@@ -24,6 +24,7 @@ Prints one table per family, then the leave-one-out table; ratios are score / be
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import statistics
 import sys
@@ -261,33 +262,28 @@ def score(run_dir: Path) -> tuple[float, float, str]:
 
 def default_value(family: str, axis: Axis) -> str:
     """The family's default for ``axis``, as one of the axis' values (checked, so the table's
-    "default" column is the real default and not a copy that has drifted)."""
-    from mlsmith.config import Config
+    "default" column is the real default and not a copy that has drifted). Each value is read
+    through mlsmith's own override parsing, as the runs read it."""
+    from mlsmith.config import load_config
 
-    data = {
-        "tabular": {"path": "x.csv", "target": "y"},
-        "text": {"type": "text", "path": "x.csv", "target": "y", "text_column": "text"},
-        "image": {"type": "image", "path": "x.npz", "target": "label"},
-    }[FAMILIES[family]]
-    config = Config.model_validate({"data": data, "model": {"type": family}})
-    value: Any = config
-    for part in axis.key_for(family).split("."):
-        value = getattr(value, part)
+    raw = {
+        "data": {
+            "tabular": {"path": "x.csv", "target": "y"},
+            "text": {"type": "text", "path": "x.csv", "target": "y", "text_column": "text"},
+            "image": {"type": "image", "path": "x.npz", "target": "label"},
+        }[FAMILIES[family]],
+        "model": {"type": family},
+    }
+    key = axis.key_for(family)
+
+    def read(overrides: list[str]) -> Any:
+        return functools.reduce(getattr, key.split("."), load_config(raw, overrides))
+
+    default = read([])
     for candidate in axis.values_for(family):
-        if _same(candidate, value):
+        if read([f"{key}={candidate}"]) == default:
             return candidate
-    raise SystemExit(f"{family}: the default {axis.key_for(family)}={value} is not in the grid")
-
-
-def _same(text: str, value: Any) -> bool:
-    import yaml
-
-    if isinstance(value, (int, float)) and not isinstance(value, bool):
-        try:  # PyYAML reads "1e-3" as a string (YAML 1.1 wants "1.0e-3")
-            return float(text) == float(value)
-        except ValueError:
-            return False
-    return bool(yaml.safe_load(text) == value)
+    raise SystemExit(f"{family}: the default {key}={default} is not in the grid")
 
 
 def train_once(
@@ -317,7 +313,11 @@ def main() -> None:
     )
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--axis", default="lr", choices=list(AXES), help="the setting varied")
-    parser.add_argument("--values", nargs="+", help="the axis' values (default: its grid)")
+    parser.add_argument(
+        "--values",
+        nargs="+",
+        help="the axis' values (default: its grid); the first is the reference column",
+    )
     parser.add_argument(
         "--datasets", nargs="+", help="only datasets whose name starts with one of these"
     )

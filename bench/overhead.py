@@ -235,10 +235,7 @@ def compare_lockstep(
             f"  MLP {hidden} interleaved {repeat + 1}: raw {raw:.2f} s, mlsmith {mine:.2f} s",
             file=sys.stderr,
         )
-    reference = raw_model.state_dict()
-    for key, value in model.state_dict().items():
-        if not torch.allclose(value, reference[key], rtol=1e-4, atol=1e-5):
-            raise SystemExit(f"interleaved: the Trainer's final weights differ at {key}")
+    check_same_weights(raw_model, model, "interleaved")
     return statistics.median(ratios), ratios
 
 
@@ -309,6 +306,16 @@ def train_lightning(model: torch.nn.Module, data: Data, args: argparse.Namespace
 # --- harness ----------------------------------------------------------------------------------
 
 
+def check_same_weights(raw: torch.nn.Module, trainer: torch.nn.Module, how: str) -> None:
+    """Stop the benchmark unless the Trainer ended with the raw loop's weights (allclose)."""
+    mine = trainer.state_dict()
+    for key, value in raw.state_dict().items():
+        if not torch.allclose(mine[key], value, rtol=1e-4, atol=1e-5):
+            raise SystemExit(
+                f"{how}: the Trainer's final weights differ from the raw loop's at {key}"
+            )
+
+
 class Data:
     def __init__(self, rows: int, features: int) -> None:
         full = make_data(rows + rows // 10, features)
@@ -366,11 +373,8 @@ def compare(
                 + " s",
                 file=sys.stderr,
             )
+    check_same_weights(finals["raw loop"], finals["mlsmith Trainer"], "timed in turn")
     reference = finals["raw loop"].state_dict()
-    mlsmith_state = finals["mlsmith Trainer"].state_dict()
-    for key, value in reference.items():
-        if not torch.allclose(mlsmith_state[key], value, rtol=1e-4, atol=1e-5):
-            raise SystemExit(f"the Trainer's final weights differ from the raw loop's at {key}")
     results = {}
     for name in names:
         state = finals[name].state_dict()
