@@ -83,7 +83,8 @@ def test_defaults() -> None:
     assert config.data.split.stratify is None
     assert config.data.drop == [] and config.data.categorical is None
     assert config.model.type == "mlp" and config.model.hidden == [256, 128]
-    assert config.train.epochs == 20
+    # The MLP's own epoch budget (bench/defaults.py --axis epochs), not the shared 20.
+    assert config.train.epochs == 50
     assert config.train.optimizer.name == "adamw" and config.train.optimizer.lr == 1e-3
     assert config.train.precision == "32"
     assert config.train.early_stopping.enabled is True
@@ -92,8 +93,8 @@ def test_defaults() -> None:
 
 
 def test_family_defaults_apply_only_where_the_config_is_silent() -> None:
-    """The bag trains at lr 3e-3 (chosen leave-one-dataset-out); the other families keep the
-    shared 1e-3 and 20 epochs, and anything the user sets wins."""
+    """The bag trains at lr 3e-3 and the MLP 50 epochs (chosen leave-one-dataset-out); the
+    other families keep the shared 1e-3 and 20 epochs, and anything the user sets wins."""
     text = {"type": "text", "path": "x.csv", "target": "y", "text_column": "text"}
     bag = load_config({"data": text, "model": {"type": "bag"}})
     assert bag.train.optimizer.lr == 3e-3 and bag.train.epochs == 20
@@ -101,7 +102,9 @@ def test_family_defaults_apply_only_where_the_config_is_silent() -> None:
     assert transformer.train.optimizer.lr == 1e-3
     bag_lr = load_config({"data": text, "model": {"type": "bag"}}, ["train.optimizer.lr=0.1"])
     assert bag_lr.train.optimizer.lr == 0.1
+    assert load_config(IRIS).train.epochs == 50
     assert load_config(IRIS, ["train.epochs=7"]).train.epochs == 7
+    assert transformer.train.epochs == 20
     assert load_config(load_config(bag)).train.optimizer.lr == 3e-3
 
 
