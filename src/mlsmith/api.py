@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mlsmith.config import Config, load_config
-from mlsmith.errors import ConfigError
+from mlsmith.errors import ConfigError, did_you_mean
 from mlsmith.run import Run, load_run
 
 if TYPE_CHECKING:
@@ -38,6 +38,9 @@ __all__ = [
     "train",
     "tune",
 ]
+
+# Where ``predict`` runs: this process, in chunks; or Apache Spark, over a table's partitions.
+PREDICT_ENGINES = ("local", "spark")
 
 
 def train(
@@ -119,15 +122,62 @@ def predict(
     *,
     chunk_rows: int = 50_000,
     keep_columns: list[str] | None = None,
+    engine: str = "local",
+    spark_master: str | None = None,
+    spark_conf: dict[str, str] | None = None,
 ) -> pd.DataFrame | int:
     """Predictions for raw rows: a DataFrame in, a DataFrame out; or a file in, ``output`` written
-    in chunks (any size, constant memory) and the row count returned."""
+    in chunks (any size, constant memory) and the row count returned.
+
+    ``engine="spark"`` runs the run's package (or a package folder, ``runs:/`` or ``models:/``
+    URI given as ``run``) on Apache Spark over the partitions of a Parquet or CSV table (a file,
+    a folder or a URI Spark reads) and writes ``output`` as partitioned Parquet; ``spark_master``
+    (``local[4]``, ``spark://host:7077``, ``yarn``) and ``spark_conf`` set up the session.
+    Needs ``pip install 'mlsmith[spark]'`` on this machine; executors need only the package's
+    requirements and pyarrow.
+    """
+    _check_engine(engine, spark_master, spark_conf)
+    if engine == "spark":
+        if not isinstance(data, (str, Path)) or output is None:
+            raise ConfigError(
+                "--engine spark predicts a table on disk into an output folder: give the input "
+                "as a path and an output path"
+            )
+        from mlsmith.registry.loading import package_folder
+        from mlsmith.spark import predict_on_spark
+
+        with package_folder(run.path if isinstance(run, Run) else run) as folder:
+            return predict_on_spark(
+                folder,
+                data,
+                output,
+                master=spark_master,
+                conf=spark_conf,
+                chunk_rows=chunk_rows,
+                keep_columns=keep_columns or [],
+            )
+    if not isinstance(run, Run) and (Path(run) / "MLmodel").is_file():
+        raise ConfigError(
+            f"{run} is a package folder, which --engine spark predicts; the local engine "
+            "predicts with a run directory (the folder holding config.yaml)"
+        )
     target = _as_run(run)
     if isinstance(data, (str, Path)):
         if output is None:
             raise ConfigError("predict: a file input needs an output path")
         return target.predict_file(data, output, chunk_rows=chunk_rows, keep_columns=keep_columns)
     return target.predict(data)
+
+
+def _check_engine(engine: str, spark_master: str | None, spark_conf: dict[str, str] | None) -> None:
+    if engine not in PREDICT_ENGINES:
+        raise ConfigError(
+            f"--engine {engine!r}: unknown prediction engine{did_you_mean(engine, PREDICT_ENGINES)}"
+            f"; choose {' or '.join(PREDICT_ENGINES)}"
+        )
+    if engine != "spark" and (spark_master or spark_conf):
+        flag = "--spark-master" if spark_master else "--spark-conf"
+        raise ConfigError(f"{flag} sets up Spark, which only --engine spark uses")
 
 
 def check(

@@ -14,6 +14,7 @@ import json
 import os
 import re
 import secrets
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -43,7 +44,8 @@ def sweep_stale_temporaries(directory: Path) -> list[Path]:
     """Remove temporary files in ``directory`` left by dead processes of this host.
 
     Done once per directory per process: what a live process is writing is never touched, and
-    files of other hosts are left alone (their PIDs mean nothing here). Returns what was removed.
+    files of other hosts are left alone (their PIDs mean nothing here). A temporary folder (what
+    a Spark job writes its part files into) goes with its contents. Returns what was removed.
     """
     directory = directory.resolve()
     if directory in _swept:
@@ -59,7 +61,10 @@ def sweep_stale_temporaries(directory: Path) -> list[Path]:
         if match is None or match["host"] != HOST_ID or _process_alive(int(match["pid"])):
             continue
         try:
-            os.unlink(entry.path)
+            if entry.is_dir(follow_symlinks=False):
+                shutil.rmtree(entry.path)
+            else:
+                os.unlink(entry.path)
             removed.append(Path(entry.path))
         except OSError:
             continue  # another process swept it first, or it is not ours to remove

@@ -66,7 +66,7 @@ def read_table(path: str, *, sep: str | None = None, na_values: Sequence[str] = 
             _parquet_columns(file)
             frame = mark_missing(pd.read_parquet(file), na_values)
         else:
-            frame = pd.read_csv(file, sep=_csv_separator(file, sep), na_values=list(na_values))
+            frame = pd.read_csv(file, sep=csv_separator(file, sep), na_values=list(na_values))
     except (ValueError, OSError, pd.errors.ParserError, ImportError) as exc:
         raise DataError(f"{file}: cannot be read as {_format(file)}: {exc}") from None
     if frame.shape[1] == 0:
@@ -99,7 +99,7 @@ def iter_table(
         else:
             yield from pd.read_csv(
                 file,
-                sep=_csv_separator(file, sep),
+                sep=csv_separator(file, sep),
                 na_values=list(na_values),
                 chunksize=chunk_rows,
             )
@@ -130,7 +130,7 @@ def _existing_file(path: str) -> Path:
     return file
 
 
-def _csv_separator(file: Path, sep: str | None) -> str:
+def csv_separator(file: Path, sep: str | None) -> str:
     """The separator to read ``file`` with (``sep``, or one chosen from the header), once the
     header's column names are known to be unique."""
     chosen = sep or ("\t" if file.suffix.lower() == ".tsv" else ",")

@@ -7,6 +7,8 @@
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from mlsmith.errors import RunError
@@ -20,6 +22,16 @@ PACKAGE_DIR = "package"
 def load_package(source: str | Path, *, tracking_uri: str | None = None) -> Package:
     """A package loaded for prediction from a package folder, a run folder (its ``package/``),
     ``runs:/<run_id>/package`` or ``models:/<name>@<alias>`` / ``models:/<name>/<version>``."""
+    with package_folder(source, tracking_uri=tracking_uri) as folder:
+        # Everything a package needs is read into memory here; a download can go afterwards.
+        return Package(folder)
+
+
+@contextmanager
+def package_folder(source: str | Path, *, tracking_uri: str | None = None) -> Iterator[Path]:
+    """The local folder of the package ``source`` names (as for :func:`load_package`), for as
+    long as the ``with`` block lasts: an MLflow URI is downloaded into a scratch folder that is
+    removed afterwards. A folder that is not a package is a RunError."""
     text = str(source)
     if text.startswith(MLFLOW_URIS):
         with tempfile.TemporaryDirectory(prefix="mlsmith-package-") as scratch:
@@ -27,8 +39,8 @@ def load_package(source: str | Path, *, tracking_uri: str | None = None) -> Pack
                 local = download(text, resolve_tracking_uri(tracking_uri), Path(scratch))
             except Exception as exc:  # MLflow raises its own types for unknown names and runs
                 raise RunError(f"{text}: cannot be loaded ({first_line(exc)})") from None
-            # Everything a package needs is read into memory here; the download can go.
-            return Package(local)
+            yield local
+        return
     path = Path(source)
     if (path / PACKAGE_DIR / "MLmodel").is_file():
         path = path / PACKAGE_DIR
@@ -37,4 +49,4 @@ def load_package(source: str | Path, *, tracking_uri: str | None = None) -> Pack
         if (path / "config.yaml").is_file():
             hint = f"; it is a run without a package: write one with `mlsmith export {path}`"
         raise RunError(f"{path}: not an mlsmith package (no MLmodel){hint}")
-    return Package(path)
+    yield path
