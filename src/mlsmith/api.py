@@ -60,12 +60,17 @@ def train(
     on or off (default: on when stderr is a terminal); without it ``epoch_lines`` says whether
     each epoch still gets one line on stderr (a tuning study of many trials turns them off).
     ``callbacks`` are called by the training loop after mlsmith's own (``tune`` prunes trials
-    with one).
+    with one). ``train.distributed.nproc`` > 1 trains on that many processes, started with
+    torchrun (``callbacks`` and ``progress`` then do not reach them).
     """
     from mlsmith import pipeline
+    from mlsmith.training import distributed
 
+    cfg = load_config(config, overrides)
+    if cfg.train.distributed.nproc > 1 and not distributed.launched():
+        return pipeline.launch_training(cfg, resume=resume)
     return pipeline.run_training(
-        load_config(config, overrides),
+        cfg,
         resume=resume,
         callbacks=callbacks or [],
         progress=progress,

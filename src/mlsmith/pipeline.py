@@ -9,6 +9,7 @@ of the best weights on the test split, reports. Tuning runs one ``run_training``
 from __future__ import annotations
 
 import logging
+import os
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,8 +54,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Where rank 0 writes its run directory's path for launch_training (an environment variable).
+RUN_RECORD = "MLSMITH_RUN_RECORD"
+
 # Keys that may differ between a run's stored config and the one given with --resume.
-RESUMABLE_KEYS = ("train.epochs", "experiment", "output_dir", "track.")
+RESUMABLE_KEYS = ("train.epochs", "experiment", "output_dir", "track.", "train.distributed.")
 
 
 def build(cfg: Config, *, preprocessor: Preprocessor | None = None) -> tuple[PreparedData, Model]:
@@ -84,11 +88,105 @@ def run_training(
     progress: bool | None = None,
     epoch_lines: bool = True,
 ) -> Run:
-    """Train, evaluate on the held-out test split and track one run (see ``mlsmith.train``)."""
+    """Train, evaluate on the held-out test split and track one run (see ``mlsmith.train``).
+
+    Started by torchrun, every process runs this: they join one process group and train
+    together; rank 0 alone writes the run (see :mod:`mlsmith.training.distributed`).
+    """
+    from mlsmith.training import distributed
+
+    with distributed.process_group(cfg.train.device) as world:
+        if world.active:
+            _check_distributable(cfg)
+        if not world.main:
+            return _train_replica(cfg, resume=resume, callbacks=callbacks)
+        run = _run_training(
+            cfg, resume=resume, callbacks=callbacks, progress=progress, epoch_lines=epoch_lines
+        )
+    if os.environ.get(RUN_RECORD):  # launch_training waits for this path
+        write_text(Path(os.environ[RUN_RECORD]), str(run.path))
+    return run
+
+
+def launch_training(cfg: Config, *, resume: str | Path | None = None) -> Run:
+    """``train.distributed.nproc`` > 1 outside torchrun: run ``mlsmith train`` under torchrun
+    with that many processes on this node, wait for it, and return the run."""
+    import tempfile
+
+    from mlsmith.training import distributed
+
+    nproc = cfg.train.distributed.nproc
+    with tempfile.TemporaryDirectory(prefix="mlsmith-launch-") as folder:
+        # The resolved config: its paths are absolute, so it reads the same from anywhere.
+        config_path, record = Path(folder) / "config.yaml", Path(folder) / "run"
+        write_text(config_path, cfg.to_yaml())
+        argv = ["train", str(config_path), "--no-progress"]
+        argv += ["--resume", str(resume)] if resume is not None else []
+        code = distributed.launch(nproc, argv, env={RUN_RECORD: str(record)})
+        if code != 0 or not record.is_file():
+            raise RunError(
+                f"training on {nproc} processes failed (torchrun exited with {code}); the "
+                "workers' messages are above"
+            )
+        return Run(record.read_text())
+
+
+def _check_distributable(cfg: Config) -> None:
+    """Refuse, before any work, what several processes cannot train together."""
+    from mlsmith import families
+    from mlsmith.models.neural import NeuralModel
+
+    if not issubclass(families.model_family(cfg.model.type), NeuralModel):
+        raise ConfigError(
+            f"model.type '{cfg.model.type}' trains on one process (its library has its own "
+            "threads); run it without torchrun and train.distributed.nproc=1"
+        )
+    if cfg.eval.cv is not None:
+        raise ConfigError(
+            "eval.cv: cross-validation trains its folds one after another on one process; "
+            "run it without torchrun (or set eval.cv=null)"
+        )
+
+
+def _train_replica(cfg: Config, *, resume: str | Path | None, callbacks: Sequence[object]) -> Run:
+    """What a rank other than 0 does: build as rank 0 does, train its share, write nothing.
+
+    It follows rank 0's steps that involve every rank (the learning rate of ``lr: auto``, the
+    run directory) and returns once training ends; rank 0 evaluates and reports.
+    """
+    from mlsmith.models.base import FitContext
+    from mlsmith.training import distributed
+
+    preprocessor = None
+    if resume is not None:
+        run_dir = Path(resume).resolve()
+        cfg = config_for_resume(run_dir, cfg)
+        if (run_dir / "preprocessing.json").is_file():
+            from mlsmith import families
+
+            preprocessor = families.data_kind(cfg.data.type).load_preprocessor(run_dir)
+    data, model = build(cfg, preprocessor=preprocessor)
+    model.config = distributed.broadcast(cfg)  # rank 0's config, its lr: auto resolved
+    path = distributed.broadcast("")  # rank 0's run directory, once it exists
+    context = FitContext(run_dir=Path(path), callbacks=list(callbacks), resume=resume is not None)
+    model.fit(data, context)
+    return Run(path)
+
+
+def _run_training(
+    cfg: Config,
+    *,
+    resume: str | Path | None,
+    callbacks: Sequence[object],
+    progress: bool | None,
+    epoch_lines: bool,
+) -> Run:
+    """Everything ``run_training`` does on rank 0 (the only rank of a one-process run)."""
     from mlsmith.imbalance import fit_threshold, imbalance_notes
     from mlsmith.models.base import FitContext
     from mlsmith.registry import register_after_training
     from mlsmith.tracking import Tracker, final_metrics, run_tags
+    from mlsmith.training import distributed
     from mlsmith.training.device import resolve_device
     from mlsmith.training.history import HistoryWriter
     from mlsmith.training.progress import ProgressReporter
@@ -117,6 +215,8 @@ def run_training(
         check_export_settings(model, cfg.export)  # quantize or prune on a tree: exit 2 now
     # lr: auto becomes a number here; config.yaml keeps "auto", run.json the rate chosen.
     trained_cfg, lr_auto = resolve_lr(cfg, data, model, info.get("lr_auto"))
+    world = distributed.current()
+    distributed.broadcast(trained_cfg, world)  # the other ranks train with the same rate
     checks = (
         _preflight(trained_cfg, data, model) if cfg.train.preflight and resume is None else None
     )
@@ -133,6 +233,8 @@ def run_training(
     if run_dir is None:
         # Only now: a config, data or pre-flight error must not leave a run directory behind.
         run_dir = new_run_dir(cfg)
+    info["world_size"] = world.size
+    info["global_batch_size"] = cfg.train.batch_size * world.size * cfg.train.grad_accum_steps
     tracker: Tracker | None = None
     try:
         # From here on a run directory exists: whatever stops the run, run.json says so.
@@ -178,6 +280,7 @@ def run_training(
             resume=resume is not None,
             metadata={"config": cfg.to_dict(), "code_version": code_version(environment)},
         )
+        distributed.broadcast(str(run_dir), world)  # the other ranks may start training
         started = time.perf_counter()
         crossed = cross_validate(trained_cfg, folds, data, context, tracker) if folds else None
         if crossed is not None:
@@ -386,7 +489,10 @@ def config_for_resume(run_dir: Path, requested: Config) -> Config:
             f"cannot resume {run_dir} with a different config ({details}); only train.epochs "
             "may change when resuming"
         )
-    return load_config(stored, [f"train.epochs={requested.train.epochs}"])
+    # The number of processes is the resuming invocation's own.
+    keep = [f"train.epochs={requested.train.epochs}"]
+    keep += [f"train.distributed.nproc={requested.train.distributed.nproc}"]
+    return load_config(stored, keep)
 
 
 def write_reports_safely(run_dir: Path) -> list[Path]:

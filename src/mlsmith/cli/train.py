@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import typer
@@ -28,9 +29,13 @@ def command(
     """Train, evaluate on the test split and track a run; prints the run directory last."""
     from mlsmith.api import train
     from mlsmith.cli.output import print_metrics
+    from mlsmith.pipeline import RUN_RECORD
     from mlsmith.run import cv_means
+    from mlsmith.training.distributed import launched_rank
 
     run = train(config, overrides or [], resume=resume, progress=progress)
+    if launched_rank() != 0 or os.environ.get(RUN_RECORD):
+        return  # under torchrun, rank 0 prints the run (or mlsmith's launcher, when it ran it)
     # With eval.cv, a first column: each metric's mean over the held-out folds [t-interval];
     # print_metrics leaves out metrics.json's other sections and prints the baseline's own table.
     table = {**cv_means(run.metrics), **run.metrics}

@@ -85,6 +85,20 @@ class ProfileConfig(Section):
     warmup: int = Field(2, ge=1, description="steps run first and not recorded (allocations...)")
 
 
+class DistributedConfig(Section):
+    """Data-parallel training over several processes, started by torchrun."""
+
+    nproc: int = Field(
+        1,
+        ge=1,
+        description="processes on this node; >1 makes `mlsmith train` launch torchrun itself "
+        "(under torchrun, its --nproc-per-node decides)",
+    )
+    strategy: Literal["ddp"] = Field(
+        "ddp", description="ddp: every process holds the model, gradients averaged (DDP)"
+    )
+
+
 # "1h30m", "20m", "90s", "1.5h": hours, minutes and seconds, each at most once, in that order.
 _NUMBER = r"\d+(?:\.\d*)?"
 _DURATION = re.compile(rf"^(?:(?P<h>{_NUMBER})h)?(?:(?P<m>{_NUMBER})m)?(?:(?P<s>{_NUMBER})s)?$")
@@ -192,6 +206,7 @@ class TrainConfig(Section):
         description="classification: focal down-weights easy rows by (1 - p)^focal_gamma",
     )
     focal_gamma: float = Field(2.0, ge=0.0, description="focal loss focusing exponent")
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     label_smoothing: float = Field(
         0.0,
         ge=0.0,

@@ -84,6 +84,22 @@ class TensorBatches:
         self.drop_last = options.drop_last
         self.generator = torch.Generator().manual_seed(options.seed)
         self.sampler = BalancedSampler(target) if options.balanced and options.shuffle else None
+        # This process's place among the training processes: its share of every step.
+        self.rank, self.world_size = 0, 1
+        # Training batches skip a last step too small to share (see step_plan); evaluation
+        # batches keep every row, a rank's share of a small last batch possibly empty.
+        self.training = options.train
+
+    def shard(self, rank: int, world_size: int) -> TensorBatches:
+        """Take only rank ``rank``'s share of every optimizer step from now on.
+
+        Every rank draws the same epoch order from the same generator; step k's samples
+        ``[k*B*A*W, (k+1)*B*A*W)`` are split into ``W`` contiguous shares, so W processes of
+        batch B see together exactly what one process of batch B*W would (see
+        :meth:`step_plan`).
+        """
+        self.rank, self.world_size = rank, world_size
+        return self
 
     @classmethod
     def from_split(cls, split: Split, options: BatchOptions) -> TensorBatches:
@@ -109,21 +125,49 @@ class TensorBatches:
         """
 
         n = len(self.target)
-        per_step = self.batch_size * accumulate
-        usable = n - n % per_step if self.drop_last else n
         if self.shuffle:
             order = self.permutation(n).to(self.target.device)
             inputs = {k: v[order] for k, v in self.inputs.items()}
             target = self.target[order]
         else:
             inputs, target = self.inputs, self.target
-        for start in range(0, usable, per_step):
-            stop = min(start + per_step, usable)
-            size = self.batch_size
+        size = self.batch_size
+        for start, stop in self.step_plan(accumulate):
             yield [
-                self.collate({k: v[i : i + size] for k, v in inputs.items()}, target[i : i + size])
+                self.collate(
+                    {k: v[i : min(i + size, stop)] for k, v in inputs.items()},
+                    target[i : min(i + size, stop)],
+                )
                 for i in range(start, stop, size)
             ]
+
+    def step_plan(self, accumulate: int = 1) -> list[tuple[int, int]]:
+        """This rank's ``[start, stop)`` positions in the epoch's order, one per optimizer step.
+
+        A step covers ``B*A*W`` samples (the global batch); this rank takes its contiguous
+        share of each. With several processes, a last training step too small to give every
+        rank a sample is left out (every rank must take part in every step's gradient
+        averaging); evaluation keeps it.
+        """
+        n = len(self.target)
+        world = self.world_size
+        per_step = self.batch_size * accumulate * world
+        usable = n - n % per_step if self.drop_last else n
+        plan = []
+        for start in range(0, usable, per_step):
+            stop = min(start + per_step, usable)
+            if stop - start < world and self.training:
+                break
+            lo = start + self.rank * (stop - start) // world
+            plan.append((lo, start + (self.rank + 1) * (stop - start) // world))
+        return plan
+
+    def step_total(self, accumulate: int, step: int) -> int:
+        """Samples in optimizer step ``step`` over every rank (the global batch, or less)."""
+        n = len(self.target)
+        per_step = self.batch_size * accumulate * self.world_size
+        usable = n - n % per_step if self.drop_last else n
+        return min(per_step, usable - step * per_step)
 
     def permutation(self, n: int) -> torch.Tensor:
         """This epoch's ``n`` sample indices: a shuffle of every row, or with the balanced
@@ -151,9 +195,7 @@ class TensorBatches:
 
     def n_steps(self, accumulate: int = 1) -> int:
         """Optimizer steps per epoch for ``steps(accumulate)``."""
-        per_step = self.batch_size * accumulate
-        n = len(self.target)
-        return n // per_step if self.drop_last else -(-n // per_step)
+        return len(self.step_plan(accumulate))
 
     def __iter__(self) -> Iterator[Batch]:
         """Every micro-batch of one epoch, in order (for evaluation)."""

@@ -8,6 +8,7 @@ gradient-norm measurement behave the same everywhere, and a fix in one place fix
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
 
@@ -48,6 +49,9 @@ def optimizer_step(
     measure: bool = False,
     before_update: BeforeUpdate | None = None,
     grads: FlatGradients | None = None,
+    step_samples: int | None = None,
+    replicas: int = 1,
+    no_sync: Callable[[], AbstractContextManager[Any]] | None = None,
 ) -> StepResult:
     """Forward and backward over ``micro_batches`` (accumulated), then one update.
 
@@ -57,22 +61,31 @@ def optimizer_step(
     With ``measure`` or ``clip`` the true (unscaled) gradient norms of ``params`` are taken
     before clipping; ``clip`` caps their total as ``torch.nn.utils.clip_grad_norm_`` does.
     ``grads``: the parameters' flat gradient buffer, if any (see :mod:`.gradients`).
+
+    Data-parallel training (``replicas`` processes, each ``forward`` a DDP module averaging
+    the gradients over them): ``step_samples`` is the step's sample count over every process, so a
+    micro-batch weighs ``len * replicas / total`` and the averaged gradient is the mean over
+    the whole global batch even when the last step's shares differ; ``no_sync`` (DDP's) keeps
+    every micro-batch but the last from averaging, one all-reduce per step.
     """
-    if len(micro_batches) == 1:  # no accumulation: exactly a plain loop's step
-        (inputs, target), n_step = micro_batches[0], len(micro_batches[0][1])
+    n_step = sum(len(target) for _, target in micro_batches)
+    everyone = step_samples or n_step
+    if len(micro_batches) == 1 and n_step * replicas == everyone:
+        # No accumulation and an equal share: exactly a plain loop's step.
+        inputs, target = micro_batches[0]
         with precision.autocast():
             loss = loss_fn(forward(**inputs), target)
         precision.backward(loss)
         step_loss = loss.detach()
     else:
-        n_step = sum(len(target) for _, target in micro_batches)
         step_loss = torch.zeros((), device=micro_batches[0][1].device)
-        for inputs, target in micro_batches:
-            with precision.autocast():
-                loss = loss_fn(forward(**inputs), target)
-            share = len(target) / n_step
-            precision.backward(loss * share)
-            step_loss.add_(loss.detach(), alpha=share)
+        last = len(micro_batches) - 1
+        for i, (inputs, target) in enumerate(micro_batches):
+            with no_sync() if no_sync is not None and i < last else nullcontext():
+                with precision.autocast():
+                    loss = loss_fn(forward(**inputs), target)
+                precision.backward(loss * (len(target) * replicas / everyone))
+            step_loss.add_(loss.detach(), alpha=len(target) / n_step)
     norms = total = None
     if measure or clip is not None:
         params = params if params is not None else _trainable(optimizer)

@@ -27,6 +27,7 @@ from mlsmith.config import TrainConfig
 from mlsmith.config.train import format_duration
 from mlsmith.data.batches import TensorBatches
 from mlsmith.errors import ConfigError, did_you_mean
+from mlsmith.training import distributed
 from mlsmith.training.callbacks import CallbackList, EarlyStopping, improved, resolve_mode
 from mlsmith.training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from mlsmith.training.device import resolve_device
@@ -112,6 +113,7 @@ class Trainer:
         self.optimizer: torch.optim.Optimizer | None = None
         self.monitor_steps: StepMonitor | None = None
         self._lr = math.nan
+        self.world = distributed.World()
         self._clock = time.monotonic()  # when training began, less the time before a resume
 
     # --- the loop -----------------------------------------------------------------------------
@@ -129,8 +131,17 @@ class Trainer:
         cfg = self.config
         self._check_monitors(objective)
         set_deterministic(cfg.deterministic)
+        world = self.world = distributed.current()
         model.to(self.device)
         train.to(self.device)  # val stays on the CPU: predict_raw moves it a batch at a time
+        # Several processes: each takes its share of every step and of validation.
+        train.shard(world.rank, world.size)
+        val.shard(world.rank, world.size)
+        replica = distributed.replicate(model, self.device) if world.active else None
+        if world.rank:
+            # Rank 0's weights reach every rank through DDP; dropout should not draw the same
+            # masks on every rank's share, so each rank after 0 gets a stream of its own.
+            torch.manual_seed(torch.initial_seed() + world.rank)
         optimizer = self.optimizer = build_optimizer(model, cfg.optimizer)
         steps_per_epoch = train.n_steps(cfg.grad_accum_steps)
         schedule = LRSchedule(
@@ -154,16 +165,20 @@ class Trainer:
         if ema is not None:
             parts["ema"] = ema
         if resume is not None:
-            self._restore(load_checkpoint(resume, map_location=self.device), model, parts)
+            checkpoint = load_checkpoint(resume, map_location=self.device)
+            self._restore(checkpoint, model, parts)
+            self._regroup(checkpoint.get("world_size", 1))
         # train.max_time counts the training time of the invocations before a resume too.
         self._clock = time.monotonic() - state.train_seconds
         deadline = self._clock + cfg.max_time if cfg.max_time is not None else None
         # train.mixup / train.cutmix: mixed images and soft targets for image classification.
         mix = BatchMixer(cfg.mixup, cfg.cutmix, objective) if cfg.mixup or cfg.cutmix else None
-        grads = FlatGradients.for_params(trainable)
+        # DDP averages gradients in its own buckets: the flat buffer is for one process.
+        grads = FlatGradients.for_params(trainable) if replica is None else None
+        forward: torch.nn.Module = replica if replica is not None else model
         take_step = partial(
             optimizer_step,
-            forward=torch.compile(model) if cfg.compile else model,
+            forward=torch.compile(forward) if cfg.compile else forward,
             loss_fn=objective.loss,
             optimizer=optimizer,
             precision=self.precision,
@@ -171,11 +186,27 @@ class Trainer:
             clip=cfg.grad_clip,
             measure=cfg.log_grad_norm or cfg.grad_clip is not None,
             grads=grads,
+            replicas=world.size,
+            no_sync=replica.no_sync if replica is not None else None,
         )
         self._lr = float(optimizer.param_groups[0]["lr"])
+        if world.active:
+            log.info(
+                "%d processes: global batch %d = batch_size %d x %d processes x "
+                "grad_accum_steps %d",
+                world.size,
+                cfg.batch_size * world.size * cfg.grad_accum_steps,
+                cfg.batch_size,
+                world.size,
+                cfg.grad_accum_steps,
+            )
 
         self.callbacks.call("on_fit_start", self)
-        profiler = StepProfiler(cfg.profile, self.profile_dir, self.device) if cfg.profile else None
+        profiler = (  # one trace, from rank 0
+            StepProfiler(cfg.profile, self.profile_dir, self.device)
+            if cfg.profile is not None and world.main
+            else None
+        )
         try:
             while not state.done:
                 model.train()
@@ -190,7 +221,8 @@ class Trainer:
                     check = partial(steps.observe, state.global_step + 1, state.epoch + 1, self._lr)
                     if mix is not None:
                         micro_batches = [mix(*batch) for batch in micro_batches]
-                    result = take_step(micro_batches, before_update=check)
+                    everyone = train.step_total(cfg.grad_accum_steps, state.step_in_epoch)
+                    result = take_step(micro_batches, before_update=check, step_samples=everyone)
                     if ema is not None:
                         ema.update()
                     if profiler is not None and profiler.step():
@@ -203,7 +235,7 @@ class Trainer:
                     # Mid-epoch checkpoints (the epoch's end saves one anyway).
                     if every and state.global_step % every == 0 and not state.epoch_ending:
                         self._save_last(model, parts)
-                    if deadline is not None and time.monotonic() > deadline:
+                    if deadline is not None and self._past(deadline):
                         break  # train.max_time is spent: the epoch ends here, validated below
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()  # honest timing: wait for queued kernels
@@ -211,18 +243,23 @@ class Trainer:
 
                 steps.flush()
                 train_loss = self._finite_loss(model, state)
+                epoch_samples = state.samples - resumed_samples
+                if world.active:  # every rank's samples: the throughput of the whole job
+                    epoch_samples = int(distributed.all_sum([epoch_samples])[0])
                 row = {
                     "epoch": state.epoch + 1,
                     "step": state.global_step,
                     "train/loss": train_loss,
                     **self.validate(evaluated, val, objective),
                     "lr": self._lr,
-                    "samples_per_s": (state.samples - resumed_samples) / max(train_time, 1e-9),
+                    "samples_per_s": epoch_samples / max(train_time, 1e-9),
                     "epoch_time_s": time.perf_counter() - started,
                     **steps.epoch_stats(state.epoch + 1),
                     "memory_mb": peak_memory_mb(self.device),
                 }
-                state.end_epoch(row, next_rng=train.generator.get_state())
+                # Ranks may draw differently within an epoch (augmentation seeds for their own
+                # share): the next epoch's order comes from rank 0's generator on every rank.
+                state.end_epoch(row, next_rng=distributed.broadcast(train.generator.get_state()))
 
                 observation = overfit.update(state.epoch, train_loss, row["val/loss"])
                 if observation:
@@ -232,15 +269,18 @@ class Trainer:
                 self._lr = float(optimizer.param_groups[0]["lr"])
                 if improved(row[self.monitor], state.best_score, self.monitor_mode):
                     state.best_score, state.best_epoch = row[self.monitor], state.epoch
-                    save_checkpoint(self.checkpoint_dir / BEST, self._model_state(evaluated))
+                    if world.main:
+                        save_checkpoint(self.checkpoint_dir / BEST, self._model_state(evaluated))
                 if stop.enabled and stopper.update(row[stop.monitor]):
                     state.should_stop = True
-                if deadline is not None and time.monotonic() > deadline and not state.done:
+                if deadline is not None and self._past(deadline) and not state.done:
                     state.should_stop = True
                     state.observations.append(self._out_of_time())
                 # The weights were found finite with the epoch's loss above.
                 self._save_last(model, parts, checked=True)
                 self.callbacks.call("on_epoch_end", self, row)
+                # A callback on one rank may ask to stop: every rank stops together.
+                state.should_stop = distributed.broadcast(state.should_stop)
         except BaseException as error:
             self.callbacks.call("on_exception", self, error)
             raise
@@ -317,8 +357,18 @@ class Trainer:
     def validate(
         self, model: torch.nn.Module, batches: TensorBatches, objective: Objective
     ) -> dict[str, float]:
-        """Loss and metrics on ``batches``, predictions gathered batch by batch on the CPU."""
+        """Loss and metrics on ``batches``, predictions gathered batch by batch on the CPU.
+
+        With several processes each predicts its share and the metrics are computed over the
+        whole split, gathered, on every rank (they decide early stopping and the best epoch).
+        """
         raw, loss = predict_raw(model, batches, self.precision.autocast, objective)
+        if self.world.active:
+            raw = distributed.gather_rows(raw, self.world)
+            positions = [np.arange(lo, hi) for lo, hi in batches.step_plan(1)]
+            order = distributed.gather_rows(np.concatenate([np.zeros(0, np.int64), *positions]))
+            raw = raw[np.argsort(order, kind="stable")]
+            loss = distributed.all_sum([loss], self.world)[0]  # each a share of the total
         decoded = objective.decode(raw)
         metrics = objective.metrics(objective.truth(batches.target.cpu().numpy()), decoded)
         return {"val/loss": loss, **{f"val/{k}": v for k, v in metrics.items()}}
@@ -342,6 +392,7 @@ class Trainer:
             "model": model.state_dict(),
             "epoch": self.state.epoch,
             "global_step": self.state.global_step,
+            "world_size": self.world.size,
             "metrics": self.state.history[-1] if self.state.history else {},
             **self.metadata,
         }
@@ -356,9 +407,15 @@ class Trainer:
         if not checked:
             self._finite_loss(model, self.state)  # never checkpoint a diverged run
         self.state.train_seconds = time.monotonic() - self._clock
+        # Each rank draws its own dropout masks: every rank's RNG goes in the checkpoint.
+        by_rank = distributed.gather_objects(rng_states(), self.world)
+        if not self.world.main:
+            return  # rank 0 writes; every rank holds the same weights and loop state
         state = self._model_state(model)
         state.update({name: part.state_dict() for name, part in parts.items()})
-        state["rng"] = rng_states()
+        state["rng"] = by_rank[0]
+        if self.world.active:
+            state["rng_by_rank"] = by_rank
         save_checkpoint(self.checkpoint_dir / LAST, state)
 
     def _restore(
@@ -368,11 +425,37 @@ class Trainer:
         model.load_state_dict(checkpoint["model"])
         for name, part in parts.items():
             part.load_state_dict(checkpoint[name])
-        restore_rng_states(checkpoint["rng"])
+        by_rank = checkpoint.get("rng_by_rank") or [checkpoint["rng"]]
+        # The same world: each rank continues its own streams (an exact resume).
+        same = len(by_rank) == self.world.size
+        restore_rng_states(by_rank[self.world.rank] if same else checkpoint["rng"])
+
+    def _regroup(self, saved: int) -> None:
+        """Resuming on a different number of processes than the checkpoint was written by.
+
+        The epoch's steps were shares of a different global batch, so an epoch in progress
+        restarts from its first step (same order); the weights, optimizer and schedule go on.
+        """
+        if saved == self.world.size:
+            return
+        state = self.state
+        note = (
+            f"resumed on {self.world.size} process(es) from a checkpoint written by {saved} "
+            f"at step {state.global_step}"
+        )
+        if state.step_in_epoch:
+            note += f"; epoch {state.epoch + 1} restarted from its first step"
+            state.step_in_epoch, state.samples = 0, 0
+            state.loss_sum.zero_()
+        log.warning("%s", note)
+        state.observations.append(note)
 
     def _finite_loss(self, model: torch.nn.Module, state: LoopState) -> float:
         """The epoch's mean loss so far; raises before non-finite weights are checkpointed."""
         loss = state.mean_loss()
+        if self.world.active:  # the mean over every rank's samples
+            loss_sum, samples = distributed.all_sum([loss * state.samples, state.samples])
+            loss = loss_sum / max(samples, 1)
         if math.isfinite(loss) and all_finite(list(model.parameters())):
             return loss
         what = f"loss became {loss}" if not math.isfinite(loss) else "weights became non-finite"
@@ -382,6 +465,10 @@ class Trainer:
             f"train.grad_clip, {precision_advice(self.config.precision)}or check the inputs for "
             "extreme values"
         )
+
+    def _past(self, deadline: float) -> bool:
+        """Whether train.max_time is spent (rank 0's clock decides for every rank)."""
+        return distributed.broadcast(time.monotonic() > deadline, self.world)
 
     def _out_of_time(self) -> str:
         """The observation for a run that train.max_time stopped."""
@@ -400,10 +487,13 @@ class Trainer:
         ``evaluated``: the network validation ran on (the moving average with train.ema).
         """
         best_path = self.checkpoint_dir / BEST
-        if not best_path.exists():
+        if not self.world.main:
+            pass  # rank 0 evaluates and writes what follows; the others are done
+        elif not best_path.exists():
             # The monitored metric was never finite: keep the last weights as the best we have.
             save_checkpoint(best_path, self._model_state(evaluated))
-        model.load_state_dict(load_checkpoint(best_path, map_location=self.device)["model"])
+        if self.world.main:
+            model.load_state_dict(load_checkpoint(best_path, map_location=self.device)["model"])
         self.callbacks.call("on_fit_end", self)
         state = self.state
         return FitResult(

@@ -188,13 +188,12 @@ class StreamBatches(TensorBatches):
 
     def steps(self, accumulate: int = 1) -> Iterator[list[Batch]]:
         n = len(self.target)
-        per_step = self.batch_size * accumulate
-        usable = n - n % per_step if self.drop_last else n
+        steps = self.step_plan(accumulate)
         order = self.permutation(n) if self.shuffle else torch.arange(n)
         plan: list[list[tuple[int, int]]] = []
-        for start in range(0, usable, per_step):
-            for i in range(start, min(start + per_step, usable), self.batch_size):
-                indices = order[i : min(i + self.batch_size, start + per_step, usable)].tolist()
+        for start, stop in steps:
+            for i in range(start, stop, self.batch_size):
+                indices = order[i : min(i + self.batch_size, stop)].tolist()
                 if self.augment is not None:
                     seeds = draw_seeds(self.generator, len(indices)).tolist()
                 else:
@@ -204,8 +203,8 @@ class StreamBatches(TensorBatches):
         if not plan:
             return
         batches = iter(self.loader())
-        for start in range(0, usable, per_step):
-            count = -(-(min(start + per_step, usable) - start) // self.batch_size)
+        for start, stop in steps:
+            count = -(-(stop - start) // self.batch_size)
             yield [self._receive(next(batches)) for _ in range(count)]
 
     def _receive(self, batch: tuple[torch.Tensor | _Failed, torch.Tensor]) -> Batch:
