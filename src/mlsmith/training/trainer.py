@@ -487,12 +487,10 @@ class Trainer:
         ``evaluated``: the network validation ran on (the moving average with train.ema).
         """
         best_path = self.checkpoint_dir / BEST
-        if not self.world.main:
-            pass  # rank 0 evaluates and writes what follows; the others are done
-        elif not best_path.exists():
-            # The monitored metric was never finite: keep the last weights as the best we have.
-            save_checkpoint(best_path, self._model_state(evaluated))
-        if self.world.main:
+        if self.world.main:  # rank 0 evaluates and writes what follows; the others are done
+            if not best_path.exists():
+                # The monitored metric was never finite: keep the last weights as the best.
+                save_checkpoint(best_path, self._model_state(evaluated))
             model.load_state_dict(load_checkpoint(best_path, map_location=self.device)["model"])
         self.callbacks.call("on_fit_end", self)
         state = self.state
