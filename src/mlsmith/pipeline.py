@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -57,6 +58,9 @@ log = logging.getLogger(__name__)
 # Where rank 0 writes its run directory's path for launch_training (an environment variable).
 RUN_RECORD = "MLSMITH_RUN_RECORD"
 
+# Under <output_dir>/<experiment>: one file per torchrun job naming the run it started.
+TORCHRUN_JOBS = ".torchrun-jobs"
+
 # Keys that may differ between a run's stored config and the one given with --resume.
 RESUMABLE_KEYS = ("train.epochs", "experiment", "output_dir", "track.", "train.distributed.")
 
@@ -95,6 +99,8 @@ def run_training(
     """
     from mlsmith.training import distributed
 
+    if resume is None:
+        resume = _restarted_run(cfg)
     with distributed.process_group(cfg.train.device) as world:
         if world.active:
             _check_distributable(cfg)
@@ -108,6 +114,44 @@ def run_training(
     return run
 
 
+def _job_record(cfg: Config) -> Path | None:
+    """Where a torchrun job notes the run it started, so that its restarted workers find it."""
+    from mlsmith.training import distributed
+
+    job = distributed.job_id()
+    if job is None or not distributed.launched():
+        return None
+    name = re.sub(r"[^A-Za-z0-9_.-]", "_", job)
+    return Path(cfg.output_dir) / cfg.experiment / TORCHRUN_JOBS / name
+
+
+def _restarted_run(cfg: Config) -> Path | None:
+    """Under ``torchrun --max-restarts``, after a worker died and torchrun restarted them all:
+    the run this job started, to continue from its last checkpoint (None on a first attempt,
+    or when the run had not checkpointed yet: the job then starts over).
+
+    Every rank reads the same record (the output folder is shared, as resuming needs), and
+    no rank is writing while torchrun restarts them, so all take the same decision.
+    """
+    from mlsmith.models.neural import CHECKPOINT_DIR
+    from mlsmith.training import distributed
+    from mlsmith.training.checkpoint import LAST
+
+    record = _job_record(cfg)
+    if record is None or distributed.restarts() == 0 or not record.is_file():
+        return None
+    run_dir = Path(record.read_text().strip())
+    if not (run_dir / CHECKPOINT_DIR / LAST).is_file():
+        return None
+    if distributed.launched_rank() == 0:
+        log.warning(
+            "torchrun restarted the workers (restart %d): continuing %s from its last checkpoint",
+            distributed.restarts(),
+            run_dir,
+        )
+    return run_dir
+
+
 def launch_training(cfg: Config, *, resume: str | Path | None = None) -> Run:
     """``train.distributed.nproc`` > 1 outside torchrun: run ``mlsmith train`` under torchrun
     with that many processes on this node, wait for it, and return the run."""
@@ -116,6 +160,7 @@ def launch_training(cfg: Config, *, resume: str | Path | None = None) -> Run:
     from mlsmith.training import distributed
 
     nproc = cfg.train.distributed.nproc
+    _check_distributable(cfg)  # before any process starts: a config error is exit 2 here
     with tempfile.TemporaryDirectory(prefix="mlsmith-launch-") as folder:
         # The resolved config: its paths are absolute, so it reads the same from anywhere.
         config_path, record = Path(folder) / "config.yaml", Path(folder) / "run"
@@ -146,6 +191,18 @@ def _check_distributable(cfg: Config) -> None:
             "eval.cv: cross-validation trains its folds one after another on one process; "
             "run it without torchrun (or set eval.cv=null)"
         )
+    if cfg.train.distributed.strategy == "fsdp":
+        if cfg.train.ema is not None:
+            raise ConfigError(
+                "train.ema: the moving average keeps a whole copy of the weights, which "
+                "train.distributed.strategy=fsdp shards; use strategy ddp or train.ema=null"
+            )
+        if cfg.train.precision == "16-mixed":
+            raise ConfigError(
+                "train.precision: 16-mixed needs a gradient scaler that sees every shard, "
+                "which train.distributed.strategy=fsdp does not have; use bf16-mixed (FSDP "
+                "computes in bf16 and reduces in fp32) or 32"
+            )
 
 
 def _train_replica(cfg: Config, *, resume: str | Path | None, callbacks: Sequence[object]) -> Run:
@@ -233,6 +290,9 @@ def _run_training(
     if run_dir is None:
         # Only now: a config, data or pre-flight error must not leave a run directory behind.
         run_dir = new_run_dir(cfg)
+        record = _job_record(cfg)
+        if record is not None:  # torchrun may restart this job: its workers continue this run
+            write_text(record, str(run_dir))
     info["world_size"] = world.size
     info["global_batch_size"] = cfg.train.batch_size * world.size * cfg.train.grad_accum_steps
     tracker: Tracker | None = None

@@ -253,3 +253,14 @@ def test_training_cost_extrapolates_to_the_run() -> None:
     assert result.group == "cost" and result.status == "pass"
     assert "/step x 7 steps/epoch x 7 epochs ≈ " in result.detail  # ceil(100 / 16) steps
     assert "early stopping may end sooner" in result.detail
+    assert "processes" not in result.detail
+
+
+def test_training_cost_shares_each_step_between_the_processes() -> None:
+    """train.distributed.nproc=4: the global batch is 4 x 16, so an epoch has 1/4 the steps."""
+    x, y = batch(rows=40)
+    batches = [({"x": x[i : i + 8]}, y[i : i + 8]) for i in range(0, 32, 8)]
+    cfg = TrainConfig(epochs=7, batch_size=8, grad_accum_steps=2, distributed={"nproc": 4})
+    result = training_cost(Net(), batches, THREE, cfg, torch.device("cpu"), n_train=100)
+    assert "/step x 2 steps/epoch x 7 epochs ≈ " in result.detail  # ceil(100 / 64) steps
+    assert "4 processes, each assumed as fast as this one" in result.detail

@@ -232,3 +232,34 @@ def test_all_finite_is_exact_even_where_a_norm_overflows() -> None:
     huge = [torch.full((16,), 3e38)]
     assert not bool(torch.linalg.vector_norm(huge[0]).isfinite())
     assert all_finite(huge)
+
+
+class _DeviceFull:
+    """Raises the error PyTorch raises when CUDA cannot allocate, at one step."""
+
+    def on_train_step_end(self, trainer: Trainer) -> None:
+        if trainer.global_step == 3:
+            raise torch.cuda.OutOfMemoryError(
+                "CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 15.77 GiB total capacity)"
+                "\nlong allocator statistics that nobody reads"
+            )
+
+
+def test_out_of_memory_is_a_diagnosis_with_what_to_change(tmp_path: Path) -> None:
+    """Out of device memory mid-training: one message naming where it happened, the memory
+    used and the settings to change (not the allocator's trace); exit code 1."""
+    from mlsmith.training.diagnostics import OutOfMemoryError
+
+    x, y = regression_data(64)
+    config = train_config(epochs=2, batch_size=8)
+    trainer = Trainer(config, checkpoint_dir=tmp_path, callbacks=[_DeviceFull()])
+    with pytest.raises(OutOfMemoryError) as caught:
+        trainer.fit(make_net(), batches(x, y, 8), batches(x, y, 16), RegressionTask(0.0, 1.0))
+    message = str(caught.value)
+    assert message.startswith("cpu ran out of memory in epoch 1, step 4 (")
+    assert "CUDA out of memory. Tried to allocate 2.00 GiB" in message
+    assert "allocator statistics" not in message  # the first line of torch's message only
+    assert "lower train.batch_size (now 8) and raise train.grad_accum_steps (now 1)" in message
+    assert "train.precision=bf16-mixed" in message
+    assert caught.value.exit_code == 1
+    assert isinstance(caught.value.__cause__, torch.cuda.OutOfMemoryError)

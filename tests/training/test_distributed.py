@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -41,25 +42,31 @@ def _mlsmith(*args: str | Path) -> subprocess.CompletedProcess[str]:
     return subprocess.run(command, capture_output=True, text=True, env=_env(), timeout=200)
 
 
-def _runs(output: Path) -> list[Path]:
-    return sorted(p for p in output.glob("t/*") if (p / "config.yaml").is_file())
+def _runs(output: Path, experiment: str = "t") -> list[Path]:
+    return sorted(p for p in output.glob(f"{experiment}/*") if (p / "config.yaml").is_file())
 
 
 def _weights(run: Path, name: str = "last.pt") -> dict[str, torch.Tensor]:
     return load_checkpoint(run / "checkpoints" / name)["model"]  # type: ignore[no-any-return]
 
 
-def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+def _assert_same_weights(
+    a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], atol: float = 1e-6
+) -> None:
     assert a.keys() == b.keys()
     for key in a:
-        assert torch.allclose(a[key], b[key], rtol=0, atol=1e-6), (
+        assert torch.allclose(a[key], b[key], rtol=0, atol=atol), (
             key,
             (a[key] - b[key]).abs().max(),
         )
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_two_processes_train_track_and_report_one_run(
-    tmp_path: Path, table_csv: Callable[..., Path], write_config: Callable[..., Path]
+    tmp_path: Path,
+    table_csv: Callable[..., Path],
+    write_config: Callable[..., Path],
+    strategy: str,
 ) -> None:
     """``train.distributed.nproc=2``: mlsmith starts torchrun itself; rank 0 writes one run,
     tracked in MLflow with its report, and run.json states the world and the global batch."""
@@ -69,7 +76,13 @@ def test_two_processes_train_track_and_report_one_run(
         track={"enabled": True, "uri": f"sqlite:///{store}"},
         eval={"report": True},
     )
-    result = _mlsmith("train", config, "train.distributed.nproc=2", "--no-progress")
+    result = _mlsmith(
+        "train",
+        config,
+        "train.distributed.nproc=2",
+        f"train.distributed.strategy={strategy}",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     runs = _runs(tmp_path / "runs")
     assert len(runs) == 1, runs  # the other rank wrote no run directory of its own
@@ -91,8 +104,24 @@ def test_two_processes_train_track_and_report_one_run(
     assert tracked.data.params["train.distributed.nproc"] == "2"
     history = MlflowClient(f"sqlite:///{store}").get_metric_history(tracked.info.run_id, "val/loss")
     assert len(history) == 3  # one point per epoch, logged once (by rank 0)
+    last = load_checkpoint(run / "checkpoints" / "last.pt")  # weights_only=True
+    best = load_checkpoint(run / "checkpoints" / "best.pt")
+    assert last["model"].keys() == best["model"].keys()
+    assert all(type(v) is torch.Tensor for v in best["model"].values())  # whole, not shards
+    shards = sorted(p.name for p in (run / "checkpoints").glob("last.dcp.*"))
+    if strategy == "fsdp":  # the optimizer's shards: one directory, the one last.pt names
+        assert shards == [last["sharded"]] and "optimizer" not in last
+        assert (run / "checkpoints" / last["sharded"] / ".metadata").is_file()
+    else:
+        assert shards == [] and "optimizer" in last
+    # The run's model predicts on one process, without torchrun.
+    predicted = _mlsmith(
+        "predict", run, "--input", table_csv("multiclass"), "--output", tmp_path / "p.csv"
+    )
+    assert predicted.returncode == 0, predicted.stderr[-2000:]
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 @pytest.mark.parametrize(
     ("per_rank", "accumulate"),
     [(32, 1), (16, 2)],
@@ -104,6 +133,7 @@ def test_two_processes_end_with_the_weights_of_one_process_with_the_global_batch
     write_config: Callable[..., Path],
     per_rank: int,
     accumulate: int,
+    strategy: str,
 ) -> None:
     """2 ranks x ``per_rank`` x ``accumulate`` = 64: the same updates as one process with a
     batch of 64, on the same data order (the last, partial step included)."""
@@ -116,6 +146,7 @@ def test_two_processes_end_with_the_weights_of_one_process_with_the_global_batch
         config,
         f"train.batch_size={per_rank}",
         f"train.grad_accum_steps={accumulate}",
+        f"train.distributed.strategy={strategy}",
         "--no-progress",
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -124,6 +155,34 @@ def test_two_processes_end_with_the_weights_of_one_process_with_the_global_batch
     _assert_same_weights(_weights(single.path), _weights(parallel))
     history = [line.split(",")[:2] for line in (parallel / "history.csv").read_text().split()]
     assert history[-1] == ["3", "9"]  # 3 epochs of 3 steps: 168 training rows / 64
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_the_cnn_with_batch_norm_matches_one_process_with_the_global_batch(
+    tmp_path: Path, strategy: str
+) -> None:
+    """Batch norm normalises with the statistics of the global batch (synchronised over the
+    ranks, on the CPU too): 2 x 16 images end with the weights and running statistics of
+    1 x 32."""
+    from tests.image_data import image_config, make_images, write_folder
+
+    import mlsmith
+
+    images, labels = make_images(30, classes=3, size=(16, 16), channels=3)
+    folder = write_folder(tmp_path / "shapes", images, labels, names=["a", "b", "c"])
+    config = image_config(folder, tmp_path / "runs")
+    config["model"] = {"type": "cnn", "channels": [8, 16], "depth": 1, "dropout": 0.0}
+    config["train"] = {"epochs": 2, "batch_size": 16, "optimizer": {"lr": 0.01}}
+    config["eval"] = {"bootstrap": 0, "baseline": False}
+    path = tmp_path / "cnn.yaml"
+    path.write_text(yaml.safe_dump(config))
+    single = mlsmith.train(path, ["train.batch_size=32", "experiment=single"], progress=False)
+    result = _torchrun("train", path, f"train.distributed.strategy={strategy}", "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    [parallel] = _runs(tmp_path / "runs", "img")
+    weights = _weights(parallel)
+    assert any("running_var" in key for key in weights)  # the statistics are compared too
+    _assert_same_weights(_weights(single.path), weights)
 
 
 def test_two_nodes_each_with_its_own_torchrun_agent_train_one_run(
@@ -170,18 +229,24 @@ def test_two_nodes_each_with_its_own_torchrun_agent_train_one_run(
     assert info["status"] == "finished" and info["world_size"] == 2
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_a_killed_job_resumes_from_its_last_checkpoint_on_another_world_size(
-    tmp_path: Path, table_csv: Callable[..., Path], write_config: Callable[..., Path]
+    tmp_path: Path,
+    table_csv: Callable[..., Path],
+    write_config: Callable[..., Path],
+    strategy: str,
 ) -> None:
     """SIGTERM to the launcher stops both ranks cleanly (run interrupted, last.pt whole); the
-    run then continues on one process, and says that the world changed."""
+    run then continues on one process, and says that the world changed (under FSDP the
+    optimizer's shards are read back for one process)."""
     config = write_config(
         table_csv("binary", rows=2000),
         train={"epochs": 40, "batch_size": 16, "checkpoint": {"every_n_steps": 5}},
         model={"hidden": [64, 64]},
     )
     command = [sys.executable, "-m", "mlsmith", "train", str(config)]
-    command += ["train.distributed.nproc=2", "--no-progress"]
+    command += ["train.distributed.nproc=2", f"train.distributed.strategy={strategy}"]
+    command += ["--no-progress"]
     launcher = subprocess.Popen(
         command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env()
     )
@@ -205,6 +270,7 @@ def test_a_killed_job_resumes_from_its_last_checkpoint_on_another_world_size(
     assert saved["world_size"] == 2 and len(saved["rng_by_rank"]) == 2
     stopped_at = saved["global_step"]
     assert 0 < stopped_at < 40 * 63  # killed mid-training
+    assert ("sharded" in saved) == (strategy == "fsdp")
 
     result = _mlsmith("train", config, "--resume", run, "train.epochs=2", "--no-progress")
     # train.epochs=2 may already be spent: the run then just finishes from its checkpoint.
@@ -216,6 +282,136 @@ def test_a_killed_job_resumes_from_its_last_checkpoint_on_another_world_size(
     assert any("from a checkpoint written by 2" in note for note in info["observations"]), info[
         "observations"
     ]
+
+
+# FSDP's path (weights and optimizer from DCP shards) is the longer one; DDP's differs only in
+# reading them from last.pt (it passed too, at atol 0: 76 s more, so not run every time).
+@pytest.mark.parametrize("strategy", ["fsdp"])
+def test_a_job_killed_mid_epoch_resumes_exactly_on_the_same_world(
+    tmp_path: Path,
+    table_csv: Callable[..., Path],
+    write_config: Callable[..., Path],
+    strategy: str,
+) -> None:
+    """Both ranks SIGKILLed inside an epoch (a lost machine: no handler runs), then resumed on
+    two processes: the weights, the history and the test metrics are those of a run never
+    interrupted (each rank's dropout stream, the optimizer's shards, the schedule)."""
+    sections: dict[str, Any] = {
+        "train": {
+            "epochs": 4,
+            "batch_size": 16,
+            "checkpoint": {"every_n_steps": 4},
+            "scheduler": {"name": "cosine", "warmup_epochs": 1},
+            "distributed": {"nproc": 2, "strategy": strategy},
+        },
+        "model": {"hidden": [32, 32], "dropout": 0.2},
+        "eval": {"bootstrap": 0},
+    }
+    data = table_csv("regression", rows=1200)
+    reference = write_config(data, "reference.yaml", experiment="reference", **sections)
+    assert _mlsmith("train", reference, "--no-progress").returncode == 0
+    [expected] = _runs(tmp_path / "runs", "reference")
+
+    config = write_config(data, "killed.yaml", experiment="killed", **sections)
+    command = [sys.executable, "-m", "mlsmith", "train", str(config), "--no-progress"]
+    # Its own session: the launcher and both workers die together, as with a lost machine.
+    with (tmp_path / "killed.log").open("w") as log:
+        job = subprocess.Popen(command, stdout=log, stderr=log, env=_env(), start_new_session=True)
+    deadline = time.monotonic() + 120
+    try:
+        while True:
+            assert job.poll() is None, "training ended before the kill"
+            assert time.monotonic() < deadline, "no checkpoint to kill at"
+            found = list((tmp_path / "runs" / "killed").glob("*/checkpoints/last.pt"))
+            if found:
+                loop = torch.load(found[0], weights_only=True)["loop"]
+                if loop["epoch"] >= 1 and loop["step_in_epoch"] > 0:
+                    break
+            time.sleep(0.002)
+    finally:
+        os.killpg(job.pid, signal.SIGKILL)
+        job.wait()
+    [run] = _runs(tmp_path / "runs", "killed")
+    killed = load_checkpoint(run / "checkpoints" / "last.pt")
+    assert killed["loop"]["step_in_epoch"] > 0 and killed["loop"]["epoch"] < 4
+
+    result = _mlsmith("train", config, "--resume", run, "--no-progress")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for name in ("last.pt", "best.pt"):
+        _assert_same_weights(_weights(expected, name), _weights(run, name), atol=0.0)
+    assert (run / "history.csv").read_text().split()[-1].split(",")[:3] == (
+        (expected / "history.csv").read_text().split()[-1].split(",")[:3]
+    )
+    metrics = [json.loads((r / "metrics.json").read_text())["test"] for r in (expected, run)]
+    assert metrics[0] == metrics[1]
+
+
+def _worker_pid(marker: str, rank: int) -> int | None:
+    """The pid of the torchrun worker of ``rank`` whose environment holds ``marker``."""
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        wanted = [marker.encode(), f"RANK={rank}".encode(), b"TORCHELASTIC_RESTART_COUNT=0"]
+        if all(variable in environ for variable in wanted):
+            return int(entry.name)
+    return None
+
+
+def test_one_rank_killed_under_max_restarts_continues_the_same_run(
+    tmp_path: Path, table_csv: Callable[..., Path], write_config: Callable[..., Path]
+) -> None:
+    """``torchrun --max-restarts 1``: SIGKILL one worker mid-training; torchrun restarts both,
+    and they continue the run the job started from its last checkpoint (one run directory,
+    finished, every epoch trained) instead of starting another."""
+    config = write_config(
+        table_csv("binary", rows=1500),
+        train={"epochs": 6, "batch_size": 16, "checkpoint": {"every_n_steps": 5}},
+        model={"hidden": [32, 32]},
+        eval={"bootstrap": 0},
+    )
+    marker = f"MLSMITH_TEST_JOB={os.getpid()}-{time.monotonic_ns()}"
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node=2", "--max-restarts=1", "-m", "mlsmith", "train", str(config)]
+    command += ["--no-progress"]
+    env = {**_env(), marker.split("=")[0]: marker.split("=")[1]}
+    with (tmp_path / "job.log").open("w") as log:
+        job = subprocess.Popen(command, stdout=log, stderr=log, env=env, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((tmp_path / "runs" / "t").glob("*/checkpoints/last.pt")):
+            assert job.poll() is None, (tmp_path / "job.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "no checkpoint appeared"
+            time.sleep(0.05)
+        victim = _worker_pid(marker, rank=1)
+        assert victim is not None
+        os.kill(victim, signal.SIGKILL)
+        assert job.wait(timeout=180) == 0, (tmp_path / "job.log").read_text()[-3000:]
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    output = (tmp_path / "job.log").read_text()
+    assert "torchrun restarted the workers (restart 1): continuing" in output
+    [run] = _runs(tmp_path / "runs")
+    info = json.loads((run / "run.json").read_text())
+    assert info["status"] == "finished" and info["world_size"] == 2
+    history = (run / "history.csv").read_text().split()
+    assert [row.split(",")[0] for row in history[1:]] == ["1", "2", "3", "4", "5", "6"]
+
+
+def test_check_under_torchrun_runs_once_on_rank_0(
+    tmp_path: Path, table_csv: Callable[..., Path], write_config: Callable[..., Path]
+) -> None:
+    """``torchrun ... mlsmith check``: one report (rank 0's), costed for the two processes."""
+    config = write_config(table_csv("binary"))
+    result = _torchrun("check", config, "--quick", "--json")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)  # exactly one JSON document: the other rank is silent
+    cost = next(r for r in report["results"] if r["group"] == "cost")
+    assert "2 processes, each assumed as fast as this one" in cost["detail"]
 
 
 def test_a_family_that_trains_on_one_process_is_refused_under_torchrun(
@@ -230,6 +426,26 @@ def test_a_family_that_trains_on_one_process_is_refused_under_torchrun(
     assert not _runs(tmp_path / "runs")
 
 
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [("train.ema=0.99", "train.ema"), ("train.precision=16-mixed", "use bf16-mixed")],
+)
+def test_what_fsdp_cannot_shard_is_refused_before_any_process_starts(
+    tmp_path: Path,
+    table_csv: Callable[..., Path],
+    write_config: Callable[..., Path],
+    setting: str,
+    message: str,
+) -> None:
+    config = write_config(table_csv("binary"))
+    result = _mlsmith(
+        "train", config, "train.distributed.nproc=2", "train.distributed.strategy=fsdp", setting
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert "launching" not in result.stderr and not _runs(tmp_path / "runs")
+
+
 def test_distributed_settings_are_checked(tmp_path: Path) -> None:
     from mlsmith.config import load_config
     from mlsmith.errors import ConfigError
@@ -239,6 +455,10 @@ def test_distributed_settings_are_checked(tmp_path: Path) -> None:
         load_config({"data": data}, ["train.distributed.nproc=0"])
     with pytest.raises(ConfigError, match="strategy"):
         load_config({"data": data}, ["train.distributed.strategy=horovod"])
+    assert (
+        load_config({"data": data}, ["train.distributed.strategy=fsdp"]).train.distributed.strategy
+        == "fsdp"
+    )
     assert yaml.safe_load(load_config({"data": data}).to_yaml())["train"]["distributed"] == {
         "nproc": 1,
         "strategy": "ddp",

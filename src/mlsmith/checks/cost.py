@@ -67,10 +67,16 @@ def training_cost(
         times.append(time.perf_counter() - started)
     per_micro = float(np.median(times[1:]))
     per_step = per_micro * cfg.grad_accum_steps
-    per_optimizer_step = cfg.batch_size * cfg.grad_accum_steps
+    # Several processes: each step's global batch is shared, so an epoch has 1/W the steps.
+    world = world_size(cfg)
+    per_optimizer_step = cfg.batch_size * cfg.grad_accum_steps * world
     steps = n_train // per_optimizer_step if cfg.drop_last else -(-n_train // per_optimizer_step)
     total = per_step * steps * cfg.epochs
     notes = [f"on {device.type}"]
+    if world > 1:
+        notes.append(
+            f"{world} processes, each assumed as fast as this one; gradient averaging not timed"
+        )
     if cfg.compile:
         notes.append("without torch.compile")
     detail = (
@@ -79,6 +85,15 @@ def training_cost(
         "may end sooner)"
     )
     return CheckResult("cost", "training cost", "pass", detail)
+
+
+def world_size(cfg: TrainConfig) -> int:
+    """The processes the run trains on: torchrun's under torchrun, else train.distributed.nproc."""
+    import os
+
+    from mlsmith.training import distributed
+
+    return int(os.environ["WORLD_SIZE"]) if distributed.launched() else cfg.distributed.nproc
 
 
 # --- helpers ----------------------------------------------------------------------------------

@@ -31,7 +31,10 @@ def command(
     Exits 0 when no check fails, 1 when one does, 2 when the config is invalid.
     """
     from mlsmith.api import check
+    from mlsmith.training import distributed
 
+    if distributed.launched_rank() != 0:
+        return 0  # under torchrun: rank 0 checks and reports, once; the others are done
     report = check(config, overrides or [], quick=quick)
     if as_json:
         typer.echo(json.dumps(report.to_dict(), indent=2, ensure_ascii=False))

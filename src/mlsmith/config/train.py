@@ -94,8 +94,10 @@ class DistributedConfig(Section):
         description="processes on this node; >1 makes `mlsmith train` launch torchrun itself "
         "(under torchrun, its --nproc-per-node decides)",
     )
-    strategy: Literal["ddp"] = Field(
-        "ddp", description="ddp: every process holds the model, gradients averaged (DDP)"
+    strategy: Literal["ddp", "fsdp"] = Field(
+        "ddp",
+        description="ddp: every process holds the model, gradients averaged (DDP); fsdp: "
+        "parameters, gradients and optimizer state sharded over the processes (FSDP2)",
     )
 
 

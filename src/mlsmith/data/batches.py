@@ -13,6 +13,7 @@ data kind's batches take one, built for training or evaluation from the ``train`
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -131,14 +132,10 @@ class TensorBatches:
             target = self.target[order]
         else:
             inputs, target = self.inputs, self.target
-        size = self.batch_size
-        for start, stop in self.step_plan(accumulate):
+        for pieces in self.micro_batches(accumulate):
             yield [
-                self.collate(
-                    {k: v[i : min(i + size, stop)] for k, v in inputs.items()},
-                    target[i : min(i + size, stop)],
-                )
-                for i in range(start, stop, size)
+                self.collate({k: v[lo:hi] for k, v in inputs.items()}, target[lo:hi])
+                for lo, hi in pieces
             ]
 
     def step_plan(self, accumulate: int = 1) -> list[tuple[int, int]]:
@@ -161,6 +158,29 @@ class TensorBatches:
             lo = start + self.rank * (stop - start) // world
             plan.append((lo, start + (self.rank + 1) * (stop - start) // world))
         return plan
+
+    def micro_batches(self, accumulate: int = 1) -> list[list[tuple[int, int]]]:
+        """Each optimizer step's micro-batches, as ``[start, stop)`` positions in the epoch's
+        order: this rank's share of the step cut into batches of ``batch_size``.
+
+        With several processes every rank cuts every step into the same number of
+        micro-batches (a partial last step into near-equal ones), because each forward pass
+        may be collective: FSDP gathers weights and synchronised batch norm averages
+        statistics in every one, so a rank with an extra micro-batch would wait forever.
+        """
+        size, world = self.batch_size, self.world_size
+        steps = []
+        for index, (start, stop) in enumerate(self.step_plan(accumulate)):
+            if world == 1:
+                steps.append([(i, min(i + size, stop)) for i in range(start, stop, size)])
+                continue
+            # Full steps: accumulate pieces of batch_size on every rank, as with one process.
+            fewest = self.step_total(accumulate, index) // world  # the smallest share
+            count = max(1, -(-fewest // size))
+            share = stop - start
+            edges = [start + share * j // count for j in range(count + 1)]
+            steps.append(list(itertools.pairwise(edges)))
+        return steps
 
     def step_total(self, accumulate: int, step: int) -> int:
         """Samples in optimizer step ``step`` over every rank (the global batch, or less)."""

@@ -55,9 +55,20 @@ class NeuralModel(Model):
         resume = checkpoints / LAST if context.resume and (checkpoints / LAST).exists() else None
         result = trainer.fit(self.network, train, val, self.task, resume=resume)
         self.device = trainer.device
+        if trainer.world.active and trainer.world.main:
+            # Several processes left the network wrapped for them (synchronised batch norm,
+            # FSDP's shards): rank 0 evaluates and exports a plain one with the best weights.
+            self.network = self._rebuilt(result.best_checkpoint)
         return FitSummary(
             result.history, result.best_epoch, result.stopped_early, result.observations
         )
+
+    def _rebuilt(self, checkpoint: Path) -> torch.nn.Module:
+        """A fresh network with the weights of ``checkpoint``, on ``self.device``."""
+        with torch.random.fork_rng(devices=[]):  # building draws weights: leave the RNG be
+            network = self.build_network()
+        network.load_state_dict(load_checkpoint(checkpoint, map_location=self.device)["model"])
+        return network.to(self.device)
 
     def predict_raw(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         from mlsmith.data.batches import BatchOptions

@@ -8,6 +8,7 @@ update reaches a checkpoint (on the CPU before it reaches the weights).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from dataclasses import dataclass, field
@@ -27,6 +28,43 @@ class NonFiniteLossError(MlsmithError):
     """The training loss or the gradients became NaN or infinite."""
 
     exit_code = 1
+
+
+class OutOfMemoryError(MlsmithError):
+    """The device ran out of memory during training; the message says what to change."""
+
+    exit_code = 1
+
+
+def out_of_memory(
+    error: BaseException, device: torch.device, where: str, settings: dict[str, Any]
+) -> OutOfMemoryError:
+    """The diagnosis of a device out of memory: where, at what peak, what to change.
+
+    ``where``: e.g. "epoch 2, step 130"; ``settings``: the train.* values that set the
+    memory a step needs (batch_size, grad_accum_steps, precision, gradient_checkpointing).
+    """
+    peak = peak_memory_mb(device)
+    total = math.nan
+    if device.type == "cuda":
+        # The device may be gone, or never have been there (a test raising the error on a CPU).
+        with contextlib.suppress(RuntimeError, AssertionError):
+            total = torch.cuda.get_device_properties(device).total_memory / 2**20
+    used = f"{peak:,.0f} MB at the peak" + (f" of {total:,.0f} MB" if math.isfinite(total) else "")
+    batch, accumulate = settings["batch_size"], settings["grad_accum_steps"]
+    fixes = [
+        f"lower train.batch_size (now {batch}) and raise train.grad_accum_steps (now "
+        f"{accumulate}) by the same factor: the same update, with less memory per step"
+    ]
+    if settings["precision"] == "32":
+        fixes.append("set train.precision=bf16-mixed (or 16-mixed on older GPUs)")
+    if not settings["gradient_checkpointing"]:
+        fixes.append("set train.gradient_checkpointing=true (where the model supports it)")
+    fixes.append("use a smaller model")
+    told = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    return OutOfMemoryError(
+        f"{device} ran out of memory in {where} ({used}): {told}. Likely fixes: " + "; ".join(fixes)
+    )
 
 
 @dataclass(slots=True)

@@ -75,6 +75,17 @@ def launched() -> bool:
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
+def restarts() -> int:
+    """How many times torchrun has restarted this job's workers after a failure
+    (``--max-restarts``); 0 on the first attempt and without torchrun."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0"))
+
+
+def job_id() -> str | None:
+    """torchrun's id for this job, the same on every node and across restarts (None without)."""
+    return os.environ.get(LAUNCHED_BY)
+
+
 def launched_rank() -> int:
     """This process's rank as the launcher set it (0 without one), group joined or not."""
     return int(os.environ.get("RANK", "0"))
@@ -93,7 +104,15 @@ def process_group(device: str) -> Iterator[World]:
     cuda = device != "cpu" and torch.cuda.is_available()
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    torch.distributed.init_process_group("nccl" if cuda else "gloo")
+    backend = "nccl" if cuda else "gloo"
+    if restarts():
+        # A restarted attempt meets in the same store as the failed one, where the dead
+        # workers' addresses are still written: its own key prefix keeps it from them.
+        rank, size = launched_rank(), int(os.environ["WORLD_SIZE"])
+        store = torch.distributed.PrefixStore(f"mlsmith/attempt-{restarts()}", _launcher_store())
+        torch.distributed.init_process_group(backend, store=store, rank=rank, world_size=size)
+    else:
+        torch.distributed.init_process_group(backend)
     world = current()
     if not world.main:
         # Other ranks are quiet: warnings and errors only, and no progress display.
@@ -102,6 +121,23 @@ def process_group(device: str) -> Iterator[World]:
         yield world
     finally:
         torch.distributed.destroy_process_group()
+
+
+def _launcher_store() -> torch.distributed.Store:
+    """A client of the store the launcher's environment points at (``MASTER_ADDR``/``PORT``):
+    torchrun's own when it shares it with its workers, else one rank 0 serves, as
+    ``init_process_group`` would open it."""
+    from datetime import timedelta
+
+    shared = os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == str(True)
+    return torch.distributed.TCPStore(
+        os.environ["MASTER_ADDR"],
+        int(os.environ["MASTER_PORT"]),
+        int(os.environ["WORLD_SIZE"]),
+        is_master=not shared and launched_rank() == 0,
+        timeout=timedelta(minutes=10),
+        multi_tenant=True,
+    )
 
 
 def broadcast(value: T, world: World | None = None) -> T:
@@ -155,18 +191,31 @@ def barrier(world: World | None = None) -> None:
         torch.distributed.barrier()
 
 
+def sync_batch_norm(model: torch.nn.Module, device: torch.device) -> torch.nn.Module:
+    """``model`` with its batch norm layers synchronised over the ranks, so their statistics
+    are those of the global batch, as one process would compute them.
+
+    CUDA takes PyTorch's SyncBatchNorm; the CPU (gloo) mlsmith's own, since PyTorch's runs on
+    GPUs only. Layers are replaced inside ``model``; a model without batch norm is unchanged.
+    """
+    if not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        return model
+    if device.type == "cuda":
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    from mlsmith.training.sync_batchnorm import convert_sync_batchnorm
+
+    return convert_sync_batchnorm(model)
+
+
 def replicate(model: torch.nn.Module, device: torch.device) -> DistributedDataParallel:
     """``model`` wrapped in DistributedDataParallel: rank 0's weights copied to every rank, the
-    gradients averaged over them in each backward pass.
-
-    On CUDA, batch norm layers become SyncBatchNorm, so their statistics are those of the global
-    batch, as one process would compute them. (PyTorch's SyncBatchNorm runs on GPUs only: on
-    the CPU each rank normalises with its own share's statistics.)
+    gradients averaged over them in each backward pass (batch norm synchronised, see
+    :func:`sync_batch_norm`).
     """
     from torch.nn.parallel import DistributedDataParallel
 
+    model = sync_batch_norm(model, device)
     if device.type == "cuda":
-        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
         index = device.index if device.index is not None else torch.cuda.current_device()
         return DistributedDataParallel(model, device_ids=[index])
     return DistributedDataParallel(model)

@@ -52,6 +52,7 @@ def optimizer_step(
     step_samples: int | None = None,
     replicas: int = 1,
     no_sync: Callable[[], AbstractContextManager[Any]] | None = None,
+    norms: Callable[[list[torch.nn.Parameter]], tuple[torch.Tensor, torch.Tensor]] | None = None,
 ) -> StepResult:
     """Forward and backward over ``micro_batches`` (accumulated), then one update.
 
@@ -66,7 +67,9 @@ def optimizer_step(
     the gradients over them): ``step_samples`` is the step's sample count over every process, so a
     micro-batch weighs ``len * replicas / total`` and the averaged gradient is the mean over
     the whole global batch even when the last step's shares differ; ``no_sync`` (DDP's) keeps
-    every micro-batch but the last from averaging, one all-reduce per step.
+    every micro-batch but the last from averaging, one all-reduce per step. ``norms``: how to
+    take the per-parameter gradient norms and their total when the gradients are sharded
+    (FSDP's, see :func:`mlsmith.training.sharding.norms`).
     """
     n_step = sum(len(target) for _, target in micro_batches)
     everyone = step_samples or n_step
@@ -86,7 +89,7 @@ def optimizer_step(
                     loss = loss_fn(forward(**inputs), target)
                 precision.backward(loss * (len(target) * replicas / everyone))
             step_loss.add_(loss.detach(), alpha=len(target) / n_step)
-    norms = total = None
+    per_parameter = total = None
     if measure or clip is not None:
         params = params if params is not None else _trainable(optimizer)
         precision.unscale(optimizer)
@@ -94,17 +97,17 @@ def optimizer_step(
         # clip_grad_norm_ to the bit; a measurement alone takes the one-reduction total.
         total = grads.total_norm() if grads is not None and clip is None else None
         if total is None:
-            norms, total = gradient_norms_and_total(params)
+            per_parameter, total = (norms or gradient_norms_and_total)(params)
         if clip is not None:
             torch.nn.utils.clip_grads_with_norm_(params, clip, total)
     if before_update is not None:
-        before_update(step_loss, total, norms)
+        before_update(step_loss, total, per_parameter)
     precision.step(optimizer)
     if grads is not None:
         grads.zero_(optimizer)
     else:
         optimizer.zero_grad(set_to_none=True)
-    return StepResult(step_loss, n_step, total, norms)
+    return StepResult(step_loss, n_step, total, per_parameter)
 
 
 def _trainable(optimizer: torch.optim.Optimizer) -> list[torch.nn.Parameter]:

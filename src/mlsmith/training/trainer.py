@@ -26,8 +26,8 @@ import torch
 from mlsmith.config import TrainConfig
 from mlsmith.config.train import format_duration
 from mlsmith.data.batches import TensorBatches
-from mlsmith.errors import ConfigError, did_you_mean
-from mlsmith.training import distributed
+from mlsmith.errors import ConfigError, RunError, did_you_mean
+from mlsmith.training import distributed, sharding
 from mlsmith.training.callbacks import CallbackList, EarlyStopping, improved, resolve_mode
 from mlsmith.training.checkpoint import BEST, LAST, load_checkpoint, save_checkpoint
 from mlsmith.training.device import resolve_device
@@ -37,6 +37,7 @@ from mlsmith.training.diagnostics import (
     StepMonitor,
     all_finite,
     at_stake,
+    out_of_memory,
     peak_memory_mb,
     precision_advice,
 )
@@ -44,7 +45,7 @@ from mlsmith.training.ema import WeightAverage
 from mlsmith.training.gradients import FlatGradients
 from mlsmith.training.mixing import BatchMixer
 from mlsmith.training.optimizers import LRSchedule, build_optimizer
-from mlsmith.training.precision import build_precision
+from mlsmith.training.precision import Precision, build_precision
 from mlsmith.training.profiling import StepProfiler
 from mlsmith.training.reproducibility import restore_rng_states, rng_states, set_deterministic
 from mlsmith.training.state import LoopState
@@ -80,6 +81,8 @@ class FitResult:
     best_checkpoint: Path
     observations: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    # Trained under FSDP: the network passed to fit is left in shards (best.pt is whole).
+    sharded: bool = False
 
 
 class Trainer:
@@ -114,6 +117,7 @@ class Trainer:
         self.monitor_steps: StepMonitor | None = None
         self._lr = math.nan
         self.world = distributed.World()
+        self.sharded = False  # train.distributed.strategy fsdp over several processes
         self._clock = time.monotonic()  # when training began, less the time before a resume
 
     # --- the loop -----------------------------------------------------------------------------
@@ -137,7 +141,15 @@ class Trainer:
         # Several processes: each takes its share of every step and of validation.
         train.shard(world.rank, world.size)
         val.shard(world.rank, world.size)
-        replica = distributed.replicate(model, self.device) if world.active else None
+        # train.distributed.strategy: DDP wraps the model, FSDP shards it in place.
+        self.sharded = world.active and cfg.distributed.strategy == "fsdp"
+        replica = None
+        if self.sharded:
+            # FSDP's mixed-precision policy casts the weights: no autocast on top of it.
+            self.precision = Precision(self.device)
+            sharding.shard(distributed.sync_batch_norm(model, self.device), cfg.precision)
+        elif world.active:
+            replica = distributed.replicate(model, self.device)
         if world.rank:
             # Rank 0's weights reach every rank through DDP; dropout should not draw the same
             # masks on every rank's share, so each rank after 0 gets a stream of its own.
@@ -173,9 +185,14 @@ class Trainer:
         deadline = self._clock + cfg.max_time if cfg.max_time is not None else None
         # train.mixup / train.cutmix: mixed images and soft targets for image classification.
         mix = BatchMixer(cfg.mixup, cfg.cutmix, objective) if cfg.mixup or cfg.cutmix else None
-        # DDP averages gradients in its own buckets: the flat buffer is for one process.
-        grads = FlatGradients.for_params(trainable) if replica is None else None
+        # DDP and FSDP reduce gradients in their own buffers: the flat one is for one process.
+        grads = FlatGradients.for_params(trainable) if not world.active else None
         forward: torch.nn.Module = replica if replica is not None else model
+        no_sync: Callable[[], AbstractContextManager[Any]] | None = None
+        if replica is not None:
+            no_sync = replica.no_sync
+        elif self.sharded:
+            no_sync = partial(sharding.no_sync, model)
         take_step = partial(
             optimizer_step,
             forward=torch.compile(forward) if cfg.compile else forward,
@@ -187,7 +204,8 @@ class Trainer:
             measure=cfg.log_grad_norm or cfg.grad_clip is not None,
             grads=grads,
             replicas=world.size,
-            no_sync=replica.no_sync if replica is not None else None,
+            no_sync=no_sync,
+            norms=sharding.norms if self.sharded else None,
         )
         self._lr = float(optimizer.param_groups[0]["lr"])
         if world.active:
@@ -269,8 +287,9 @@ class Trainer:
                 self._lr = float(optimizer.param_groups[0]["lr"])
                 if improved(row[self.monitor], state.best_score, self.monitor_mode):
                     state.best_score, state.best_epoch = row[self.monitor], state.epoch
+                    best = self._model_state(evaluated)  # FSDP: every rank gathers, 0 writes
                     if world.main:
-                        save_checkpoint(self.checkpoint_dir / BEST, self._model_state(evaluated))
+                        save_checkpoint(self.checkpoint_dir / BEST, best)
                 if stop.enabled and stopper.update(row[stop.monitor]):
                     state.should_stop = True
                 if deadline is not None and self._past(deadline) and not state.done:
@@ -281,6 +300,12 @@ class Trainer:
                 self.callbacks.call("on_epoch_end", self, row)
                 # A callback on one rank may ask to stop: every rank stops together.
                 state.should_stop = distributed.broadcast(state.should_stop)
+        except torch.cuda.OutOfMemoryError as error:
+            # A diagnosis instead of an allocator trace: where, at what peak, what to change.
+            where = f"epoch {state.epoch + 1}, step {state.global_step + 1}"
+            diagnosis = out_of_memory(error, self.device, where, cfg.model_dump())
+            self.callbacks.call("on_exception", self, diagnosis)
+            raise diagnosis from error
         except BaseException as error:
             self.callbacks.call("on_exception", self, error)
             raise
@@ -388,8 +413,9 @@ class Trainer:
         )
 
     def _model_state(self, model: torch.nn.Module) -> dict[str, Any]:
+        """The weights (whole, on rank 0: every rank calls it under FSDP) and what they are."""
         return {
-            "model": model.state_dict(),
+            "model": sharding.full_model_state(model) if self.sharded else model.state_dict(),
             "epoch": self.state.epoch,
             "global_step": self.state.global_step,
             "world_size": self.world.size,
@@ -409,20 +435,44 @@ class Trainer:
         self.state.train_seconds = time.monotonic() - self._clock
         # Each rank draws its own dropout masks: every rank's RNG goes in the checkpoint.
         by_rank = distributed.gather_objects(rng_states(), self.world)
+        state = self._model_state(model)
+        shards = None
+        if self.sharded:  # every rank writes its own shard of the weights and optimizer
+            assert self.optimizer is not None
+            step = self.state.global_step
+            shards = sharding.save_sharded(self.checkpoint_dir, model, self.optimizer, step)
         if not self.world.main:
             return  # rank 0 writes; every rank holds the same weights and loop state
-        state = self._model_state(model)
-        state.update({name: part.state_dict() for name, part in parts.items()})
+        # Under FSDP the optimizer state is in the shards (see sharding.save_sharded).
+        kept = {n: part for n, part in parts.items() if shards is None or n != "optimizer"}
+        state.update({name: part.state_dict() for name, part in kept.items()})
         state["rng"] = by_rank[0]
         if self.world.active:
             state["rng_by_rank"] = by_rank
+            state["strategy"] = self.config.distributed.strategy
+        if shards is not None:
+            state["sharded"] = shards
         save_checkpoint(self.checkpoint_dir / LAST, state)
+        if shards is not None:  # last.pt now names the new shards: the old ones can go
+            sharding.prune_sharded(self.checkpoint_dir, keep=shards)
 
     def _restore(
         self, checkpoint: dict[str, Any], model: torch.nn.Module, parts: dict[str, Stateful]
     ) -> None:
         """Undo :meth:`_save_last`: weights, every part's state and every RNG."""
-        model.load_state_dict(checkpoint["model"])
+        if "sharded" in checkpoint:
+            # Written under FSDP: weights and optimizer from the shards, for this world.
+            assert self.optimizer is not None
+            sharding.load_sharded(self.checkpoint_dir, checkpoint["sharded"], model, self.optimizer)
+            parts = {name: part for name, part in parts.items() if name != "optimizer"}
+        elif self.sharded:
+            raise RunError(
+                f"{self.checkpoint_dir / LAST} was written with train.distributed.strategy="
+                f"{checkpoint.get('strategy', 'ddp')} (or one process): resume it with that "
+                "strategy; its optimizer state is not sharded"
+            )
+        else:
+            model.load_state_dict(checkpoint["model"])
         for name, part in parts.items():
             part.load_state_dict(checkpoint[name])
         by_rank = checkpoint.get("rng_by_rank") or [checkpoint["rng"]]
@@ -453,10 +503,15 @@ class Trainer:
     def _finite_loss(self, model: torch.nn.Module, state: LoopState) -> float:
         """The epoch's mean loss so far; raises before non-finite weights are checkpointed."""
         loss = state.mean_loss()
-        if self.world.active:  # the mean over every rank's samples
-            loss_sum, samples = distributed.all_sum([loss * state.samples, state.samples])
-            loss = loss_sum / max(samples, 1)
-        if math.isfinite(loss) and all_finite(list(model.parameters())):
+        # Under FSDP each rank checks its own shard of the weights.
+        params: list[torch.Tensor] = list(model.parameters())
+        finite = all_finite(sharding.local_tensors(params) if self.sharded else params)
+        if self.world.active:  # the mean over every rank's samples, every rank's weights
+            loss_sum, samples, bad = distributed.all_sum(
+                [loss * state.samples, state.samples, float(not finite)]
+            )
+            loss, finite = loss_sum / max(samples, 1), bad == 0
+        if math.isfinite(loss) and finite:
             return loss
         what = f"loss became {loss}" if not math.isfinite(loss) else "weights became non-finite"
         raise NonFiniteLossError(
@@ -487,10 +542,14 @@ class Trainer:
         ``evaluated``: the network validation ran on (the moving average with train.ema).
         """
         best_path = self.checkpoint_dir / BEST
-        if self.world.main:  # rank 0 evaluates and writes what follows; the others are done
-            if not best_path.exists():
-                # The monitored metric was never finite: keep the last weights as the best.
-                save_checkpoint(best_path, self._model_state(evaluated))
+        # The monitored metric was never finite: keep the last weights as the best.
+        if distributed.broadcast(self.world.main and not best_path.exists(), self.world):
+            last = self._model_state(evaluated)  # FSDP: every rank gathers, rank 0 writes
+            if self.world.main:
+                save_checkpoint(best_path, last)
+        # Rank 0 evaluates and writes what follows; the others are done. A sharded model is
+        # left as it is: its owner rebuilds a whole one from best.pt.
+        if self.world.main and not self.sharded:
             model.load_state_dict(load_checkpoint(best_path, map_location=self.device)["model"])
         self.callbacks.call("on_fit_end", self)
         state = self.state
@@ -501,6 +560,7 @@ class Trainer:
             state.epoch < self.config.epochs,
             best_path,
             observations=list(state.observations),
+            sharded=self.sharded,
         )
 
     def _check_monitors(self, objective: Objective) -> None:
@@ -545,7 +605,7 @@ def predict_raw(
             target = batch_target.to(device, non_blocking=True)
             with autocast() if autocast else nullcontext():
                 output = model(**inputs)
-            if objective is not None:
+            if objective is not None and len(target):  # a rank's share may be empty
                 loss_sum += objective.loss(output, target).double().cpu() * len(target)
             chunks.append(output.float().cpu().numpy())
     raw = np.concatenate(chunks) if chunks else np.zeros((0, 1), dtype=np.float32)

@@ -188,12 +188,12 @@ class StreamBatches(TensorBatches):
 
     def steps(self, accumulate: int = 1) -> Iterator[list[Batch]]:
         n = len(self.target)
-        steps = self.step_plan(accumulate)
+        steps = self.micro_batches(accumulate)
         order = self.permutation(n) if self.shuffle else torch.arange(n)
         plan: list[list[tuple[int, int]]] = []
-        for start, stop in steps:
-            for i in range(start, stop, self.batch_size):
-                indices = order[i : min(i + self.batch_size, stop)].tolist()
+        for pieces in steps:
+            for lo, hi in pieces:
+                indices = order[lo:hi].tolist()
                 if self.augment is not None:
                     seeds = draw_seeds(self.generator, len(indices)).tolist()
                 else:
@@ -203,9 +203,8 @@ class StreamBatches(TensorBatches):
         if not plan:
             return
         batches = iter(self.loader())
-        for start, stop in steps:
-            count = -(-(stop - start) // self.batch_size)
-            yield [self._receive(next(batches)) for _ in range(count)]
+        for pieces in steps:
+            yield [self._receive(next(batches)) for _ in pieces]
 
     def _receive(self, batch: tuple[torch.Tensor | _Failed, torch.Tensor]) -> Batch:
         images, indices = batch
