@@ -121,6 +121,25 @@ def test_two_processes_train_track_and_report_one_run(
     assert predicted.returncode == 0, predicted.stderr[-2000:]
 
 
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The reference of the equivalence tests, trained once: a config on a regression table
+    and the weights one process ends with at batch 64."""
+    from tests.conftest import config_dict, make_table
+
+    import mlsmith
+
+    root = tmp_path_factory.mktemp("one_process")
+    make_table("regression", 240).to_csv(root / "regression.csv", index=False)
+    sections: dict[str, Any] = {"model": {"type": "mlp", "hidden": [32, 16], "dropout": 0.0}}
+    config = root / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(config_dict(root / "regression.csv", root / "runs", **sections))
+    )
+    single = mlsmith.train(config, ["train.batch_size=64", "experiment=single"])
+    return config, _weights(single.path)
+
+
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 @pytest.mark.parametrize(
     ("per_rank", "accumulate"),
@@ -128,61 +147,74 @@ def test_two_processes_train_track_and_report_one_run(
     ids=["batch", "accumulation"],
 )
 def test_two_processes_end_with_the_weights_of_one_process_with_the_global_batch(
-    tmp_path: Path,
-    table_csv: Callable[..., Path],
-    write_config: Callable[..., Path],
+    one_process: tuple[Path, dict[str, torch.Tensor]],
     per_rank: int,
     accumulate: int,
     strategy: str,
 ) -> None:
     """2 ranks x ``per_rank`` x ``accumulate`` = 64: the same updates as one process with a
     batch of 64, on the same data order (the last, partial step included)."""
-    import mlsmith
-
-    config = write_config(table_csv("regression"), model={"hidden": [32, 16]})
-    single = mlsmith.train(config, ["train.batch_size=64", "experiment=single"])
+    config, expected = one_process
+    experiment = f"{strategy}-{per_rank}x{accumulate}"
     result = _torchrun(
         "train",
         config,
         f"train.batch_size={per_rank}",
         f"train.grad_accum_steps={accumulate}",
         f"train.distributed.strategy={strategy}",
+        f"experiment={experiment}",
         "--no-progress",
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    [parallel] = _runs(tmp_path / "runs")
+    [parallel] = _runs(config.parent / "runs", experiment)
     assert json.loads((parallel / "run.json").read_text())["world_size"] == 2
-    _assert_same_weights(_weights(single.path), _weights(parallel))
+    _assert_same_weights(expected, _weights(parallel))
     history = [line.split(",")[:2] for line in (parallel / "history.csv").read_text().split()]
     assert history[-1] == ["3", "9"]  # 3 epochs of 3 steps: 168 training rows / 64
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-def test_the_cnn_with_batch_norm_matches_one_process_with_the_global_batch(
-    tmp_path: Path, strategy: str
-) -> None:
-    """Batch norm normalises with the statistics of the global batch (synchronised over the
-    ranks, on the CPU too): 2 x 16 images end with the weights and running statistics of
-    1 x 32."""
+@pytest.fixture(scope="module")
+def cnn_one_process(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The CNN with batch norm on generated images, trained once by one process at batch 32."""
     from tests.image_data import image_config, make_images, write_folder
 
     import mlsmith
 
+    root = tmp_path_factory.mktemp("cnn")
     images, labels = make_images(30, classes=3, size=(16, 16), channels=3)
-    folder = write_folder(tmp_path / "shapes", images, labels, names=["a", "b", "c"])
-    config = image_config(folder, tmp_path / "runs")
+    folder = write_folder(root / "shapes", images, labels, names=["a", "b", "c"])
+    config = image_config(folder, root / "runs")
     config["model"] = {"type": "cnn", "channels": [8, 16], "depth": 1, "dropout": 0.0}
     config["train"] = {"epochs": 2, "batch_size": 16, "optimizer": {"lr": 0.01}}
     config["eval"] = {"bootstrap": 0, "baseline": False}
-    path = tmp_path / "cnn.yaml"
+    path = root / "cnn.yaml"
     path.write_text(yaml.safe_dump(config))
     single = mlsmith.train(path, ["train.batch_size=32", "experiment=single"], progress=False)
-    result = _torchrun("train", path, f"train.distributed.strategy={strategy}", "--no-progress")
+    return path, _weights(single.path)
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_the_cnn_with_batch_norm_matches_one_process_with_the_global_batch(
+    cnn_one_process: tuple[Path, dict[str, torch.Tensor]], strategy: str
+) -> None:
+    """Batch norm normalises with the statistics of the global batch (synchronised over the
+    ranks, on the CPU too): 2 x 16 images end with the weights and running statistics of
+    1 x 32."""
+    path, expected = cnn_one_process
+    result = _torchrun(
+        "train",
+        path,
+        f"train.distributed.strategy={strategy}",
+        f"experiment={strategy}",
+        "--no-progress",
+    )
     assert result.returncode == 0, result.stderr[-3000:]
-    [parallel] = _runs(tmp_path / "runs", "img")
+    [parallel] = _runs(path.parent / "runs", strategy)
     weights = _weights(parallel)
     assert any("running_var" in key for key in weights)  # the statistics are compared too
-    _assert_same_weights(_weights(single.path), weights)
+    _assert_same_weights(expected, weights)
 
 
 def test_two_nodes_each_with_its_own_torchrun_agent_train_one_run(
