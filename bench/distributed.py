@@ -1,10 +1,10 @@
 """Data-parallel training on one machine: 2 processes x 1 thread against 1 process x 2 threads.
 
 Both sides train the same MLP on the same generated table through ``mlsmith train`` (the real
-pipeline: the two-process side is ``train.distributed.nproc=2``, torchrun and DDP over gloo),
-at more than one model size, and read the training throughput (samples/s over every rank) from
-each run's history.csv. A second table times what DDP adds per step: an all-reduce of a buffer
-the size of each model's gradients between two gloo processes.
+pipeline: the two-process side is ``train.distributed.nproc=2``, torchrun over gloo, with DDP
+and with FSDP), at more than one model size, and read the training throughput (samples/s
+over every rank) from each run's history.csv. A second table times what DDP adds per step:
+an all-reduce of a buffer the size of each model's gradients between two gloo processes.
 
 On a 2-core machine this shows the cost of the machinery more than any speed-up: the two
 processes share the two cores that the one process uses as two threads.
@@ -59,11 +59,11 @@ def _config(folder: Path, data: Path, hidden: list[int], epochs: int) -> Path:
     return path
 
 
-def _throughput(config: Path, nproc: int, threads: int) -> float:
+def _throughput(config: Path, nproc: int, threads: int, strategy: str = "ddp") -> float:
     """Median samples/s over the epochs after the first (which includes warm-up)."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
     command = [sys.executable, "-m", "mlsmith", "train", str(config), "--no-progress"]
-    command += [f"train.distributed.nproc={nproc}"]
+    command += [f"train.distributed.nproc={nproc}", f"train.distributed.strategy={strategy}"]
     result = subprocess.run(command, capture_output=True, text=True, env=env)
     if result.returncode != 0:
         raise SystemExit(result.stderr[-3000:])
@@ -118,13 +118,18 @@ def main() -> None:
         data = folder / "table.csv"
         _table(data, args.rows)
         print(f"{args.rows} rows x 32 features, batch 128 per process, {args.epochs} epochs")
-        print(f"{'model':>12} {'1 proc x 2 thr':>15} {'2 proc x 1 thr':>15} {'ratio':>7}")
+        header = f"{'model':>12} {'1 proc x 2 thr':>15} {'2 x 1 DDP':>13} {'ratio':>6}"
+        print(header + f" {'2 x 1 FSDP':>13} {'ratio':>6}")
         for hidden in sizes:
             config = _config(folder, data, hidden, args.epochs)
             one = _throughput(config, 1, 2)
-            two = _throughput(config, 2, 1)
+            ddp = _throughput(config, 2, 1, "ddp")
+            fsdp = _throughput(config, 2, 1, "fsdp")
             label = "-".join(map(str, hidden))
-            print(f"{label:>12} {one:>13,.0f}/s {two:>13,.0f}/s {two / one:>7.2f}")
+            print(
+                f"{label:>12} {one:>13,.0f}/s {ddp:>11,.0f}/s {ddp / one:>6.2f}"
+                f" {fsdp:>11,.0f}/s {fsdp / one:>6.2f}"
+            )
 
     numels = [_params(hidden) for hidden in sizes]
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]

@@ -619,6 +619,10 @@ def main_checks(out: Path, budget: float, keep: bool) -> int:
 
 
 def attempt(check: Check, ctx: Context) -> tuple[Status, str]:
+    # GPU_CHECK_ONLY=name,name: run only those rows (a rerun of what failed, or a quick test).
+    only = [name for name in os.environ.get("GPU_CHECK_ONLY", "").split(",") if name]
+    if only and check.name not in only:
+        return "skip", "not selected (GPU_CHECK_ONLY)"
     if check.cuda and "error" in ctx.environment:
         return "fail", f"torch could not be probed: {ctx.environment['error']}"
     if check.cuda and not ctx.cuda:

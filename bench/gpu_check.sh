@@ -11,7 +11,8 @@
 #
 # Environment: OUT (results folder), GPU_CHECK_BUDGET (seconds for all checks, default 300),
 # GPU_CHECK_TIMEOUT (hard limit of the whole Python run, default budget + 30),
-# GPU_CHECK_NO_INSTALL=1, GPU_CHECK_EXTRAS (default dev), GPU_CHECK_KEEP=1 (keep the temp data).
+# GPU_CHECK_NO_INSTALL=1, GPU_CHECK_EXTRAS (default dev), GPU_CHECK_KEEP=1 (keep the temp data),
+# GPU_CHECK_ONLY=name,name (run only those rows; the others are reported as skipped).
 # Exit status: 1 when any check failed, 124 when the hard limit struck, else 0.
 set -uo pipefail
 
