@@ -38,13 +38,6 @@ SHARDED_PREFIX = "last.dcp."
 _SHARDED_NAME = re.compile(r"last\.dcp\.\d+")
 
 
-def is_sharded(model: torch.nn.Module) -> bool:
-    """Whether ``fully_shard`` has been applied to ``model``."""
-    from torch.distributed.fsdp import FSDPModule
-
-    return isinstance(model, FSDPModule)
-
-
 def shard(model: torch.nn.Module, precision: str) -> torch.nn.Module:
     """Shard ``model`` in place over the process group; returns it (now an ``FSDPModule``).
 
@@ -84,27 +77,14 @@ def shard(model: torch.nn.Module, precision: str) -> torch.nn.Module:
 
 
 def full_model_state(model: torch.nn.Module) -> dict[str, Any]:
-    """The whole model's state dict on the CPU of rank 0 (empty on the others).
+    """The whole state dict of a sharded ``model`` on the CPU of rank 0 (empty on the others).
 
-    Every rank must call it (it gathers the shards); on an unsharded model it is
-    ``state_dict()``.
+    Every rank must call it: it gathers the shards.
     """
-    if not is_sharded(model):
-        return model.state_dict()
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
     options = StateDictOptions(full_state_dict=True, cpu_offload=True)
     return get_model_state_dict(model, options=options)
-
-
-def load_full_model_state(model: torch.nn.Module, state: dict[str, Any]) -> None:
-    """Load a consolidated state dict into ``model``, sharded or not (every rank calls it)."""
-    if not is_sharded(model):
-        model.load_state_dict(state)
-        return
-    from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
-
-    set_model_state_dict(model, state, options=StateDictOptions(full_state_dict=True))
 
 
 def norms(params: list[torch.nn.Parameter]) -> tuple[torch.Tensor, torch.Tensor]:
