@@ -15,7 +15,7 @@ from typing import Any
 import torch
 
 from mlsmith.training.diagnostics import gradient_norms_and_total
-from mlsmith.training.gradients import FlatGradients
+from mlsmith.training.flat import FlatBuffers
 from mlsmith.training.precision import Precision
 
 Batch = tuple[dict[str, torch.Tensor], torch.Tensor]
@@ -48,7 +48,7 @@ def optimizer_step(
     clip: float | None = None,
     measure: bool = False,
     before_update: BeforeUpdate | None = None,
-    grads: FlatGradients | None = None,
+    flat: FlatBuffers | None = None,
     step_samples: int | None = None,
     replicas: int = 1,
     no_sync: Callable[[], AbstractContextManager[Any]] | None = None,
@@ -61,7 +61,7 @@ def optimizer_step(
     included; without accumulation the share is 1 and the maths is exactly a plain loop's.
     With ``measure`` or ``clip`` the true (unscaled) gradient norms of ``params`` are taken
     before clipping; ``clip`` caps their total as ``torch.nn.utils.clip_grad_norm_`` does.
-    ``grads``: the parameters' flat gradient buffer, if any (see :mod:`.gradients`).
+    ``flat``: the parameters' flat buffers, if any (see :mod:`.flat`).
 
     Data-parallel training (``replicas`` processes, each ``forward`` a DDP module averaging
     the gradients over them): ``step_samples`` is the step's sample count over every process, so a
@@ -90,12 +90,14 @@ def optimizer_step(
                 precision.backward(loss * (len(target) * replicas / everyone))
             step_loss.add_(loss.detach(), alpha=len(target) / n_step)
     per_parameter = total = None
+    if flat is not None:
+        flat.before_update()
     if measure or clip is not None:
         params = params if params is not None else _trainable(optimizer)
         precision.unscale(optimizer)
         # Clipping takes torch's total (a norm of per-parameter norms) so it matches
         # clip_grad_norm_ to the bit; a measurement alone takes the one-reduction total.
-        total = grads.total_norm() if grads is not None and clip is None else None
+        total = flat.total_norm() if flat is not None and clip is None else None
         if total is None:
             per_parameter, total = (norms or gradient_norms_and_total)(params)
         if clip is not None:
@@ -103,8 +105,8 @@ def optimizer_step(
     if before_update is not None:
         before_update(step_loss, total, per_parameter)
     precision.step(optimizer)
-    if grads is not None:
-        grads.zero_(optimizer)
+    if flat is not None:
+        flat.zero_()
     else:
         optimizer.zero_grad(set_to_none=True)
     return StepResult(step_loss, n_step, total, per_parameter)

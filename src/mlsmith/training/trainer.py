@@ -42,7 +42,7 @@ from mlsmith.training.diagnostics import (
     precision_advice,
 )
 from mlsmith.training.ema import WeightAverage
-from mlsmith.training.gradients import FlatGradients
+from mlsmith.training.flat import FlatBuffers
 from mlsmith.training.mixing import BatchMixer
 from mlsmith.training.optimizers import LRSchedule, build_optimizer
 from mlsmith.training.precision import Precision, build_precision
@@ -162,6 +162,8 @@ class Trainer:
         stop = cfg.early_stopping
         stopper = EarlyStopping(stop.monitor, stop.mode, stop.patience, stop.min_delta)
         trainable = [p for p in model.parameters() if p.requires_grad]
+        # DDP and FSDP reduce gradients in their own buffers: the flat ones are for one process.
+        flat = FlatBuffers.for_params(trainable, optimizer) if not world.active else None
         steps = self.monitor_steps = self._step_monitor(model, trainable)
         overfit = OverfitWatch(cfg.overfit_patience)
         state = self.state = LoopState(cfg.epochs, steps_per_epoch, device=self.device)
@@ -171,7 +173,8 @@ class Trainer:
         evaluated = ema.model if ema is not None else model
         # Everything a checkpoint holds besides the weights, restored in this order (the
         # schedule after the optimizer whose learning rates it drives).
-        parts: dict[str, Stateful] = {"optimizer": optimizer, "schedule": schedule}
+        # The flat buffers hand out (and take) the optimizer's own per-parameter state.
+        parts: dict[str, Stateful] = {"optimizer": flat or optimizer, "schedule": schedule}
         parts |= {"precision": self.precision, "early_stopping": stopper, "steps": steps}
         parts |= {"overfit": overfit, "loop": state}
         if ema is not None:
@@ -185,8 +188,6 @@ class Trainer:
         deadline = self._clock + cfg.max_time if cfg.max_time is not None else None
         # train.mixup / train.cutmix: mixed images and soft targets for image classification.
         mix = BatchMixer(cfg.mixup, cfg.cutmix, objective) if cfg.mixup or cfg.cutmix else None
-        # DDP and FSDP reduce gradients in their own buffers: the flat one is for one process.
-        grads = FlatGradients.for_params(trainable) if not world.active else None
         forward: torch.nn.Module = replica if replica is not None else model
         no_sync: Callable[[], AbstractContextManager[Any]] | None = None
         if replica is not None:
@@ -202,7 +203,7 @@ class Trainer:
             params=trainable,
             clip=cfg.grad_clip,
             measure=cfg.log_grad_norm or cfg.grad_clip is not None,
-            grads=grads,
+            flat=flat,
             replicas=world.size,
             no_sync=no_sync,
             norms=sharding.norms if self.sharded else None,
@@ -310,8 +311,8 @@ class Trainer:
             self.callbacks.call("on_exception", self, error)
             raise
         finally:
-            if grads is not None:
-                grads.release()
+            if flat is not None:
+                flat.release()
             if profiler is not None:
                 profiler.close()
         return self._finish(model, evaluated)

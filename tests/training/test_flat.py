@@ -1,4 +1,4 @@
-"""The flat gradient buffer: the same updates as a plain loop, and the plain path where it must."""
+"""The flat buffers: the same updates as a plain loop, and the plain path where it must."""
 
 from __future__ import annotations
 
@@ -17,8 +17,9 @@ from tests.training.test_trainer import (
 from torch import nn
 
 from mlsmith.training.callbacks import Callback
+from mlsmith.training.checkpoint import LAST, load_checkpoint
 from mlsmith.training.diagnostics import NonFiniteLossError
-from mlsmith.training.gradients import FlatGradients
+from mlsmith.training.flat import FlatBuffers
 from mlsmith.training.precision import Precision
 from mlsmith.training.step import optimizer_step
 
@@ -41,8 +42,8 @@ def test_steps_through_the_buffer_equal_a_plain_loop_bit_for_bit() -> None:
     plain_loop(reference, x, y, steps=10)
     params = list(model.parameters())
     optimizer = torch.optim.AdamW(params, lr=0.01, weight_decay=0.1)
-    grads = FlatGradients.for_params(params)
-    assert grads is not None
+    flat = FlatBuffers.for_params(params, optimizer)
+    assert flat is not None
     totals = []
     for i in range(10):
         batch = ({"x": x[i * 16 : (i + 1) * 16]}, y[i * 16 : (i + 1) * 16])
@@ -54,11 +55,12 @@ def test_steps_through_the_buffer_equal_a_plain_loop_bit_for_bit() -> None:
             precision=Precision(torch.device("cpu")),
             params=params,
             measure=True,
-            grads=grads,
+            flat=flat,
         )
         totals.append(float(result.grad_norm))  # type: ignore[arg-type]
-    assert grads.installed  # after the first step, every parameter had a gradient
-    assert all(p.grad is view for p, view in zip(params, grads.views, strict=True))
+    assert flat.installed  # after the first step, every parameter had a gradient
+    assert all(p.grad is view for p, view in zip(params, flat.views, strict=True))
+    assert optimizer.param_groups[0]["params"] == flat.leaves  # AdamW steps one flat tensor
     for a, b in zip(model.parameters(), reference.parameters(), strict=True):
         assert torch.equal(a, b)
     assert all(t > 0 for t in totals)
@@ -67,14 +69,15 @@ def test_steps_through_the_buffer_equal_a_plain_loop_bit_for_bit() -> None:
 def test_the_one_reduction_total_is_the_norm_of_the_per_parameter_norms() -> None:
     model = make_net()
     params = list(model.parameters())
-    grads = FlatGradients.for_params(params)
-    assert grads is not None
+    flat = FlatBuffers.for_params(params, torch.optim.SGD(params, lr=0.1))
+    assert flat is not None
     x, y = (torch.from_numpy(a) for a in regression_data(32))
     nn.functional.mse_loss(model(x).squeeze(1), y).backward()
-    grads.zero_(torch.optim.SGD(params, lr=0.1))  # the first step decides: installed
+    flat.before_update()  # the first backward pass decides: installed
+    flat.zero_()
     nn.functional.mse_loss(model(x).squeeze(1), y).backward()
     expected = torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in params]))  # type: ignore[union-attr]
-    assert float(grads.total_norm()) == pytest.approx(float(expected), rel=1e-6)  # type: ignore[arg-type]
+    assert float(flat.total_norm()) == pytest.approx(float(expected), rel=1e-6)  # type: ignore[arg-type]
 
 
 class HalfUsed(nn.Module):
@@ -171,9 +174,112 @@ def test_a_non_finite_gradient_on_the_buffer_path_still_names_the_layer(tmp_path
 
 
 def test_the_buffer_is_for_dense_uniform_cpu_parameters_only() -> None:
-    assert FlatGradients.for_params([]) is None
+    def sgd(params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        return torch.optim.SGD(params, lr=0.1)
+
+    assert FlatBuffers.for_params([], sgd([nn.Parameter(torch.zeros(1))])) is None
     mixed = [nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(2, dtype=torch.float64))]
-    assert FlatGradients.for_params(mixed) is None
-    strided = nn.Parameter(torch.zeros(1, 3, 4, 4).to(memory_format=torch.channels_last))
-    assert FlatGradients.for_params([strided]) is None
-    assert FlatGradients.for_params([nn.Parameter(torch.zeros(3))]) is not None
+    assert FlatBuffers.for_params(mixed, sgd(mixed)) is None
+    strided = [nn.Parameter(torch.zeros(1, 3, 4, 4).to(memory_format=torch.channels_last))]
+    assert FlatBuffers.for_params(strided, sgd(strided)) is None
+    plain = [nn.Parameter(torch.zeros(3))]
+    assert FlatBuffers.for_params(plain, sgd(plain)) is not None
+
+
+def without_buffers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The Trainer on the plain path: what the buffers must equal."""
+    monkeypatch.setattr(FlatBuffers, "for_params", classmethod(lambda cls, *_: None))
+
+
+@pytest.mark.parametrize(
+    "optimizer",
+    [
+        {"name": "adamw", "lr": 0.01, "weight_decay": 0.1},
+        {"name": "adam", "lr": 0.01},
+        {"name": "sgd", "lr": 0.05, "momentum": 0.9, "nesterov": True, "weight_decay": 0.01},
+    ],
+)
+def test_flat_parameters_train_and_checkpoint_exactly_as_the_plain_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, optimizer: dict[str, object]
+) -> None:
+    """Same weights and the same per-parameter optimizer state in last.pt, bit for bit, so a
+    checkpoint does not tell (or care) which path wrote it."""
+    x, y = regression_data(160)
+    config = train_config(optimizer=optimizer, batch_size=16, epochs=2)
+    checkpoints = {}
+    for name in ("flat", "plain"):
+        if name == "plain":
+            without_buffers(monkeypatch)
+        trainer, _ = fit(tmp_path / name, make_net(), config, batches(x, y, 16), batches(x, y, 32))
+        checkpoints[name] = load_checkpoint(tmp_path / name / LAST)
+        assert trainer.optimizer is not None
+        # After fit the optimizer is per parameter again, whichever path ran.
+        assert len(trainer.optimizer.param_groups[0]["params"]) > 1 or name == "plain"
+    flat, plain = checkpoints["flat"], checkpoints["plain"]
+    for key, value in plain["model"].items():
+        assert torch.equal(flat["model"][key], value), key
+    assert flat["optimizer"]["param_groups"] == plain["optimizer"]["param_groups"]
+    assert flat["optimizer"]["state"].keys() == plain["optimizer"]["state"].keys()
+    for index, slots in plain["optimizer"]["state"].items():
+        assert flat["optimizer"]["state"][index].keys() == slots.keys()
+        for key, value in slots.items():
+            saved = flat["optimizer"]["state"][index][key]
+            assert torch.equal(saved, value), (index, key)
+            if key == "step":  # one count per parameter, not one shared tensor
+                assert saved.shape == value.shape
+
+
+def test_a_checkpoint_from_the_plain_path_resumes_on_the_flat_one_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Per-parameter optimizer state (an older last.pt, or a run on the plain path) is joined
+    into the flat buffers on resume; the run ends where an uninterrupted one does."""
+    x, y = regression_data(160)
+    config = train_config(optimizer=ADAMW, batch_size=16, epochs=3)
+    fit(tmp_path / "whole", make_net(), config, batches(x, y, 16), batches(x, y, 32))
+    with monkeypatch.context() as patch:
+        without_buffers(patch)
+        first = train_config(optimizer=ADAMW, batch_size=16, epochs=1)
+        fit(tmp_path / "split", make_net(), first, batches(x, y, 16), batches(x, y, 32))
+    fit(
+        tmp_path / "split",
+        make_net(seed=7),  # the weights come from the checkpoint
+        config,
+        batches(x, y, 16),
+        batches(x, y, 32),
+        resume=tmp_path / "split" / LAST,
+    )
+    whole, split = (load_checkpoint(tmp_path / d / LAST)["model"] for d in ("whole", "split"))
+    for key, value in whole.items():
+        assert torch.equal(split[key], value), key
+
+
+def test_an_optimizer_it_does_not_know_keeps_its_parameters(tmp_path: Path) -> None:
+    """Only element-wise optimizers (SGD, Adam, AdamW) step flat parameters; any other gets flat
+    gradients alone and steps the model's own parameters."""
+    model = make_net()
+    params = list(model.parameters())
+    optimizer = torch.optim.RMSprop(params, lr=0.01)
+    flat = FlatBuffers.for_params(params, optimizer)
+    assert flat is not None
+    x, y = (torch.from_numpy(a) for a in regression_data(32))
+    nn.functional.mse_loss(model(x).squeeze(1), y).backward()
+    flat.before_update()
+    optimizer.step()
+    assert flat.installed and not flat.leaves
+    assert optimizer.param_groups[0]["params"] == params
+    assert all(p.grad is view for p, view in zip(params, flat.views, strict=True))
+
+
+def test_after_training_every_parameter_owns_its_storage(tmp_path: Path) -> None:
+    """No parameter is left a view into the flat buffer: saving one tensor saves only it."""
+    x, y = regression_data(96)
+    model = make_net()
+    trainer, _ = fit(
+        tmp_path, model, train_config(optimizer=ADAMW), batches(x, y, 16), batches(x, y, 32)
+    )
+    for p in model.parameters():
+        assert p.untyped_storage().nbytes() == p.numel() * p.element_size()
+    assert trainer.optimizer is not None
+    stepped = [p for g in trainer.optimizer.param_groups for p in g["params"]]
+    assert {id(p) for p in stepped} == {id(p) for p in model.parameters()}
