@@ -215,7 +215,7 @@ def bootstrap_cis(
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     metric_fn = _weighted_metric_fn(kind, y_true, outputs, threshold)
-    parts = [metric_fn(w) for w in _resample_weights(len(y_true), n_resamples, seed)]
+    parts = [metric_fn(w) for w in resample_weights(len(y_true), n_resamples, seed)]
     tail = 100.0 * (1.0 - confidence) / 2.0
     cis: dict[str, tuple[float, float]] = {}
     for name in parts[0]:
@@ -251,7 +251,7 @@ def paired_differences(
     whole = np.ones((1, len(y_true)))
     point_a, point_b = metric_a(whole), metric_b(whole)
     parts: list[dict[str, np.ndarray]] = []
-    for w in _resample_weights(len(y_true), n_resamples, seed) if n_resamples > 0 else ():
+    for w in resample_weights(len(y_true), n_resamples, seed) if n_resamples > 0 else ():
         scored_a, scored_b = metric_a(w), metric_b(w)
         parts.append({name: scored_a[name] - scored_b[name] for name in scored_a})
     tail = 100.0 * (1.0 - confidence) / 2.0
@@ -259,9 +259,9 @@ def paired_differences(
     for name in point_a:
         a, b = float(point_a[name][0]), float(point_b[name][0])
         entry: dict[str, float | list[float | None] | None] = {
-            "value": _json_number(a - b),
-            "a": _json_number(a),
-            "b": _json_number(b),
+            "value": json_number(a - b),
+            "a": json_number(a),
+            "b": json_number(b),
         }
         if parts:
             values = np.concatenate([part[name] for part in parts])
@@ -270,7 +270,7 @@ def paired_differences(
                 if not np.isnan(values).all()
                 else (math.nan, math.nan)
             )
-            entry["ci95"] = [_json_number(float(bound)) for bound in bounds]
+            entry["ci95"] = [json_number(float(bound)) for bound in bounds]
         report[name] = entry
     return report
 
@@ -313,7 +313,7 @@ def _nan_if_none(value: object) -> float:
     return math.nan if value is None else float(value)  # type: ignore[arg-type]
 
 
-def _resample_weights(n: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
+def resample_weights(n: int, n_resamples: int, seed: int) -> Iterator[np.ndarray]:
     """Bootstrap resamples of n rows as row counts (resamples, n), a block at a time."""
     rng = np.random.default_rng(seed)
     block = max(1, min(n_resamples, _BLOCK_ELEMENTS // n))
@@ -364,9 +364,9 @@ def evaluate_outputs(
     )
     report: dict[str, dict[str, float | list[float | None] | None]] = {}
     for name, value in points.items():
-        entry: dict[str, float | list[float | None] | None] = {"value": _json_number(value)}
+        entry: dict[str, float | list[float | None] | None] = {"value": json_number(value)}
         if name in cis:
-            entry["ci95"] = [_json_number(bound) for bound in cis[name]]
+            entry["ci95"] = [json_number(bound) for bound in cis[name]]
         report[name] = entry
     return report
 
@@ -572,5 +572,6 @@ def _check_regression(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarra
     return y, pred
 
 
-def _json_number(value: float) -> float | None:
+def json_number(value: float) -> float | None:
+    """A number for ``json.dumps(..., allow_nan=False)``: non-finite becomes None."""
     return float(value) if math.isfinite(value) else None

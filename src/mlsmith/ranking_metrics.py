@@ -1,0 +1,163 @@
+"""Learning-to-rank metrics per query, with bootstrap confidence intervals over queries.
+
+The unit of a ranking test set is the query (``data.group_column``): the items of one query are
+ranked against each other, never against another query's. So every metric is computed per query
+and then averaged over queries, and a bootstrap resample draws queries (with all their items),
+not rows. Metric keys are MLflow-safe (``ndcg_10``, not ``ndcg@10``).
+
+Conventions, as LightGBM's and XGBoost's evaluations have them unless said otherwise:
+
+* Items are ranked by descending score; tied scores keep the items' input order (a stable sort,
+  as LightGBM's), so the figures are deterministic and match LightGBM's ``ndcg@k``.
+* NDCG@k uses the exponential gain ``2**relevance - 1`` and the discount ``1 / log2(rank + 1)``,
+  normalised by the ideal ordering's DCG@k. A query shorter than k counts all its items.
+* MRR is the reciprocal rank of the first relevant item (relevance > 0); MAP the mean over
+  queries of average precision with relevance > 0 as relevant.
+* A query without any relevant item has no defined NDCG, MRR or AP: it is left out of the means
+  (LightGBM counts it as NDCG 1, which flatters a model on data with many such queries). A metric
+  defined for no query is NaN.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from mlsmith.evaluation import json_number, resample_weights
+
+DEFAULT_KS = (1, 5, 10)
+
+
+def metric_names(ks: Sequence[int] = DEFAULT_KS) -> tuple[str, ...]:
+    """The keys :func:`ranking_metrics` returns, in order."""
+    return (*(f"ndcg_{k}" for k in ks), "mrr", "map")
+
+
+def query_slices(groups: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Each query's row positions, in order of first appearance: (query ids, positions)."""
+    groups = np.asarray(groups)
+    if groups.ndim != 1:
+        raise ValueError(f"groups must be one-dimensional, got shape {groups.shape}")
+    ids, first, inverse = np.unique(groups, return_index=True, return_inverse=True)
+    order = np.argsort(first, kind="stable")  # queries in the order they appear
+    rows = np.argsort(inverse, kind="stable")  # rows of query 0, then 1, ... (input order kept)
+    bounds = np.cumsum(np.bincount(inverse, minlength=len(ids)))
+    pieces = np.split(rows, bounds[:-1])
+    return ids[order], [pieces[i] for i in order]
+
+
+def per_query_metrics(
+    relevance: np.ndarray,
+    scores: np.ndarray,
+    groups: np.ndarray,
+    ks: Sequence[int] = DEFAULT_KS,
+) -> dict[str, np.ndarray]:
+    """Every metric for each query (NaN where undefined), queries in order of first appearance."""
+    relevance, scores = _check(relevance, scores, groups)
+    if any(k < 1 for k in ks):
+        raise ValueError(f"every k must be at least 1, got {list(ks)}")
+    _, slices = query_slices(groups)
+    values = {name: np.full(len(slices), math.nan) for name in metric_names(ks)}
+    for q, rows in enumerate(slices):
+        rel = relevance[rows]
+        if not (rel > 0).any():
+            continue
+        ranked = rel[np.argsort(-scores[rows], kind="stable")]
+        gains = np.exp2(ranked) - 1.0
+        ideal = np.exp2(np.sort(rel)[::-1]) - 1.0
+        discounts = 1.0 / np.log2(np.arange(2, len(rel) + 2))
+        for k in ks:
+            values[f"ndcg_{k}"][q] = (gains[:k] @ discounts[:k]) / (ideal[:k] @ discounts[:k])
+        hits = ranked > 0
+        positions = np.flatnonzero(hits) + 1.0
+        values["mrr"][q] = 1.0 / positions[0]
+        values["map"][q] = float(np.mean(np.arange(1, len(positions) + 1) / positions))
+    return values
+
+
+def ranking_metrics(
+    relevance: np.ndarray,
+    scores: np.ndarray,
+    groups: np.ndarray,
+    ks: Sequence[int] = DEFAULT_KS,
+) -> dict[str, float]:
+    """NDCG@k for each k, MRR and MAP: means over the queries where each is defined."""
+    per_query = per_query_metrics(relevance, scores, groups, ks)
+    return {name: _mean_defined(values) for name, values in per_query.items()}
+
+
+def evaluate_ranking(
+    relevance: np.ndarray,
+    scores: np.ndarray,
+    groups: np.ndarray,
+    ks: Sequence[int] = DEFAULT_KS,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict[str, float | list[float | None] | None]]:
+    """Point values and percentile-bootstrap intervals over queries, in the shape
+    :func:`mlsmith.evaluation.evaluate_outputs` gives (``{"ndcg_10": {"value": .., "ci95":
+    [.., ..]}}``, NaN as None; no interval with ``n_resamples == 0``)."""
+    if not 0.0 < confidence < 1.0:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence}")
+    per_query = per_query_metrics(relevance, scores, groups, ks)
+    report: dict[str, dict[str, float | list[float | None] | None]] = {}
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    for name, values in per_query.items():
+        entry: dict[str, float | list[float | None] | None] = {
+            "value": json_number(_mean_defined(values))
+        }
+        if n_resamples > 0:
+            entry["ci95"] = [json_number(b) for b in _interval(values, n_resamples, seed, tail)]
+        report[name] = entry
+    return report
+
+
+def ranks_within_groups(scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
+    """Each row's rank within its query: 1 for the highest score, ties in input order."""
+    scores = np.asarray(scores, dtype=np.float64)
+    ranks = np.empty(len(scores), dtype=np.int64)
+    for rows in query_slices(groups)[1]:
+        ranks[rows[np.argsort(-scores[rows], kind="stable")]] = np.arange(1, len(rows) + 1)
+    return ranks
+
+
+def _interval(values: np.ndarray, n_resamples: int, seed: int, tail: float) -> tuple[float, float]:
+    """Percentile bootstrap of the mean over defined queries, resampling queries."""
+    defined = ~np.isnan(values)
+    filled = np.where(defined, values, 0.0)
+    means = []
+    for weights in resample_weights(len(values), n_resamples, seed):
+        counted = weights @ defined
+        with np.errstate(invalid="ignore", divide="ignore"):
+            means.append(np.where(counted > 0, (weights @ filled) / counted, math.nan))
+    resampled = np.concatenate(means)
+    if np.isnan(resampled).all():
+        return math.nan, math.nan
+    low, high = np.nanpercentile(resampled, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
+def _mean_defined(values: np.ndarray) -> float:
+    defined = values[~np.isnan(values)]
+    return float(defined.mean()) if len(defined) else math.nan
+
+
+def _check(
+    relevance: np.ndarray, scores: np.ndarray, groups: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    relevance = np.asarray(relevance, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if not (relevance.ndim == scores.ndim == 1 and len(relevance) == len(scores) == len(groups)):
+        raise ValueError(
+            "relevance, scores and groups must be one-dimensional and of one length, got "
+            f"{relevance.shape}, {scores.shape} and {np.shape(groups)}"
+        )
+    if np.isnan(relevance).any() or (relevance < 0).any():
+        raise ValueError("relevance labels must be non-negative numbers")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores must be finite")
+    return relevance, scores
