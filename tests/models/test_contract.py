@@ -208,3 +208,37 @@ def test_model_family_callbacks_stopping_and_seeded_repeats(family: str, tmp_pat
     np.testing.assert_array_equal(
         again.predict_raw(data.test.inputs), model.predict_raw(data.test.inputs)
     )
+
+
+def _trains_with_the_trainer(family: str) -> bool:
+    from mlsmith.models.neural import NeuralModel
+
+    return issubclass(families.model_family(family), NeuralModel)
+
+
+@pytest.mark.parametrize(
+    "family", sorted(f for f in families.MODEL_FAMILIES if _trains_with_the_trainer(f))
+)
+def test_flat_buffers_change_no_family_s_numbers(
+    family: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Trainer's flat buffers (training/flat.py) are a speed-up only: every torch family
+    trains to the same predictions, bit for bit, with them off; and they do take part."""
+    from mlsmith.training.flat import FlatBuffers
+
+    decided: list[tuple[bool, bool]] = []
+    decide = FlatBuffers._decide
+
+    def recorded(self: FlatBuffers) -> None:
+        decide(self)
+        decided.append((self.installed, bool(self.leaves)))
+
+    monkeypatch.setattr(FlatBuffers, "_decide", recorded)
+    flat, _, data = _fit(family, tmp_path, "flat", [])
+    assert decided == [(True, True)]  # gradients and parameters both flat, from the first step
+    monkeypatch.setattr(FlatBuffers, "for_params", classmethod(lambda cls, *_: None))
+    plain, _, _ = _fit(family, tmp_path, "plain", [])
+    assert data.test is not None
+    np.testing.assert_array_equal(
+        flat.predict_raw(data.test.inputs), plain.predict_raw(data.test.inputs)
+    )
