@@ -1,0 +1,141 @@
+"""Forecasting accuracy on real series that a package ships: MASE side by side, same windows.
+
+Every model forecasts the same rolling-origin backtest windows (the last ``--windows`` windows
+of each data set's horizon, ``mlsmith.forecasting.windows``) and is scored by the same code
+(``mlsmith.forecasting.metrics``): the four baselines mlsmith reports beside every forecast, and
+StatsForecast's AutoETS, AutoARIMA and AutoTheta (``model.type: ets | arima | theta``). The
+series come with statsmodels (a dependency of StatsForecast), so nothing is downloaded:
+
+* macrodata: 12 US quarterly macroeconomic series, 1959-2009 (203 quarters), horizon 8;
+* co2: Mauna Loa CO2, weekly 1958-2001 averaged to months (526), horizon 12;
+* elnino: monthly sea surface temperature, 1950-2010 (732 months), horizon 12;
+* sunspots: yearly sunspot activity, 1700-2008 (309 years), horizon 10, no season.
+
+    pip install -e ".[bench]" && python bench/forecast.py        # --windows 3 --resamples 1000
+
+The table gives MASE (the mean over series x windows, with a 95% bootstrap interval over them)
+and the 80% intervals' coverage for the models that give intervals. mlsmith's own global models
+(``lightgbm``, ``mlp``) join the table when they exist; until then this is the bar they face.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from mlsmith.forecasting.baselines import BASELINES
+from mlsmith.forecasting.metrics import ForecastCell, evaluate_forecasts
+from mlsmith.forecasting.statistical import STATISTICAL_MODELS, statistical_forecast
+from mlsmith.forecasting.windows import backtest_windows, history_and_truth
+
+LEVEL = 80.0
+
+
+@dataclass(frozen=True)
+class Dataset:
+    name: str
+    series: dict[str, np.ndarray]
+    horizon: int
+    season_length: int
+
+
+def datasets() -> list[Dataset]:
+    """The four data sets, as 1-D float series."""
+    from statsmodels import datasets as shipped
+
+    macro = shipped.macrodata.load_pandas().data.drop(columns=["year", "quarter"])
+    co2 = shipped.co2.load_pandas().data["co2"].resample("MS").mean().interpolate()
+    elnino = shipped.elnino.load_pandas().data.drop(columns="YEAR").to_numpy().ravel()
+    sunspots = shipped.sunspots.load_pandas().data["SUNACTIVITY"].to_numpy()
+    return [
+        Dataset("macrodata", {c: macro[c].to_numpy(np.float64) for c in macro}, 8, 4),
+        Dataset("co2", {"co2": co2.to_numpy(np.float64)}, 12, 12),
+        Dataset("elnino", {"elnino": elnino.astype(np.float64)}, 12, 12),
+        Dataset("sunspots", {"sunspots": sunspots.astype(np.float64)}, 10, 1),
+    ]
+
+
+Forecaster = Callable[
+    [np.ndarray, int, int], tuple[np.ndarray, dict[float, tuple[np.ndarray, np.ndarray]]]
+]
+
+
+def forecasters() -> dict[str, Forecaster]:
+    def baseline(name: str) -> Forecaster:
+        return lambda history, horizon, season: (BASELINES[name](history, horizon, season), {})
+
+    def statistical(kind: str) -> Forecaster:
+        def forecast(
+            history: np.ndarray, horizon: int, season: int
+        ) -> tuple[np.ndarray, dict[float, tuple[np.ndarray, np.ndarray]]]:
+            result = statistical_forecast(kind, history, horizon, season, levels=[LEVEL])
+            return result.point, result.intervals
+
+        return forecast
+
+    models = {name: baseline(name) for name in BASELINES}
+    models |= {kind: statistical(kind) for kind in STATISTICAL_MODELS}
+    return models
+
+
+def backtest(data: Dataset, forecast: Forecaster, windows: int) -> tuple[list[ForecastCell], float]:
+    cells, started = [], time.perf_counter()
+    for name, y in data.series.items():
+        for window in backtest_windows(len(y), data.horizon, windows):
+            history, truth = history_and_truth(y, window)
+            point, intervals = forecast(history, data.horizon, data.season_length)
+            cells.append(ForecastCell(name, window.index, history, truth, point, intervals))
+    return cells, time.perf_counter() - started
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--windows", type=int, default=3)
+    parser.add_argument("--resamples", type=int, default=1000)
+    args = parser.parse_args()
+    models = forecasters()
+    print(
+        f"\nMASE (95% bootstrap interval over series x windows), last {args.windows} windows; "
+        f"{LEVEL:g}% interval coverage where a model gives intervals\n"
+    )
+    print(
+        f"| {'data set':<10} | {'model':<15} | {'MASE':>6} | {'95% interval':>15} "
+        f"| {'coverage':>8} | {'seconds':>7} |"
+    )
+    print(f"|{'-' * 12}|{'-' * 17}|{'-' * 8}|{'-' * 17}|{'-' * 10}|{'-' * 9}|")
+    summary = []
+    for data in datasets():
+        scores = {}
+        for name, forecast in models.items():
+            cells, seconds = backtest(data, forecast, args.windows)
+            levels = [LEVEL] if cells[0].intervals else []
+            report = evaluate_forecasts(
+                cells, data.season_length, levels, n_resamples=args.resamples
+            )
+            mase = report["mase"]["value"]
+            low, high = report["mase"]["ci95"]  # type: ignore[misc]
+            coverage = report["coverage"]["value"] if levels else None
+            scores[name] = mase
+            shown = f"{coverage:.2f}" if coverage is not None else "-"
+            interval = f"[{low:.3f}, {high:.3f}]"
+            print(
+                f"| {data.name:<10} | {name:<15} | {mase:>6.3f} | {interval:>15} "
+                f"| {shown:>8} | {seconds:>7.1f} |"
+            )
+            print(f"  {data.name} {name} done", file=sys.stderr)
+        best_stat = min(STATISTICAL_MODELS, key=lambda k: scores[k])
+        summary.append(
+            f"{data.name}: seasonal naive {scores['seasonal_naive']:.3f}, best StatsForecast "
+            f"({best_stat}) {scores[best_stat]:.3f}"
+        )
+    print()
+    print("\n".join(summary))
+
+
+if __name__ == "__main__":
+    main()
