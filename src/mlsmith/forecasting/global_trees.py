@@ -1,0 +1,105 @@
+"""A global gradient-boosted forecaster: one LightGBM model over every series' windows.
+
+Direct strategy: for each forecast origin ``t`` of each series, the features are the last
+``lags`` values as differences from the value at the origin, divided by the series' scale
+(the mean absolute one-step change of its history), plus rolling means of those differences and
+the origin's position in the season; the target for step ``h`` is the change from the origin to
+``t + h`` on the same scale, and ``h`` is a feature, so one model forecasts every step. Working on
+scaled changes from the origin lets one model serve series of any level and unit, and follow a
+trend a tree could not extrapolate on raw values.
+
+Only values up to the origin ever enter a row's features, and training rows come from each
+series' own history (what :func:`mlsmith.forecasting.windows.history_and_truth` hands over), so
+a backtest window never sees its own future.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from mlsmith.runtime.engines import import_library
+
+
+@dataclass
+class GlobalTreeForecaster:
+    """Fit once on many histories, then forecast each series' next ``horizon`` values."""
+
+    horizon: int
+    season_length: int = 1
+    lags: int | None = None  # default: two seasons, at least the horizon, at least 8
+    n_estimators: int = 300
+    learning_rate: float = 0.05
+    num_leaves: int = 31
+    seed: int = 0
+    _model: Any = field(default=None, init=False, repr=False)
+
+    @property
+    def n_lags(self) -> int:
+        return self.lags or max(2 * self.season_length, self.horizon, 8)
+
+    def fit(self, histories: Sequence[np.ndarray]) -> GlobalTreeForecaster:
+        """Learn from every origin of every history that has ``n_lags`` values before it."""
+        lightgbm = import_library("lightgbm", "trees", "model.type 'lightgbm' for forecasting")
+        rows, targets = [], []
+        for history in histories:
+            y = _checked(history)
+            scale = _scale(y)
+            for origin in range(self.n_lags, len(y)):
+                steps = min(self.horizon, len(y) - origin)
+                features = self._features(y[:origin], scale)
+                for h in range(1, steps + 1):
+                    rows.append(np.append(features, h))
+                    targets.append((y[origin + h - 1] - y[origin - 1]) / scale)
+        if not rows:
+            raise ValueError(
+                f"no history is longer than {self.n_lags} values: nothing to learn from"
+            )
+        self._model = lightgbm.LGBMRegressor(
+            n_estimators=self.n_estimators,
+            learning_rate=self.learning_rate,
+            num_leaves=self.num_leaves,
+            min_child_samples=10,
+            subsample=0.8,
+            subsample_freq=1,
+            colsample_bytree=0.8,
+            random_state=self.seed,
+            n_jobs=1,
+            verbose=-1,
+        ).fit(np.asarray(rows), np.asarray(targets))
+        return self
+
+    def predict(self, history: np.ndarray) -> np.ndarray:
+        """The next ``horizon`` values after ``history``."""
+        if self._model is None:
+            raise RuntimeError("fit the forecaster first")
+        y = _checked(history)
+        scale = _scale(y)
+        features = self._features(y, scale)
+        rows = np.array([np.append(features, h) for h in range(1, self.horizon + 1)])
+        return y[-1] + scale * self._model.predict(rows)
+
+    def _features(self, y: np.ndarray, scale: float) -> np.ndarray:
+        """Scaled changes of the last ``n_lags`` values from the last one, their rolling
+        means, and the position in the season (the history's length modulo the season)."""
+        lags = self.n_lags
+        window = y[-lags:] if len(y) >= lags else np.concatenate([np.full(lags - len(y), y[0]), y])
+        changes = (window - y[-1]) / scale
+        means = [changes[-k:].mean() for k in (2, 4, self.season_length, lags) if k <= lags]
+        return np.concatenate([changes, means, [len(y) % max(self.season_length, 1)]])
+
+
+def _checked(history: np.ndarray) -> np.ndarray:
+    y = np.asarray(history, dtype=np.float64)
+    if y.ndim != 1 or len(y) < 2 or not np.isfinite(y).all():
+        raise ValueError("a history must be a finite 1-D series of at least 2 values")
+    return y
+
+
+def _scale(y: np.ndarray) -> float:
+    """The mean absolute one-step change (1 for a constant series)."""
+    scale = float(np.mean(np.abs(np.diff(y))))
+    return scale if scale > 0 else 1.0
