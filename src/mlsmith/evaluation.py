@@ -572,6 +572,34 @@ def _check_regression(y_true: np.ndarray, y_pred: np.ndarray) -> tuple[np.ndarra
     return y, pred
 
 
+def ratio_interval(
+    numerator: np.ndarray,
+    denominator: np.ndarray,
+    *,
+    n_resamples: int,
+    confidence: float,
+    seed: int,
+) -> tuple[float, float]:
+    """Percentile bootstrap of ``sum(numerator) / sum(denominator)`` over resampled units.
+
+    Each unit (a query, a series' window...) contributes one numerator and one denominator, so
+    a mean over the units where a metric is defined is ``(values, defined)`` and a pooled ratio
+    is ``(sums, counts)``. Resamples with a zero denominator are left out; ``(nan, nan)`` when
+    every one is.
+    """
+    ratios = []
+    for weights in resample_weights(len(numerator), n_resamples, seed):
+        den = weights @ denominator
+        with np.errstate(invalid="ignore", divide="ignore"):
+            ratios.append(np.where(den > 0, (weights @ numerator) / den, math.nan))
+    values = np.concatenate(ratios)
+    if np.isnan(values).all():
+        return math.nan, math.nan
+    tail = 100.0 * (1.0 - confidence) / 2.0
+    low, high = np.nanpercentile(values, [tail, 100.0 - tail])
+    return float(low), float(high)
+
+
 def json_number(value: float) -> float | None:
     """A number for ``json.dumps(..., allow_nan=False)``: non-finite becomes None."""
     return float(value) if math.isfinite(value) else None

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mlsmith.evaluation import json_number, resample_weights
+from mlsmith.evaluation import json_number, ratio_interval
 
 DEFAULT_KS = (1, 5, 10)
 
@@ -105,13 +105,20 @@ def evaluate_ranking(
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
     per_query = per_query_metrics(relevance, scores, groups, ks)
     report: dict[str, dict[str, float | list[float | None] | None]] = {}
-    tail = 100.0 * (1.0 - confidence) / 2.0
     for name, values in per_query.items():
         entry: dict[str, float | list[float | None] | None] = {
             "value": json_number(_mean_defined(values))
         }
         if n_resamples > 0:
-            entry["ci95"] = [json_number(b) for b in _interval(values, n_resamples, seed, tail)]
+            defined = (~np.isnan(values)).astype(np.float64)
+            bounds = ratio_interval(
+                np.nan_to_num(values),
+                defined,
+                n_resamples=n_resamples,
+                confidence=confidence,
+                seed=seed,
+            )
+            entry["ci95"] = [json_number(b) for b in bounds]
         report[name] = entry
     return report
 
@@ -123,22 +130,6 @@ def ranks_within_groups(scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
     for rows in query_slices(groups)[1]:
         ranks[rows[np.argsort(-scores[rows], kind="stable")]] = np.arange(1, len(rows) + 1)
     return ranks
-
-
-def _interval(values: np.ndarray, n_resamples: int, seed: int, tail: float) -> tuple[float, float]:
-    """Percentile bootstrap of the mean over defined queries, resampling queries."""
-    defined = ~np.isnan(values)
-    filled = np.where(defined, values, 0.0)
-    means = []
-    for weights in resample_weights(len(values), n_resamples, seed):
-        counted = weights @ defined
-        with np.errstate(invalid="ignore", divide="ignore"):
-            means.append(np.where(counted > 0, (weights @ filled) / counted, math.nan))
-    resampled = np.concatenate(means)
-    if np.isnan(resampled).all():
-        return math.nan, math.nan
-    low, high = np.nanpercentile(resampled, [tail, 100.0 - tail])
-    return float(low), float(high)
 
 
 def _mean_defined(values: np.ndarray) -> float:

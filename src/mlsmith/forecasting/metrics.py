@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlsmith.evaluation import json_number, resample_weights
+from mlsmith.evaluation import json_number, ratio_interval
 
 POINT_METRICS = ("mase", "smape", "mae", "rmse")
 
@@ -114,7 +114,6 @@ def evaluate_forecasts(
         raise ValueError("no forecasts to evaluate")
     if not 0.0 < confidence < 1.0:
         raise ValueError(f"confidence must be in (0, 1), got {confidence}")
-    tail = 100.0 * (1.0 - confidence) / 2.0
     per_cell = [cell_metrics(c, season_length) for c in cells]
     means = {name: np.array([m[name] for m in per_cell]) for name in POINT_METRICS}
     pooled: dict[str, tuple[np.ndarray, np.ndarray]] = {}
@@ -139,9 +138,14 @@ def evaluate_forecasts(
                 if name in pooled
                 else (np.nan_to_num(means[name]), (~np.isnan(means[name])).astype(np.float64))
             )
-            entry["ci95"] = [
-                json_number(b) for b in _interval(numerator, denominator, n_resamples, seed, tail)
-            ]
+            bounds = ratio_interval(
+                numerator,
+                denominator,
+                n_resamples=n_resamples,
+                confidence=confidence,
+                seed=seed,
+            )
+            entry["ci95"] = [json_number(b) for b in bounds]
     return report
 
 
@@ -172,22 +176,6 @@ def _entry(
 ) -> dict[str, float | list[float | None] | None]:
     total = float(denominator.sum())
     return {"value": json_number(float(numerator.sum()) / total if total > 0 else math.nan)}
-
-
-def _interval(
-    numerator: np.ndarray, denominator: np.ndarray, n_resamples: int, seed: int, tail: float
-) -> tuple[float, float]:
-    """Percentile bootstrap of sum(numerator) / sum(denominator) over resampled cells."""
-    ratios = []
-    for weights in resample_weights(len(numerator), n_resamples, seed):
-        den = weights @ denominator
-        with np.errstate(invalid="ignore", divide="ignore"):
-            ratios.append(np.where(den > 0, (weights @ numerator) / den, math.nan))
-    values = np.concatenate(ratios)
-    if np.isnan(values).all():
-        return math.nan, math.nan
-    low, high = np.nanpercentile(values, [tail, 100.0 - tail])
-    return float(low), float(high)
 
 
 def _pair(cell: ForecastCell) -> tuple[np.ndarray, np.ndarray]:
