@@ -109,8 +109,8 @@ def classification_metrics(
         "recall_macro": recall_score(y, pred, average="macro", **prf),
         "f1_macro": f1_score(y, pred, average="macro", **prf),
         "f1_weighted": f1_score(y, pred, average="weighted", **prf),
-        "roc_auc": _mean_defined(np.array([roc]))[0],
-        "pr_auc": _mean_defined(np.array([ap]))[0],
+        "roc_auc": mean_defined(np.array([roc]))[0],
+        "pr_auc": mean_defined(np.array([ap]))[0],
         "log_loss": log_loss(y, proba, labels=labels),
     }
     if n_classes > TOP_K:
@@ -421,7 +421,7 @@ def _classification_weighted(
         recall = _safe_divide(tp, support, 0.0)
         f1 = _safe_divide(2.0 * tp, support + predicted, 0.0)
         # Balanced accuracy, unlike recall_macro, skips classes with no true rows.
-        balanced = _mean_defined(_safe_divide(tp, support, math.nan))
+        balanced = mean_defined(_safe_divide(tp, support, math.nan))
         roc, ap = zip(*(ranking.scores(weights) for ranking in rankings), strict=True)
         values = {
             "accuracy": tp.sum(axis=1) / total,
@@ -430,8 +430,8 @@ def _classification_weighted(
             "recall_macro": recall.mean(axis=1),
             "f1_macro": f1.mean(axis=1),
             "f1_weighted": (f1 * support).sum(axis=1) / total,
-            "roc_auc": _mean_defined(np.column_stack(roc)),
-            "pr_auc": _mean_defined(np.column_stack(ap)),
+            "roc_auc": mean_defined(np.column_stack(roc)),
+            "pr_auc": mean_defined(np.column_stack(ap)),
             "log_loss": sums[:, -1] / total,
         }
         if n_classes > TOP_K:
@@ -532,7 +532,7 @@ def _safe_divide(num: np.ndarray, den: np.ndarray, fill: float) -> np.ndarray:
     return np.divide(num, den, out=out, where=den != 0)
 
 
-def _mean_defined(values: np.ndarray) -> np.ndarray:
+def mean_defined(values: np.ndarray) -> np.ndarray:
     """Row means over the non-NaN entries of (b, k) ``values``; NaN for rows with none.
 
     Unlike ``np.nanmean`` it does not warn on all-NaN rows, which are expected here.

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mlsmith.evaluation import json_number, ratio_interval
+from mlsmith.evaluation import json_number, mean_defined, ratio_interval
 
 DEFAULT_KS = (1, 5, 10)
 
@@ -85,7 +85,7 @@ def ranking_metrics(
 ) -> dict[str, float]:
     """NDCG@k for each k, MRR and MAP: means over the queries where each is defined."""
     per_query = per_query_metrics(relevance, scores, groups, ks)
-    return {name: _mean_defined(values) for name, values in per_query.items()}
+    return {name: float(mean_defined(values[np.newaxis])[0]) for name, values in per_query.items()}
 
 
 def evaluate_ranking(
@@ -107,7 +107,7 @@ def evaluate_ranking(
     report: dict[str, dict[str, float | list[float | None] | None]] = {}
     for name, values in per_query.items():
         entry: dict[str, float | list[float | None] | None] = {
-            "value": json_number(_mean_defined(values))
+            "value": json_number(float(mean_defined(values[np.newaxis])[0]))
         }
         if n_resamples > 0:
             defined = (~np.isnan(values)).astype(np.float64)
@@ -130,11 +130,6 @@ def ranks_within_groups(scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
     for rows in query_slices(groups)[1]:
         ranks[rows[np.argsort(-scores[rows], kind="stable")]] = np.arange(1, len(rows) + 1)
     return ranks
-
-
-def _mean_defined(values: np.ndarray) -> float:
-    defined = values[~np.isnan(values)]
-    return float(defined.mean()) if len(defined) else math.nan
 
 
 def _check(

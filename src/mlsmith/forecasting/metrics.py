@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlsmith.evaluation import json_number, ratio_interval
+from mlsmith.evaluation import json_number, mean_defined, ratio_interval
 
 POINT_METRICS = ("mase", "smape", "mae", "rmse")
 
@@ -155,7 +155,10 @@ def per_series(cells: Sequence[ForecastCell], season_length: int) -> dict[str, d
     for cell in cells:
         grouped.setdefault(cell.series, []).append(cell_metrics(cell, season_length))
     return {
-        series: {name: _nanmean([m[name] for m in rows]) for name in POINT_METRICS}
+        series: {
+            name: float(mean_defined(np.array([[m[name] for m in rows]]))[0])
+            for name in POINT_METRICS
+        }
         for series, rows in grouped.items()
     }
 
@@ -193,8 +196,3 @@ def _pair(cell: ForecastCell) -> tuple[np.ndarray, np.ndarray]:
 
 def _label(level: float) -> str:
     return f"{level:g}".replace(".", "_")
-
-
-def _nanmean(values: list[float]) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else math.nan

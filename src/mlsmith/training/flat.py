@@ -61,7 +61,7 @@ class FlatBuffers:
         order = grouped if self.flatten_params else params
         sizes = [p.numel() for p in order]
         self.flat = torch.zeros(sum(sizes), dtype=params[0].dtype, device=params[0].device)
-        views = dict(zip(map(id, order), self._split(self.flat, order), strict=True))
+        views = dict(zip(map(id, order), _views(self.flat, order), strict=True))
         self.views = [views[id(p)] for p in params]  # each parameter's gradient, in its order
         self.installed = False
         self.leaves: list[torch.Tensor] = []  # each group's flat parameter, once installed
@@ -161,16 +161,16 @@ class FlatBuffers:
             strict=True,
         ):
             params = group["params"]
-            pieces = self._split(flat_group, params)
+            pieces = _views(flat_group, params)
             for p, piece in zip(params, pieces, strict=True):
                 piece.copy_(p.detach())
             leaf = flat_group.detach().requires_grad_(True)
             leaf.grad = grad_group
             saved = [state.pop(p, None) for p in params]
             if any(saved):
-                state[leaf] = _joined(saved, params)
+                state[leaf] = _joined(saved)
             for p, piece in zip(params, pieces, strict=True):
-                p.data = piece.detach().view_as(p)
+                p.data = piece
             group["params"] = [leaf]
             self.leaves.append(leaf)
 
@@ -215,11 +215,6 @@ class FlatBuffers:
         sizes = [sum(p.numel() for p in group) for group in self.groups]
         return list(flat.split(sizes))
 
-    @staticmethod
-    def _split(flat: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
-        pieces = flat.split([p.numel() for p in params])
-        return [piece.view_as(p) for piece, p in zip(pieces, params, strict=True)]
-
     def _intact(self) -> bool:
         # In C (map/is_), not a generator: this runs every step, over every parameter.
         return all(map(is_, map(_grad, self.params), self.views))
@@ -242,7 +237,13 @@ def _flattenable(states: list[dict[str, Any] | None]) -> bool:
     )
 
 
-def _joined(states: list[dict[str, Any]], params: list[torch.nn.Parameter]) -> dict[str, Any]:
+def _views(flat: torch.Tensor, params: list[torch.nn.Parameter]) -> list[torch.Tensor]:
+    """``flat`` cut into one view per parameter, each shaped like it."""
+    pieces = flat.split([p.numel() for p in params])
+    return [piece.view_as(p) for piece, p in zip(pieces, params, strict=True)]
+
+
+def _joined(states: list[dict[str, Any]]) -> dict[str, Any]:
     """One group's per-parameter states as one state over the group's flat parameter."""
     first = states[0]
     return {
@@ -258,11 +259,8 @@ def _joined(states: list[dict[str, Any]], params: list[torch.nn.Parameter]) -> d
 def _split_state(joined: dict[str, Any], params: list[torch.nn.Parameter]) -> list[dict[str, Any]]:
     """The inverse of :func:`_joined`: views of the element-wise state, a step count each (a
     shared one would be counted once per parameter by a per-parameter optimizer)."""
-    sizes = [p.numel() for p in params]
     split = {
-        key: [piece.view_as(p) for piece, p in zip(value.split(sizes), params, strict=True)]
-        for key, value in joined.items()
-        if key in _PER_ELEMENT_STATE
+        key: _views(value, params) for key, value in joined.items() if key in _PER_ELEMENT_STATE
     }
     return [
         {key: split[key][i] if key in split else value.clone() for key, value in joined.items()}
