@@ -5,10 +5,13 @@ Real signals, sent to this process."""
 from __future__ import annotations
 
 import gc
+import json
 import signal
 import time
+from pathlib import Path
 
 import pytest
+from tests.conftest import make_table
 
 from mlsmith import interrupts
 from mlsmith.cli import signals
@@ -53,3 +56,35 @@ def test_a_signal_inside_a_finalizer_stops_the_running_code_without_a_traceback(
     assert len(reached) < 200
     assert "Exception ignored" not in capsys.readouterr().err
     assert signals.received() == signal.SIGINT
+
+
+def test_a_run_stopped_through_a_library_s_own_error_is_recorded_as_interrupted(
+    tmp_path: Path,
+) -> None:
+    """A signal that a library turns into its own error (torch's distributed checkpoint wraps it
+    in a CheckpointException) stops the run as interrupted, with its resume hint, not failed."""
+    from tests.conftest import config_dict
+
+    import mlsmith
+
+    class WrapsTheSignal:
+        def on_epoch_end(self, state: object, row: dict[str, float]) -> None:
+            try:
+                signal.raise_signal(signal.SIGTERM)
+            except Interrupted as stop:
+                raise RuntimeError("CheckpointException ranks:dict_keys([0])") from stop
+
+    data = tmp_path / "data.csv"
+    make_table("binary", rows=120).to_csv(data, index=False)
+    cfg = config_dict(data, tmp_path / "runs", train={"epochs": 3})
+    with signals.interruptible(), pytest.raises(RuntimeError):
+        mlsmith.train(cfg, progress=False, callbacks=[WrapsTheSignal()])
+    [run] = [p.parent for p in (tmp_path / "runs").rglob("run.json")]
+    assert json.loads((run / "run.json").read_text())["status"] == "interrupted"
+
+
+def test_an_error_with_no_signal_is_a_failure() -> None:
+    interrupts.reset()
+    assert interrupts.interruption(RuntimeError("a bug")) is None
+    assert interrupts.interruption(KeyboardInterrupt()) == signal.SIGINT
+    assert interrupts.interruption(Interrupted(signal.SIGTERM)) == signal.SIGTERM

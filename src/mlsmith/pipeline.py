@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from mlsmith import interrupts
 from mlsmith.config import Config, load_config
 from mlsmith.crossval import cross_validate, plan_folds
 from mlsmith.errors import ConfigError, DataError, MlsmithError, PreflightError, RunError
@@ -407,7 +408,9 @@ def _run_training(
             # After the reports: the version's description is the model card. Never fails.
             info["registration"] = register_after_training(run_dir, cfg.track.registration)
             write_json(run_dir / INFO_FILE, info)
-    except KeyboardInterrupt:
+    except BaseException as error:
+        if interrupts.interruption(error) is None:
+            raise
         tracker.finish("KILLED")
         log.warning(
             "stopped while tracking and writing reports; the run in %s is complete (model, "
@@ -720,7 +723,7 @@ def _record_stop(
     cfg: Config, run_dir: Path, info: dict[str, Any], tracker: Tracker | None, error: BaseException
 ) -> None:
     """Write down why a run stopped before finishing: run.json, MLflow status, reports."""
-    interrupted = isinstance(error, KeyboardInterrupt)
+    interrupted = interrupts.interruption(error) is not None
     info["status"] = "interrupted" if interrupted else "failed"
     if isinstance(error, MlsmithError):
         info["error"] = str(error)

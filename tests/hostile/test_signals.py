@@ -167,6 +167,58 @@ def test_an_interrupt_a_library_swallows_still_ends_the_command_as_interrupted(
     assert "interrupted" in done.stderr and "Traceback" not in done.stderr
 
 
+def test_an_interrupt_a_library_wraps_in_its_own_error_ends_the_command_as_interrupted(
+    tmp_path: Path,
+) -> None:
+    """torch's distributed checkpoint turns the Interrupted it catches into a
+    CheckpointException: after a signal, that error is the stop, not a crash (exit 143, no
+    traceback)."""
+    script = textwrap.dedent(
+        """
+        import os, signal, time
+        import mlsmith.api
+
+        def report(run):
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)
+                time.sleep(5)
+            except KeyboardInterrupt as stop:  # what torch.distributed.checkpoint does
+                raise RuntimeError("CheckpointException ranks:dict_keys([0])") from stop
+            return []
+
+        mlsmith.api.report = report
+        from mlsmith.cli import main
+        main(["report", "somewhere"])
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 143, done.stderr
+    assert "terminated" in done.stderr and "Traceback" not in done.stderr
+
+
+def test_an_error_without_a_signal_is_still_a_crash(tmp_path: Path) -> None:
+    """The rule above must not hide real bugs: no signal, a traceback and exit 1."""
+    script = textwrap.dedent(
+        """
+        import mlsmith.api
+
+        def report(run):
+            raise RuntimeError("a bug")
+
+        mlsmith.api.report = report
+        from mlsmith.cli import main
+        main(["report", "somewhere"])
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 1
+    assert "RuntimeError: a bug" in done.stderr
+
+
 # --- prediction ---------------------------------------------------------------------------------
 
 

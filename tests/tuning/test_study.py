@@ -106,7 +106,7 @@ def test_study_resumes_after_kill(tmp_path: Path, stop: signal.Signals) -> None:
     assert first
     if stop == signal.SIGINT:
         # Ctrl-C: a clean stop (exit 130), the trial in progress recorded, not left RUNNING.
-        assert code == 130
+        assert code == 130, log.read_text()[-3000:]
         study = optuna.load_study(study_name="t", storage=storage)
         assert not [t for t in study.get_trials() if t.state.name == "RUNNING"]
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import typer
 
+from mlsmith import interrupts
 from mlsmith.cli import (
     check,
     compare,
@@ -80,9 +81,14 @@ def main(argv: list[str] | None = None) -> None:
             code = _run(argv)
             stop = signals.received()
             signals.quiet()
-        except KeyboardInterrupt as error:  # landed between the command's end and quiet()
+        except BaseException as error:
+            # A KeyboardInterrupt that landed between the command's end and quiet(), or an
+            # error a library raised from the Interrupted it caught: either way, a stop.
+            stop = interrupts.interruption(error)
+            if stop is None:
+                raise
             signals.quiet()
-            code, stop = 130, getattr(error, "signum", signal.SIGINT)
+            code = 130
     if stop is not None or code == 130:
         # Typer turns KeyboardInterrupt into exit 130, and a library may swallow it and let the
         # command carry on: either way the signal that arrived decides how the command ends.

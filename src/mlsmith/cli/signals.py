@@ -5,8 +5,9 @@ MLflow run KILLED, a temporary file removed) already handles Ctrl-C; SIGTERM, wh
 ``kill`` and container runtimes send, would otherwise end the process on the spot and skip them
 all. Both raise :class:`~mlsmith.errors.Interrupted` instead.
 
-A library may catch KeyboardInterrupt and carry on, so the arrival of a signal is also recorded:
-a command that returns normally after one still exits as interrupted.
+A library may catch KeyboardInterrupt and carry on, or raise an error of its own, so the arrival
+of a signal is also recorded (:func:`mlsmith.interrupts.arrived`): a command that returns
+normally after one, or fails after one, still exits as interrupted.
 """
 
 from __future__ import annotations
@@ -24,11 +25,10 @@ from mlsmith import interrupts
 from mlsmith.errors import Interrupted
 
 HANDLED = (signal.SIGINT, signal.SIGTERM)
-_received: list[int] = []
 
 
 def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
-    _received.append(signum)
+    interrupts.arrived(signum)
     if interrupts.holding():  # mid-write to a database: raised when the write is done
         interrupts.hold(signum)
         return
@@ -36,7 +36,7 @@ def _raise_interrupted(signum: int, frame: FrameType | None) -> None:
 
 
 def _record(signum: int, frame: FrameType | None) -> None:
-    _received.append(signum)
+    interrupts.arrived(signum)
 
 
 def _redeliver(unraisable: Any) -> None:
@@ -69,7 +69,7 @@ def interruptible(restore: bool = True) -> Iterator[None]:
         return
     global _previous_hook
     previous: dict[int, Any] = {s: signal.getsignal(s) for s in HANDLED}
-    _received.clear()
+    interrupts.reset()
     for signum in HANDLED:
         signal.signal(signum, _raise_interrupted)
     _previous_hook, sys.unraisablehook = sys.unraisablehook, _redeliver
@@ -92,7 +92,7 @@ def quiet() -> None:
 
 def received() -> int | None:
     """The first signal that arrived inside :func:`interruptible`, if any."""
-    return _received[0] if _received else None
+    return interrupts.received()
 
 
 def exit_code(signum: int) -> int:

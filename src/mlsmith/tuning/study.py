@@ -23,8 +23,9 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from mlsmith import interrupts
 from mlsmith.config import Config
-from mlsmith.errors import ConfigError, Interrupted, MlsmithError
+from mlsmith.errors import ConfigError, MlsmithError
 from mlsmith.files import write_text
 from mlsmith.training.callbacks import resolve_mode
 from mlsmith.tuning.parent_run import (
@@ -140,13 +141,16 @@ def run_study(
                             parent_run_id=parent_run_id,
                             preflight=first and cfg.train.preflight,
                         )
-                except KeyboardInterrupt as stop:
-                    # The signal may land anywhere (loading, sampling, training, telling): a
-                    # claimed trial must neither stay RUNNING nor spend the budget.
-                    requeue_interrupted(store.backend, trial_id, _interruption(stop))
-                    raise
-                except Exception as error:  # a bug, or an unknown tune.metric
-                    fail_trial(store.backend, trial_id, _describe(error))
+                except BaseException as error:
+                    signum = interrupts.interruption(error)
+                    if signum is not None:
+                        # The signal may land anywhere (loading, sampling, training, telling,
+                        # inside a library that wraps it): a claimed trial must neither stay
+                        # RUNNING nor spend the budget.
+                        reason = f"interrupted by {signal.Signals(signum).name}"
+                        requeue_interrupted(store.backend, trial_id, reason)
+                    elif isinstance(error, Exception):  # a bug, or an unknown tune.metric
+                        fail_trial(store.backend, trial_id, _describe(error))
                     raise
                 first = False
             for helper in helpers:
@@ -155,7 +159,7 @@ def run_study(
             for helper in helpers:
                 helper.terminate()
             if leader:
-                stopped = isinstance(error, KeyboardInterrupt)
+                stopped = interrupts.interruption(error) is not None
                 end_parent_run(cfg, parent_run_id, "KILLED" if stopped else "FAILED")
             raise
         if not leader:
@@ -176,11 +180,6 @@ def run_study(
 
 def _describe(error: Exception) -> str:
     return str(error) if isinstance(error, MlsmithError) else repr(error)
-
-
-def _interruption(stop: KeyboardInterrupt) -> str:
-    signum = stop.signum if isinstance(stop, Interrupted) else signal.SIGINT
-    return f"interrupted by {signal.Signals(signum).name}"
 
 
 def _before(deadline: float | None) -> bool:
