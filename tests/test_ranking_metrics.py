@@ -13,8 +13,8 @@ from mlsmith.ranking_metrics import (
     per_query_metrics,
     query_slices,
     ranking_metrics,
-    ranks_within_groups,
 )
+from mlsmith.runtime.outputs import ranks_within
 
 
 def test_a_hand_computed_query() -> None:
@@ -103,7 +103,7 @@ def test_intervals_resample_queries_and_bracket_the_value() -> None:
 def test_ranks_within_groups_and_query_order() -> None:
     groups = np.array(["q2", "q1", "q2", "q1", "q2"])
     scores = np.array([0.1, 5.0, 0.7, 5.0, 0.3])
-    assert ranks_within_groups(scores, groups).tolist() == [3, 1, 1, 2, 2]
+    assert ranks_within(scores, groups).tolist() == [3, 1, 1, 2, 2]
     ids, slices = query_slices(groups)
     assert ids.tolist() == ["q2", "q1"]
     assert [s.tolist() for s in slices] == [[0, 2, 4], [1, 3]]

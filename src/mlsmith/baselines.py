@@ -6,7 +6,9 @@ mlsmith run. Per data kind the baseline is the one such an engineer would write:
 * tables: logistic regression (classification) or ridge regression on the preprocessed table
   (the run's own standardised numerics, one-hot categories);
 * text: TF-IDF of word unigrams and bigrams + logistic regression on the raw texts;
-* images: logistic regression on pixels downsampled to at most 16x16, standardised.
+* images: logistic regression on pixels downsampled to at most 16x16, standardised;
+* rankings: ridge regression of the relevance grade on the preprocessed table (pointwise), and
+  a random order in place of the majority class.
 
 Its regularisation (C, or ridge's alpha) is chosen over :data:`GRID_SIZE` log-spaced values on
 the validation split, by the metric ``best.pt`` is chosen by for the model (validation loss:
@@ -308,7 +310,11 @@ def _decoded(task: Task, model: Any, x: Any) -> np.ndarray:
 
 
 def _majority(task: Task, truth: np.ndarray, n: int) -> np.ndarray:
-    """The training prior (for classification: the majority class wins every row)."""
+    """The training prior (for classification: the majority class wins every row); for a
+    ranking, a seeded random order (equal scores would keep the file's order, which a file
+    sorted by relevance makes look perfect)."""
+    if task.kind == "ranking":
+        return np.random.default_rng(0).random(n)
     if not task.is_classification:
         return np.full(n, float(np.mean(truth)))
     counts = np.bincount(truth.astype(np.int64), minlength=len(task.classes))
@@ -316,6 +322,14 @@ def _majority(task: Task, truth: np.ndarray, n: int) -> np.ndarray:
 
 
 # --- scoring ----------------------------------------------------------------------------------
+
+
+def reference_name(task: str | None) -> str:
+    """What the ``majority`` section of metrics.json holds for ``task``, as reports name it."""
+    return {"regression": "training mean", "ranking": "random order"}.get(
+        task or "", "majority class"
+    )
+
 
 # Top-level keys the baseline adds to metrics.json (beside the split keys).
 BASELINE_KEY, MAJORITY_KEY, DIFFERENCE_KEY = "baseline", "majority", "vs_baseline"
@@ -343,14 +357,39 @@ def score_baseline(
     confidence: float,
     seed: int,
     threshold: float | None = None,
+    groups: dict[str, np.ndarray] | None = None,
+    ks: list[int] | None = None,
 ) -> BaselineScores:
     """The baseline's and the majority's metrics with CIs on each split, and the paired
-    difference model - baseline on the held-out split (test, else val)."""
+    difference model - baseline on the held-out split (test, else val).
+
+    A ranking (``kind`` "ranking") is scored per query: ``groups`` gives each split's query
+    ids, ``ks`` the NDCG cut-offs; its verdict is on NDCG at the largest k.
+    """
+    from mlsmith import ranking_metrics
     from mlsmith.evaluation import evaluate_outputs, paired_differences
 
     splits = [s for s in SPLITS if s in truths and s in baseline.outputs]
+    ranking = kind == "ranking"
+    if ranking and (groups is None or ks is None):
+        raise ValueError("a ranking baseline is scored per query: pass groups and ks")
+    by_query = groups or {}
+    cutoffs = ks or list(ranking_metrics.DEFAULT_KS)
 
     def scored(outputs: dict[str, np.ndarray]) -> dict[str, Any]:
+        if ranking:
+            return {
+                s: ranking_metrics.evaluate_ranking(
+                    truths[s],
+                    outputs[s],
+                    by_query[s],
+                    cutoffs,
+                    n_resamples=n_resamples,
+                    confidence=confidence,
+                    seed=seed,
+                )
+                for s in splits
+            }
         return {
             s: evaluate_outputs(
                 kind,
@@ -368,25 +407,38 @@ def score_baseline(
         MAJORITY_KEY: scored(baseline.majority),
     }
     held_out = splits[-1]
-    difference = paired_differences(
-        kind,
-        truths[held_out],
-        model_outputs[held_out],
-        baseline.outputs[held_out],
-        thresholds=(threshold, None),  # the model decides as its predictions do
-        n_resamples=n_resamples,
-        confidence=confidence,
-        seed=seed,
-    )
+    if ranking:
+        difference = ranking_metrics.paired_ranking_differences(
+            truths[held_out],
+            model_outputs[held_out],
+            baseline.outputs[held_out],
+            by_query[held_out],
+            cutoffs,
+            n_resamples=n_resamples,
+            confidence=confidence,
+            seed=seed,
+        )
+        metric = f"ndcg_{max(cutoffs)}"
+    else:
+        difference = paired_differences(
+            kind,
+            truths[held_out],
+            model_outputs[held_out],
+            baseline.outputs[held_out],
+            thresholds=(threshold, None),  # the model decides as its predictions do
+            n_resamples=n_resamples,
+            confidence=confidence,
+            seed=seed,
+        )
+        metric = VERDICT_METRIC[kind]
     sections[DIFFERENCE_KEY] = {held_out: difference}
-    metric = VERDICT_METRIC[kind]
     entry = difference[metric]
     model_value, base_value, diff = entry["a"], entry["b"], entry["value"]
     bounds = entry.get("ci95")
     low, high = bounds if isinstance(bounds, list) else (None, None)
     beats = None
     if isinstance(diff, float):
-        beats = diff > 0 if HIGHER_IS_BETTER[metric] else diff < 0
+        beats = diff > 0 if HIGHER_IS_BETTER.get(metric, True) else diff < 0
     observation = None
     if beats is False:
         interval = (

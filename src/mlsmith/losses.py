@@ -1,4 +1,5 @@
-"""Classification losses for imbalanced classes: class weights, focal loss, label smoothing.
+"""Classification losses for imbalanced classes (class weights, focal loss, label smoothing),
+and the listwise loss a ranking network trains with.
 
 Every loss here is the *mean over the batch* of per-sample losses, each multiplied by its true
 class's weight (not divided by the weights' sum, as ``F.cross_entropy(weight=...)`` does): the
@@ -95,3 +96,36 @@ def _weights_tensor(weights: tuple[float, ...], device: torch.device) -> torch.T
     import torch
 
     return torch.tensor(weights, dtype=torch.float32, device=device)
+
+
+def listwise_loss(
+    scores: torch.Tensor, relevance: torch.Tensor, queries: torch.Tensor
+) -> torch.Tensor:
+    """ListNet's top-one loss (Cao et al. 2007, https://dl.acm.org/doi/10.1145/1273496.1273513)
+    with NDCG's gains: per query, the cross-entropy between the softmax of the scores and the
+    distribution of the gains ``2**relevance - 1``; the mean over the queries of the batch that
+    hold a relevant item (the others carry no ordering to learn).
+
+    ``queries`` is each row's query (any integer codes); a query's items must all be in the
+    batch for its loss to be the whole query's (the ranking batches keep queries whole).
+    """
+    import torch
+
+    scores = scores.float().reshape(-1)
+    _, query = torch.unique(queries, return_inverse=True)
+    n_queries = int(query.max()) + 1 if len(query) else 0
+    # A numerically stable log-softmax within each query: shift by the query's maximum.
+    top = torch.full((n_queries,), -torch.inf, device=scores.device, dtype=scores.dtype)
+    top = top.scatter_reduce(0, query, scores.detach(), reduce="amax")
+    shifted = scores - top[query]
+    sums = torch.zeros(n_queries, device=scores.device, dtype=scores.dtype)
+    sums = sums.index_add(0, query, shifted.exp())
+    log_p = shifted - sums.log()[query]
+    gains = torch.exp2(relevance.float().reshape(-1)) - 1.0
+    totals = torch.zeros_like(sums).index_add(0, query, gains)
+    target = gains / totals.clamp_min(torch.finfo(totals.dtype).tiny)[query]
+    per_query = -torch.zeros_like(sums).index_add(0, query, target * log_p)
+    relevant = totals > 0
+    if not bool(relevant.any()):
+        return scores.sum() * 0.0  # keeps the graph: nothing to learn from this batch
+    return per_query[relevant].mean()

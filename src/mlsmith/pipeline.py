@@ -780,6 +780,8 @@ def _score_baseline(
             confidence=cfg.eval.confidence,
             seed=cfg.seed,
             threshold=getattr(run.model.task, "threshold", None),
+            groups={split: s.groups for split, s in scored.items() if s.groups is not None},
+            ks=getattr(run.model.task, "ks", None),
         )
     except Exception as error:  # a comparison must never cost the user the run
         log.warning("baseline not scored (%s: %s)", type(error).__name__, error)

@@ -11,7 +11,7 @@ from mlsmith.data.tables import SUFFIXES
 from mlsmith.errors import ConfigError, DataError
 from mlsmith.files import atomic_path
 from mlsmith.runtime.frames import require_columns
-from mlsmith.runtime.outputs import output_frame
+from mlsmith.runtime.outputs import output_frame, ranking_frame
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -20,14 +20,34 @@ if TYPE_CHECKING:
     from mlsmith.tasks import Task
 
 
-def decoded_frame(task: Task, decoded: np.ndarray) -> pd.DataFrame:
+def decoded_frame(
+    task: Task, decoded: np.ndarray, groups: np.ndarray | None = None
+) -> pd.DataFrame:
     """``prediction`` (original labels or values) and, for classes, ``proba_<class>`` columns;
-    a binary task's threshold decides the label."""
+    a binary task's threshold decides the label. A ranking's table is ``score`` and ``rank``
+    within each query (``groups``; None: the rows are one query's items)."""
+    if task.kind == "ranking":
+        return ranking_frame(decoded, groups)
     return output_frame(task.classes, decoded, task.threshold)
 
 
+def output_columns(task: Task) -> list[str]:
+    """The columns :func:`decoded_frame` writes for ``task``."""
+    if task.kind == "ranking":
+        return ["score", "rank"]
+    return ["prediction", *(f"proba_{label}" for label in task.classes)]
+
+
+# Rows per chunk meaning "all of them".
+_WHOLE_FILE = 2**62
+
+
 def predict_frame(model: Model, frame: pd.DataFrame, source: str = "input") -> pd.DataFrame:
-    """Predictions for raw rows, index aligned with ``frame``."""
+    """Predictions for raw rows, index aligned with ``frame``.
+
+    A ranking model ranks the rows within each query of its ``data.group_column`` when the
+    rows hold it, and all the rows as one query's items when they do not.
+    """
     inputs = model.preprocessor.transform(frame, source)
     if len(frame) == 0:
         # Models may return a (0, 1) array for no rows whatever their output width.
@@ -35,7 +55,9 @@ def predict_frame(model: Model, frame: pd.DataFrame, source: str = "input") -> p
         decoded = np.zeros((0, len(task.classes)) if task.is_classification else 0)
     else:
         decoded = model.predict(inputs)
-    out = decoded_frame(model.task, decoded)
+    column = getattr(model.preprocessor, "group_column", None)
+    groups = model.preprocessor.query_groups(frame, source) if column in frame.columns else None
+    out = decoded_frame(model.task, decoded, groups)
     out.index = frame.index
     return out
 
@@ -65,7 +87,11 @@ def predict_file(
         )
     # The kind's identifying columns (an image's path) first; a column asked twice is kept once.
     keep = list(dict.fromkeys([*model.preprocessor.output_columns, *(keep_columns or [])]))
-    outputs = ["prediction", *(f"proba_{label}" for label in model.task.classes)]
+    outputs = output_columns(model.task)
+    if model.task.kind == "ranking":
+        # A query's items may lie anywhere in the file and are ranked against each other:
+        # read it whole (scores and ranks are a few numbers a row).
+        chunk_rows = _WHOLE_FILE
     clashes = [c for c in keep if c in outputs]
     if clashes:
         raise DataError(
@@ -78,12 +104,14 @@ def predict_file(
     with atomic_path(output_path) as tmp:
         try:
             for chunk in model.preprocessor.iter_read(input_path, chunk_rows):
-                require_columns(chunk, keep, input_path, "--keep")
+                require_columns(chunk, keep_columns or [], input_path, "--keep")
                 if len(chunk) == 0:
                     continue
                 out = predict_frame(model, chunk, input_path)
-                if keep:
-                    out = chunk[keep].join(out)
+                # The kind's own columns where the input has them (a ranking's query id).
+                kept = [c for c in keep if c in chunk.columns]
+                if kept:
+                    out = chunk[kept].join(out)
                 if fmt == "csv":
                     out.to_csv(
                         tmp, sep=sep, mode="a" if rows else "w", header=rows == 0, index=False

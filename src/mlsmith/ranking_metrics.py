@@ -123,15 +123,6 @@ def evaluate_ranking(
     return report
 
 
-def ranks_within_groups(scores: np.ndarray, groups: np.ndarray) -> np.ndarray:
-    """Each row's rank within its query: 1 for the highest score, ties in input order."""
-    scores = np.asarray(scores, dtype=np.float64)
-    ranks = np.empty(len(scores), dtype=np.int64)
-    for rows in query_slices(groups)[1]:
-        ranks[rows[np.argsort(-scores[rows], kind="stable")]] = np.arange(1, len(rows) + 1)
-    return ranks
-
-
 def _check(
     relevance: np.ndarray, scores: np.ndarray, groups: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -147,3 +138,45 @@ def _check(
     if not np.isfinite(scores).all():
         raise ValueError("scores must be finite")
     return relevance, scores
+
+
+def paired_ranking_differences(
+    relevance: np.ndarray,
+    scores_a: np.ndarray,
+    scores_b: np.ndarray,
+    groups: np.ndarray,
+    ks: Sequence[int] = DEFAULT_KS,
+    *,
+    n_resamples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> dict[str, dict[str, float | list[float | None] | None]]:
+    """Every metric of two rankers on the same queries, in the shape
+    :func:`mlsmith.evaluation.paired_differences` gives: ``{metric: {"value": a - b, "ci95":
+    [..], "a": a, "b": b}}``. The interval is the paired bootstrap over queries: each resample
+    scores both rankers on the same queries, so what the queries share cancels out."""
+    per_a = per_query_metrics(relevance, scores_a, groups, ks)
+    per_b = per_query_metrics(relevance, scores_b, groups, ks)
+    report: dict[str, dict[str, float | list[float | None] | None]] = {}
+    for name, values_a in per_a.items():
+        values_b = per_b[name]
+        # Whether a query counts depends on its labels alone: the same queries for both.
+        defined = (~np.isnan(values_a)).astype(np.float64)
+        a = float(mean_defined(values_a[np.newaxis])[0])
+        b = float(mean_defined(values_b[np.newaxis])[0])
+        entry: dict[str, float | list[float | None] | None] = {
+            "value": json_number(a - b),
+            "a": json_number(a),
+            "b": json_number(b),
+        }
+        if n_resamples > 0:
+            bounds = ratio_interval(
+                np.nan_to_num(values_a - values_b),
+                defined,
+                n_resamples=n_resamples,
+                confidence=confidence,
+                seed=seed,
+            )
+            entry["ci95"] = [json_number(bound) for bound in bounds]
+        report[name] = entry
+    return report

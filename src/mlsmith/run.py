@@ -204,6 +204,7 @@ class Scored:
     metrics: dict[str, Any]
     truth: np.ndarray
     decoded: np.ndarray
+    groups: np.ndarray | None = None  # a ranking's query ids
 
 
 class Run:
@@ -306,19 +307,35 @@ class Run:
     def score_split(self, split: Split, name: str) -> Scored:
         """:meth:`evaluate_split`, also returning the truth and the model's decoded outputs."""
         from mlsmith.evaluation import confusion, evaluate_outputs
+        from mlsmith.tasks import RankingTask
 
         task = self.model.task
         decoded = self.model.predict(split.inputs)
         truth = task.truth(split.target)
-        metrics = evaluate_outputs(
-            task.kind,
-            truth,
-            decoded,
-            n_resamples=self.config.eval.bootstrap,
-            confidence=self.config.eval.confidence,
-            seed=self.config.seed,
-            threshold=task.threshold,
-        )
+        if isinstance(task, RankingTask):
+            from mlsmith.ranking_metrics import evaluate_ranking
+
+            if split.groups is None:
+                raise RunError(f"{name}: a ranking is scored per query, and no query ids came")
+            metrics = evaluate_ranking(
+                truth,
+                decoded,
+                split.groups,
+                task.ks,
+                n_resamples=self.config.eval.bootstrap,
+                confidence=self.config.eval.confidence,
+                seed=self.config.seed,
+            )
+        else:
+            metrics = evaluate_outputs(
+                task.kind,
+                truth,
+                decoded,
+                n_resamples=self.config.eval.bootstrap,
+                confidence=self.config.eval.confidence,
+                seed=self.config.seed,
+                threshold=task.threshold,
+            )
         if task.threshold is not None:
             # The threshold these labels were decided with, and where it came from.
             recorded = self.info.get("threshold") or {}
@@ -332,8 +349,8 @@ class Run:
                 {"labels": [str(c) for c in task.classes], "matrix": matrix},
             )
         if name == "test":
-            self._write_predictions(truth, decoded)
-        return Scored(metrics, truth, decoded)
+            self._write_predictions(truth, decoded, split.groups)
+        return Scored(metrics, truth, decoded, split.groups)
 
     def record_sections(self, sections: dict[str, Any]) -> None:
         """Add top-level sections (``baseline``...) beside the splits in ``metrics.json``."""
@@ -345,13 +362,17 @@ class Run:
         content[key] = value
         write_json(file, content)
 
-    def _write_predictions(self, truth: np.ndarray, decoded: np.ndarray) -> None:
+    def _write_predictions(
+        self, truth: np.ndarray, decoded: np.ndarray, groups: np.ndarray | None = None
+    ) -> None:
         from mlsmith.prediction import decoded_frame
 
         task = self.model.task
-        frame = decoded_frame(task, decoded)
+        frame = decoded_frame(task, decoded, groups)
         labels = np.asarray(task.classes, dtype=object)[truth] if task.is_classification else truth
         frame.insert(0, "target", labels)
+        if groups is not None:
+            frame.insert(0, "query", groups)
         write_text(self.path / TEST_PREDICTIONS_FILE, frame.to_csv(index=False))
 
     # --- prediction ---------------------------------------------------------------------------

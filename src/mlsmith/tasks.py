@@ -30,7 +30,7 @@ MAX_AUTO_CLASSES = 20
 
 
 class Task(ABC):
-    """Base for the three supervised tasks."""
+    """Base for the supervised tasks: binary, multiclass, regression and ranking."""
 
     kind: ClassVar[str]
     # Labels in output order for classification; empty for regression.
@@ -74,7 +74,7 @@ class Task(ABC):
 
     @property
     def is_classification(self) -> bool:
-        return self.kind != "regression"
+        return self.kind in ("binary", "multiclass")
 
     @property
     def metric_names(self) -> tuple[str, ...]:
@@ -84,8 +84,11 @@ class Task(ABC):
             return evaluation.classification_metric_names(len(self.classes))
         return evaluation.REGRESSION_METRICS
 
-    def metrics(self, truth: np.ndarray, decoded: np.ndarray) -> dict[str, float]:
-        """Point metrics (no intervals) for per-epoch validation."""
+    def metrics(
+        self, truth: np.ndarray, decoded: np.ndarray, groups: np.ndarray | None = None
+    ) -> dict[str, float]:
+        """Point metrics (no intervals) for per-epoch validation; ``groups``: each row's query
+        (a ranking task's metrics are per query; the other tasks ignore it)."""
         from mlsmith import evaluation
 
         return evaluation.point_metrics(self.kind, truth, decoded, threshold=self.threshold)
@@ -94,17 +97,17 @@ class Task(ABC):
 class ClassificationTask(Task):
     def __init__(self, classes: list[Any]) -> None:
         self.classes = list(classes)
-        self._index = {_label_key(c): i for i, c in enumerate(self.classes)}
+        self._index = {label_key(c): i for i, c in enumerate(self.classes)}
         # How the training loss treats imbalance (class weights, focal, smoothing): a training
         # setting, set from the config by mlsmith.imbalance, not saved with the task.
         self.loss_options = LossOptions()
 
     def class_index(self, label: Any) -> int | None:
         """The output index of ``label`` (compared by its text, as the data's labels are)."""
-        return self._index.get(_label_key(label))
+        return self._index.get(label_key(label))
 
     def encode(self, target: pd.Series) -> np.ndarray:
-        keys = [_label_key(v) for v in target.tolist()]
+        keys = [label_key(v) for v in target.tolist()]
         unknown = sorted({k for k in keys if k not in self._index})
         if unknown:
             raise DataError(
@@ -119,8 +122,8 @@ class ClassificationTask(Task):
 
     def absent_classes(self, target: pd.Series) -> list[Any]:
         """Classes with no row in ``target``."""
-        present = {_label_key(v) for v in target.unique()}
-        return [c for c in self.classes if _label_key(c) not in present]
+        present = {label_key(v) for v in target.unique()}
+        return [c for c in self.classes if label_key(c) not in present]
 
     def labels(self, decoded: np.ndarray) -> np.ndarray:
         return outputs.class_labels(self.classes, decoded, self.threshold)
@@ -219,14 +222,94 @@ class RegressionTask(Task):
         return {"kind": self.kind, "mean": self.mean, "std": self.std}
 
 
+class RankingTask(Task):
+    """Learning to rank: graded relevance labels (0, 1, 2...), one score per item, and metrics
+    over the items of each query (``data.group_column``). Scores are only ever compared within
+    a query, so they are left on the model's own scale."""
+
+    kind = "ranking"
+
+    def __init__(self, ks: list[int] | tuple[int, ...] = (1, 5, 10)) -> None:
+        self.ks = [int(k) for k in ks]
+
+    @property
+    def n_outputs(self) -> int:
+        return 1
+
+    @property
+    def metric_names(self) -> tuple[str, ...]:
+        from mlsmith.ranking_metrics import metric_names
+
+        return metric_names(self.ks)
+
+    def encode(self, target: pd.Series) -> np.ndarray:
+        values = relevance_labels(target, str(target.name))
+        return values.astype(np.float32)
+
+    def truth(self, encoded: np.ndarray) -> np.ndarray:
+        return encoded.astype(np.float64)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The listwise loss (:func:`mlsmith.losses.listwise_loss`). ``target`` is the ranking
+        batches' ``[relevance, query]`` per row; a plain relevance vector is one query."""
+        from mlsmith.losses import listwise_loss
+
+        if target.ndim == 2:
+            return listwise_loss(output, target[:, 0], target[:, 1])
+        return listwise_loss(output, target, target.new_zeros(target.shape))
+
+    def decode(self, raw: np.ndarray) -> np.ndarray:
+        return np.asarray(raw, dtype=np.float64).reshape(len(raw), -1)[:, 0]
+
+    def labels(self, decoded: np.ndarray) -> np.ndarray:
+        return decoded
+
+    def metrics(
+        self, truth: np.ndarray, decoded: np.ndarray, groups: np.ndarray | None = None
+    ) -> dict[str, float]:
+        from mlsmith.ranking_metrics import ranking_metrics
+
+        if groups is None and truth.ndim == 2:  # the ranking batches' [relevance, query]
+            truth, groups = truth[:, 0], truth[:, 1]
+        if groups is None:
+            raise ValueError("ranking metrics need each row's query (groups)")
+        return ranking_metrics(truth, decoded, groups, self.ks)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "ks": self.ks}
+
+
+# LightGBM's lambdarank gains are 2**label - 1 for labels 0..30 (its default label_gain).
+MAX_RELEVANCE = 30
+
+
+def relevance_labels(target: pd.Series, source: str) -> np.ndarray:
+    """A ranking target as integer relevance grades 0..30; a DataError names the first bad one."""
+    import pandas as pd
+
+    values = pd.to_numeric(target, errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.isnan(values) | (values < 0) | (values > MAX_RELEVANCE) | (values != np.round(values))
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{source}: ranking target '{target.name}' holds {target.iloc[row]!r} (row "
+            f"{target.index[row]}); relevance must be a whole number from 0 (not relevant) to "
+            f"{MAX_RELEVANCE}"
+        )
+    return values.astype(np.int64)
+
+
 def infer_task(target: pd.Series, requested: str, source: str) -> str:
     """Pick binary / multiclass / regression for ``target`` (already without missing values)."""
     import pandas as pd
 
+    if requested == "ranking":
+        relevance_labels(target, source)
+        return requested
     n_unique = target.nunique()
     if pd.api.types.is_object_dtype(target):
         # Count labels as encode() tells them apart: 1 and "1" (files typed differently) are one.
-        n_unique = len({_label_key(v) for v in target.unique()})
+        n_unique = len({label_key(v) for v in target.unique()})
     _refuse_numbers_as_text(target, requested, source)
     if requested != "auto":
         kind = requested
@@ -281,15 +364,20 @@ def _refuse_numbers_as_text(target: pd.Series, requested: str, source: str) -> N
     )
 
 
-def fit_task(kind: str, labelled: pd.Series, train_target: pd.Series) -> Task:
-    """Build the task: classes from every labelled row, target scale from the training split."""
+def fit_task(
+    kind: str, labelled: pd.Series, train_target: pd.Series, *, ks: list[int] | None = None
+) -> Task:
+    """Build the task: classes from every labelled row, target scale from the training split;
+    ``ks``: a ranking task's NDCG cut-offs (``eval.ndcg_at``)."""
+    if kind == "ranking":
+        return RankingTask(ks or [1, 5, 10])
     if kind == "regression":
         values = train_target.astype(float)
         return RegressionTask(values.mean(), values.std(ddof=0))
     # One class per label key, so 1 and "1" from differently typed files are one class.
     unique: dict[str, Any] = {}
     for value in labelled.tolist():
-        unique.setdefault(_label_key(value), _python_scalar(value))
+        unique.setdefault(label_key(value), _python_scalar(value))
     classes = sorted(unique.values(), key=_sort_key)
     return BinaryTask(classes) if kind == "binary" else MulticlassTask(classes)
 
@@ -298,6 +386,8 @@ def task_from_dict(state: dict[str, Any]) -> Task:
     kind = state["kind"]
     if kind == "regression":
         return RegressionTask(state["mean"], state["std"])
+    if kind == "ranking":
+        return RankingTask(state["ks"])
     task = (BinaryTask if kind == "binary" else MulticlassTask)(state["classes"])
     if kind == "binary" and state.get("threshold") is not None:
         task.threshold = float(state["threshold"])
@@ -318,7 +408,7 @@ def _python_scalar(value: Any) -> Any:
     return value
 
 
-def _label_key(value: Any) -> str:
+def label_key(value: Any) -> str:
     # Labels compare by their text so 1, 1.0 and "1" (CSV chunks may type them differently) agree.
     return str(_python_scalar(value))
 

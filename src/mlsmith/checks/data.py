@@ -56,7 +56,9 @@ def data_checks(config: Config, data: PreparedData) -> list[CheckResult]:
         ),
         split_sizes(data),
         target_distribution(data.task, frames, target),
-        classes_in_every_split(data.task, frames, target),
+        queries(data)
+        if data.task.kind == "ranking"
+        else classes_in_every_split(data.task, frames, target),
         duplicates_across_splits(config, data, features),
         single_feature_leakage(config, data, features),
     ]
@@ -244,7 +246,7 @@ def target_distribution(task: Task, frames: dict[str, pd.DataFrame], target: str
 def classes_in_every_split(task: Task, frames: dict[str, pd.DataFrame], target: str) -> CheckResult:
     """Every class has rows in every split (a class absent from val cannot be validated)."""
     if not isinstance(task, ClassificationTask):
-        return CheckResult("splits", "classes in every split", "skip", "regression")
+        return CheckResult("splits", "classes in every split", "skip", task.kind)
     absent = {
         name: task.absent_classes(frame[target]) for name, frame in frames.items() if len(frame)
     }
@@ -261,6 +263,53 @@ def classes_in_every_split(task: Task, frames: dict[str, pd.DataFrame], target: 
         "pass",
         f"all {len(task.classes)} classes in {', '.join(n for n, f in frames.items() if len(f))}",
     )
+
+
+def queries(data: PreparedData) -> CheckResult:
+    """A ranking's queries: none in two splits, and how many each split holds. Warns about
+    queries with one item (nothing to rank) and held-out queries without a relevant item
+    (they count in no ranking metric)."""
+    splits = {
+        name: (split.groups, split.target)
+        for name, split in (("train", data.train), ("val", data.val), ("test", data.test))
+        if split is not None and split.groups is not None and len(split)
+    }
+    ids = {name: set(np.unique(groups).tolist()) for name, (groups, _) in splits.items()}
+    shared = [
+        f"{a} and {b} share {len(ids[a] & ids[b])} queries (e.g. {sorted(ids[a] & ids[b])[0]!r})"
+        for i, a in enumerate(ids)
+        for b in list(ids)[i + 1 :]
+        if ids[a] & ids[b]
+    ]
+    if shared:
+        return CheckResult(
+            "splits",
+            "queries",
+            "fail",
+            "; ".join(shared) + ": a query's items must stay in one split, or the held-out "
+            "scores are measured on queries the model trained on",
+        )
+    parts, problems = [], []
+    for name, (groups, target) in splits.items():
+        _, where, sizes = np.unique(groups, return_inverse=True, return_counts=True)
+        relevant = np.bincount(where.reshape(-1), weights=target > 0, minlength=len(sizes))
+        parts.append(
+            f"{name} {len(sizes):,} queries ({int(sizes.min())}-{int(sizes.max())} items, "
+            f"median {float(np.median(sizes)):g})"
+        )
+        single = int((sizes == 1).sum())
+        if single:
+            problems.append(f"{single} {name} queries have a single item (nothing to rank)")
+        empty = int((relevant == 0).sum())
+        if empty and name != "train":
+            problems.append(
+                f"{empty} of {len(sizes)} {name} queries have no relevant item (relevance > 0) "
+                "and count in no metric"
+            )
+    detail = " | ".join(parts)
+    if problems:
+        return CheckResult("splits", "queries", "warn", "; ".join(problems) + f" [{detail}]")
+    return CheckResult("splits", "queries", "pass", detail)
 
 
 # --- helpers ----------------------------------------------------------------------------------

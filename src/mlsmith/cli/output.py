@@ -39,7 +39,9 @@ def baseline_table(results: dict[str, Any]) -> Table:
     split, difference = next(iter(results["vs_baseline"].items()))
     majority = (results.get("majority") or {}).get(split) or {}
     table = Table(title=f"model vs baseline, {split} split (paired 95% CI)")
-    for column in ("metric", "model", "baseline", "difference", "majority"):
+    # A ranking's reference is a random order, not a majority class.
+    reference = "random order" if any(n.startswith("ndcg_") for n in difference) else "majority"
+    for column in ("metric", "model", "baseline", "difference", reference):
         table.add_column(column, justify="left" if column == "metric" else "right")
     for name, entry in difference.items():
         table.add_row(

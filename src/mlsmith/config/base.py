@@ -8,7 +8,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict
 
 Mode = Literal["auto", "min", "max"]
-Task = Literal["auto", "binary", "multiclass", "regression"]
+Task = Literal["auto", "binary", "multiclass", "regression", "ranking"]
 BUILTIN_PREFIX = "sklearn:"
 
 

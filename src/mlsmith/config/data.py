@@ -6,7 +6,7 @@ and one row of :data:`mlsmith.config.families.KINDS`.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
@@ -76,11 +76,43 @@ class DataConfig(DataSourceConfig):
         description="more strings read as missing values, e.g. ['?', 'unknown'] (besides "
         "pandas' defaults: '', 'NA', 'N/A', 'n/a', 'null', 'NaN', ...)",
     )
+    group_column: str | None = Field(
+        None,
+        description="ranking: the query id; items are ranked within a query, and a query never "
+        "straddles two splits (implies task: ranking)",
+    )
 
     @field_validator("sep")
     @classmethod
     def _check_sep(cls, value: str | None) -> str | None:
         return cls._separator(value)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _ranking_defaults(cls, raw: Any) -> Any:
+        # A query id means a ranking task, and the queries are what the splits keep whole. Set
+        # here, on the raw values, so the saved config says both.
+        if not isinstance(raw, dict) or not raw.get("group_column"):
+            return raw
+        raw = dict(raw)
+        if raw.get("task", "auto") == "auto":
+            raw["task"] = "ranking"
+        split = raw.get("split")
+        if raw["task"] == "ranking" and (split is None or isinstance(split, dict)):
+            split = dict(split or {})
+            if split.get("time"):
+                raise ValueError(
+                    "split.time: a ranking task splits by query (data.group_column); remove "
+                    "data.split.time"
+                )
+            if split.get("group") not in (None, raw["group_column"]):
+                raise ValueError(
+                    f"split.group: '{split['group']}' differs from group_column "
+                    f"'{raw['group_column']}'; a ranking task splits by its query id, so leave "
+                    "data.split.group out"
+                )
+            raw["split"] = {**split, "group": raw["group_column"]}
+        return raw
 
     @model_validator(mode="after")
     def _check(self) -> DataConfig:
@@ -89,6 +121,18 @@ class DataConfig(DataSourceConfig):
                 f"drop: lists the target '{self.target}'; remove it from data.drop (the target "
                 "is never a feature)"
             )
+        if self.task == "ranking" and not self.group_column:
+            raise ValueError(
+                "task: ranking needs group_column, the column holding each row's query id"
+            )
+        if self.group_column and self.task != "ranking":
+            raise ValueError(
+                f"group_column: names a ranking task's query id, and task is '{self.task}'; "
+                "to keep groups apart in the splits of another task use data.split.group"
+            )
+        if self.group_column and self.group_column in (self.target, *self.drop):
+            where = "is the target" if self.group_column == self.target else "is in data.drop"
+            raise ValueError(f"group_column: '{self.group_column}' {where}")
         return self
 
 

@@ -18,6 +18,15 @@ from mlsmith.config.tune import TuneConfig
 
 # The families whose networks can recompute activations in the backward pass.
 GRADIENT_CHECKPOINTING = ("transformer", "torchvision")
+# The families that learn to rank (data.task: ranking), the default first.
+RANKING_FAMILIES = ("lightgbm", "xgboost", "mlp")
+
+
+def _ranks(data: dict[str, Any]) -> bool:
+    """Whether a raw data section asks for a ranking task (a query id implies one)."""
+    return data.get("task") == "ranking" or (
+        bool(data.get("group_column")) and data.get("task", "auto") == "auto"
+    )
 
 
 def _family_defaults(raw: Any) -> Any:
@@ -60,7 +69,10 @@ class Config(Section):
             kind = raw["data"].get("type", "tabular")
             model = raw.get("model", {})
             if kind in KINDS and isinstance(model, dict) and "type" not in model:
-                raw = {**raw, "model": {**model, "type": KINDS[kind].default_model}}
+                default = KINDS[kind].default_model
+                if _ranks(raw["data"]):
+                    default = RANKING_FAMILIES[0]
+                raw = {**raw, "model": {**model, "type": default}}
         return _family_defaults(raw)
 
     @model_validator(mode="after")
@@ -70,6 +82,22 @@ class Config(Section):
             raise ValueError(
                 f"model.type '{self.model.type}' does not work with data.type "
                 f"'{self.data.type}'; use one of: {', '.join(allowed)}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _ranking_fits_model(self) -> Config:
+        if self.data.task != "ranking":
+            return self
+        if self.model.type not in RANKING_FAMILIES:
+            raise ValueError(
+                f"model.type '{self.model.type}' cannot rank (data.task: ranking); use one of: "
+                f"{', '.join(RANKING_FAMILIES)}"
+            )
+        if self.eval.cv is not None:
+            raise ValueError(
+                "eval.cv: cross-validation does not fold ranking queries yet; remove eval.cv "
+                "(the test split's intervals are over queries)"
             )
         return self
 

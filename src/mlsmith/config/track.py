@@ -86,6 +86,19 @@ class EvalConfig(Section):
     target_recall: float = Field(
         0.9, gt=0.0, le=1.0, description="threshold_for=recall: the recall to reach on val"
     )
+    ndcg_at: list[int] = Field(
+        default_factory=lambda: [1, 5, 10],
+        min_length=1,
+        description="ranking: the k of each NDCG@k reported (keys ndcg_<k>); the largest one "
+        "is the trees' early-stopping metric",
+    )
+
+    @field_validator("ndcg_at")
+    @classmethod
+    def _ks(cls, value: list[int]) -> list[int]:
+        if any(k < 1 for k in value):
+            raise ValueError(f"every k must be at least 1, found {value}")
+        return sorted(set(value))
 
     @field_validator("threshold", mode="before")
     @classmethod

@@ -43,10 +43,12 @@ P = TypeVar("P", bound="Preprocessor")
 
 @dataclass
 class Split:
-    """One split as model inputs (name -> array with rows first) and encoded targets."""
+    """One split as model inputs (name -> array with rows first) and encoded targets;
+    ``groups``: a ranking task's query id of each row (text), None for the other tasks."""
 
     inputs: dict[str, np.ndarray]
     target: np.ndarray
+    groups: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.target)
@@ -63,7 +65,7 @@ class Preprocessor(ABC):
     # The data.type this preprocessing belongs to, saved as "kind" in preprocessing.json.
     kind: ClassVar[str]
     # Input columns copied into prediction output by default (e.g. an image's path).
-    output_columns: ClassVar[tuple[str, ...]] = ()
+    output_columns: tuple[str, ...] = ()
     # How messages name the target column ("label" for images, whose folders are the labels).
     target_role: ClassVar[str] = "target"
     # More strings read as missing in a user's files (tabular keeps data.na_values here).
@@ -96,7 +98,15 @@ class Preprocessor(ABC):
     def to_split(self, frame: pd.DataFrame, source: str) -> Split:
         """Labelled raw rows to a Split; rows without a target are dropped with a warning."""
         frame = self.labelled_rows(frame, source)
-        return Split(self.transform(frame, source), self.encode_target(frame, source))
+        return Split(
+            self.transform(frame, source),
+            self.encode_target(frame, source),
+            self.query_groups(frame, source),
+        )
+
+    def query_groups(self, frame: pd.DataFrame, source: str) -> np.ndarray | None:
+        """Each row's query id as text (ranking); None when the task has no queries."""
+        return None
 
     def labelled_rows(self, frame: pd.DataFrame, source: str) -> pd.DataFrame:
         """``frame`` without the rows whose target is missing; a DataError without the column."""

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     import torch
 
     from mlsmith.config import TrainConfig
-    from mlsmith.data.base import Split
+    from mlsmith.data.base import Preprocessor, Split
 
 Batch = tuple[dict[str, "torch.Tensor"], "torch.Tensor"]
 
@@ -221,6 +221,52 @@ class TensorBatches:
         """Every micro-batch of one epoch, in order (for evaluation)."""
         for step in self.steps(1):
             yield from step
+
+
+class QueryBatches(TensorBatches):
+    """A ranking's batches: each row's target is ``[relevance, query]``, and a training epoch
+    shuffles whole queries, each query's rows kept together, so a listwise loss sees whole
+    lists. Batches are still ``batch_size`` rows (the step count stays fixed, as schedulers and
+    resume need); a query a batch boundary cuts counts as two shorter lists. Evaluation keeps the
+    table order (prepared ranking splits are sorted by query).
+    """
+
+    def __init__(
+        self,
+        inputs: dict[str, np.ndarray],
+        target: np.ndarray,
+        queries: np.ndarray,
+        options: BatchOptions,
+    ) -> None:
+        import torch
+
+        codes = np.unique(np.asarray(queries), return_inverse=True)[1].reshape(-1)
+        # float32 holds every code exactly below 2**24 queries; beyond, two queries could share
+        # a code, and their items would be compared as one list.
+        stacked = np.stack([target.astype(np.float32), codes.astype(np.float32)], axis=1)
+        super().__init__(inputs, stacked, replace(options, balanced=False))
+        self.codes = torch.from_numpy(codes.astype(np.int64))
+        self.n_queries = int(codes.max()) + 1 if len(codes) else 0
+
+    def permutation(self, n: int) -> torch.Tensor:
+        """The queries in a random order (from ``self.generator``), each one's rows together
+        and in table order."""
+        import torch
+
+        place = torch.empty(self.n_queries, dtype=torch.int64)
+        place[torch.randperm(self.n_queries, generator=self.generator)] = torch.arange(
+            self.n_queries
+        )
+        # Sort by the query's place, then by row: one stable key.
+        return torch.argsort(place[self.codes] * n + torch.arange(n))
+
+
+def split_batches(preprocessor: Preprocessor, split: Split, options: BatchOptions) -> TensorBatches:
+    """The batches of ``split`` a network trains or validates on: the data kind's own, or
+    :class:`QueryBatches` for a ranking (a split with query ids)."""
+    if split.groups is not None:
+        return QueryBatches(split.inputs, split.target, split.groups, options)
+    return preprocessor.batches(split.inputs, split.target, options)
 
 
 class BalancedSampler:

@@ -45,6 +45,13 @@ def split_rows(
     """
     n = len(frame)
     positions = np.arange(n)
+    if cfg.group and frame[cfg.group].isna().any():
+        missing = frame[cfg.group].isna().to_numpy()
+        raise DataError(
+            f"{source}: {int(missing.sum())} rows have no value in the group column "
+            f"'{cfg.group}' (first: row {frame.index[int(np.flatnonzero(missing)[0])]}); every "
+            "row must belong to a group (for a ranking: to a query)"
+        )
     if cfg.time:
         order = np.argsort(sortable(frame[cfg.time], cfg.time, source), kind="stable")
         n_test, n_val = round(n * test), round(n * val)

@@ -28,7 +28,7 @@ from mlsmith.data.tables import fingerprint, read_table
 from mlsmith.errors import ConfigError, DataError
 from mlsmith.runtime.frames import mark_missing, nested_columns, require_columns
 from mlsmith.runtime.tabular import TableEncoder, category_keys, numeric_matrix
-from mlsmith.tasks import Task, fit_task, infer_task
+from mlsmith.tasks import Task, fit_task, infer_task, label_key
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -53,8 +53,13 @@ class TabularPreprocessor(Preprocessor):
         categorical: list[str],
         vocabularies: list[list[str]],
         na_values: list[str] | None = None,
+        group_column: str | None = None,
     ) -> None:
         super().__init__(target=target, task=task)
+        # A ranking task's query id: not a feature, read to rank within each query, and
+        # copied into the predictions beside each row's score and rank.
+        self.group_column = group_column
+        self.output_columns = (group_column,) if group_column else ()
         self.numeric = numeric
         self.medians = np.asarray(medians, dtype=np.float64)
         self.means = np.asarray(means, dtype=np.float64)
@@ -83,6 +88,7 @@ class TabularPreprocessor(Preprocessor):
         task: Task,
         categorical: list[str],
         na_values: list[str] | None = None,
+        group_column: str | None = None,
     ) -> TabularPreprocessor:
         """Learn imputation, scaling and vocabularies from the training rows' features alone."""
         numeric = [c for c in features.columns if c not in categorical]
@@ -109,6 +115,7 @@ class TabularPreprocessor(Preprocessor):
             categorical=categorical,
             vocabularies=[sorted(set(category_keys(features[c]))) for c in categorical],
             na_values=na_values,
+            group_column=group_column,
         )
 
     @property
@@ -124,6 +131,11 @@ class TabularPreprocessor(Preprocessor):
         frame = super().labelled_rows(mark_missing(frame, self.na_values), source)
         require_finite_target(frame, self.target, source)
         return frame
+
+    def query_groups(self, frame: pd.DataFrame, source: str) -> np.ndarray | None:
+        if self.group_column is None:
+            return None
+        return query_ids(frame, self.group_column, source)
 
     def model_inputs(self) -> dict[str, Any]:
         return {
@@ -141,6 +153,7 @@ class TabularPreprocessor(Preprocessor):
             "categorical": self.categorical,
             "vocabularies": self.vocabularies,
             "na_values": self.na_values,
+            "group_column": self.group_column,
         }
 
 
@@ -162,23 +175,37 @@ def prepare(config: Config, *, preprocessor: TabularPreprocessor | None = None) 
     )
     kind = infer_task(labelled, data.task, data.path)
     parts = split_frames(
-        main, val_file, test_file, data, classification=kind != "regression", seed=config.seed
+        main,
+        val_file,
+        test_file,
+        data,
+        classification=kind in ("binary", "multiclass"),
+        seed=config.seed,
     )
     train, val, test = parts.train, parts.val, parts.test
+    if data.group_column:
+        # Each query's items together: the trees need them so, and a network's validation
+        # batches then hold whole lists.
+        train, val, test = (_by_query(f, data.group_column) for f in (train, val, test))
 
     if preprocessor is None:
-        task = fit_task(kind, labelled, train[data.target])
+        task = fit_task(kind, labelled, train[data.target], ks=config.eval.ndcg_at)
         preprocessor = TabularPreprocessor.fit(
             train[_feature_columns(train, config)],
             target=data.target,
             task=task,
             categorical=_categorical_columns(train, config),
             na_values=data.na_values,
+            group_column=data.group_column,
         )
     warn_missing_classes(preprocessor.task, {"train": train, "val": val}, data.target)
 
     def encode(frame: pd.DataFrame, name: str) -> Split:
-        return Split(preprocessor.transform(frame, name), preprocessor.encode_target(frame, name))
+        return Split(
+            preprocessor.transform(frame, name),
+            preprocessor.encode_target(frame, name),
+            preprocessor.query_groups(frame, name),
+        )
 
     prints = [fingerprint(main)] + [fingerprint(f) for f in (val_file, test_file) if f is not None]
     return PreparedData(
@@ -216,6 +243,7 @@ def refit(preprocessor: TabularPreprocessor, frame: pd.DataFrame) -> TabularPrep
         task=task,
         categorical=preprocessor.categorical,
         na_values=list(preprocessor.na_values),
+        group_column=preprocessor.group_column,
     )
 
 
@@ -227,6 +255,27 @@ def load_preprocessor(directory: Path) -> TabularPreprocessor:
 def load_labelled(path: str, config: Config) -> pd.DataFrame:
     """Read a labelled table for evaluation, applying the config's ``drop`` list."""
     return _load(path, config, role="data")
+
+
+def _by_query(frame: pd.DataFrame, column: str) -> pd.DataFrame:
+    """``frame``'s rows grouped by query (queries in order of their ids), stable within one."""
+    ids = np.asarray([label_key(v) for v in frame[column].tolist()], dtype=str)
+    return frame.iloc[np.argsort(ids, kind="stable")]
+
+
+def query_ids(frame: pd.DataFrame, column: str, source: str) -> np.ndarray:
+    """Each row's query id in ``column``, as text (ids typed differently by two files, 7 and
+    "7", are one query); a DataError when the column is absent or an id is missing."""
+    require_columns(frame, [column], source, "data.group_column")
+    ids = frame[column]
+    missing = ids.isna()
+    if missing.any():
+        raise DataError(
+            f"{source}: {int(missing.sum())} rows have no query id in '{column}' (first: row "
+            f"{frame.index[int(np.flatnonzero(missing.to_numpy())[0])]}); every item of a ranking "
+            "must belong to a query"
+        )
+    return np.asarray([label_key(v) for v in ids.tolist()], dtype=str)
 
 
 def require_finite_target(frame: pd.DataFrame, target: str, source: str) -> None:

@@ -55,6 +55,7 @@ class RoundRecorder:
         val_target: np.ndarray,
         callbacks: list[object],
         *,
+        val_groups: np.ndarray | None = None,
         rounds: int,
         lr: float,
         patience: int | None,
@@ -62,6 +63,7 @@ class RoundRecorder:
     ) -> None:
         self.task = task
         self.truth = task.truth(val_target)
+        self.groups = val_groups  # a ranking's queries: its metrics are per query
         self.callbacks = CallbackList(callbacks)
         self.state = RoundState(epochs=rounds, lr=lr)
         self.patience = patience
@@ -145,7 +147,7 @@ class RoundRecorder:
         self, round_: int, decoded: np.ndarray, *, seconds: float, rounds: int
     ) -> dict[str, float]:
         train_loss, val_loss = self.losses[round_ - 1]
-        metrics = self.task.metrics(self.truth, decoded)
+        metrics = self.task.metrics(self.truth, decoded, self.groups)
         per_round = seconds / rounds if rounds else math.nan
         return {
             "epoch": round_,

@@ -37,13 +37,11 @@ class NeuralModel(Model):
 
     def fit(self, data: PreparedData, context: FitContext) -> FitSummary:
         cfg = self.config.train
-        from mlsmith.data.batches import BatchOptions
+        from mlsmith.data.batches import BatchOptions, split_batches
 
-        batches = self.preprocessor.batches
-        train = batches(
-            data.train.inputs, data.train.target, BatchOptions.training(cfg, self.config.seed)
-        )
-        val = batches(data.val.inputs, data.val.target, BatchOptions.evaluation(cfg))
+        training = BatchOptions.training(cfg, self.config.seed)
+        train = split_batches(self.preprocessor, data.train, training)
+        val = split_batches(self.preprocessor, data.val, BatchOptions.evaluation(cfg))
         checkpoints = context.run_dir / CHECKPOINT_DIR
         trainer = Trainer(
             cfg,

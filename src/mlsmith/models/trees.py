@@ -21,6 +21,7 @@ from __future__ import annotations
 import importlib
 import logging
 from abc import abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -33,9 +34,10 @@ from mlsmith.files import atomic_path
 from mlsmith.models.base import FitContext, FitSummary, Model
 from mlsmith.models.boosting import RoundRecorder
 from mlsmith.runtime.engines import available_cores, feature_matrix
+from mlsmith.tasks import RankingTask
 
 if TYPE_CHECKING:
-    from mlsmith.data.base import PreparedData, Preprocessor
+    from mlsmith.data.base import PreparedData, Preprocessor, Split
 
 log = logging.getLogger(__name__)
 
@@ -78,12 +80,7 @@ class TreeModel(Model):
     # --- what each library provides ------------------------------------------------------------
 
     @abstractmethod
-    def boost(
-        self,
-        train: tuple[np.ndarray, np.ndarray],
-        val: tuple[np.ndarray, np.ndarray],
-        recorder: RoundRecorder,
-    ) -> Any:
+    def boost(self, train: Rows, val: Rows, recorder: RoundRecorder) -> Any:
         """Train with ``recorder.after_round`` called every round; return the booster."""
 
     @abstractmethod
@@ -104,23 +101,24 @@ class TreeModel(Model):
         if context.resume:
             log.info("%s: resuming retrains from scratch (same seed, same model)", self.family)
         cfg = self.settings
-        train = (feature_matrix(data.train.inputs), data.train.target)
-        val = (feature_matrix(data.val.inputs), data.val.target)
+        train = Rows.of(data.train)
+        val = Rows.of(data.val)
         recorder = RoundRecorder(
             self.task,
-            data.val.target,
+            val.y,
             context.callbacks,
+            val_groups=val.groups,
             rounds=cfg.n_estimators,
             lr=cfg.learning_rate,
             patience=cfg.early_stopping_rounds,
-            n_train=len(train[1]),
+            n_train=len(train.y),
         )
         recorder.start()
         try:
             booster = self.boost(train, val, recorder)
             # Early stopping keeps the best round; without it, every round that ran.
             kept = recorder.best_round if cfg.early_stopping_rounds else recorder.rounds_run
-            recorder.finish(kept, lambda r: self.task.decode(self.raw_outputs(booster, val[0], r)))
+            recorder.finish(kept, lambda r: self.task.decode(self.raw_outputs(booster, val.x, r)))
             path = Path(context.run_dir) / MODEL_DIR / self.model_file
             with atomic_path(path) as tmp:
                 tmp.write_bytes(self.serialize(booster, kept))
@@ -166,6 +164,8 @@ class TreeModel(Model):
         """The libraries' own validation predictions (built-in objectives: probabilities, or the
         standardised value) to what ``task.decode`` returns: (n, C) probabilities or values."""
         values = np.asarray(predictions, dtype=np.float64)
+        if self.task.kind == "ranking":  # the ranking objectives' outputs are raw scores
+            return self.task.decode(values.reshape(-1, 1))
         if self.task.kind == "binary":
             positive = values.reshape(-1)
             return np.stack([1.0 - positive, positive], axis=1)
@@ -175,6 +175,45 @@ class TreeModel(Model):
 
     def _shaped(self, raw: np.ndarray) -> np.ndarray:
         return np.asarray(raw, dtype=np.float64).reshape(len(raw), self.task.n_outputs)
+
+
+@dataclass(frozen=True)
+class Rows:
+    """One split as the libraries take it: the feature matrix, the encoded target and, for a
+    ranking task, the query of each row, with the rows ordered query by query (both libraries
+    need a query's items contiguous)."""
+
+    x: np.ndarray
+    y: np.ndarray
+    groups: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, split: Split) -> Rows:
+        x = feature_matrix(split.inputs)
+        if split.groups is None:
+            return cls(x, split.target)
+        order = np.argsort(split.groups, kind="stable")
+        return cls(x[order], split.target[order], split.groups[order])
+
+    @property
+    def query_sizes(self) -> np.ndarray | None:
+        """Items per query, queries in row order (LightGBM's ``group``)."""
+        if self.groups is None:
+            return None
+        _, sizes = np.unique(self.groups, return_counts=True)  # the rows are sorted by query
+        return sizes
+
+    @property
+    def query_numbers(self) -> np.ndarray | None:
+        """Each row's query as a number, ascending with the rows (XGBoost's ``qid``)."""
+        if self.groups is None:
+            return None
+        return np.unique(self.groups, return_inverse=True)[1].reshape(-1)
+
+
+def ranking_loss(ndcg: float) -> float:
+    """What the ranking objectives report as the loss to stop on: 1 - NDCG@k, lower is better."""
+    return 1.0 - ndcg
 
 
 class LightGBMModel(TreeModel):
@@ -187,6 +226,7 @@ class LightGBMModel(TreeModel):
         "binary": ("binary", "binary_logloss"),
         "multiclass": ("multiclass", "multi_logloss"),
         "regression": ("regression", "l2"),
+        "ranking": ("lambdarank", "ndcg"),
     }
 
     def params(self) -> dict[str, Any]:
@@ -212,22 +252,28 @@ class LightGBMModel(TreeModel):
         }
         if self.task.kind == "multiclass":
             params["num_class"] = self.task.n_outputs
+        if isinstance(self.task, RankingTask):
+            params["eval_at"] = [max(self.task.ks)]  # the NDCG early stopping watches
         return params
 
-    def boost(
-        self,
-        train: tuple[np.ndarray, np.ndarray],
-        val: tuple[np.ndarray, np.ndarray],
-        recorder: RoundRecorder,
-    ) -> Any:
+    def boost(self, train: Rows, val: Rows, recorder: RoundRecorder) -> Any:
         lgb = self.library
         categorical = list(range(self.n_numeric, self.n_numeric + self.n_categorical))
         train_set = lgb.Dataset(
-            train[0], label=train[1], categorical_feature=categorical, free_raw_data=False
+            train.x,
+            label=train.y,
+            group=train.query_sizes,
+            categorical_feature=categorical,
+            free_raw_data=False,
         )
-        val_set = lgb.Dataset(val[0], label=val[1], reference=train_set)
+        val_set = lgb.Dataset(val.x, label=val.y, group=val.query_sizes, reference=train_set)
 
-        metric = self.params()["metric"]
+        params = self.params()
+        metric = params["metric"]
+        if "eval_at" in params:
+            metric = f"ndcg@{params['eval_at'][0]}"
+        # The losses the recorder stops on: the task's loss, or 1 - NDCG for a ranking.
+        as_loss = ranking_loss if self.task.kind == "ranking" else float
         latest: dict[str, np.ndarray] = {}
 
         def capture(predictions: np.ndarray, dataset: Any) -> tuple[str, float, bool]:
@@ -240,11 +286,11 @@ class LightGBMModel(TreeModel):
 
         def train_loss(booster: Any) -> float:
             # From LightGBM's running training scores: no prediction pass over the trees.
-            return float(next(v for _, name, v, _ in booster.eval_train() if name == metric))
+            return as_loss(next(v for _, name, v, _ in booster.eval_train() if name == metric))
 
         def after_round(env: Any) -> None:
-            val_loss = next(
-                value for _, name, value, _ in env.evaluation_result_list if name == metric
+            val_loss = as_loss(
+                next(value for _, name, value, _ in env.evaluation_result_list if name == metric)
             )
             round_ = env.iteration + 1
             stop = recorder.after_round(
@@ -261,7 +307,7 @@ class LightGBMModel(TreeModel):
 
         after_round.order = 30  # type: ignore[attr-defined]  # after LightGBM's own callbacks
         return lgb.train(
-            self.params(),
+            params,
             train_set,
             num_boost_round=self.settings.n_estimators,
             valid_sets=[val_set],
@@ -292,6 +338,7 @@ class XGBoostModel(TreeModel):
         "binary": ("binary:logistic", "logloss"),
         "multiclass": ("multi:softprob", "mlogloss"),
         "regression": ("reg:squarederror", "rmse"),
+        "ranking": ("rank:ndcg", "ndcg"),
     }
 
     def params(self) -> dict[str, Any]:
@@ -300,7 +347,7 @@ class XGBoostModel(TreeModel):
         objective, metric = self.OBJECTIVES[self.task.kind]
         params: dict[str, Any] = {
             "objective": objective,
-            "eval_metric": metric,
+            "eval_metric": self._metric(metric),
             "learning_rate": cfg.learning_rate,
             "max_depth": cfg.max_depth,
             "min_child_weight": cfg.min_child_weight,
@@ -317,23 +364,37 @@ class XGBoostModel(TreeModel):
             params["num_class"] = self.task.n_outputs
         return params
 
-    def matrix(self, x: np.ndarray, label: np.ndarray | None = None) -> Any:
+    def _metric(self, metric: str) -> str:
+        """XGBoost's name of the evaluation metric; NDCG at the largest k for a ranking."""
+        if isinstance(self.task, RankingTask):
+            return f"{metric}@{max(self.task.ks)}"
+        return metric
+
+    def matrix(
+        self, x: np.ndarray, label: np.ndarray | None = None, qid: np.ndarray | None = None
+    ) -> Any:
         types = ["q"] * self.n_numeric + ["c"] * self.n_categorical
         return self.library.DMatrix(
-            x, label=label, feature_types=types, enable_categorical=True, nthread=self.threads
+            x,
+            label=label,
+            qid=qid,
+            feature_types=types,
+            enable_categorical=True,
+            nthread=self.threads,
         )
 
-    def boost(
-        self,
-        train: tuple[np.ndarray, np.ndarray],
-        val: tuple[np.ndarray, np.ndarray],
-        recorder: RoundRecorder,
-    ) -> Any:
+    def boost(self, train: Rows, val: Rows, recorder: RoundRecorder) -> Any:
         xgb = self.library
-        train_matrix, val_matrix = self.matrix(*train), self.matrix(*val)
-        metric = self.OBJECTIVES[self.task.kind][1]
-        # RMSE squared is the task's loss for regression (the MSE of the standardised target).
-        power = 2 if metric == "rmse" else 1
+        train_matrix = self.matrix(train.x, train.y, train.query_numbers)
+        val_matrix = self.matrix(val.x, val.y, val.query_numbers)
+        metric = self._metric(self.OBJECTIVES[self.task.kind][1])
+
+        def as_loss(value: float) -> float:
+            if self.task.kind == "ranking":
+                return ranking_loss(value)
+            # RMSE squared is the task's loss for regression (the MSE of the standardised target).
+            return value**2 if metric == "rmse" else value
+
         model = self
         latest: dict[str, np.ndarray] = {}
 
@@ -347,7 +408,7 @@ class XGBoostModel(TreeModel):
         def train_loss(booster: Any) -> float:
             # "[12]\ttrain-logloss:0.123": XGBoost caches the training predictions.
             text: str = booster.eval(train_matrix, name="train")
-            return float(text.rsplit(":", 1)[1]) ** power
+            return as_loss(float(text.rsplit(":", 1)[1]))
 
         callback_base: Any = xgb.callback.TrainingCallback
 
@@ -355,7 +416,7 @@ class XGBoostModel(TreeModel):
             def after_iteration(self, booster: Any, epoch: int, evals_log: Any) -> bool:
                 stop: bool = recorder.after_round(
                     epoch + 1,
-                    evals_log["val"][metric][-1] ** power,
+                    as_loss(evals_log["val"][metric][-1]),
                     lambda: train_loss(booster),
                     lambda: model.decoded_from_library(latest["val"]),
                 )

@@ -354,7 +354,9 @@ def _parity(name: str, reference: np.ndarray, candidate: np.ndarray, kind: str) 
     diff = np.abs(ref - got)
     worst = np.unravel_index(int(np.argmax(diff)), diff.shape) if diff.size else (0, 0)
     return {
-        "compared": "probabilities" if kind != "regression" else "standardised output",
+        "compared": {"regression": "standardised output", "ranking": "scores"}.get(
+            kind, "probabilities"
+        ),
         "max_abs_diff": float(diff.max(initial=0.0)),
         "max_abs_diff_raw": float(np.abs(reference - candidate).max(initial=0.0)),
         "worst_row": int(worst[0]),
@@ -468,7 +470,11 @@ def _save_mlflow_model(
     )
     head = rows.frame.head(EXAMPLE_ROWS).reset_index(drop=True)
     example = _example(head, encoder)
-    signature = infer_signature(example, predict_frame(model, head, rows.source))
+    with warnings.catch_warnings():
+        # MLflow hints that integer columns cannot hold missing values: a ranking's ``rank``
+        # never is missing, and integer inputs are read as numbers whatever their type.
+        warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
+        signature = infer_signature(example, predict_frame(model, head, rows.source))
     # MLflow stores examples as JSON, which holds no bytes: arrays' PNGs shape the signature only.
     stored_example = None if _holds_bytes(example) else example
     with warnings.catch_warnings():
@@ -558,7 +564,9 @@ def _check_package(
     if served_raw is not None:
         expected = decoded_frame(model.task, model.task.decode(served_raw))
         expected.index = got.index
-    numbers = [c for c in got.columns if c.startswith("proba_")] or ["prediction"]
+    numbers = [c for c in got.columns if c.startswith("proba_")] or [
+        "score" if model.task.kind == "ranking" else "prediction"
+    ]
     diff = float(np.abs(got[numbers].to_numpy(float) - expected[numbers].to_numpy(float)).max())
     labels_equal = not model.task.is_classification or bool(
         (got["prediction"] == expected["prediction"]).all()

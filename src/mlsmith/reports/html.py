@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from html import escape
 
+from mlsmith.baselines import reference_name
 from mlsmith.reports import evaluation_plots, facts, plots
 from mlsmith.reports.runinfo import (
     NOT_RECORDED,
@@ -235,7 +236,7 @@ def _baseline(record: RunRecord) -> str:
     text = f"<p>{escape(facts.baseline_summary(record))}</p>"
     if not rows:
         return text
-    last = "training mean" if record.task == "regression" else "majority class"
+    last = reference_name(record.task)
     headers = ["metric", "model", "baseline", "difference", record.ci_label, last]
     return text + html_table(headers, rows, numeric=(1, 2, 3, 4, 5))
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from mlsmith.baselines import reference_name
 from mlsmith.reports import facts
 from mlsmith.reports.runinfo import NOT_RECORDED, RunRecord, format_seconds, format_time
 
@@ -93,9 +94,8 @@ def baseline_section(record: RunRecord) -> str:
     text = facts.baseline_summary(record)
     if not rows:
         return text
-    headers = ["metric", "model", "baseline", "difference", record.ci_label, "majority class"]
-    if record.task == "regression":
-        headers[-1] = "training mean"
+    headers = ["metric", "model", "baseline", "difference", record.ci_label]
+    headers.append(reference_name(record.task))
     note = (
         "Differences are model minus baseline; their intervals are paired percentile-bootstrap "
         "intervals (both scored on the same resampled rows)."

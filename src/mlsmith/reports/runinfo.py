@@ -74,7 +74,8 @@ class RunRecord:
 
     @property
     def task(self) -> str | None:
-        """``binary``, ``multiclass``, ``regression`` or None when nothing recorded it."""
+        """``binary``, ``multiclass``, ``regression``, ``ranking`` or None when nothing recorded
+        it."""
         task = (self.info.get("data") or {}).get("task") or self._fitted_task.get("kind")
         if task:
             return str(task)

@@ -52,6 +52,34 @@ def class_labels(
     return np.asarray(classes, dtype=object)[predicted_classes(probabilities, threshold)]
 
 
+def ranks_within(scores: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+    """Each row's rank within its query (``groups``; None: one query): 1 for the highest score,
+    tied scores in input order (as the ranking metrics break ties)."""
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    n = len(scores)
+    codes = (
+        np.zeros(n, dtype=np.int64)
+        if groups is None
+        else np.unique(np.asarray(groups).astype(str), return_inverse=True)[1].reshape(-1)
+    )
+    # By query, then by descending score, then by input position.
+    order = np.lexsort((np.arange(n), -scores, codes))
+    starts = np.r_[0, np.flatnonzero(np.diff(codes[order])) + 1]
+    within = np.arange(n) - np.repeat(starts, np.diff(np.r_[starts, n]))
+    ranks = np.empty(n, dtype=np.int64)
+    ranks[order] = within + 1
+    return ranks
+
+
+def ranking_frame(scores: np.ndarray, groups: np.ndarray | None = None) -> pd.DataFrame:
+    """A ranking's prediction table: ``score`` and ``rank`` within each query (see
+    :func:`ranks_within`)."""
+    import pandas as pd
+
+    scores = np.asarray(scores, dtype=np.float64).reshape(-1)
+    return pd.DataFrame({"score": scores, "rank": ranks_within(scores, groups)})
+
+
 class Decoder:
     """A task as saved in ``preprocessing.json`` (``kind`` and ``classes`` or ``mean``/``std``,
     and a binary task's decision ``threshold`` when one was set), reading raw outputs."""
@@ -80,8 +108,11 @@ class Decoder:
         """:meth:`decode`, with the right empty shape for no rows."""
         return self.decode(raw) if len(raw) else self.empty()
 
-    def frame(self, raw: np.ndarray) -> pd.DataFrame:
-        """Raw outputs to the prediction table (see :func:`output_frame`)."""
+    def frame(self, raw: np.ndarray, groups: np.ndarray | None = None) -> pd.DataFrame:
+        """Raw outputs to the prediction table (see :func:`output_frame`); a ranking's is
+        :func:`ranking_frame`, ranked within ``groups`` (None: the rows are one query's)."""
+        if self.kind == "ranking":
+            return ranking_frame(self.decoded(raw), groups)
         return output_frame(self.classes, self.decoded(raw), self.threshold)
 
     def empty(self) -> np.ndarray:

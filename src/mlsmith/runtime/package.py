@@ -113,6 +113,8 @@ class Package:
         state = _read_json(data / PREPROCESSING_FILE)
         self.kind: str = state["kind"]
         self.decoder = Decoder(state["task"])
+        # A ranking's query id column: rows that hold it are ranked within each query.
+        self.group_column: str | None = state.get("group_column")
         self.encoder = Encoder(self.kind, state)
         self.batch_size = int(self.info.get("batch_size", 1024))
         self.engine = self._engine(data / self.info["model_file"], state, providers)
@@ -161,9 +163,12 @@ class Package:
         return np.concatenate(chunks)
 
     def predict(self, frame: pd.DataFrame, source: str = "input") -> pd.DataFrame:
-        """``prediction`` and, for classification, ``proba_<class>`` per row, as
-        ``mlsmith predict`` writes them; index aligned with ``frame``."""
-        out = self.decoder.frame(self.raw(frame, source))
+        """``prediction`` and, for classification, ``proba_<class>`` per row (a ranking's
+        ``score`` and ``rank``), as ``mlsmith predict`` writes them; index aligned with
+        ``frame``."""
+        column = self.group_column
+        groups = frame[column].to_numpy() if column and column in frame.columns else None
+        out = self.decoder.frame(self.raw(frame, source), groups)
         out.index = frame.index
         return out
 

@@ -161,6 +161,14 @@ def _endpoint(
                 "the same inputs"
             )
     package = first.slot.current.package
+    if package.decoder.kind == "ranking":
+        # A server batches rows of many requests together; ranking them needs each request's
+        # items kept apart, which the batcher does not do yet.
+        raise MlsmithError(
+            f"served name '{name}': {first.slot.reference} is a ranking model, which `mlsmith "
+            "serve` does not serve yet; rank with `mlsmith predict` or the package's Python "
+            "runtime (Package(...).predict ranks a frame's rows within each query)"
+        )
     return Endpoint(
         name=name,
         variants=variants,

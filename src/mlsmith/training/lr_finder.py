@@ -90,11 +90,11 @@ def find_lr(
     network.train()
     # The range test sets every step's rate itself (lr may be "auto" in the config).
     optimizer = build_optimizer(network, cfg.optimizer.model_copy(update={"lr": min_lr}))
-    from mlsmith.data.batches import BatchOptions
+    from mlsmith.data.batches import BatchOptions, split_batches
 
-    batches = data.preprocessor.batches(
-        data.train.inputs,
-        data.train.target,
+    batches = split_batches(
+        data.preprocessor,
+        data.train,
         BatchOptions(
             cfg.batch_size,
             shuffle=True,
