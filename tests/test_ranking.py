@@ -75,7 +75,6 @@ def test_a_query_id_means_a_ranking_split_by_query_with_a_tree_ranker() -> None:
         ({"task": "ranking"}, {}, "needs group_column"),
         ({"group_column": "q", "task": "binary"}, {}, "use data.split.group"),
         ({"group_column": "q"}, {"model": {"type": "sklearn"}}, "cannot rank"),
-        ({"group_column": "q"}, {"eval": {"cv": {"folds": 3}}}, "eval.cv"),
         ({"group_column": "q", "split": {"time": "t"}}, {}, "splits by query"),
         ({"group_column": "q", "split": {"group": "user"}}, {}, "differs from group_column"),
         ({"group_column": "rel"}, {}, "is the target"),
@@ -248,6 +247,30 @@ def test_check_reports_the_queries_of_each_split(tmp_path: Path, cli: Any) -> No
     checks = {c["name"]: c for c in json.loads(result.stdout)["results"]}
     assert checks["queries"]["status"] == "warn"
     assert "no relevant item" in checks["queries"]["detail"]
+
+
+def test_cross_validation_folds_whole_queries_and_keeps_the_best_ndcg(tmp_path: Path) -> None:
+    config = ranking_config(
+        tmp_path,
+        model={"type": "lightgbm", "n_estimators": 30},
+        eval={"cv": {"folds": 3, "final": "best_fold"}},
+    )
+    run = mlsmith.train(config, progress=False)
+    info = json.loads((run.path / "run.json").read_text())
+    assert info["cv"]["scheme"] == "grouped by 'qid'"
+    assert info["cv"]["selected_on"] == "ndcg_10"
+    held = json.loads((run.path / "metrics.json").read_text())["cv"]["held_out"]
+    folds = held["ndcg_10"]["folds"]
+    assert len(folds) == 3 and all(0.0 < v <= 1.0 for v in folds)
+    assert info["cv"]["kept_fold"] == int(np.argmax(folds)) + 1
+    # No query's items in two folds.
+    train = pd.read_csv(tmp_path / "rank.csv")
+    seen: dict[str, int] = {}
+    for fold in range(1, 4):
+        rows = json.loads((run.path / "cv" / f"fold-{fold}" / "fold.json").read_text())
+        for row in rows["held_out_rows"]:
+            query = train.loc[int(row), "qid"]
+            assert seen.setdefault(query, fold) == fold
 
 
 def test_tune_maximises_a_ranking_metric(tmp_path: Path) -> None:

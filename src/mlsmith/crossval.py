@@ -47,6 +47,7 @@ from mlsmith.config import Config
 from mlsmith.errors import ConfigError, DataError
 from mlsmith.files import write_json
 from mlsmith.run import CV_METRICS_KEY, record_sections
+from mlsmith.tasks import RankingTask, Task
 from mlsmith.training.history import STEPS_FILE
 
 if TYPE_CHECKING:
@@ -191,7 +192,7 @@ def cross_validate(
         assert isinstance(pre, TabularPreprocessor)
         held_split = _encode(pre, fold_held, f"cv fold {fold} held-out rows")
         truth = pre.task.truth(held_split.target)
-        metrics = pre.task.metrics(truth, model.predict(held_split.inputs))
+        metrics = pre.task.metrics(truth, model.predict(held_split.inputs), held_split.groups)
         results.append(metrics)
         if nested is not None:
             nested.log_metrics({f"{HELD_OUT}/{k}": v for k, v in metrics.items() if _finite(v)})
@@ -211,11 +212,12 @@ def cross_validate(
 
     block = {HELD_OUT: summarise(results, cfg.eval.confidence)}
     record_sections(run_dir, {CV_METRICS_KEY: block})
-    loss = "log_loss" if data.task.is_classification else "mse"
+    loss, higher = _selection_metric(data.task)
     kept_index = None
     if cv.final == "best_fold":
         losses = [r.get(loss, math.nan) for r in results]
-        kept_index = int(np.nanargmin(losses)) if any(_finite(v) for v in losses) else 0
+        pick = np.nanargmax if higher else np.nanargmin
+        kept_index = int(pick(losses)) if any(_finite(v) for v in losses) else 0
     info: dict[str, Any] = {
         "folds": len(plan.held_out),
         "scheme": plan.scheme,
@@ -237,6 +239,14 @@ def cross_validate(
     if kept_index is not None:
         kept = _keep(fits[kept_index], plan, run_dir / CV_DIR / f"fold-{kept_index + 1}", context)
     return CVOutcome(block, info, kept, fold_runs)
+
+
+def _selection_metric(task: Task) -> tuple[str, bool]:
+    """The held-out metric ``best_fold`` picks the fold by, and whether higher is better: the
+    task's loss, or a ranking's NDCG at its largest k."""
+    if isinstance(task, RankingTask):
+        return f"ndcg_{max(task.ks)}", True
+    return ("log_loss" if task.is_classification else "mse"), False
 
 
 def summarise(results: list[dict[str, float]], confidence: float = 0.95) -> dict[str, Any]:
@@ -297,7 +307,9 @@ def _fold_model(
 def _encode(pre: TabularPreprocessor, frame: pd.DataFrame, name: str) -> Split:
     from mlsmith.data.base import Split
 
-    return Split(pre.transform(frame, name), pre.encode_target(frame, name))
+    return Split(
+        pre.transform(frame, name), pre.encode_target(frame, name), pre.query_groups(frame, name)
+    )
 
 
 def _fit_fold(

@@ -94,11 +94,6 @@ class Config(Section):
                 f"model.type '{self.model.type}' cannot rank (data.task: ranking); use one of: "
                 f"{', '.join(RANKING_FAMILIES)}"
             )
-        if self.eval.cv is not None:
-            raise ValueError(
-                "eval.cv: cross-validation does not fold ranking queries yet; remove eval.cv "
-                "(the test split's intervals are over queries)"
-            )
         return self
 
     @model_validator(mode="after")
