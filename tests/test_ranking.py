@@ -288,19 +288,65 @@ def test_tune_maximises_a_ranking_metric(tmp_path: Path) -> None:
     assert 0.0 < result.best_value <= 1.0
 
 
-def test_serve_refuses_a_ranking_package_clearly(trained: tuple[Path, mlsmith.Run]) -> None:
-    import subprocess
-    import sys
+def test_a_served_ranker_ranks_each_request_s_rows(trained: tuple[Path, mlsmith.Run]) -> None:
+    """A real server: every request is one query's candidates, scored as the package scores
+    them and ranked among themselves, over v2 JSON and the plain JSON predict; concurrent
+    requests batched together are still ranked apart. Label feedback is refused clearly."""
+    from concurrent.futures import ThreadPoolExecutor
 
-    _, run = trained
-    done = subprocess.run(
-        [sys.executable, "-m", "mlsmith", "serve", str(run.path / "package"), "--port", "0"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert done.returncode == 2, done.stderr[-2000:]
-    assert "ranking model" in done.stderr and "Traceback" not in done.stderr
+    import httpx
+    from tests.serving.conftest import start_server
+
+    from mlsmith.runtime.package import Package
+
+    tmp_path, run = trained
+    rows = pd.read_csv(tmp_path / "rank.csv")
+    features = rows.drop(columns=["qid", "rel"])
+    package = Package(run.path / "package")
+    server = start_server([f"rank={run.path / 'package'}"])
+    try:
+        meta = httpx.get(server.url + "/v2/models/rank", timeout=30).json()
+        assert [o["name"] for o in meta["outputs"]] == ["score", "rank"]
+
+        def v2(query: pd.DataFrame) -> dict[str, Any]:
+            inputs = [
+                {
+                    "name": c,
+                    "shape": [len(query)],
+                    "datatype": "BYTES" if c == "kind" else "FP64",
+                    "data": query[c].tolist(),
+                }
+                for c in query.columns
+            ]
+            answer = httpx.post(
+                server.url + "/v2/models/rank/infer", json={"inputs": inputs}, timeout=30
+            )
+            assert answer.status_code == 200, answer.text
+            return {o["name"]: o["data"] for o in answer.json()["outputs"]}
+
+        queries = [features.iloc[i : i + 7] for i in range(0, 70, 7)]
+        with ThreadPoolExecutor(8) as pool:
+            answers = list(pool.map(v2, queries))
+        for query, answer in zip(queries, answers, strict=True):
+            expected = package.predict(query)  # rows without a query id: one query
+            np.testing.assert_allclose(answer["score"], expected["score"], rtol=1e-6)
+            assert answer["rank"] == expected["rank"].tolist()
+            assert sorted(answer["rank"]) == list(range(1, 8))
+        plain = httpx.post(
+            server.url + "/v2/models/rank/predict",
+            json={"rows": queries[0].to_dict(orient="records")},
+            timeout=30,
+        ).json()["predictions"]
+        assert [p["rank"] for p in plain] == answers[0]["rank"]
+        refused = httpx.post(
+            server.url + "/v2/models/rank/feedback",
+            json={"request_ids": ["x"], "labels": [[1, 0]]},
+            timeout=30,
+        )
+        assert refused.status_code == 400 and "ranking model" in refused.text
+        assert httpx.get(server.url + "/v2/models/rank/ab", timeout=30).json()["feedback"] is None
+    finally:
+        server.stop()
 
 
 # --- the network ranker -----------------------------------------------------------------------
@@ -386,3 +432,15 @@ def test_a_network_ranks_through_the_trainer_and_its_package(tmp_path: Path) -> 
     got = Package(run.path / "package").predict(rows)
     expected = run.predict(rows)
     np.testing.assert_allclose(got["score"], expected["score"], rtol=1e-4, atol=1e-5)
+
+
+def test_reports_show_a_ranking_s_own_plots_and_limits(trained: tuple[Path, mlsmith.Run]) -> None:
+    _, run = trained
+    mlsmith.report(run.path)
+    markdown = (run.path / "REPORT.md").read_text()
+    assert "resamples of the split's queries" in markdown
+    assert "| random order |" in markdown
+    html = (run.path / "report.html").read_text()
+    for title in ("Relevance by rank", "NDCG@10 per query"):
+        assert f'alt="{title}"' in html
+        assert f"{title}: not recorded" not in html

@@ -123,3 +123,25 @@ def test_bad_inputs_are_refused(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         ranking_metrics(np.array(relevance), np.array(scores), np.array(groups))
+
+
+def test_paired_differences_are_over_the_same_queries() -> None:
+    from mlsmith.ranking_metrics import paired_ranking_differences
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(60), 8)
+    relevance = rng.integers(0, 3, size=len(groups)).astype(float)
+    good = relevance + rng.normal(scale=0.5, size=len(groups))
+    bad = rng.normal(size=len(groups))
+    result = paired_ranking_differences(relevance, good, bad, groups, (5,), n_resamples=300)
+    a, b = (
+        ranking_metrics(relevance, good, groups, (5,)),
+        ranking_metrics(relevance, bad, groups, (5,)),
+    )
+    entry = result["ndcg_5"]
+    assert entry["a"] == pytest.approx(a["ndcg_5"]) and entry["b"] == pytest.approx(b["ndcg_5"])
+    assert entry["value"] == pytest.approx(a["ndcg_5"] - b["ndcg_5"])
+    low, high = entry["ci95"]
+    assert 0.0 < low <= entry["value"] <= high  # clearly better, paired over the 60 queries
+    same = paired_ranking_differences(relevance, good, good, groups, (5,), n_resamples=100)
+    assert same["ndcg_5"]["value"] == 0.0 and same["ndcg_5"]["ci95"] == [0.0, 0.0]

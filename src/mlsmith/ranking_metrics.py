@@ -106,38 +106,9 @@ def evaluate_ranking(
     per_query = per_query_metrics(relevance, scores, groups, ks)
     report: dict[str, dict[str, float | list[float | None] | None]] = {}
     for name, values in per_query.items():
-        entry: dict[str, float | list[float | None] | None] = {
-            "value": json_number(float(mean_defined(values[np.newaxis])[0]))
-        }
-        if n_resamples > 0:
-            defined = (~np.isnan(values)).astype(np.float64)
-            bounds = ratio_interval(
-                np.nan_to_num(values),
-                defined,
-                n_resamples=n_resamples,
-                confidence=confidence,
-                seed=seed,
-            )
-            entry["ci95"] = [json_number(b) for b in bounds]
-        report[name] = entry
+        mean, interval = _query_mean(values, n_resamples, confidence, seed)
+        report[name] = {"value": mean} if interval is None else {"value": mean, "ci95": interval}
     return report
-
-
-def _check(
-    relevance: np.ndarray, scores: np.ndarray, groups: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    relevance = np.asarray(relevance, dtype=np.float64)
-    scores = np.asarray(scores, dtype=np.float64)
-    if not (relevance.ndim == scores.ndim == 1 and len(relevance) == len(scores) == len(groups)):
-        raise ValueError(
-            "relevance, scores and groups must be one-dimensional and of one length, got "
-            f"{relevance.shape}, {scores.shape} and {np.shape(groups)}"
-        )
-    if np.isnan(relevance).any() or (relevance < 0).any():
-        raise ValueError("relevance labels must be non-negative numbers")
-    if not np.isfinite(scores).all():
-        raise ValueError("scores must be finite")
-    return relevance, scores
 
 
 def paired_ranking_differences(
@@ -159,24 +130,50 @@ def paired_ranking_differences(
     per_b = per_query_metrics(relevance, scores_b, groups, ks)
     report: dict[str, dict[str, float | list[float | None] | None]] = {}
     for name, values_a in per_a.items():
-        values_b = per_b[name]
-        # Whether a query counts depends on its labels alone: the same queries for both.
-        defined = (~np.isnan(values_a)).astype(np.float64)
-        a = float(mean_defined(values_a[np.newaxis])[0])
-        b = float(mean_defined(values_b[np.newaxis])[0])
+        # Whether a query counts depends on its labels alone: the same queries for both, so
+        # the mean of the differences is the difference of the means.
+        difference, interval = _query_mean(values_a - per_b[name], n_resamples, confidence, seed)
         entry: dict[str, float | list[float | None] | None] = {
-            "value": json_number(a - b),
-            "a": json_number(a),
-            "b": json_number(b),
+            "value": difference,
+            "a": _query_mean(values_a, 0, confidence, seed)[0],
+            "b": _query_mean(per_b[name], 0, confidence, seed)[0],
         }
-        if n_resamples > 0:
-            bounds = ratio_interval(
-                np.nan_to_num(values_a - values_b),
-                defined,
-                n_resamples=n_resamples,
-                confidence=confidence,
-                seed=seed,
-            )
-            entry["ci95"] = [json_number(bound) for bound in bounds]
+        if interval is not None:
+            entry["ci95"] = interval
         report[name] = entry
     return report
+
+
+def _query_mean(
+    values: np.ndarray, n_resamples: int, confidence: float, seed: int
+) -> tuple[float | None, list[float | None] | None]:
+    """The mean over the queries where ``values`` is defined (not NaN), and its percentile
+    bootstrap interval over queries (None without resamples); JSON-ready numbers."""
+    mean = json_number(float(mean_defined(values[np.newaxis])[0]))
+    if n_resamples <= 0:
+        return mean, None
+    bounds = ratio_interval(
+        np.nan_to_num(values),
+        (~np.isnan(values)).astype(np.float64),
+        n_resamples=n_resamples,
+        confidence=confidence,
+        seed=seed,
+    )
+    return mean, [json_number(bound) for bound in bounds]
+
+
+def _check(
+    relevance: np.ndarray, scores: np.ndarray, groups: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    relevance = np.asarray(relevance, dtype=np.float64)
+    scores = np.asarray(scores, dtype=np.float64)
+    if not (relevance.ndim == scores.ndim == 1 and len(relevance) == len(scores) == len(groups)):
+        raise ValueError(
+            "relevance, scores and groups must be one-dimensional and of one length, got "
+            f"{relevance.shape}, {scores.shape} and {np.shape(groups)}"
+        )
+    if np.isnan(relevance).any() or (relevance < 0).any():
+        raise ValueError("relevance labels must be non-negative numbers")
+    if not np.isfinite(scores).all():
+        raise ValueError("scores must be finite")
+    return relevance, scores

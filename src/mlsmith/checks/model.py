@@ -202,6 +202,11 @@ def initial_loss(
         with torch.no_grad():
             expected = float(task.loss(torch.zeros_like(output, dtype=torch.float32), target))
         reference = f"{expected:.3f} (the configured loss of uniform predictions)"
+    elif task.kind == "ranking":
+        # Equal scores: each list's softmax is uniform, the listwise loss about ln(items).
+        with torch.no_grad():
+            expected = float(task.loss(torch.zeros_like(output, dtype=torch.float32), target))
+        reference = f"{expected:.3f} (the listwise loss of equal scores)"
     else:
         # Judged against zero outputs: large untrained outputs are what this check is for.
         expected = float(target.float().square().mean())

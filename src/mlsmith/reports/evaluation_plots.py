@@ -1,5 +1,6 @@
 """Test-split plots as PNG bytes: confusion matrix, ROC, PR and calibration curves for classes;
-predicted-vs-actual and residuals for regression.
+predicted-vs-actual and residuals for regression; relevance by rank and NDCG per query for a
+ranking.
 
 They are drawn from ``test_predictions.csv`` (``target``, ``prediction``, ``proba_<class>``), so
 a report never needs the model or the data again. Classification curves are one-vs-rest per
@@ -255,6 +256,65 @@ def error_by_target(predictions: pd.DataFrame, target: str) -> bytes | None:
         ax.set_ylabel(f"mean absolute error ({target})")
         ax.set_ylim(0, 1.25 * float(np.nanmax(maes)))
         legend(ax, loc="upper right", ncols=2)
+        return to_png(fig)
+
+
+# --- ranking ----------------------------------------------------------------------------------
+
+# Rank positions the relevance-by-rank plot shows.
+RANK_POSITIONS = 10
+
+
+def relevance_by_rank(predictions: pd.DataFrame, target: str) -> bytes | None:
+    """Mean relevance of the item the model put at each rank, against the best possible order
+    (the queries' own items sorted by relevance) and a random order (the mean relevance)."""
+    if not {"query", "target", "rank"} <= set(predictions.columns) or len(predictions) == 0:
+        return None
+    frame = predictions[["query", "target", "rank"]].dropna()
+    positions = np.arange(1, RANK_POSITIONS + 1)
+    model, ideal = [], []
+    best = frame.assign(
+        ideal=frame.groupby("query")["target"].rank(method="first", ascending=False)
+    )
+    for r in positions:
+        model.append(float(frame.loc[frame["rank"] == r, "target"].mean()))
+        ideal.append(float(best.loc[best["ideal"] == r, "target"].mean()))
+    with figure() as fig:
+        ax = fig.add_subplot()
+        ax.plot(positions, ideal, marker="o", color="0.5", linestyle="--", label="ideal order")
+        ax.plot(positions, model, marker="o", color="C0", label="model's order")
+        ax.axhline(float(frame["target"].mean()), color="C3", linestyle=":", label="random order")
+        ax.set_xticks(positions)
+        ax.set_title("Relevance by rank (test split, mean over queries)")
+        ax.set_xlabel("rank within the query")
+        ax.set_ylabel(f"mean {target}")
+        legend(ax, loc="upper right")
+        return to_png(fig)
+
+
+def ndcg_per_query(predictions: pd.DataFrame, k: int) -> bytes | None:
+    """Histogram of each test query's NDCG@k: a mean hides queries the model ranks badly."""
+    from mlsmith.ranking_metrics import per_query_metrics
+
+    if not {"query", "target", "score"} <= set(predictions.columns) or len(predictions) == 0:
+        return None
+    values = per_query_metrics(
+        predictions["target"].to_numpy(dtype=np.float64),
+        predictions["score"].to_numpy(dtype=np.float64),
+        predictions["query"].astype(str).to_numpy(),
+        (k,),
+    )[f"ndcg_{k}"]
+    values = values[~np.isnan(values)]
+    if len(values) == 0:
+        return None
+    with figure() as fig:
+        ax = fig.add_subplot()
+        ax.hist(values, bins=[i / 20 for i in range(21)], color="C0", alpha=0.8)
+        ax.axvline(float(values.mean()), color="C3", linestyle="--", label="mean")
+        ax.set_title(f"NDCG@{k} per query (test split, {len(values)} queries)")
+        ax.set_xlabel(f"NDCG@{k}")
+        ax.set_ylabel("queries")
+        legend(ax, loc="upper left")
         return to_png(fig)
 
 

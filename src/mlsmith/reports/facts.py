@@ -258,6 +258,8 @@ def measured_limitations(record: RunRecord) -> list[str]:
         if sparse:
             names = ", ".join(f"'{c.label}' ({c.support})" for c in sparse[:5])
             notes.append(f"Few test rows for {names}: their per-class metrics are uncertain.")
+    elif record.task == "ranking":
+        notes.extend(_ranking_limitations(record))
     elif not record.is_classification:
         notes.extend(_regression_limitations(record))
     warning = overfitting_warning(record)
@@ -462,6 +464,46 @@ def error_by_target_fifth(
     error = np.abs(actual - predicted)
     maes = [float(error[fifth == b].mean()) if (fifth == b).any() else math.nan for b in range(5)]
     return edges, maes
+
+
+def _ranking_limitations(record: RunRecord) -> list[str]:
+    """How many test queries the model ranks poorly (NDCG at the largest k below 0.5), and
+    whether long queries rank worse than short ones."""
+    from mlsmith.ranking_metrics import per_query_metrics, query_slices
+
+    predictions = record.predictions
+    if predictions is None or len(predictions) == 0:
+        return []
+    k = max(record.config.eval.ndcg_at)
+    queries = predictions["query"].astype(str).to_numpy()
+    values = per_query_metrics(
+        predictions["target"].to_numpy(dtype=float),
+        predictions["score"].to_numpy(dtype=float),
+        queries,
+        (k,),
+    )[f"ndcg_{k}"]
+    sizes = np.array([len(rows) for rows in query_slices(queries)[1]])
+    scored = ~np.isnan(values)
+    if scored.sum() < 5:
+        return []
+    values, sizes = values[scored], sizes[scored]
+    notes = []
+    poor = int((values < 0.5).sum())
+    if poor:
+        notes.append(
+            f"{poor} of {len(values)} test queries have NDCG@{k} below 0.5 (the model ranks "
+            "their relevant items low)."
+        )
+    long = sizes > np.median(sizes)
+    if long.any() and (~long).any():
+        gap = float(values[~long].mean() - values[long].mean())
+        if gap > 0.05:
+            notes.append(
+                f"Queries with more than {int(np.median(sizes))} items rank worse: NDCG@{k} "
+                f"{format_number(float(values[long].mean()))} vs "
+                f"{format_number(float(values[~long].mean()))} for the shorter ones."
+            )
+    return notes
 
 
 def _regression_limitations(record: RunRecord) -> list[str]:

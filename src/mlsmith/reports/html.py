@@ -182,6 +182,25 @@ def _evaluation(record: RunRecord) -> str:
             ),
         ]
         return figures(curves) + "<h3>Per-class metrics (test split)</h3>" + _per_class(record)
+    if record.task == "ranking":
+        target = record.config.data.target
+        k = max(record.config.eval.ndcg_at)
+        return figures(
+            [
+                Plot(
+                    "Relevance by rank",
+                    None
+                    if predictions is None
+                    else evaluation_plots.relevance_by_rank(predictions, target),
+                ),
+                Plot(
+                    f"NDCG@{k} per query",
+                    None
+                    if predictions is None
+                    else evaluation_plots.ndcg_per_query(predictions, k),
+                ),
+            ]
+        )
     if record.task == "regression" or predictions is not None:
         target = record.config.data.target
         return figures(

@@ -43,7 +43,7 @@ def render_report(record: RunRecord) -> str:
         metrics_table(record),
         "",
         f"Intervals are {record.ci_level} percentile-bootstrap confidence intervals "
-        f"({cfg.eval.bootstrap:,} resamples of the split's rows).",
+        f"({cfg.eval.bootstrap:,} resamples of the split's {_units(record)}).",
         "",
         "## Model vs baseline",
         "",
@@ -98,9 +98,14 @@ def baseline_section(record: RunRecord) -> str:
     headers.append(reference_name(record.task))
     note = (
         "Differences are model minus baseline; their intervals are paired percentile-bootstrap "
-        "intervals (both scored on the same resampled rows)."
+        f"intervals (both scored on the same resampled {_units(record)})."
     )
     return f"{text}\n\n{table(headers, rows, align='lrrrrr')}\n\n{note}"
+
+
+def _units(record: RunRecord) -> str:
+    """What the bootstrap resamples: a ranking's queries, every other task's rows."""
+    return "queries" if record.task == "ranking" else "rows"
 
 
 def table(headers: list[str], rows: Sequence[Sequence[str]], align: str = "") -> str:

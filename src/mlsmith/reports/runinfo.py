@@ -314,6 +314,13 @@ def _read_csv(file: Path, **kwargs: Any) -> pd.DataFrame | None:
 def _read_predictions(file: Path) -> pd.DataFrame | None:
     # Labels stay text ("1" and "01" are different classes; "NA" is a class name, not a gap).
     frame = _read_csv(file, dtype={"target": str, "prediction": str}, keep_default_na=False)
+    if frame is not None and {"query", "target", "score", "rank"} <= set(frame.columns):
+        import pandas as pd
+
+        # A ranking's: query ids stay text, the rest are numbers.
+        for column in ("target", "score", "rank"):
+            frame[column] = pd.to_numeric(frame[column], errors="coerce")
+        return frame
     if frame is None or not {"target", "prediction"} <= set(frame.columns):
         return None
     if not any(c.startswith("proba_") for c in frame.columns):

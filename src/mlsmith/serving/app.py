@@ -62,6 +62,7 @@ from mlsmith.serving.protocol import (
 
 if TYPE_CHECKING:
     from mlsmith.runtime.drift import DriftWindow
+    from mlsmith.runtime.package import Package
     from mlsmith.serving.feedback import FeedbackStore
     from mlsmith.serving.predlog import PredictionLog
     from mlsmith.serving.routing import Router
@@ -93,7 +94,8 @@ class Endpoint:
     variants: dict[str, Variant]
     router: Router
     shadow: Variant | None
-    feedback: FeedbackStore
+    # None for a ranking model: label feedback scores classifiers and regressors.
+    feedback: FeedbackStore | None
     sticky_input: str | None = None
 
     @property
@@ -161,21 +163,15 @@ def _endpoint(
                 "the same inputs"
             )
     package = first.slot.current.package
-    if package.decoder.kind == "ranking":
-        # A server batches rows of many requests together; ranking them needs each request's
-        # items kept apart, which the batcher does not do yet.
-        raise MlsmithError(
-            f"served name '{name}': {first.slot.reference} is a ranking model, which `mlsmith "
-            "serve` does not serve yet; rank with `mlsmith predict` or the package's Python "
-            "runtime (Package(...).predict ranks a frame's rows within each query)"
-        )
     return Endpoint(
         name=name,
         variants=variants,
         router=Router(route),
         shadow=shadow,
         # Scored with the first variant's decision threshold (a binary package may carry one).
-        feedback=FeedbackStore(
+        feedback=None
+        if package.decoder.kind == "ranking"
+        else FeedbackStore(
             package.decoder.kind, package.classes or None, threshold=package.decoder.threshold
         ),
         sticky_input=route.sticky.input if route.sticky else None,
@@ -519,6 +515,11 @@ def _routes(app: FastAPI, state: ServerState) -> None:
                 "'labels' must be a list with one label per request id (a list of labels for a "
                 "request of several rows)"
             )
+        if endpoint.feedback is None:
+            raise ProtocolError(
+                f"'{name}' is a ranking model: feedback labels score classifiers and "
+                "regressors; score a ranking's labelled queries with `mlsmith evaluate`"
+            )
         try:
             result = endpoint.feedback.add_labels(ids, labels)
         except ValueError as exc:
@@ -528,7 +529,12 @@ def _routes(app: FastAPI, state: ServerState) -> None:
     @app.get("/v2/models/{name}/ab", tags=["a/b"], responses=_ERRORS)
     async def ab(name: str) -> Response:
         endpoint = endpoint_for(state, name)
-        report = await asyncio.get_running_loop().run_in_executor(None, endpoint.feedback.report)
+        store = endpoint.feedback
+        report = (
+            await asyncio.get_running_loop().run_in_executor(None, store.report)
+            if store is not None
+            else {"feedback": None}  # a ranking model: no label feedback
+        )
         weights = endpoint.router.weights()
         return JSONResponse(_jsonable({"model": name, "weights": weights, **report}))
 
@@ -786,13 +792,7 @@ async def _predict_rows(state: ServerState, request: Request, endpoint: Endpoint
         )
         with variant.batcher.arrival() as arrival:
             loaded, answer = await _run_variant(state, endpoint, variant, parsed_rows, arrival)
-        names = [str(c) for c in loaded.package.classes]
-        predictions = []
-        for i, label in enumerate(answer.labels.tolist()):
-            item: dict[str, Any] = {"prediction": label}
-            if answer.proba is not None:
-                item["probabilities"] = dict(zip(names, answer.proba[i].tolist(), strict=True))
-            predictions.append(item)
+        predictions = _prediction_items(loaded.package, answer)
         status = 200
         document = {
             "model_name": endpoint.name,
@@ -834,7 +834,8 @@ def _after(
 
     latency_ms = (time.perf_counter() - started) * 1000
     # The prediction counters and the drift window saw these rows in the batcher (_predictor).
-    endpoint.feedback.record_array(request_id, variant.name, _scored(answer))
+    if endpoint.feedback is not None:
+        endpoint.feedback.record_array(request_id, variant.name, _scored(answer))
     if state.predlog is not None:
         classes = loaded.package.classes
         state.predlog.append(
@@ -858,7 +859,8 @@ async def _shadow(state: ServerState, endpoint: Endpoint, request_id: str, rows:
             "%s: shadow %s failed on request %s: %s", endpoint.name, shadow.name, request_id, exc
         )
         return
-    endpoint.feedback.record_array(request_id, shadow.name, _scored(answer), shadow=True)
+    if endpoint.feedback is not None:
+        endpoint.feedback.record_array(request_id, shadow.name, _scored(answer), shadow=True)
     if state.predlog is not None:
         latency_ms = (time.perf_counter() - started) * 1000
         state.predlog.append(
@@ -880,6 +882,25 @@ _ID_COUNTER = itertools.count(1)
 def new_request_id() -> str:
     """An id for a request that brought none."""
     return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+
+
+def _prediction_items(package: Package, answer: Answer) -> list[dict[str, Any]]:
+    """``POST .../predict``'s answer per row: the prediction and the class probabilities, or a
+    ranking's score and rank (the request's rows ranked as one query's items)."""
+    from mlsmith.runtime.outputs import ranks_within
+
+    if package.decoder.kind == "ranking":
+        scores = answer.labels.tolist()
+        ranks = ranks_within(answer.labels).tolist()
+        return [{"score": s, "rank": r} for s, r in zip(scores, ranks, strict=True)]
+    names = [str(c) for c in package.classes]
+    items = []
+    for i, label in enumerate(answer.labels.tolist()):
+        item: dict[str, Any] = {"prediction": label}
+        if answer.proba is not None:
+            item["probabilities"] = dict(zip(names, answer.proba[i].tolist(), strict=True))
+        items.append(item)
+    return items
 
 
 def _scored(answer: Answer) -> np.ndarray:

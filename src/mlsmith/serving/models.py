@@ -329,9 +329,18 @@ def _image_bytes(value: Any, where: str) -> bytes:
 
 
 def output_tensors(package: Package, answer: Answer) -> list[Tensor]:
-    """``prediction`` per row, and for classification ``probabilities`` (rows x classes)."""
+    """``prediction`` per row, and for classification ``probabilities`` (rows x classes); a
+    ranking's ``score`` and ``rank`` (1 = best), the request's rows ranked as one query's."""
+    from mlsmith.runtime.outputs import ranks_within
+
     classes = package.classes
     n = len(answer)
+    if package.decoder.kind == "ranking":
+        scores = answer.labels.astype(np.float64)
+        return [
+            Tensor("score", "FP64", [n], scores),
+            Tensor("rank", "INT64", [n], ranks_within(scores)),
+        ]
     if answer.proba is None:
         return [Tensor("prediction", "FP64", [n], answer.labels.astype(np.float64))]
     label_type, label_values = _label_tensor(classes, answer.labels)
@@ -350,6 +359,11 @@ def output_tensors(package: Package, answer: Answer) -> list[Tensor]:
 def output_specs(package: Package) -> list[dict[str, Any]]:
     """The outputs as the v2 model metadata lists them."""
     classes = package.classes
+    if package.decoder.kind == "ranking":
+        return [
+            {"name": "score", "datatype": "FP64", "shape": [-1]},
+            {"name": "rank", "datatype": "INT64", "shape": [-1]},
+        ]
     if not classes:
         return [{"name": "prediction", "datatype": "FP64", "shape": [-1]}]
     label_type, _ = _label_tensor(classes, np.asarray(classes[:1], dtype=object))
