@@ -36,6 +36,13 @@ DATA: dict[str, dict[str, Any]] = {
     "tabular": {"path": "sklearn:iris", "target": "target"},
     "image": {"type": "image", "path": "images"},
     "text": {"type": "text", "path": "texts.csv", "target": "label"},
+    "timeseries": {
+        "type": "timeseries",
+        "path": "sales.csv",
+        "target": "sales",
+        "time_column": "month",
+        "horizon": 6,
+    },
 }
 
 
@@ -137,6 +144,12 @@ def test_packages_come_from_the_family_and_the_data_kind() -> None:
 
 @pytest.mark.parametrize("name", sorted(FAMILIES))
 def test_family_implementation_imports_and_is_a_model(name: str) -> None:
+    if FAMILIES[name].data == ("timeseries",):  # forecasts only: no Model to fit or load
+        forecaster = families.forecaster(name)
+        assert forecaster.family == name
+        with pytest.raises(ConfigError, match="is a forecaster"):
+            families.model_family(name)
+        return
     cls = families.model_family(name)
 
     assert isinstance(cls, type) and issubclass(cls, Model)

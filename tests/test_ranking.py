@@ -127,8 +127,13 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, mlsmith.Run
 def test_a_ranker_is_scored_per_query_with_intervals_and_beats_a_random_order(
     trained: tuple[Path, mlsmith.Run],
 ) -> None:
+    import jsonschema
+
+    from mlsmith.run import metrics_schema
+
     _, run = trained
     metrics = json.loads((run.path / "metrics.json").read_text())
+    jsonschema.validate(metrics, metrics_schema())
     test = metrics["test"]
     assert set(test) == {"ndcg_1", "ndcg_5", "ndcg_10", "mrr", "map"}
     for entry in test.values():

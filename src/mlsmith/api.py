@@ -174,6 +174,44 @@ def predict(
     return target.predict(data)
 
 
+def forecasting_run(run: str | Path | Run) -> bool:
+    """Whether ``run`` is a run directory of a forecasting (time-series) config."""
+    if isinstance(run, Run):
+        return run.config.data.type == "timeseries"
+    config = Path(run) / "config.yaml"
+    if not config.is_file():
+        return False
+    return load_config(config).data.type == "timeseries"
+
+
+def forecast(
+    run: str | Path | Run,
+    horizon: int | None = None,
+    *,
+    history: str | Path | None = None,
+    output: str | Path | None = None,
+) -> pd.DataFrame | int:
+    """The next ``horizon`` periods (default: the run's ``data.horizon``) of every series of a
+    forecasting run, from the end of ``history`` (default: its training table), its forecaster
+    refitted on it: ``id`` (several series), ``time``, ``forecast``, ``lo_<level>``,
+    ``hi_<level>``. A DataFrame, or with ``output`` (.csv or .parquet) the rows written."""
+    from mlsmith.forecasting_pipeline import forecast_future, write_forecasts
+
+    target = _as_run(run)
+    if target.config.data.type != "timeseries":
+        raise ConfigError(
+            f"--horizon: {target.path} is a {target.config.data.type} run, not a forecasting "
+            "one; predict its rows with --input"
+        )
+    if horizon is not None and horizon < 1:
+        raise ConfigError(f"--horizon: expected at least 1 period, got {horizon}")
+    frame = forecast_future(target, horizon, None if history is None else str(history))
+    if output is None:
+        return frame
+    write_forecasts(frame, Path(output))
+    return len(frame)
+
+
 def _check_engine(engine: str, spark_master: str | None, spark_conf: dict[str, str] | None) -> None:
     if engine not in PREDICT_ENGINES:
         raise ConfigError(

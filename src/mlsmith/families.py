@@ -16,6 +16,7 @@ from mlsmith.errors import ConfigError, did_you_mean
 
 if TYPE_CHECKING:
     from mlsmith.config import Config
+    from mlsmith.forecasting.models import Forecaster
     from mlsmith.models.base import Model
 
 # model.type -> "module:Class" of its Model subclass.
@@ -33,8 +34,26 @@ def packages(config: Config) -> tuple[str, ...]:
 
 
 def model_family(name: str) -> type[Model]:
-    """The Model class registered under ``name``."""
-    cls: type[Model] = _resolve(MODEL_FAMILIES, name, "model.type")
+    """The Model class registered under ``name``; a forecaster (``ets``, ``arima``, ``theta``)
+    is not one: it forecasts through :mod:`mlsmith.forecasting_pipeline`."""
+    from mlsmith.models.base import Model as ModelBase
+
+    cls = _resolve(MODEL_FAMILIES, name, "model.type")
+    if not (isinstance(cls, type) and issubclass(cls, ModelBase)):
+        raise ConfigError(
+            f"model.type '{name}' is a forecaster: it has no trained model to load, export or "
+            "serve; `mlsmith predict RUN --horizon H` refits it and forecasts"
+        )
+    return cls
+
+
+def forecaster(name: str) -> type[Forecaster]:
+    """The forecaster class registered under ``name`` (``ets``, ``arima``, ``theta``)."""
+    from mlsmith.forecasting.models import Forecaster as ForecasterBase
+
+    cls = _resolve(MODEL_FAMILIES, name, "model.type")
+    if not (isinstance(cls, type) and issubclass(cls, ForecasterBase)):
+        raise ConfigError(f"model.type '{name}' is not a forecaster")
     return cls
 
 

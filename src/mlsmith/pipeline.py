@@ -100,6 +100,15 @@ def run_training(
     """
     from mlsmith.training import distributed
 
+    if cfg.data.type == "timeseries":
+        from mlsmith.forecasting_pipeline import run_forecasting
+
+        if resume is not None:
+            raise ConfigError(
+                "--resume: a forecasting run keeps no checkpoint (its backtest refits every "
+                "window); train it again"
+            )
+        return run_forecasting(cfg)
     if resume is None:
         resume = _restarted_run(cfg)
     with distributed.process_group(cfg.train.device) as world:
@@ -492,6 +501,10 @@ def check(cfg: Config, *, quick: bool = False) -> CheckReport:
     from mlsmith.checks import run_checks, unreadable_data
     from mlsmith.training.reproducibility import restore_rng_states, rng_states
 
+    if cfg.data.type == "timeseries":  # no rows, no network: the series themselves
+        from mlsmith.checks.series import series_checks
+
+        return series_checks(cfg)
     started = time.perf_counter()
     states = rng_states()
     try:

@@ -55,8 +55,11 @@ TEST_PREDICTIONS_FILE = "test_predictions.csv"
 # metrics.json's cross-validation block (eval.cv), beside the splits: not a split itself.
 CV_METRICS_KEY = "cv"
 # Top-level keys of metrics.json that are not splits: the baseline beside the model, its
-# majority-class floor, the model's paired difference to the baseline, cross-validation.
-SECTION_KEYS = ("baseline", "majority", "vs_baseline", CV_METRICS_KEY)
+# majority-class floor, the model's paired difference to the baseline, cross-validation, and a
+# forecast's baselines.
+# A forecasting run's baselines (naive, seasonal naive...), each by split.
+BASELINES_KEY = "baselines"
+SECTION_KEYS = ("baseline", "majority", "vs_baseline", CV_METRICS_KEY, BASELINES_KEY)
 
 # Libraries every run uses; families and data kinds add their own (see mlsmith.families).
 PACKAGES = ("torch", "numpy", "pandas", "scikit-learn", "pydantic", "mlflow-skinny", "mlflow")

@@ -32,6 +32,23 @@ def print_metrics(results: dict[str, dict[str, Any]], title: str | None = None) 
     console.print(metrics_table(split_metrics(results), title))
     if results.get("vs_baseline"):
         console.print(baseline_table(results))
+    if results.get("baselines"):
+        console.print(forecast_baselines_table(results))
+
+
+def forecast_baselines_table(results: dict[str, Any]) -> Table:
+    """A forecast against its baselines on the test window: every metric of each."""
+    split = "test"
+    rows = {"model": results.get(split) or {}}
+    rows |= {name: (by_split.get(split) or {}) for name, by_split in results["baselines"].items()}
+    names = list(dict.fromkeys(metric for metrics in rows.values() for metric in metrics))
+    table = Table(title=f"model vs baselines, {split} window (95% CI over series x windows)")
+    table.add_column("forecaster")
+    for name in names:
+        table.add_column(name, justify="right")
+    for forecaster, metrics in rows.items():
+        table.add_row(forecaster, *(_number((metrics.get(n) or {}).get("value")) for n in names))
+    return table
 
 
 def baseline_table(results: dict[str, Any]) -> Table:

@@ -16,11 +16,12 @@ def command(
         show_default=False,
     ),
     input_path: str = typer.Option(
-        ...,
+        None,
         "--input",
         "-i",
         help="Raw rows: CSV or Parquet; for image runs also a folder of images or an .npz. "
-        "With --engine spark also a folder of part files or a URI Spark reads (hdfs://...).",
+        "With --engine spark also a folder of part files or a URI Spark reads (hdfs://...). "
+        "A forecasting run: the history to forecast from (default: its training table).",
         show_default=False,
     ),
     output_path: str = typer.Option(
@@ -49,6 +50,13 @@ def command(
         help="Spark master URL: local[4], spark://host:7077, yarn (default: Spark's own).",
         show_default=False,
     ),
+    horizon: int = typer.Option(
+        None,
+        "--horizon",
+        help="A forecasting run: periods to forecast after the history (default: its "
+        "data.horizon).",
+        show_default=False,
+    ),
     spark_conf: list[str] = typer.Option(
         None,
         "--spark-conf",
@@ -57,8 +65,19 @@ def command(
         show_default=False,
     ),
 ) -> None:
-    """Predict raw rows in constant memory: the prediction, plus class probabilities."""
-    from mlsmith.api import predict
+    """Predict raw rows in constant memory: the prediction, plus class probabilities; or
+    forecast the next periods of a forecasting run's series."""
+    from mlsmith.api import forecast, forecasting_run, predict
+
+    if horizon is not None or forecasting_run(run):
+        rows = forecast(run, horizon, history=input_path, output=output_path)
+        typer.echo(f"wrote {rows} forecasts to {output_path}", err=True)
+        typer.echo(str(output_path))
+        return
+    if input_path is None:
+        from mlsmith.errors import ConfigError
+
+        raise ConfigError("predict: --input is required (the rows to predict)")
 
     rows = predict(
         run,

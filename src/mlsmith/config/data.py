@@ -249,6 +249,75 @@ class TextDataConfig(DataSourceConfig):
         return cls._separator(value)
 
 
+class TimeSeriesDataConfig(DataSourceConfig):
+    """Forecasting: a long table of one row per (series, time), scored by rolling-origin
+    backtesting over the last ``windows`` windows of ``horizon`` steps."""
+
+    type: Literal["timeseries"]
+    path: str = Field(description="CSV, TSV or Parquet file: one row per series and period")
+    target: str = Field(description="the column to forecast")
+    task: Literal["auto"] = "auto"  # a forecast: there is nothing to choose
+    time_column: str = Field(description="the period of each row: dates, or whole numbers")
+    id_column: str | None = Field(
+        None, description="the series each row belongs to; none: the table is one series"
+    )
+    horizon: int = Field(ge=1, description="steps forecast from each origin")
+    windows: int = Field(
+        3, ge=1, description="backtest windows: the last is the test split, the others validate"
+    )
+    step: int | None = Field(
+        None, ge=1, description="how far the origin moves between windows; default: horizon"
+    )
+    season_length: int | None = Field(
+        None, ge=1, description="periods per season; default: from the frequency (12 monthly)"
+    )
+    freq: str | None = Field(
+        None, description="pandas frequency alias, e.g. MS, QS, W-SUN, D; default: inferred"
+    )
+    levels: list[float] = Field(
+        default_factory=lambda: [80.0],
+        min_length=1,
+        description="prediction interval levels in percent; the first one's coverage is `coverage`",
+    )
+    sep: str | None = Field(None, description="CSV column separator; default: as for tables")
+    na_values: list[str] = Field(
+        default_factory=list, description="more strings read as missing values"
+    )
+
+    @field_validator("sep")
+    @classmethod
+    def _check_sep(cls, value: str | None) -> str | None:
+        return cls._separator(value)
+
+    @field_validator("levels")
+    @classmethod
+    def _check_levels(cls, value: list[float]) -> list[float]:
+        if any(not 0.0 < level < 100.0 for level in value):
+            raise ValueError(f"every level must be a percentage between 0 and 100, found {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> TimeSeriesDataConfig:
+        # Compared with the defaults, not looked up among the keys given: a saved config.yaml
+        # spells out every default.
+        refused = [k for k in ("val_path", "test_path") if getattr(self, k) is not None]
+        if self.split != SplitConfig():
+            refused.insert(0, "split")
+        if refused:
+            raise ValueError(
+                f"{', '.join(refused)}: a forecast is scored by backtest windows (data.horizon, "
+                "data.windows, data.step) instead of splits; remove "
+                + ", ".join(f"data.{k}" for k in refused)
+            )
+        columns = [self.time_column, self.target, self.id_column]
+        named = [c for c in columns if c]
+        if len(set(named)) != len(named):
+            raise ValueError(
+                f"time_column, target and id_column must be three different columns, found {named}"
+            )
+        return self
+
+
 # Written out member by member so mypy sees the union; tests/test_families.py checks that it
 # holds exactly the classes of the KINDS table.
 AnyDataConfig = Annotated[
@@ -256,6 +325,7 @@ AnyDataConfig = Annotated[
         Annotated[DataConfig, Tag("tabular")]
         | Annotated[ImageDataConfig, Tag("image")]
         | Annotated[TextDataConfig, Tag("text")]
+        | Annotated[TimeSeriesDataConfig, Tag("timeseries")]
     ),
     Discriminator(type_tag("tabular")),
 ]

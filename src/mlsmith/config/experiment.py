@@ -18,6 +18,8 @@ from mlsmith.config.tune import TuneConfig
 
 # The families whose networks can recompute activations in the backward pass.
 GRADIENT_CHECKPOINTING = ("transformer", "torchvision")
+# model.type lightgbm's defaults on time series (its global forecaster).
+GLOBAL_TREE_DEFAULTS = {"n_estimators": 300, "learning_rate": 0.05}
 # The families that learn to rank (data.task: ranking), the default first.
 RANKING_FAMILIES = ("lightgbm", "xgboost", "mlp")
 
@@ -73,6 +75,11 @@ class Config(Section):
                 if _ranks(raw["data"]):
                     default = RANKING_FAMILIES[0]
                 raw = {**raw, "model": {**model, "type": default}}
+            model = raw.get("model", {})
+            if kind == "timeseries" and isinstance(model, dict) and model.get("type") == "lightgbm":
+                # The global forecaster has no validation rows to stop early on: fewer, slower
+                # rounds than a table's LightGBM (chosen with bench/forecast.py).
+                raw = {**raw, "model": {**GLOBAL_TREE_DEFAULTS, **model}}
         return _family_defaults(raw)
 
     @model_validator(mode="after")
@@ -93,6 +100,21 @@ class Config(Section):
             raise ValueError(
                 f"model.type '{self.model.type}' cannot rank (data.task: ranking); use one of: "
                 f"{', '.join(RANKING_FAMILIES)}"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _forecast_fits_the_rest(self) -> Config:
+        if self.data.type != "timeseries":
+            return self
+        if self.eval.cv is not None:
+            raise ValueError(
+                "eval.cv: a forecast is scored by backtest windows (data.windows), not folds; "
+                "remove eval.cv"
+            )
+        if self.train.distributed.nproc > 1:
+            raise ValueError(
+                "train.distributed.nproc: a forecasting run backtests in one process; set it to 1"
             )
         return self
 

@@ -16,13 +16,22 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 
 from mlsmith.config.base import Section
-from mlsmith.config.data import DataConfig, DataSourceConfig, ImageDataConfig, TextDataConfig
+from mlsmith.config.data import (
+    DataConfig,
+    DataSourceConfig,
+    ImageDataConfig,
+    TextDataConfig,
+    TimeSeriesDataConfig,
+)
 from mlsmith.config.models import (
+    ARIMAConfig,
     BagConfig,
     CNNConfig,
+    ETSConfig,
     LightGBMConfig,
     MLPConfig,
     SklearnConfig,
+    ThetaConfig,
     TorchvisionConfig,
     TransformerConfig,
     XGBoostConfig,
@@ -83,7 +92,7 @@ FAMILIES: dict[str, ModelFamily] = {
     ),
     "lightgbm": ModelFamily(
         LightGBMConfig,
-        data=("tabular",),
+        data=("tabular", "timeseries"),
         implementation="mlsmith.models.trees:LightGBMModel",
         packages=("lightgbm",),
     ),
@@ -99,6 +108,25 @@ FAMILIES: dict[str, ModelFamily] = {
         implementation="mlsmith.models.estimators:SklearnModel",
         packages=("skops",),
     ),
+    # Forecasters: fitted by the backtest (mlsmith.forecasting), not through Model.fit.
+    "ets": ModelFamily(
+        ETSConfig,
+        data=("timeseries",),
+        implementation="mlsmith.forecasting.models:ETSForecaster",
+        packages=("statsforecast",),
+    ),
+    "arima": ModelFamily(
+        ARIMAConfig,
+        data=("timeseries",),
+        implementation="mlsmith.forecasting.models:ARIMAForecaster",
+        packages=("statsforecast",),
+    ),
+    "theta": ModelFamily(
+        ThetaConfig,
+        data=("timeseries",),
+        implementation="mlsmith.forecasting.models:ThetaForecaster",
+        packages=("statsforecast",),
+    ),
 }
 
 # data.type -> data kind.
@@ -112,6 +140,9 @@ KINDS: dict[str, DataKind] = {
     ),
     "text": DataKind(
         TextDataConfig, default_model="bag", module="mlsmith.data.text", packages=("tokenizers",)
+    ),
+    "timeseries": DataKind(
+        TimeSeriesDataConfig, default_model="arima", module="mlsmith.data.timeseries"
     ),
 }
 

@@ -171,6 +171,27 @@ class SklearnConfig(Section):
     )
 
 
+class ETSConfig(Section):
+    """Exponential smoothing with automatic selection (StatsForecast's AutoETS), one model per
+    series (``data.type: timeseries``; ``pip install 'mlsmith[timeseries]'``)."""
+
+    type: Literal["ets"] = "ets"
+
+
+class ARIMAConfig(Section):
+    """ARIMA with automatic order selection (StatsForecast's AutoARIMA), one model per series
+    (``data.type: timeseries``; ``pip install 'mlsmith[timeseries]'``)."""
+
+    type: Literal["arima"] = "arima"
+
+
+class ThetaConfig(Section):
+    """The Theta method with automatic selection (StatsForecast's AutoTheta), one model per
+    series (``data.type: timeseries``; ``pip install 'mlsmith[timeseries]'``)."""
+
+    type: Literal["theta"] = "theta"
+
+
 # Written out member by member so mypy sees the union; tests/test_families.py checks that it
 # holds exactly the classes of the FAMILIES table.
 ModelConfig = Annotated[
@@ -183,6 +204,9 @@ ModelConfig = Annotated[
         | Annotated[LightGBMConfig, Tag("lightgbm")]
         | Annotated[XGBoostConfig, Tag("xgboost")]
         | Annotated[SklearnConfig, Tag("sklearn")]
+        | Annotated[ETSConfig, Tag("ets")]
+        | Annotated[ARIMAConfig, Tag("arima")]
+        | Annotated[ThetaConfig, Tag("theta")]
     ),
     Discriminator(type_tag("mlp")),
 ]

@@ -76,6 +76,12 @@ def run_study(
     import optuna
 
     tune = tune_section(cfg)
+    if cfg.data.type == "timeseries":
+        raise ConfigError(
+            "mlsmith tune: forecasting configs are not tuned yet; compare model.type ets, "
+            "arima, theta and lightgbm with `mlsmith train` (each run's metrics.json scores "
+            "the same backtest windows)"
+        )
     if trials is not None:
         if trials < 1:
             raise ConfigError(f"--trials must be >= 1, found {trials}")

@@ -1,0 +1,71 @@
+"""Time-series data (``data.type: timeseries``): a long table read into series.
+
+A forecasting run has no row-wise preprocessing or train/val/test rows: it reads the table into
+series (:mod:`mlsmith.forecasting.series`) and scores forecasters by backtesting
+(:mod:`mlsmith.backtest`). ``prepare`` and ``load_preprocessor``, the data-kind interface of
+the supervised kinds, say so for the verbs that need rows.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from mlsmith.config import Config, TimeSeriesDataConfig
+from mlsmith.data.tables import fingerprint, read_table
+from mlsmith.errors import ConfigError, DataError
+from mlsmith.forecasting.series import SeriesSet, read_series
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+
+def series_config(config: Config) -> TimeSeriesDataConfig:
+    """The config's ``data`` section, which must be a time-series one."""
+    if not isinstance(config.data, TimeSeriesDataConfig):
+        raise TypeError(f"time-series data got a data section of type '{config.data.type}'")
+    return config.data
+
+
+def read_frame(config: Config, path: str | None = None) -> pd.DataFrame:
+    """The raw table: ``data.path``, or another file of the same columns (a history)."""
+    data = series_config(config)
+    source = path or data.path
+    frame = read_table(source, sep=data.sep, na_values=data.na_values)
+    if len(frame) == 0:
+        raise DataError(f"{source}: the table is empty (0 rows)")
+    return frame
+
+
+def load_series(config: Config, path: str | None = None) -> tuple[SeriesSet, str]:
+    """The series of ``data.path`` (or ``path``) and the table's fingerprint."""
+    data = series_config(config)
+    frame = read_frame(config, path)
+    series = read_series(
+        frame,
+        time_column=data.time_column,
+        target=data.target,
+        id_column=data.id_column,
+        freq=data.freq,
+        season_length=data.season_length,
+        source=path or data.path,
+    )
+    return series, fingerprint(frame)
+
+
+# What the supervised verbs get for a time-series config.
+NO_ROWS = (
+    "data.type timeseries has no training rows to prepare: `mlsmith train` backtests a "
+    "forecaster, `mlsmith predict RUN --horizon H` forecasts, and `mlsmith check` checks the "
+    "series; this command works on tabular, image and text data"
+)
+
+
+def prepare(config: Config, *, preprocessor: Any = None) -> NoReturn:
+    """Not for time series: there are no rows to split or encode."""
+    raise ConfigError(NO_ROWS)
+
+
+def load_preprocessor(directory: Path) -> NoReturn:
+    """Not for time series (see :func:`prepare`)."""
+    raise ConfigError(NO_ROWS)

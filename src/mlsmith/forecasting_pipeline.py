@@ -1,0 +1,337 @@
+"""A forecasting run (``data.type: timeseries``): backtest, record, and forecast the future.
+
+``mlsmith train`` on a time-series config reads the series, backtests the configured
+forecaster and the four baselines on the same rolling-origin windows, and writes a run
+directory like every other run's (``config.yaml``, ``run.json``, ``metrics.json``, MLflow):
+
+* ``metrics.json``: ``test`` (the last window) and ``val`` (the windows before it), each with
+  MASE, sMAPE, MAE, RMSE, WQL and interval coverage and their 95% bootstrap intervals over
+  series x windows; ``baselines``: the same for naive, seasonal naive, drift and window
+  average;
+* ``backtest.json``: per-series metrics and the error by horizon step, of the model and of
+  each baseline, on the test window;
+* ``forecasts.csv``: every backtest forecast of the model (series, window, time, truth,
+  forecast, interval bounds).
+
+``mlsmith predict RUN --horizon H [--input HISTORY]`` (:func:`forecast_future`) refits the
+forecaster on the history (the training table unless another is given) and forecasts the next
+``H`` periods of every series: ``id`` (with several series), ``time``, ``forecast``,
+``lo_<level>`` and ``hi_<level>``. A forecaster without intervals of its own gets conformal ones
+from the run's backtest errors.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mlsmith import interrupts
+from mlsmith.config import Config
+from mlsmith.errors import DataError, MlsmithError
+from mlsmith.files import write_json, write_text
+from mlsmith.run import (
+    BASELINES_KEY,
+    CONFIG_FILE,
+    INFO_FILE,
+    METRICS_FILE,
+    Run,
+    capture_environment,
+    check_output_dir,
+    new_run_dir,
+)
+
+if TYPE_CHECKING:
+    from pathlib import Path
+
+    import pandas as pd
+
+    from mlsmith.forecasting.metrics import ForecastCell
+    from mlsmith.forecasting.series import SeriesSet
+
+log = logging.getLogger(__name__)
+
+BACKTEST_FILE = "backtest.json"
+FORECASTS_FILE = "forecasts.csv"
+# Conformal widths (per level, per step, in units of each series' MASE scale) from the
+# backtest, for forecasters without intervals of their own: run.json keeps them for predict.
+CONFORMAL_KEY = "conformal_widths"
+
+
+def run_forecasting(cfg: Config) -> Run:
+    """Backtest ``cfg``'s forecaster and the baselines, and write the run (see the module)."""
+    from mlsmith.data.timeseries import load_series, series_config
+    from mlsmith.forecasting.backtest import conformal_widths
+    from mlsmith.forecasting.baselines import BASELINES
+    from mlsmith.forecasting.series import too_short
+    from mlsmith.tracking import Tracker, run_tags
+
+    check_output_dir(cfg.output_dir)
+    data = series_config(cfg)
+    series, fingerprint = load_series(cfg)
+    step = data.step or data.horizon
+    short = too_short(series, data.horizon, data.windows, step)
+    if short:
+        raise DataError(
+            f"{data.path}: {len(short)} series are too short for {data.windows} backtest "
+            f"window(s) of {data.horizon} steps (step {step}) and a season of history: "
+            f"{', '.join(short[:5])}; lower data.windows or data.horizon, or leave them out"
+        )
+    log.info(
+        "%d series of %d to %d periods, frequency %s, season length %d; %d window(s) of %d",
+        len(series),
+        min(series.lengths),
+        max(series.lengths),
+        series.freq or "whole-number periods",
+        series.season_length,
+        data.windows,
+        data.horizon,
+    )
+    run_dir = new_run_dir(cfg)
+    info: dict[str, Any] = {
+        "id": run_dir.name,
+        "experiment": cfg.experiment,
+        "status": "running",
+        "started": time.time(),
+        "data_fingerprint": fingerprint,
+        "data": _summary(cfg, series),
+    }
+    tracker: Tracker | None = None
+    try:
+        environment = capture_environment("cpu", cfg)
+        info["environment"] = environment
+        write_text(run_dir / CONFIG_FILE, cfg.to_yaml())
+        write_json(run_dir / INFO_FILE, info)
+        tracker = Tracker(cfg.track, output_dir=cfg.output_dir, experiment=cfg.experiment)
+        info["mlflow_run_id"] = tracker.start(
+            run_name=run_dir.name,
+            params=cfg.flat(),
+            tags=run_tags(run_dir, fingerprint, environment),
+        )
+        info["tracking_uri"] = tracker.uri if tracker.active else None
+        started = time.perf_counter()
+        cells = _backtest(cfg, series, cfg.model.type)
+        info["backtest_seconds"] = round(time.perf_counter() - started, 3)
+        baselines = {name: _backtest(cfg, series, name) for name in BASELINES}
+        metrics = {
+            **_scored(cfg, series, cells),
+            BASELINES_KEY: {name: _scored(cfg, series, c) for name, c in baselines.items()},
+        }
+        write_json(run_dir / METRICS_FILE, metrics)
+        write_json(run_dir / BACKTEST_FILE, _details(series, {cfg.model.type: cells, **baselines}))
+        write_text(run_dir / FORECASTS_FILE, _forecast_rows(series, cells, data.levels))
+        widths = conformal_widths(cells, data.levels, data.horizon, series.season_length)
+        info[CONFORMAL_KEY] = {f"{level:g}": w.tolist() for level, w in widths.items()}
+        info.update(status="finished", finished=time.time())
+        write_json(run_dir / INFO_FILE, info)
+        if tracker is not None:
+            tracker.log_metrics(_flat(metrics))
+            tracker.log_artifacts(
+                [run_dir / f for f in (CONFIG_FILE, METRICS_FILE, BACKTEST_FILE, FORECASTS_FILE)]
+            )
+            tracker.finish("FINISHED")
+    except BaseException as error:
+        interrupted = interrupts.interruption(error) is not None
+        info["status"] = "interrupted" if interrupted else "failed"
+        if isinstance(error, MlsmithError):
+            info["error"] = str(error)
+        write_json(run_dir / INFO_FILE, info)
+        if tracker is not None:
+            tracker.finish("KILLED" if interrupted else "FAILED")
+        raise
+    return Run(run_dir)
+
+
+def forecast_future(
+    run: Run, horizon: int | None = None, history: str | None = None
+) -> pd.DataFrame:
+    """The next ``horizon`` periods (default: the run's ``data.horizon``) of every series of
+    ``history`` (default: the run's training table), by the run's forecaster refitted on it."""
+    import pandas as pd
+
+    from mlsmith.data.timeseries import load_series, series_config
+    from mlsmith.forecasting.backtest import conformal_intervals
+    from mlsmith.forecasting.models import forecast_series
+
+    cfg = run.config
+    data = series_config(cfg)
+    steps = horizon or data.horizon
+    series, _ = load_series(cfg, history)
+    forecasts = forecast_series(
+        cfg.model.type,
+        series.values,
+        steps,
+        series.season_length,
+        data.levels,
+        settings=_settings(cfg),
+        seed=cfg.seed,
+    )
+    recorded = run.info.get(CONFORMAL_KEY) or {}
+    widths = {float(level): np.asarray(w) for level, w in recorded.items()}
+    if steps > data.horizon:
+        widths = {}  # the backtest measured errors up to data.horizon steps only
+        if not forecasts or not forecasts[0].intervals:
+            log.warning(
+                "no conformal intervals beyond the backtest's horizon of %d steps", data.horizon
+            )
+    frames = []
+    for name, times, values, forecast in zip(
+        series.ids, series.times, series.values, forecasts, strict=True
+    ):
+        intervals = forecast.intervals or conformal_intervals(
+            forecast.point, values, widths, series.season_length
+        )
+        columns: dict[str, Any] = {}
+        if data.id_column is not None:
+            columns["id"] = name
+        columns["time"] = _future_times(times, steps, series.freq)
+        columns["forecast"] = forecast.point
+        for level, (low, high) in intervals.items():
+            columns[f"lo_{level:g}"] = low
+            columns[f"hi_{level:g}"] = high
+        frames.append(pd.DataFrame(columns))
+    return pd.concat(frames, ignore_index=True)
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _backtest(cfg: Config, series: SeriesSet, model: str) -> list[ForecastCell]:
+    from mlsmith.data.timeseries import series_config
+    from mlsmith.forecasting.backtest import backtest
+
+    data = series_config(cfg)
+    return backtest(
+        series,
+        model,
+        horizon=data.horizon,
+        windows=data.windows,
+        step=data.step,
+        levels=data.levels,
+        settings=_settings(cfg) if model == cfg.model.type else None,
+        seed=cfg.seed,
+    )
+
+
+def _settings(cfg: Config) -> dict[str, float]:
+    """The global tree model's settings from ``model`` (a time-series config's LightGBM
+    defaults are the forecaster's, see mlsmith.config.experiment)."""
+    from mlsmith.forecasting.models import TREE_SETTINGS
+
+    if cfg.model.type != "lightgbm":
+        return {}
+    return {k: getattr(cfg.model, k) for k in TREE_SETTINGS}
+
+
+def _scored(cfg: Config, series: SeriesSet, cells: list[ForecastCell]) -> dict[str, Any]:
+    """``test`` (the last window) and ``val`` (the others) metrics of ``cells``."""
+    from mlsmith.data.timeseries import series_config
+    from mlsmith.forecasting.metrics import evaluate_forecasts
+
+    data = series_config(cfg)
+    last = data.windows - 1
+    splits = {"test": [c for c in cells if c.window == last]}
+    if data.windows > 1:
+        splits["val"] = [c for c in cells if c.window < last]
+    scored = {}
+    for split, chosen in splits.items():
+        levels = data.levels if all(c.intervals for c in chosen) else []
+        scored[split] = evaluate_forecasts(
+            chosen,
+            series.season_length,
+            levels,
+            n_resamples=cfg.eval.bootstrap,
+            confidence=cfg.eval.confidence,
+            seed=cfg.seed,
+        )
+    return scored
+
+
+def _details(series: SeriesSet, by_model: dict[str, list[ForecastCell]]) -> dict[str, Any]:
+    """Per series and per horizon step, on the test window, for every model."""
+    from mlsmith.forecasting.metrics import error_by_step, per_series
+
+    details: dict[str, Any] = {}
+    for model, cells in by_model.items():
+        last = max(c.window for c in cells)
+        test = [c for c in cells if c.window == last]
+        details[model] = {
+            "per_series": per_series(test, series.season_length),
+            "error_by_step": error_by_step(test),
+        }
+    return details
+
+
+def _forecast_rows(series: SeriesSet, cells: list[ForecastCell], levels: list[float]) -> str:
+    import pandas as pd
+
+    times = dict(zip(series.ids, series.times, strict=True))
+    frames = []
+    for cell in cells:
+        start = len(cell.history)
+        columns: dict[str, Any] = {
+            "id": cell.series,
+            "window": cell.window,
+            "time": times[cell.series][start : start + len(cell.truth)],
+            "truth": cell.truth,
+            "forecast": cell.point,
+        }
+        for level in levels:
+            if level in cell.intervals:
+                columns[f"lo_{level:g}"], columns[f"hi_{level:g}"] = cell.intervals[level]
+        frames.append(pd.DataFrame(columns))
+    return pd.concat(frames, ignore_index=True).to_csv(index=False)
+
+
+def _future_times(times: np.ndarray, steps: int, freq: str | None) -> np.ndarray:
+    """The ``steps`` periods after ``times``' last one."""
+    import pandas as pd
+
+    if freq is None:
+        return np.arange(int(times[-1]) + 1, int(times[-1]) + 1 + steps)
+    return pd.date_range(start=times[-1], periods=steps + 1, freq=freq)[1:].to_numpy()
+
+
+def _summary(cfg: Config, series: SeriesSet) -> dict[str, Any]:
+    from mlsmith.data.timeseries import series_config
+
+    data = series_config(cfg)
+    return {
+        "source": data.path,
+        "task": "forecast",
+        "series": len(series),
+        "periods": {"min": min(series.lengths), "max": max(series.lengths)},
+        "freq": series.freq,
+        "season_length": series.season_length,
+        "horizon": data.horizon,
+        "windows": data.windows,
+        "step": data.step or data.horizon,
+    }
+
+
+def _flat(metrics: dict[str, Any]) -> dict[str, float]:
+    """``test/mase``, ``val/wql``... for MLflow (finite values only)."""
+    flat = {}
+    for split in ("test", "val"):
+        for name, entry in (metrics.get(split) or {}).items():
+            value = entry.get("value")
+            if isinstance(value, float) and np.isfinite(value):
+                flat[f"{split}/{name}"] = value
+    return flat
+
+
+def write_forecasts(frame: pd.DataFrame, path: Path) -> None:
+    """``frame`` to ``path`` (.csv, .tsv or .parquet), whole or not at all."""
+    from mlsmith.data.tables import SUFFIXES
+    from mlsmith.files import atomic_path
+
+    fmt = SUFFIXES.get(path.suffix.lower())
+    if fmt is None:
+        raise DataError(f"{path}: unsupported output type '{path.suffix}'; use .csv or .parquet")
+    with atomic_path(path) as tmp:
+        if fmt == "csv":
+            frame.to_csv(tmp, sep="\t" if path.suffix.lower() == ".tsv" else ",", index=False)
+        else:
+            frame.to_parquet(tmp, index=False)

@@ -1,0 +1,224 @@
+"""A forecasting run end to end: config, backtest, metrics, MLflow, predict --horizon, check,
+and the errors a time-series config can meet."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+import mlsmith
+from mlsmith.config import Config
+
+PERIODS = 60
+
+
+def sales(
+    ids: tuple[str, ...] = ("north", "south", "east"), periods: int = PERIODS
+) -> pd.DataFrame:
+    """Monthly series with a trend, a yearly season and noise, rows shuffled."""
+    rng = np.random.default_rng(0)
+    frames = []
+    for i, name in enumerate(ids):
+        t = np.arange(periods)
+        y = 100 + 20 * i + 0.5 * t + 10 * np.sin(2 * np.pi * t / 12 + i) + rng.normal(0, 2, periods)
+        months = pd.date_range("2019-01-01", periods=periods, freq="MS").strftime("%Y-%m-%d")
+        frames.append(pd.DataFrame({"store": name, "month": months, "sales": y}))
+    return pd.concat(frames).sample(frac=1.0, random_state=0).reset_index(drop=True)
+
+
+def forecast_config(tmp_path: Path, **data: Any) -> dict[str, Any]:
+    path = tmp_path / "sales.csv"
+    if not path.exists():
+        sales().to_csv(path, index=False)
+    section = {
+        "type": "timeseries",
+        "path": str(path),
+        "target": "sales",
+        "time_column": "month",
+        "id_column": "store",
+        "horizon": 6,
+        "windows": 2,
+    }
+    return {
+        "experiment": "sales",
+        "seed": 0,
+        "output_dir": str(tmp_path / "runs"),
+        "data": {**section, **data},
+        "model": {"type": "ets"},
+        "eval": {"bootstrap": 200},
+    }
+
+
+def write(tmp_path: Path, config: dict[str, Any]) -> Path:
+    path = tmp_path / "forecast.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, mlsmith.Run]:
+    tmp_path = tmp_path_factory.mktemp("forecast")
+    return tmp_path, mlsmith.train(forecast_config(tmp_path))
+
+
+def test_a_forecast_is_scored_on_its_last_window_against_the_baselines(
+    trained: tuple[Path, mlsmith.Run],
+) -> None:
+    _, run = trained
+    import jsonschema
+
+    from mlsmith.run import metrics_schema
+
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    jsonschema.validate(metrics, metrics_schema())
+    assert {"test", "val", "baselines"} <= set(metrics)
+    test = metrics["test"]
+    assert {"mase", "smape", "mae", "rmse", "wql", "coverage", "coverage_80"} <= set(test)
+    for entry in test.values():
+        low, high = entry["ci95"]
+        assert low <= entry["value"] <= high
+    assert set(metrics["baselines"]) == {"naive", "seasonal_naive", "drift", "window_average"}
+    # Trend and season: ETS far ahead of the seasonal naive forecast on the same window.
+    assert (
+        test["mase"]["value"]
+        < 0.7 * metrics["baselines"]["seasonal_naive"]["test"]["mase"]["value"]
+    )
+    info = json.loads((run.path / "run.json").read_text())
+    assert info["status"] == "finished"
+    assert info["data"]["freq"] == "MS" and info["data"]["season_length"] == 12
+    details = json.loads((run.path / "backtest.json").read_text())
+    assert set(details["ets"]["per_series"]) == {"north", "south", "east"}
+    assert len(details["ets"]["error_by_step"]) == 6
+
+
+def test_no_backtest_forecast_saw_its_own_future(trained: tuple[Path, mlsmith.Run]) -> None:
+    tmp_path, run = trained
+    forecasts = pd.read_csv(run.path / "forecasts.csv")
+    source = pd.read_csv(tmp_path / "sales.csv")
+    assert sorted(forecasts["window"].unique()) == [0, 1]
+    assert len(forecasts) == 3 * 2 * 6
+    merged = forecasts.merge(source, left_on=["id", "time"], right_on=["store", "month"])
+    np.testing.assert_allclose(merged["truth"], merged["sales"])  # the truth is the data's
+    # The test window is the last 6 months of every series; validation the 6 before.
+    last = forecasts[forecasts["window"] == 1].groupby("id")["time"].min()
+    assert (last == "2023-07-01").all()
+    assert (forecasts[["lo_80", "forecast"]].diff(axis=1)["forecast"] >= 0).all()
+
+
+def test_predict_forecasts_the_next_periods_with_intervals(
+    trained: tuple[Path, mlsmith.Run], cli: Any
+) -> None:
+    tmp_path, run = trained
+    out = tmp_path / "future.csv"
+    result = cli("predict", run.path, "--horizon", "4", "-o", out)
+    assert result.code == 0, result.stderr
+    future = pd.read_csv(out)
+    assert list(future.columns) == ["id", "time", "forecast", "lo_80", "hi_80"]
+    assert len(future) == 3 * 4
+    assert sorted(future["time"].unique()) == [
+        "2024-01-01",
+        "2024-02-01",
+        "2024-03-01",
+        "2024-04-01",
+    ]
+    assert ((future["lo_80"] <= future["forecast"]) & (future["forecast"] <= future["hi_80"])).all()
+    # From another history: the forecast starts right after its end.
+    history = tmp_path / "history.csv"
+    source = pd.read_csv(tmp_path / "sales.csv")
+    source[source["month"] < "2022-01-01"].to_csv(history, index=False)
+    frame = mlsmith.api.forecast(run, 2, history=history)
+    assert isinstance(frame, pd.DataFrame)
+    assert sorted(frame["time"].astype(str).str[:10].unique()) == ["2022-01-01", "2022-02-01"]
+
+
+def test_a_global_tree_forecaster_gets_conformal_intervals(tmp_path: Path) -> None:
+    config = forecast_config(tmp_path, windows=3)
+    config["model"] = {"type": "lightgbm", "n_estimators": 50}
+    run = mlsmith.train(config)
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    assert "coverage_80" in metrics["test"]  # intervals from the validation windows' errors
+    widths = json.loads((run.path / "run.json").read_text())["conformal_widths"]["80"]
+    assert len(widths) == 6 and all(w > 0 for w in widths)
+    future = mlsmith.api.forecast(run, 3)
+    assert isinstance(future, pd.DataFrame)
+    assert (future["hi_80"] > future["lo_80"]).all()
+
+
+def test_one_series_without_an_id_is_forecast_without_an_id_column(tmp_path: Path) -> None:
+    table = sales(("only",)).drop(columns=["store"])
+    table.to_csv(tmp_path / "one.csv", index=False)
+    config = forecast_config(tmp_path, path=str(tmp_path / "one.csv"), id_column=None)
+    run = mlsmith.train(config)
+    future = mlsmith.api.forecast(run)
+    assert isinstance(future, pd.DataFrame)
+    assert list(future.columns) == ["time", "forecast", "lo_80", "hi_80"] and len(future) == 6
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"data": {"split": {"val": 0.2}}}, "remove data.split"),
+        ({"data": {"test_path": "t.csv"}}, "remove data.test_path"),
+        ({"eval": {"cv": {"folds": 3}}}, "not folds"),
+        ({"model": {"type": "mlp"}}, "does not work with data.type 'timeseries'"),
+        ({"data": {"levels": [80, 100]}}, "between 0 and 100"),
+        ({"data": {"horizon": 0}}, "greater than or equal to 1"),
+        ({"train": {"distributed": {"nproc": 2}}}, "one process"),
+    ],
+)
+def test_time_series_config_mistakes_are_named(
+    tmp_path: Path, change: dict[str, Any], message: str
+) -> None:
+    config = forecast_config(tmp_path)
+    for section, values in change.items():
+        config[section] = {**config.get(section, {}), **values}
+    with pytest.raises(ValueError, match=message):
+        Config.model_validate(config)
+
+
+def test_bad_series_are_exit_2_naming_the_problem(tmp_path: Path, cli: Any) -> None:
+    table = sales()
+    gap = table[~((table["store"] == "south") & (table["month"] == "2020-03-01"))]
+    gap.to_csv(tmp_path / "sales.csv", index=False)
+    result = cli("train", write(tmp_path, forecast_config(tmp_path)))
+    assert result.code == 2
+    assert "series 'south' has 2020-04-01" in result.stderr
+    assert not (tmp_path / "runs").exists() or not any((tmp_path / "runs").rglob("run.json"))
+    sales(periods=14).to_csv(tmp_path / "sales.csv", index=False)
+    result = cli("train", write(tmp_path, forecast_config(tmp_path)))
+    assert result.code == 2 and "too short for 2 backtest window(s)" in result.stderr
+    checked = cli("check", write(tmp_path, forecast_config(tmp_path)), "--json")
+    rows = {r["name"]: r for r in json.loads(checked.stdout)["results"]}
+    assert rows["series readable"]["status"] == "pass"
+    assert rows["backtest windows"]["status"] == "fail"
+
+
+def test_verbs_without_a_forecasting_path_say_so(
+    trained: tuple[Path, mlsmith.Run], cli: Any
+) -> None:
+    tmp_path, run = trained
+    result = cli("evaluate", run.path)
+    assert result.code == 2 and "no training rows to prepare" in result.stderr
+    config = forecast_config(tmp_path)
+    config["tune"] = {"space": {"seed": {"type": "int", "low": 0, "high": 3}}}
+    result = cli("tune", write(tmp_path, config))
+    assert result.code == 2 and "not tuned yet" in result.stderr
+
+
+def test_the_backtest_metrics_reach_mlflow(trained: tuple[Path, mlsmith.Run]) -> None:
+    from mlflow import MlflowClient
+
+    _, run = trained
+    info = json.loads((run.path / "run.json").read_text())
+    client = MlflowClient(info["tracking_uri"])
+    logged = client.get_run(info["mlflow_run_id"])
+    assert logged.info.status == "FINISHED"
+    assert logged.data.metrics["test/mase"] == pytest.approx(
+        json.loads((run.path / "metrics.json").read_text())["test"]["mase"]["value"]
+    )
