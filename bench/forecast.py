@@ -14,11 +14,13 @@ so nothing is downloaded:
 
     pip install -e ".[bench]" && python bench/forecast.py        # --windows 3 --resamples 1000
 
-The table gives MASE (the mean over series x windows, with a 95% bootstrap interval over them)
-and the 80% intervals' coverage for the models that give intervals. mlsmith's global models
-join the table as they come: ``lightgbm`` is the global gradient-boosted forecaster of
-``mlsmith.forecasting.global_trees`` (one model per window, trained on every series' history up
-to that window; not wired to ``model.type`` yet); ``mlp`` is still to come.
+Every model runs through mlsmith's own backtest (``mlsmith.forecasting.backtest``), exactly as
+a ``data.type: timeseries`` run does. The table gives MASE (the mean over series x windows, with
+a 95% bootstrap interval over them) and the 80% intervals' coverage: StatsForecast's own
+intervals, or for the others the conformal intervals from the earlier windows' errors (so their
+coverage is over every window but the first). ``lightgbm`` is the global gradient-boosted
+forecaster (``model.type: lightgbm``: one model per window over every series' history up to
+it); ``mlp`` is still to come.
 """
 
 from __future__ import annotations
@@ -26,16 +28,15 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from mlsmith.forecasting.backtest import backtest
 from mlsmith.forecasting.baselines import BASELINES
-from mlsmith.forecasting.global_trees import GlobalTreeForecaster
 from mlsmith.forecasting.metrics import ForecastCell, evaluate_forecasts
-from mlsmith.forecasting.statistical import STATISTICAL_MODELS, statistical_forecast
-from mlsmith.forecasting.windows import backtest_windows, history_and_truth
+from mlsmith.forecasting.series import SeriesSet
+from mlsmith.forecasting.statistical import STATISTICAL_MODELS
 
 LEVEL = 80.0
 
@@ -64,56 +65,22 @@ def datasets() -> list[Dataset]:
     ]
 
 
-Forecaster = Callable[
-    [np.ndarray, int, int], tuple[np.ndarray, dict[float, tuple[np.ndarray, np.ndarray]]]
-]
+MODELS = (*BASELINES, *STATISTICAL_MODELS, "lightgbm")
 
 
-def forecasters() -> dict[str, Forecaster | None]:
-    def baseline(name: str) -> Forecaster:
-        return lambda history, horizon, season: (BASELINES[name](history, horizon, season), {})
-
-    def statistical(kind: str) -> Forecaster:
-        def forecast(
-            history: np.ndarray, horizon: int, season: int
-        ) -> tuple[np.ndarray, dict[float, tuple[np.ndarray, np.ndarray]]]:
-            result = statistical_forecast(kind, history, horizon, season, levels=[LEVEL])
-            return result.point, result.intervals
-
-        return forecast
-
-    models: dict[str, Forecaster | None] = {name: baseline(name) for name in BASELINES}
-    models |= {kind: statistical(kind) for kind in STATISTICAL_MODELS}
-    models["lightgbm"] = None  # global: fitted per window over every series (global_backtest)
-    return models
-
-
-def global_backtest(data: Dataset, windows: int) -> tuple[list[ForecastCell], float]:
-    """mlsmith's global LightGBM forecaster: one model per window over every series."""
-    cells, started = [], time.perf_counter()
-    for j in range(windows):
-        pieces = []
-        for name, y in data.series.items():
-            window = backtest_windows(len(y), data.horizon, windows)[j]
-            pieces.append((name, *history_and_truth(y, window)))
-        model = GlobalTreeForecaster(data.horizon, data.season_length)
-        model.fit([history for _, history, _ in pieces])
-        for name, history, truth in pieces:
-            cells.append(ForecastCell(name, j, history, truth, model.predict(history)))
-    return cells, time.perf_counter() - started
-
-
-def backtest(
-    data: Dataset, forecast: Forecaster | None, windows: int
-) -> tuple[list[ForecastCell], float]:
-    if forecast is None:
-        return global_backtest(data, windows)
-    cells, started = [], time.perf_counter()
-    for name, y in data.series.items():
-        for window in backtest_windows(len(y), data.horizon, windows):
-            history, truth = history_and_truth(y, window)
-            point, intervals = forecast(history, data.horizon, data.season_length)
-            cells.append(ForecastCell(name, window.index, history, truth, point, intervals))
+def backtest_cells(data: Dataset, model: str, windows: int) -> tuple[list[ForecastCell], float]:
+    """``model``'s forecasts of every window, by mlsmith's own backtest (what a
+    ``data.type: timeseries`` run does): intervals from StatsForecast, or conformal ones from
+    the earlier windows' errors for the others."""
+    series = SeriesSet(
+        ids=list(data.series),
+        times=[np.arange(len(y)) for y in data.series.values()],
+        values=list(data.series.values()),
+        freq=None,
+        season_length=data.season_length,
+    )
+    started = time.perf_counter()
+    cells = backtest(series, model, horizon=data.horizon, windows=windows, levels=[LEVEL])
     return cells, time.perf_counter() - started
 
 
@@ -123,12 +90,12 @@ def main() -> None:
     parser.add_argument("--resamples", type=int, default=1000)
     parser.add_argument("--models", nargs="+", help="only these (default: every one)")
     args = parser.parse_args()
-    models = forecasters()
+    models = list(MODELS)
     if args.models:
         unknown = sorted(set(args.models) - set(models))
         if unknown:
             parser.error(f"unknown models {unknown}; choose from {sorted(models)}")
-        models = {name: models[name] for name in args.models}
+        models = list(args.models)
     print(
         f"\nMASE (95% bootstrap interval over series x windows), last {args.windows} windows; "
         f"{LEVEL:g}% interval coverage where a model gives intervals\n"
@@ -141,15 +108,20 @@ def main() -> None:
     summary = []
     for data in datasets():
         scores = {}
-        for name, forecast in models.items():
-            cells, seconds = backtest(data, forecast, args.windows)
-            levels = [LEVEL] if cells[0].intervals else []
-            report = evaluate_forecasts(
-                cells, data.season_length, levels, n_resamples=args.resamples
-            )
+        for name in models:
+            cells, seconds = backtest_cells(data, name, args.windows)
+            report = evaluate_forecasts(cells, data.season_length, n_resamples=args.resamples)
             mase = report["mase"]["value"]
             low, high = report["mase"]["ci95"]  # type: ignore[misc]
-            coverage = report["coverage"]["value"] if levels else None
+            # Conformal intervals start at the second window (they need earlier errors).
+            covered = [c for c in cells if c.intervals]
+            coverage = (
+                evaluate_forecasts(covered, data.season_length, [LEVEL], n_resamples=0)["coverage"][
+                    "value"
+                ]
+                if covered
+                else None
+            )
             scores[name] = mase
             shown = f"{coverage:.2f}" if coverage is not None else "-"
             interval = f"[{low:.3f}, {high:.3f}]"

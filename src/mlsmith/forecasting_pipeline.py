@@ -126,10 +126,12 @@ def run_forecasting(cfg: Config) -> Run:
         info[CONFORMAL_KEY] = {f"{level:g}": w.tolist() for level, w in widths.items()}
         info.update(status="finished", finished=time.time())
         write_json(run_dir / INFO_FILE, info)
+        reports = _reports(run_dir) if cfg.eval.report else []
         if tracker is not None:
             tracker.log_metrics(_flat(metrics))
             tracker.log_artifacts(
                 [run_dir / f for f in (CONFIG_FILE, METRICS_FILE, BACKTEST_FILE, FORECASTS_FILE)]
+                + reports
             )
             tracker.finish("FINISHED")
     except BaseException as error:
@@ -196,6 +198,17 @@ def forecast_future(
 
 
 # --- helpers ----------------------------------------------------------------------------------
+
+
+def _reports(run_dir: Path) -> list[Path]:
+    """report.html and REPORT.md; a failure is a warning (the run itself is complete)."""
+    from mlsmith.reports import write_reports
+
+    try:
+        return write_reports(run_dir)
+    except Exception as error:  # a report must never cost the user the run
+        log.warning("no report written (%s: %s)", type(error).__name__, error)
+        return []
 
 
 def _backtest(cfg: Config, series: SeriesSet, model: str) -> list[ForecastCell]:

@@ -222,3 +222,19 @@ def test_the_backtest_metrics_reach_mlflow(trained: tuple[Path, mlsmith.Run]) ->
     assert logged.data.metrics["test/mase"] == pytest.approx(
         json.loads((run.path / "metrics.json").read_text())["test"]["mase"]["value"]
     )
+
+
+def test_the_report_shows_the_backtest_the_baselines_and_the_series(
+    trained: tuple[Path, mlsmith.Run],
+) -> None:
+    _, run = trained
+    markdown = (run.path / "REPORT.md").read_text()
+    assert "beats the seasonal naive forecast" in markdown
+    assert "| seasonal_naive |" in markdown and "| ets (model) |" in markdown
+    html = (run.path / "report.html").read_text()
+    for title in ("Error by horizon step", "Series north", "Series south", "Series east"):
+        assert f'alt="{title}"' in html
+    # Rewritten on demand, from the run's files alone.
+    (run.path / "REPORT.md").unlink()
+    written = mlsmith.report(run.path)
+    assert run.path / "REPORT.md" in written

@@ -21,10 +21,13 @@ def write_reports(run_dir: str | Path) -> list[Path]:
     Raises :class:`mlsmith.errors.RunError` when ``run_dir`` is not a run directory.
     """
     from mlsmith.reports.card import render_card
+    from mlsmith.reports.forecast import is_forecasting_run
     from mlsmith.reports.html import render_html
     from mlsmith.reports.markdown import render_report
     from mlsmith.reports.runinfo import HTML_REPORT, MARKDOWN_REPORT, MODEL_CARD, load_record
 
+    if is_forecasting_run(Path(run_dir)):
+        return _write_forecast_reports(Path(run_dir))
     record = load_record(run_dir)
     written = []
     for name, render in (
@@ -36,6 +39,29 @@ def write_reports(run_dir: str | Path) -> list[Path]:
         text = render(record)
         with atomic_path(path) as tmp:
             # UTF-8 whatever the locale: labels and card text may be in any language.
+            tmp.write_text(text, encoding="utf-8")
+        written.append(path)
+    return written
+
+
+def _write_forecast_reports(run_dir: Path) -> list[Path]:
+    """A forecasting run's ``report.html`` and ``REPORT.md`` (see :mod:`.forecast`)."""
+    from mlsmith.reports.forecast import (
+        load_forecast_record,
+        render_forecast_html,
+        render_forecast_markdown,
+    )
+    from mlsmith.reports.runinfo import HTML_REPORT, MARKDOWN_REPORT
+
+    record = load_forecast_record(run_dir)
+    written = []
+    for name, render in (
+        (HTML_REPORT, render_forecast_html),
+        (MARKDOWN_REPORT, render_forecast_markdown),
+    ):
+        path = run_dir / name
+        text = render(record)
+        with atomic_path(path) as tmp:
             tmp.write_text(text, encoding="utf-8")
         written.append(path)
     return written
