@@ -111,6 +111,7 @@ def run_forecasting(cfg: Config) -> Run:
             tags=run_tags(run_dir, fingerprint, environment),
         )
         info["tracking_uri"] = tracker.uri if tracker.active else None
+        write_json(run_dir / INFO_FILE, info)
         started = time.perf_counter()
         cells = _backtest(cfg, series, cfg.model.type)
         info["backtest_seconds"] = round(time.perf_counter() - started, 3)
@@ -137,6 +138,9 @@ def run_forecasting(cfg: Config) -> Run:
     except BaseException as error:
         interrupted = interrupts.interruption(error) is not None
         info["status"] = "interrupted" if interrupted else "failed"
+        if tracker is not None and tracker.run_id and not info.get("mlflow_run_id"):
+            # Stopped between the MLflow run's creation and its id being recorded.
+            info["mlflow_run_id"] = tracker.run_id
         if isinstance(error, MlsmithError):
             info["error"] = str(error)
         write_json(run_dir / INFO_FILE, info)

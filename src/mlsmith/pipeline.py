@@ -738,6 +738,9 @@ def _record_stop(
     """Write down why a run stopped before finishing: run.json, MLflow status, reports."""
     interrupted = interrupts.interruption(error) is not None
     info["status"] = "interrupted" if interrupted else "failed"
+    if tracker is not None and tracker.run_id and not info.get("mlflow_run_id"):
+        # Stopped between the MLflow run's creation and its id being recorded.
+        info["mlflow_run_id"] = tracker.run_id
     if isinstance(error, MlsmithError):
         info["error"] = str(error)
     write_json(run_dir / INFO_FILE, info)

@@ -205,10 +205,32 @@ def test_verbs_without_a_forecasting_path_say_so(
     tmp_path, run = trained
     result = cli("evaluate", run.path)
     assert result.code == 2 and "no training rows to prepare" in result.stderr
-    config = forecast_config(tmp_path)
+    result = cli("export", run.path)
+    assert result.code == 2 and "is a forecaster: it has no trained model" in result.stderr
+    config = forecast_config(tmp_path, windows=1)
     config["tune"] = {"space": {"seed": {"type": "int", "low": 0, "high": 3}}}
     result = cli("tune", write(tmp_path, config))
-    assert result.code == 2 and "not tuned yet" in result.stderr
+    assert result.code == 2 and "set data.windows to 2 or more" in result.stderr
+
+
+def test_tune_chooses_among_forecasters_on_the_validation_windows(tmp_path: Path) -> None:
+    config = forecast_config(tmp_path)
+    config["tune"] = {
+        "trials": 3,
+        "metric": "val/mase",
+        "space": {"model.type": {"type": "categorical", "choices": ["ets", "theta", "lightgbm"]}},
+    }
+    result = mlsmith.tune(config)
+    assert result.direction == "minimize"
+    assert result.best_value is not None and 0.0 < result.best_value < 2.0
+    assert result.best_config is not None
+    best = yaml.safe_load(result.best_config.read_text())
+    assert best["model"]["type"] in ("ets", "theta", "lightgbm") and best.get("tune") is None
+    # Each trial's value is its run's validation MASE.
+    for trial in result.trials:
+        if trial.state == "COMPLETE":
+            metrics = json.loads((Path(trial.run_dir) / "metrics.json").read_text())
+            assert trial.value == pytest.approx(metrics["val"]["mase"]["value"])
 
 
 def test_the_backtest_metrics_reach_mlflow(trained: tuple[Path, mlsmith.Run]) -> None:

@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pandas as pd
@@ -217,6 +218,64 @@ def test_an_error_without_a_signal_is_still_a_crash(tmp_path: Path) -> None:
     )
     assert done.returncode == 1
     assert "RuntimeError: a bug" in done.stderr
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_a_signal_mid_backtest_stops_a_forecasting_run_cleanly(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """A forecasting run stopped while StatsForecast fits: exit 130/143 without a traceback,
+    run.json interrupted, the MLflow run KILLED, no temporary file left."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    frames = []
+    for i in range(20):
+        t = np.arange(120)
+        y = 50 + i + 0.3 * t + 8 * np.sin(2 * np.pi * t / 12) + rng.normal(0, 2, 120)
+        months = pd.date_range("2010-01-01", periods=120, freq="MS").strftime("%Y-%m-%d")
+        frames.append(pd.DataFrame({"id": f"s{i}", "month": months, "y": y}))
+    pd.concat(frames).to_csv(tmp_path / "series.csv", index=False)
+    config = tmp_path / "forecast.yaml"
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "experiment": "t",
+                "output_dir": str(tmp_path / "runs"),
+                "data": {
+                    "type": "timeseries",
+                    "path": str(tmp_path / "series.csv"),
+                    "target": "y",
+                    "time_column": "month",
+                    "id_column": "id",
+                    "horizon": 12,
+                },
+                "model": {"type": "arima"},
+            }
+        )
+    )
+    process = _start("train", config)
+    try:
+        wait_for(
+            lambda: any(
+                "mlflow_run_id" in (d / "run.json").read_text()
+                for d in _run_dirs(tmp_path)
+                if (d / "run.json").is_file()
+            ),
+            90,
+            "the tracked run",
+        )
+        time.sleep(0.5)  # inside the backtest
+    finally:
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == EXIT[signum], stderr[-3000:]
+    assert "Traceback" not in stderr
+    [run_dir] = _run_dirs(tmp_path)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "interrupted", info
+    assert _mlflow_status(tmp_path, info["mlflow_run_id"])[0] == "KILLED"
+    assert not temporaries(tmp_path)
 
 
 # --- prediction ---------------------------------------------------------------------------------

@@ -58,3 +58,16 @@ def test_list_choices_round_trip(tmp_path: Path) -> None:
         seen.append(value)
     assert [8] in seen and [16, 8] in seen
     assert apply_params(cfg, {"model.hidden": [16, 8]}).model.hidden == [16, 8]  # type: ignore[union-attr]
+
+
+def test_a_trial_that_switches_the_model_type_drops_the_old_family_s_settings() -> None:
+    from mlsmith.config import load_config
+    from mlsmith.tuning.space import apply_params
+
+    cfg = load_config(
+        {"data": {"path": "sklearn:iris", "target": "target"}, "model": {"type": "lightgbm"}}
+    )
+    switched = apply_params(cfg, {"model.type": "xgboost", "model.max_depth": 3})
+    assert switched.model.type == "xgboost" and switched.model.max_depth == 3
+    same = apply_params(cfg, {"model.type": "lightgbm", "model.num_leaves": 7})
+    assert same.model.num_leaves == 7 and same.model.n_estimators == cfg.model.n_estimators

@@ -15,7 +15,7 @@ import math
 from collections.abc import Callable, Iterable
 from typing import Any, Protocol, runtime_checkable
 
-LOWER_IS_BETTER = ("loss", "error", "mse", "rmse", "mae", "mape")
+LOWER_IS_BETTER = ("loss", "error", "mse", "rmse", "mae", "mape", "mase", "smape", "wql")
 HOOKS = ("on_fit_start", "on_train_step_end", "on_epoch_end", "on_fit_end", "on_exception")
 
 

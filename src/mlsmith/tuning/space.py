@@ -90,6 +90,9 @@ def apply_params(
 ) -> Config:
     """``cfg`` with dotted keys set to values (validated: an invalid mix is a ConfigError)."""
     raw = cfg.to_dict()
+    if params.get("model.type", raw["model"]["type"]) != raw["model"]["type"]:
+        # Another family: the base config's model settings are the old family's keys.
+        raw["model"] = {}
     for key, value in {**params, **(extra or {})}.items():
         node = raw
         *sections, leaf = key.split(".")

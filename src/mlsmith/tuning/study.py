@@ -76,11 +76,10 @@ def run_study(
     import optuna
 
     tune = tune_section(cfg)
-    if cfg.data.type == "timeseries":
+    if cfg.data.type == "timeseries" and getattr(cfg.data, "windows", 1) < 2:
         raise ConfigError(
-            "mlsmith tune: forecasting configs are not tuned yet; compare model.type ets, "
-            "arima, theta and lightgbm with `mlsmith train` (each run's metrics.json scores "
-            "the same backtest windows)"
+            "mlsmith tune: a forecast is tuned on its validation windows, and data.windows is "
+            "1 (the test window only); set data.windows to 2 or more"
         )
     if trials is not None:
         if trials < 1:

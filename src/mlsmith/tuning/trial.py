@@ -116,7 +116,16 @@ def run_trial(
         study.tell(trial, state=TrialState.FAIL)
         return "FAIL"
     trial.set_user_attr("run_dir", str(run.path))
-    if by_cv:
+    if cfg.data.type == "timeseries":
+        # A backtest has no epochs: its validation windows' metric is the trial's value.
+        try:
+            value = forecast_objective(run.metrics, tune.metric)
+        except ConfigError as error:
+            trial.set_user_attr(ERROR_ATTR, str(error))
+            study.tell(trial, state=TrialState.FAIL)
+            raise
+        callback.values = [value] if math.isfinite(value) else []
+    elif by_cv:
         try:
             value = cv_objective(run.metrics, tune.metric, run.model.task.kind)
         except ConfigError as error:
@@ -146,6 +155,20 @@ def run_trial(
     study.tell(trial, callback.best)
     log.info("trial %d: %s = %.6g, params %s", trial.number, tune.metric, callback.best, params)
     return "COMPLETE"
+
+
+def forecast_objective(metrics: dict[str, Any], metric: str) -> float:
+    """``tune.metric`` (``val/mase``, ``val/wql``...) of a forecasting run's validation
+    windows, from metrics.json; NaN when undefined."""
+    name = metric.split("/", 1)[1] if metric.startswith("val/") else metric
+    held = metrics.get("val") or {}
+    if name not in held:
+        raise ConfigError(
+            f"tune.metric: '{metric}' is not a forecast's validation metric"
+            f"{did_you_mean(name, list(held))}; available: " + ", ".join(f"val/{k}" for k in held)
+        )
+    value = held[name].get("value")
+    return float(value) if value is not None else math.nan
 
 
 def cv_objective(metrics: dict[str, Any], metric: str, kind: str) -> float:
