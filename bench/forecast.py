@@ -20,7 +20,7 @@ a 95% bootstrap interval over them) and the 80% intervals' coverage: StatsForeca
 intervals, or for the others the conformal intervals from the earlier windows' errors (so their
 coverage is over every window but the first). ``lightgbm`` is the global gradient-boosted
 forecaster (``model.type: lightgbm``: one model per window over every series' history up to
-it); ``mlp`` is still to come.
+it); ``mlp`` the global windowed MLP trained by the Trainer (``model.type: mlp``).
 """
 
 from __future__ import annotations
@@ -32,11 +32,14 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from mlsmith.config import load_config
 from mlsmith.forecasting.backtest import backtest
 from mlsmith.forecasting.baselines import BASELINES
 from mlsmith.forecasting.metrics import ForecastCell, evaluate_forecasts
+from mlsmith.forecasting.models import forecaster_for
 from mlsmith.forecasting.series import SeriesSet
 from mlsmith.forecasting.statistical import STATISTICAL_MODELS
+from mlsmith.forecasting_pipeline import forecaster
 
 LEVEL = 80.0
 
@@ -65,7 +68,7 @@ def datasets() -> list[Dataset]:
     ]
 
 
-MODELS = (*BASELINES, *STATISTICAL_MODELS, "lightgbm")
+MODELS = (*BASELINES, *STATISTICAL_MODELS, "lightgbm", "mlp")
 
 
 def backtest_cells(data: Dataset, model: str, windows: int) -> tuple[list[ForecastCell], float]:
@@ -79,8 +82,32 @@ def backtest_cells(data: Dataset, model: str, windows: int) -> tuple[list[Foreca
         freq=None,
         season_length=data.season_length,
     )
+    if model == "mlp":  # trained by the Trainer: it needs a config (its defaults)
+        config = load_config(
+            {
+                "data": {
+                    "type": "timeseries",
+                    "path": "unused.csv",
+                    "target": "y",
+                    "time_column": "t",
+                    "horizon": data.horizon,
+                },
+                "model": {"type": "mlp"},
+                "seed": 0,
+            }
+        )
+        forecast, own_intervals = forecaster(config, "mlp", data.season_length)
+    else:
+        forecast, own_intervals = forecaster_for(model, data.season_length)
     started = time.perf_counter()
-    cells = backtest(series, model, horizon=data.horizon, windows=windows, levels=[LEVEL])
+    cells = backtest(
+        series,
+        forecast,
+        horizon=data.horizon,
+        windows=windows,
+        levels=[LEVEL],
+        own_intervals=own_intervals,
+    )
     return cells, time.perf_counter() - started
 
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,12 +45,14 @@ from mlsmith.run import (
 )
 
 if TYPE_CHECKING:
-    from pathlib import Path
+    from collections.abc import Sequence
 
     import pandas as pd
 
     from mlsmith.forecasting.metrics import ForecastCell
+    from mlsmith.forecasting.models import ForecastFn
     from mlsmith.forecasting.series import SeriesSet
+    from mlsmith.forecasting.statistical import SeriesForecast
 
 log = logging.getLogger(__name__)
 
@@ -159,21 +162,13 @@ def forecast_future(
 
     from mlsmith.data.timeseries import load_series, series_config
     from mlsmith.forecasting.backtest import conformal_intervals
-    from mlsmith.forecasting.models import forecast_series
 
     cfg = run.config
     data = series_config(cfg)
     steps = horizon or data.horizon
     series, _ = load_series(cfg, history)
-    forecasts = forecast_series(
-        cfg.model.type,
-        series.values,
-        steps,
-        series.season_length,
-        data.levels,
-        settings=_settings(cfg),
-        seed=cfg.seed,
-    )
+    run_forecaster, _ = forecaster(cfg, cfg.model.type, series.season_length)
+    forecasts = run_forecaster(series.values, steps, data.levels)
     recorded = run.info.get(CONFORMAL_KEY) or {}
     widths = {float(level): np.asarray(w) for level, w in recorded.items()}
     if steps > data.horizon:
@@ -220,16 +215,41 @@ def _backtest(cfg: Config, series: SeriesSet, model: str) -> list[ForecastCell]:
     from mlsmith.forecasting.backtest import backtest
 
     data = series_config(cfg)
+    forecast, own_intervals = forecaster(cfg, model, series.season_length)
     return backtest(
         series,
-        model,
+        forecast,
         horizon=data.horizon,
         windows=data.windows,
         step=data.step,
         levels=data.levels,
-        settings=_settings(cfg) if model == cfg.model.type else None,
-        seed=cfg.seed,
+        own_intervals=own_intervals,
     )
+
+
+def forecaster(cfg: Config, model: str, season_length: int) -> tuple[ForecastFn, bool]:
+    """``model`` (the config's ``model.type`` or a baseline's name) ready to forecast; the
+    network trains through the Trainer, in a scratch folder for its checkpoints."""
+    from mlsmith.forecasting.models import forecaster_for
+
+    if model != "mlp":
+        settings = _settings(cfg) if model == cfg.model.type else None
+        return forecaster_for(model, season_length, settings=settings, seed=cfg.seed)
+
+    def forecast(
+        histories: Sequence[np.ndarray], horizon: int, levels: Sequence[float]
+    ) -> list[SeriesForecast]:
+        import tempfile
+
+        from mlsmith.forecasting.statistical import SeriesForecast
+        from mlsmith.models.forecast_mlp import GlobalMLPForecaster
+
+        with tempfile.TemporaryDirectory(prefix="mlsmith-forecast-") as scratch:
+            network = GlobalMLPForecaster(cfg, horizon, season_length, Path(scratch))
+            network.fit(histories)
+        return [SeriesForecast(network.predict(y)) for y in histories]
+
+    return forecast, False
 
 
 def _settings(cfg: Config) -> dict[str, float]:

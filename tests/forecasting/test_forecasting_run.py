@@ -260,3 +260,18 @@ def test_the_report_shows_the_backtest_the_baselines_and_the_series(
     (run.path / "REPORT.md").unlink()
     written = mlsmith.report(run.path)
     assert run.path / "REPORT.md" in written
+
+
+def test_a_global_network_forecasts_through_the_trainer(tmp_path: Path) -> None:
+    config = forecast_config(tmp_path)
+    config["model"] = {"type": "mlp", "hidden": [32], "dropout": 0.0}
+    config["train"] = {"epochs": 30, "batch_size": 32}
+    run = mlsmith.train(config)
+    metrics = json.loads((run.path / "metrics.json").read_text())
+    naive = metrics["baselines"]["seasonal_naive"]["test"]["mase"]["value"]
+    assert metrics["test"]["mase"]["value"] < naive
+    assert "coverage_80" in metrics["test"]  # conformal, from the validation window
+    assert not list(run.path.rglob("*.pt"))  # the per-window checkpoints were scratch
+    future = mlsmith.api.forecast(run, 2)
+    assert isinstance(future, pd.DataFrame) and len(future) == 6
+    assert np.isfinite(future["forecast"]).all()

@@ -73,7 +73,10 @@ class DataKind:
 # model.type -> family. Error messages list the families in this order.
 FAMILIES: dict[str, ModelFamily] = {
     "mlp": ModelFamily(
-        MLPConfig, data=("tabular",), implementation="mlsmith.models.mlp:MLPModel", epochs=50
+        MLPConfig,
+        data=("tabular", "timeseries"),
+        implementation="mlsmith.models.mlp:MLPModel",
+        epochs=50,
     ),
     "cnn": ModelFamily(CNNConfig, data=("image",), implementation="mlsmith.models.cnn:CNNModel"),
     "torchvision": ModelFamily(

@@ -16,42 +16,33 @@ from collections.abc import Sequence
 import numpy as np
 
 from mlsmith.forecasting.metrics import ForecastCell, mase_scale
-from mlsmith.forecasting.models import forecast_series, gives_intervals
+from mlsmith.forecasting.models import ForecastFn
 from mlsmith.forecasting.series import SeriesSet
 from mlsmith.forecasting.windows import backtest_windows, history_and_truth
 
 
 def backtest(
     series: SeriesSet,
-    model: str,
+    forecaster: ForecastFn,
     *,
     horizon: int,
     windows: int,
     step: int | None = None,
     levels: Sequence[float] = (),
-    settings: dict[str, float] | None = None,
-    seed: int = 0,
+    own_intervals: bool = False,
 ) -> list[ForecastCell]:
-    """Every series' forecast of every window, oldest window first."""
+    """Every series' forecast of every window, oldest window first, by ``forecaster`` (see
+    :func:`mlsmith.forecasting.models.forecaster_for`); ``own_intervals``: its forecasts come
+    with intervals (else conformal ones are added)."""
     plans = [backtest_windows(len(y), horizon, windows, step) for y in series.values]
     cells: list[ForecastCell] = []
     for j in range(windows):
         pieces = [
             history_and_truth(y, plan[j]) for y, plan in zip(series.values, plans, strict=True)
         ]
-        forecasts = forecast_series(
-            model,
-            [history for history, _ in pieces],
-            horizon,
-            series.season_length,
-            levels,
-            settings=settings,
-            seed=seed,
-        )
+        forecasts = forecaster([history for history, _ in pieces], horizon, levels)
         widths = (
-            {}
-            if gives_intervals(model)
-            else conformal_widths(cells, levels, horizon, series.season_length)
+            {} if own_intervals else conformal_widths(cells, levels, horizon, series.season_length)
         )
         for name, (history, truth), forecast in zip(series.ids, pieces, forecasts, strict=True):
             intervals = forecast.intervals or conformal_intervals(

@@ -10,7 +10,7 @@ fits it on that window's histories, ``mlsmith predict`` on the whole history giv
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import ClassVar
 
 import numpy as np
@@ -97,3 +97,23 @@ def forecast_series(
 def gives_intervals(model: str) -> bool:
     """Whether ``model``'s forecasts come with their own prediction intervals."""
     return model in STATISTICAL_MODELS
+
+
+# A forecaster ready to run: histories, horizon and levels in, one forecast per history out.
+ForecastFn = Callable[[Sequence[np.ndarray], int, Sequence[float]], list[SeriesForecast]]
+
+
+def forecaster_for(
+    model: str, season_length: int, *, settings: dict[str, float] | None = None, seed: int = 0
+) -> tuple[ForecastFn, bool]:
+    """``model``'s :data:`ForecastFn` (see :func:`forecast_series`), and whether its forecasts
+    come with intervals of their own."""
+
+    def forecast(
+        histories: Sequence[np.ndarray], horizon: int, levels: Sequence[float]
+    ) -> list[SeriesForecast]:
+        return forecast_series(
+            model, histories, horizon, season_length, levels, settings=settings, seed=seed
+        )
+
+    return forecast, gives_intervals(model)

@@ -1,0 +1,138 @@
+"""``model.type: mlp`` on time series: one windowed MLP over every series, trained by the Trainer.
+
+The same inputs and targets as the global tree model (:mod:`mlsmith.forecasting.global_trees`):
+for each origin of each series, the last ``lags`` values as changes from the value at the
+origin, divided by the series' scale, plus rolling means of them and the position in the
+season (as its sine and cosine); the network outputs all ``horizon`` scaled changes at once
+(the direct multi-output strategy), so one forward pass forecasts every step. The network is
+the tabular MLP (``model.hidden``, ``dropout``, ``activation``, ``norm``) with ``horizon``
+outputs, trained by the same Trainer as every other network with the ``train:`` section: the
+last ``horizon`` origins of every series validate (early stopping, best weights).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from mlsmith.config import Config, MLPConfig
+
+if TYPE_CHECKING:
+    import torch
+
+
+class SeriesObjective:
+    """The Trainer's view of a multi-step forecast: the mean absolute error of the scaled
+    changes over every step (robust to a series' occasional jump), and that MAE as a metric."""
+
+    metric_names = ("mae",)
+
+    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        return (output.float() - target).abs().mean()
+
+    def decode(self, raw: np.ndarray) -> np.ndarray:
+        return raw
+
+    def truth(self, encoded: np.ndarray) -> np.ndarray:
+        return encoded
+
+    def metrics(self, truth: np.ndarray, decoded: np.ndarray) -> dict[str, float]:
+        return {"mae": float(np.mean(np.abs(truth - decoded)))}
+
+
+class GlobalMLPForecaster:
+    """Fit once on many histories, then forecast each series' next ``horizon`` values."""
+
+    def __init__(self, config: Config, horizon: int, season_length: int, work_dir: Path) -> None:
+        if not isinstance(config.model, MLPConfig):
+            raise TypeError(f"the MLP forecaster got a model section of type {config.model.type}")
+        self.config = config
+        self.horizon = horizon
+        self.season_length = max(season_length, 1)
+        self.lags = max(2 * self.season_length, horizon, 8)
+        self.work_dir = work_dir
+        self.network: torch.nn.Module | None = None
+
+    def fit(self, histories: Sequence[np.ndarray]) -> GlobalMLPForecaster:
+        """Train on every origin with a full horizon after it; the last ``horizon`` origins of
+        each series validate."""
+        from mlsmith.data.batches import BatchOptions, TensorBatches
+        from mlsmith.models.mlp import TabularMLP
+        from mlsmith.training.reproducibility import seed_everything
+        from mlsmith.training.trainer import Trainer
+
+        train_x: list[np.ndarray] = []
+        train_y: list[np.ndarray] = []
+        val_x: list[np.ndarray] = []
+        val_y: list[np.ndarray] = []
+        for history in histories:
+            y = np.asarray(history, dtype=np.float64)
+            scale = _scale(y)
+            origins = range(self.lags, len(y) - self.horizon + 1)
+            held = set(list(origins)[-self.horizon :])
+            for origin in origins:
+                row = self._features(y[:origin], scale)
+                target = (y[origin : origin + self.horizon] - y[origin - 1]) / scale
+                (val_x if origin in held else train_x).append(row)
+                (val_y if origin in held else train_y).append(target)
+        if not train_x or not val_x:
+            raise ValueError(
+                f"the MLP forecaster needs series longer than {self.lags + 2 * self.horizon} "
+                "values (lags, then a horizon to learn from and one to validate on)"
+            )
+        seed_everything(self.config.seed)
+        assert isinstance(self.config.model, MLPConfig)
+        network = TabularMLP(len(train_x[0]), [], self.horizon, self.config.model)
+        # One fit per backtest window: the loop's overfitting warnings would repeat for each;
+        # early stopping on the held-out origins already keeps the best epoch.
+        cfg = self.config.train.model_copy(update={"preflight": False, "overfit_patience": 0})
+
+        def batches(
+            x: list[np.ndarray], y: list[np.ndarray], options: BatchOptions
+        ) -> TensorBatches:
+            inputs: dict[str, np.ndarray] = {
+                "numeric": np.asarray(x, dtype=np.float32),
+                "categorical": np.zeros((len(x), 0), dtype=np.int64),
+            }
+            return TensorBatches(inputs, np.asarray(y, dtype=np.float32), options)
+
+        trainer = Trainer(cfg, checkpoint_dir=self.work_dir)
+        trainer.fit(
+            network,
+            batches(train_x, train_y, BatchOptions.training(cfg, self.config.seed)),
+            batches(val_x, val_y, BatchOptions.evaluation(cfg)),
+            SeriesObjective(),
+        )
+        self.network = network.to("cpu").eval()
+        return self
+
+    def predict(self, history: np.ndarray) -> np.ndarray:
+        """The next ``horizon`` values after ``history``."""
+        import torch
+
+        if self.network is None:
+            raise RuntimeError("fit the forecaster first")
+        y = np.asarray(history, dtype=np.float64)
+        scale = _scale(y)
+        row = torch.from_numpy(self._features(y, scale).astype(np.float32))[None, :]
+        with torch.inference_mode():
+            out = self.network(numeric=row, categorical=torch.zeros((1, 0), dtype=torch.int64))
+        return y[-1] + scale * out[0].double().numpy()
+
+    def _features(self, y: np.ndarray, scale: float) -> np.ndarray:
+        lags = self.lags
+        window = y[-lags:] if len(y) >= lags else np.concatenate([np.full(lags - len(y), y[0]), y])
+        changes = (window - y[-1]) / scale
+        means = [changes[-k:].mean() for k in (2, 4, self.season_length, lags) if k <= lags]
+        phase = 2 * math.pi * (len(y) % self.season_length) / self.season_length
+        return np.concatenate([changes, means, [math.sin(phase), math.cos(phase)]])
+
+
+def _scale(y: np.ndarray) -> float:
+    """The mean absolute one-step change (1 for a constant series)."""
+    scale = float(np.mean(np.abs(np.diff(y)))) if len(y) > 1 else 0.0
+    return scale if scale > 0 else 1.0
