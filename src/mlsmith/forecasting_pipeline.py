@@ -29,9 +29,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlsmith import interrupts
 from mlsmith.config import Config
-from mlsmith.errors import DataError, MlsmithError
+from mlsmith.errors import DataError
 from mlsmith.files import write_json, write_text
 from mlsmith.run import (
     BASELINES_KEY,
@@ -42,6 +41,7 @@ from mlsmith.run import (
     capture_environment,
     check_output_dir,
     new_run_dir,
+    record_stopped,
 )
 
 if TYPE_CHECKING:
@@ -139,14 +139,7 @@ def run_forecasting(cfg: Config) -> Run:
             )
             tracker.finish("FINISHED")
     except BaseException as error:
-        interrupted = interrupts.interruption(error) is not None
-        info["status"] = "interrupted" if interrupted else "failed"
-        if tracker is not None and tracker.run_id and not info.get("mlflow_run_id"):
-            # Stopped between the MLflow run's creation and its id being recorded.
-            info["mlflow_run_id"] = tracker.run_id
-        if isinstance(error, MlsmithError):
-            info["error"] = str(error)
-        write_json(run_dir / INFO_FILE, info)
+        interrupted = record_stopped(run_dir, info, error, tracker.run_id if tracker else None)
         if tracker is not None:
             tracker.finish("KILLED" if interrupted else "FAILED")
         raise

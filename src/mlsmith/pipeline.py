@@ -39,6 +39,7 @@ from mlsmith.run import (
     check_output_dir,
     code_version,
     new_run_dir,
+    record_stopped,
 )
 from mlsmith.training.history import HISTORY_FILE, STEPS_FILE
 
@@ -736,14 +737,7 @@ def _record_stop(
     cfg: Config, run_dir: Path, info: dict[str, Any], tracker: Tracker | None, error: BaseException
 ) -> None:
     """Write down why a run stopped before finishing: run.json, MLflow status, reports."""
-    interrupted = interrupts.interruption(error) is not None
-    info["status"] = "interrupted" if interrupted else "failed"
-    if tracker is not None and tracker.run_id and not info.get("mlflow_run_id"):
-        # Stopped between the MLflow run's creation and its id being recorded.
-        info["mlflow_run_id"] = tracker.run_id
-    if isinstance(error, MlsmithError):
-        info["error"] = str(error)
-    write_json(run_dir / INFO_FILE, info)
+    interrupted = record_stopped(run_dir, info, error, tracker.run_id if tracker else None)
     if tracker is not None:
         if isinstance(error, MlsmithError) and cfg.eval.report:
             # A diverged run is exactly when a person wants the curves and the diagnosis.

@@ -195,6 +195,29 @@ def record_sections(run_dir: Path, sections: dict[str, Any]) -> None:
     write_json(file, {**content, **sections})
 
 
+def record_stopped(
+    run_dir: Path, info: dict[str, Any], error: BaseException, mlflow_run_id: str | None
+) -> bool:
+    """Write ``run.json`` of a run that stopped before finishing: ``interrupted`` when a signal
+    stopped it (whatever a library made of the signal on its way up), else ``failed``, with a
+    user error's message. True when interrupted.
+
+    ``mlflow_run_id``: the tracker's run, recorded if the stop came between its creation and
+    the id being written down.
+    """
+    from mlsmith import interrupts
+    from mlsmith.errors import MlsmithError
+
+    interrupted = interrupts.interruption(error) is not None
+    info["status"] = "interrupted" if interrupted else "failed"
+    if mlflow_run_id and not info.get("mlflow_run_id"):
+        info["mlflow_run_id"] = mlflow_run_id
+    if isinstance(error, MlsmithError):
+        info["error"] = str(error)
+    write_json(run_dir / INFO_FILE, info)
+    return interrupted
+
+
 def split_metrics(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """``metrics.json`` without its sections: split -> metric -> {"value", "ci95"}."""
     return {k: v for k, v in metrics.items() if k not in SECTION_KEYS}

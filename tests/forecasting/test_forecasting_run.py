@@ -166,7 +166,7 @@ def test_one_series_without_an_id_is_forecast_without_an_id_column(tmp_path: Pat
         ({"data": {"split": {"val": 0.2}}}, "remove data.split"),
         ({"data": {"test_path": "t.csv"}}, "remove data.test_path"),
         ({"eval": {"cv": {"folds": 3}}}, "not folds"),
-        ({"model": {"type": "mlp"}}, "does not work with data.type 'timeseries'"),
+        ({"model": {"type": "xgboost"}}, "does not work with data.type 'timeseries'"),
         ({"data": {"levels": [80, 100]}}, "between 0 and 100"),
         ({"data": {"horizon": 0}}, "greater than or equal to 1"),
         ({"train": {"distributed": {"nproc": 2}}}, "one process"),
