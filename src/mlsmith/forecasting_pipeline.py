@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlsmith import interrupts
 from mlsmith.config import Config
 from mlsmith.errors import DataError
 from mlsmith.files import write_json, write_text
@@ -130,19 +131,32 @@ def run_forecasting(cfg: Config) -> Run:
         info[CONFORMAL_KEY] = {f"{level:g}": w.tolist() for level, w in widths.items()}
         info.update(status="finished", finished=time.time())
         write_json(run_dir / INFO_FILE, info)
-        reports = _reports(run_dir) if cfg.eval.report else []
-        if tracker is not None:
-            tracker.log_metrics(_flat(metrics))
-            tracker.log_artifacts(
-                [run_dir / f for f in (CONFIG_FILE, METRICS_FILE, BACKTEST_FILE, FORECASTS_FILE)]
-                + reports
-            )
-            tracker.finish("FINISHED")
     except BaseException as error:
         interrupted = record_stopped(run_dir, info, error, tracker.run_id if tracker else None)
         if tracker is not None:
             tracker.finish("KILLED" if interrupted else "FAILED")
         raise
+    # The forecasts and metrics are complete and recorded: a stop from here on leaves a
+    # finished run without its reports or MLflow artifacts, never an unfinished one.
+    try:
+        reports = _reports(run_dir) if cfg.eval.report else []
+        tracker.log_metrics(_flat(metrics))
+        tracker.log_artifacts(
+            [run_dir / f for f in (CONFIG_FILE, METRICS_FILE, BACKTEST_FILE, FORECASTS_FILE)]
+            + reports
+        )
+    except BaseException as error:
+        if interrupts.interruption(error) is None:
+            raise
+        tracker.finish("KILLED")
+        log.warning(
+            "stopped while tracking and writing reports; the run in %s is complete; "
+            "`mlsmith report %s` writes its reports",
+            run_dir,
+            run_dir,
+        )
+        raise
+    tracker.finish("FINISHED")
     return Run(run_dir)
 
 
