@@ -275,3 +275,15 @@ def test_a_global_network_forecasts_through_the_trainer(tmp_path: Path) -> None:
     future = mlsmith.api.forecast(run, 2)
     assert isinstance(future, pd.DataFrame) and len(future) == 6
     assert np.isfinite(future["forecast"]).all()
+
+
+def test_columns_a_forecast_does_not_read_are_named(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from mlsmith.data.timeseries import load_series
+
+    sales().assign(price=1.0, promo=0).to_csv(tmp_path / "sales.csv", index=False)
+    with caplog.at_level("WARNING"):
+        series, _ = load_series(Config.model_validate(forecast_config(tmp_path)))
+    assert len(series) == 3
+    assert "columns price, promo are not used" in caplog.text

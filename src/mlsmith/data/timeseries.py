@@ -8,6 +8,7 @@ the supervised kinds, say so for the verbs that need rows.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -18,6 +19,8 @@ from mlsmith.forecasting.series import SeriesSet, read_series
 
 if TYPE_CHECKING:
     import pandas as pd
+
+log = logging.getLogger(__name__)
 
 
 def series_config(config: Config) -> TimeSeriesDataConfig:
@@ -41,6 +44,15 @@ def load_series(config: Config, path: str | None = None) -> tuple[SeriesSet, str
     """The series of ``data.path`` (or ``path``) and the table's fingerprint."""
     data = series_config(config)
     frame = read_frame(config, path)
+    used = {data.time_column, data.target, data.id_column}
+    unused = [str(c) for c in frame.columns if c not in used]
+    if unused:
+        # Covariates (prices, calendars) are not read yet: say so rather than ignore them.
+        log.warning(
+            "%s: columns %s are not used: forecasts read only the time, target and id columns",
+            path or data.path,
+            ", ".join(unused[:10]),
+        )
     series = read_series(
         frame,
         time_column=data.time_column,
