@@ -52,7 +52,7 @@ if TYPE_CHECKING:
 
     from mlsmith.forecasting.metrics import ForecastCell
     from mlsmith.forecasting.models import ForecastFn
-    from mlsmith.forecasting.series import SeriesSet
+    from mlsmith.forecasting.series import Covariates, SeriesSet
     from mlsmith.forecasting.statistical import SeriesForecast
 
 log = logging.getLogger(__name__)
@@ -173,9 +173,9 @@ def forecast_future(
     cfg = run.config
     data = series_config(cfg)
     steps = horizon or data.horizon
-    series, _ = load_series(cfg, history)
+    series, _ = load_series(cfg, history, future=True)
     run_forecaster, _ = forecaster(cfg, cfg.model.type, series.season_length)
-    forecasts = run_forecaster(series.values, steps, data.levels)
+    forecasts = run_forecaster(series.values, steps, data.levels, _future_covariates(series, steps))
     recorded = run.info.get(CONFORMAL_KEY) or {}
     widths = {float(level): np.asarray(w) for level, w in recorded.items()}
     if steps > data.horizon:
@@ -244,7 +244,10 @@ def forecaster(cfg: Config, model: str, season_length: int) -> tuple[ForecastFn,
         return forecaster_for(model, season_length, settings=settings, seed=cfg.seed)
 
     def forecast(
-        histories: Sequence[np.ndarray], horizon: int, levels: Sequence[float]
+        histories: Sequence[np.ndarray],
+        horizon: int,
+        levels: Sequence[float],
+        covariates: Sequence[Covariates] | None = None,
     ) -> list[SeriesForecast]:
         import tempfile
 
@@ -253,8 +256,11 @@ def forecaster(cfg: Config, model: str, season_length: int) -> tuple[ForecastFn,
 
         with tempfile.TemporaryDirectory(prefix="mlsmith-forecast-") as scratch:
             network = GlobalMLPForecaster(cfg, horizon, season_length, Path(scratch))
-            network.fit(histories)
-        return [SeriesForecast(network.predict(y)) for y in histories]
+            network.fit(histories, covariates)
+        return [
+            SeriesForecast(network.predict(y, covariates[i] if covariates else None))
+            for i, y in enumerate(histories)
+        ]
 
     return forecast, False
 
@@ -327,6 +333,27 @@ def _forecast_rows(series: SeriesSet, cells: list[ForecastCell], levels: list[fl
                 columns[f"lo_{level:g}"], columns[f"hi_{level:g}"] = cell.intervals[level]
         frames.append(pd.DataFrame(columns))
     return pd.concat(frames, ignore_index=True).to_csv(index=False)
+
+
+def _future_covariates(series: SeriesSet, steps: int) -> list[Covariates] | None:
+    """Each series' covariates for a forecast of ``steps`` periods after its history: the
+    known ones of those periods come from the rows after its last value."""
+    from mlsmith.forecasting.series import Covariates
+
+    if series.known is None or series.past is None or series.future_known is None:
+        return None
+    covariates = []
+    for name, known, past, future in zip(
+        series.ids, series.known, series.past, series.future_known, strict=True
+    ):
+        if known.shape[1] and len(future) < steps:
+            raise DataError(
+                f"series '{name}': forecasting {steps} periods reads the known covariates of "
+                f"those periods, and the history brings {len(future)}; add the rows of the "
+                "periods to forecast, with the covariates and an empty target"
+            )
+        covariates.append(Covariates(np.concatenate([known, future[:steps]]), past))
+    return covariates
 
 
 def _future_times(times: np.ndarray, steps: int, freq: str | None) -> np.ndarray:

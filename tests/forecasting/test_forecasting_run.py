@@ -286,4 +286,120 @@ def test_columns_a_forecast_does_not_read_are_named(
     with caplog.at_level("WARNING"):
         series, _ = load_series(Config.model_validate(forecast_config(tmp_path)))
     assert len(series) == 3
-    assert "columns price, promo are not used" in caplog.text
+    assert "columns price, promo are not used: list them in data.known_covariates" in caplog.text
+
+
+# --- covariates -------------------------------------------------------------------------------
+
+
+def promotions(periods: int = PERIODS, future: int = 0) -> pd.DataFrame:
+    """Three stores whose sales jump by 40 in promotion months (known in advance), with a
+    season, noise and ``future`` extra months whose sales are still unknown."""
+    rng = np.random.default_rng(1)
+    frames = []
+    for i, name in enumerate(("north", "south", "east")):
+        n = periods + future
+        t = np.arange(n)
+        promo = (rng.random(n) < 0.3).astype(float)
+        y = 100 + 10 * i + 8 * np.sin(2 * np.pi * t / 12) + 40 * promo + rng.normal(0, 2, n)
+        y[periods:] = np.nan
+        months = pd.date_range("2019-01-01", periods=n, freq="MS").strftime("%Y-%m-%d")
+        frames.append(pd.DataFrame({"store": name, "month": months, "sales": y, "promo": promo}))
+    return pd.concat(frames, ignore_index=True)
+
+
+@pytest.mark.parametrize("model", ["lightgbm", "arima", "mlp"])
+def test_a_known_covariate_is_read_at_the_periods_forecast(tmp_path: Path, model: str) -> None:
+    promotions().to_csv(tmp_path / "sales.csv", index=False)
+    results = {}
+    for known in ([], ["promo"]):
+        config = forecast_config(tmp_path, windows=3, known_covariates=known)
+        config["model"] = {"type": model}
+        if model == "mlp":
+            config["model"] |= {"hidden": [64], "dropout": 0.0}
+            config["train"] = {"epochs": 60, "batch_size": 16}
+        run = mlsmith.train(config)
+        results[bool(known)] = json.loads((run.path / "metrics.json").read_text())
+    with_promo = results[True]["test"]["mase"]["value"]
+    assert with_promo < 0.6 * results[False]["test"]["mase"]["value"]
+
+
+def test_forecasting_with_known_covariates_needs_their_future_rows(
+    tmp_path: Path, cli: Any
+) -> None:
+    promotions().to_csv(tmp_path / "sales.csv", index=False)
+    config = forecast_config(tmp_path, known_covariates=["promo"])
+    config["model"] = {"type": "lightgbm"}
+    run = mlsmith.train(config)
+    # The training table ends with the last sales: no promotions for the months ahead.
+    result = cli("predict", run.path, "--horizon", "3", "-o", tmp_path / "f.csv")
+    assert result.code == 2 and "add the rows of the periods to forecast" in result.stderr
+    history = tmp_path / "with_future.csv"
+    table = promotions(future=3)
+    table.to_csv(history, index=False)
+    future = mlsmith.forecast(run, 3, history=history)
+    assert isinstance(future, pd.DataFrame) and len(future) == 9
+    ahead = table[table["sales"].isna()].rename(columns={"store": "id", "month": "time"})
+    merged = future.assign(time=future["time"].astype(str).str[:10]).merge(ahead, on=["id", "time"])
+    assert len(merged) == 9
+    # Promotion months forecast higher than the others, as the covariate says they sell.
+    by_promo = merged.groupby("promo")["forecast"].mean()
+    if len(by_promo) == 2:
+        assert by_promo[1.0] > by_promo[0.0] + 15
+
+
+def test_a_covariate_that_is_the_target_is_a_failed_check(tmp_path: Path, cli: Any) -> None:
+    table = promotions()
+    table["echo"] = table["sales"]  # the target itself, declared known in advance
+    table.to_csv(tmp_path / "sales.csv", index=False)
+    config = forecast_config(tmp_path, known_covariates=["promo", "echo"])
+    config["model"] = {"type": "lightgbm"}
+    result = cli("check", write(tmp_path, config), "--json")
+    rows = {r["name"]: r for r in json.loads(result.stdout)["results"]}
+    assert rows["covariate leakage"]["status"] == "fail"
+    assert (
+        "known covariate 'echo' tracks the target of its own period"
+        in rows["covariate leakage"]["detail"]
+    )
+    assert "'promo'" not in rows["covariate leakage"]["detail"]
+    # A past covariate holding next month's sales leaks too; this month's does not.
+    table = promotions()
+    table["next"] = table.groupby("store")["sales"].shift(-1).fillna(0.0)
+    table["same"] = table["sales"]
+    table.to_csv(tmp_path / "sales.csv", index=False)
+    config = forecast_config(tmp_path, past_covariates=["next", "same"])
+    config["model"] = {"type": "lightgbm"}
+    result = cli("check", write(tmp_path, config), "--json")
+    detail = {r["name"]: r for r in json.loads(result.stdout)["results"]}["covariate leakage"]
+    assert (
+        detail["status"] == "fail"
+        and "'next' tracks the target 1 period(s) later" in detail["detail"]
+    )
+    assert "'same'" not in detail["detail"]
+
+
+@pytest.mark.parametrize(
+    ("model", "data", "message"),
+    [
+        ("ets", {"known_covariates": ["promo"]}, "reads no covariates"),
+        ("arima", {"past_covariates": ["promo"]}, "reads known covariates only"),
+        ("lightgbm", {"known_covariates": ["sales"]}, "also the time, target or id column"),
+    ],
+)
+def test_covariate_config_mistakes_are_named(
+    tmp_path: Path, model: str, data: dict[str, Any], message: str
+) -> None:
+    config = forecast_config(tmp_path, **data)
+    config["model"] = {"type": model}
+    with pytest.raises(ValueError, match=message):
+        Config.model_validate(config)
+
+
+def test_a_missing_covariate_value_is_named(tmp_path: Path, cli: Any) -> None:
+    table = promotions()
+    table.loc[5, "promo"] = np.nan
+    table.to_csv(tmp_path / "sales.csv", index=False)
+    config = forecast_config(tmp_path, known_covariates=["promo"])
+    config["model"] = {"type": "lightgbm"}
+    result = cli("train", write(tmp_path, config))
+    assert result.code == 2 and "covariate 'promo' has no numeric value in 1 rows" in result.stderr

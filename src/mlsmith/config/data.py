@@ -279,6 +279,16 @@ class TimeSeriesDataConfig(DataSourceConfig):
         min_length=1,
         description="prediction interval levels in percent; the first one's coverage is `coverage`",
     )
+    known_covariates: list[str] = Field(
+        default_factory=list,
+        description="numeric columns known in advance for every period (calendar, prices, "
+        "promotions): a forecast may read them at the periods it forecasts",
+    )
+    past_covariates: list[str] = Field(
+        default_factory=list,
+        description="numeric columns observed only up to the forecast origin (other "
+        "measurements): a forecast reads their past only",
+    )
     sep: str | None = Field(None, description="CSV column separator; default: as for tables")
     na_values: list[str] = Field(
         default_factory=list, description="more strings read as missing values"
@@ -314,6 +324,13 @@ class TimeSeriesDataConfig(DataSourceConfig):
         if len(set(named)) != len(named):
             raise ValueError(
                 f"time_column, target and id_column must be three different columns, found {named}"
+            )
+        covariates = [*self.known_covariates, *self.past_covariates]
+        clash = sorted({c for c in covariates if c in named or covariates.count(c) > 1})
+        if clash:
+            raise ValueError(
+                f"known_covariates, past_covariates: {clash} listed twice, or also the time, "
+                "target or id column; a covariate is one other column, known or past"
             )
         return self
 

@@ -116,6 +116,19 @@ class Config(Section):
             raise ValueError(
                 "train.distributed.nproc: a forecasting run backtests in one process; set it to 1"
             )
+        known = getattr(self.data, "known_covariates", [])
+        past = getattr(self.data, "past_covariates", [])
+        if (known or past) and self.model.type in ("ets", "theta"):
+            raise ValueError(
+                f"model.type '{self.model.type}' reads no covariates; use arima (known "
+                "covariates), lightgbm or mlp, or remove data.known_covariates and "
+                "data.past_covariates"
+            )
+        if past and self.model.type == "arima":
+            raise ValueError(
+                "model.type 'arima' reads known covariates only (it needs their future "
+                "values); use lightgbm or mlp for data.past_covariates"
+            )
         return self
 
     @model_validator(mode="after")

@@ -40,16 +40,26 @@ def read_frame(config: Config, path: str | None = None) -> pd.DataFrame:
     return frame
 
 
-def load_series(config: Config, path: str | None = None) -> tuple[SeriesSet, str]:
-    """The series of ``data.path`` (or ``path``) and the table's fingerprint."""
+def load_series(
+    config: Config, path: str | None = None, *, future: bool = False
+) -> tuple[SeriesSet, str]:
+    """The series of ``data.path`` (or ``path``) and the table's fingerprint; ``future``: rows
+    after a series' last value may bring the known covariates of the periods to forecast."""
     data = series_config(config)
     frame = read_frame(config, path)
-    used = {data.time_column, data.target, data.id_column}
+    used = {
+        data.time_column,
+        data.target,
+        data.id_column,
+        *data.known_covariates,
+        *data.past_covariates,
+    }
     unused = [str(c) for c in frame.columns if c not in used]
     if unused:
-        # Covariates (prices, calendars) are not read yet: say so rather than ignore them.
+        # A column that could be a covariate: say so rather than ignore it silently.
         log.warning(
-            "%s: columns %s are not used: forecasts read only the time, target and id columns",
+            "%s: columns %s are not used: list them in data.known_covariates or "
+            "data.past_covariates to forecast with them",
             path or data.path,
             ", ".join(unused[:10]),
         )
@@ -61,6 +71,9 @@ def load_series(config: Config, path: str | None = None) -> tuple[SeriesSet, str
         freq=data.freq,
         season_length=data.season_length,
         source=path or data.path,
+        known=data.known_covariates,
+        past=data.past_covariates,
+        future=future,
     )
     return series, fingerprint(frame)
 

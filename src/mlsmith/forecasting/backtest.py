@@ -17,7 +17,7 @@ import numpy as np
 
 from mlsmith.forecasting.metrics import ForecastCell, mase_scale
 from mlsmith.forecasting.models import ForecastFn
-from mlsmith.forecasting.series import SeriesSet
+from mlsmith.forecasting.series import Covariates, SeriesSet
 from mlsmith.forecasting.windows import backtest_windows, history_and_truth
 
 
@@ -40,7 +40,15 @@ def backtest(
         pieces = [
             history_and_truth(y, plan[j]) for y, plan in zip(series.values, plans, strict=True)
         ]
-        forecasts = forecaster([history for history, _ in pieces], horizon, levels)
+        covariates = None
+        if series.known is not None and series.past is not None:
+            # Known covariates up to the window's end (known in advance), past ones up to its
+            # cutoff only: the one place they are cut for a window, as history_and_truth cuts y.
+            covariates = [
+                Covariates(known[: plan[j].cutoff + horizon], past[: plan[j].cutoff])
+                for known, past, plan in zip(series.known, series.past, plans, strict=True)
+            ]
+        forecasts = forecaster([history for history, _ in pieces], horizon, levels, covariates)
         widths = (
             {} if own_intervals else conformal_widths(cells, levels, horizon, series.season_length)
         )

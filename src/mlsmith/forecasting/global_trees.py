@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from mlsmith.forecasting.series import Covariates
 from mlsmith.runtime.engines import import_library
 
 
@@ -41,18 +42,22 @@ class GlobalTreeForecaster:
     def n_lags(self) -> int:
         return self.lags or max(2 * self.season_length, self.horizon, 8)
 
-    def fit(self, histories: Sequence[np.ndarray]) -> GlobalTreeForecaster:
-        """Learn from every origin of every history that has ``n_lags`` values before it."""
+    def fit(
+        self, histories: Sequence[np.ndarray], covariates: Sequence[Covariates] | None = None
+    ) -> GlobalTreeForecaster:
+        """Learn from every origin of every history that has ``n_lags`` values before it;
+        ``covariates``: each history's (see :class:`Covariates`), read as raw values."""
         lightgbm = import_library("lightgbm", "trees", "model.type 'lightgbm' for forecasting")
         rows, targets = [], []
-        for history in histories:
+        for i, history in enumerate(histories):
             y = _checked(history)
             scale = _scale(y)
             for origin in range(self.n_lags, len(y)):
                 steps = min(self.horizon, len(y) - origin)
                 features = self._features(y[:origin], scale)
                 for h in range(1, steps + 1):
-                    rows.append(np.append(features, h))
+                    extra = covariates[i].extra(origin, h) if covariates else np.zeros(0)
+                    rows.append(np.concatenate([features, [h], extra]))
                     targets.append((y[origin + h - 1] - y[origin - 1]) / scale)
         if not rows:
             raise ValueError(
@@ -72,14 +77,21 @@ class GlobalTreeForecaster:
         ).fit(np.asarray(rows), np.asarray(targets))
         return self
 
-    def predict(self, history: np.ndarray) -> np.ndarray:
+    def predict(self, history: np.ndarray, covariates: Covariates | None = None) -> np.ndarray:
         """The next ``horizon`` values after ``history``."""
         if self._model is None:
             raise RuntimeError("fit the forecaster first")
         y = _checked(history)
         scale = _scale(y)
         features = self._features(y, scale)
-        rows = np.array([np.append(features, h) for h in range(1, self.horizon + 1)])
+        rows = np.array(
+            [
+                np.concatenate(
+                    [features, [h], covariates.extra(len(y), h) if covariates else np.zeros(0)]
+                )
+                for h in range(1, self.horizon + 1)
+            ]
+        )
         return y[-1] + scale * self._model.predict(rows)
 
     def _features(self, y: np.ndarray, scale: float) -> np.ndarray:

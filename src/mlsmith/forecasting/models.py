@@ -10,13 +10,14 @@ fits it on that window's histories, ``mlsmith predict`` on the whole history giv
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from typing import ClassVar
+from collections.abc import Sequence
+from typing import ClassVar, Protocol
 
 import numpy as np
 
 from mlsmith.forecasting.baselines import BASELINES
 from mlsmith.forecasting.global_trees import GlobalTreeForecaster
+from mlsmith.forecasting.series import Covariates
 from mlsmith.forecasting.statistical import (
     STATISTICAL_MODELS,
     SeriesForecast,
@@ -71,14 +72,24 @@ def forecast_series(
     *,
     settings: dict[str, float] | None = None,
     seed: int = 0,
+    covariates: Sequence[Covariates] | None = None,
 ) -> list[SeriesForecast]:
     """Each history's next ``horizon`` values by ``model`` (a ``model.type`` or a baseline's
-    name), with intervals at ``levels`` where the model gives them."""
+    name), with intervals at ``levels`` where the model gives them; ``covariates``: each
+    history's (the baselines read none, ARIMA the known ones)."""
     if model in BASELINES:
         return [SeriesForecast(BASELINES[model](y, horizon, season_length)) for y in histories]
     if model in STATISTICAL_MODELS:
         return [
-            statistical_forecast(model, y, horizon, season_length, levels=levels) for y in histories
+            statistical_forecast(
+                model,
+                y,
+                horizon,
+                season_length,
+                levels=levels,
+                known=covariates[i].known if covariates else None,
+            )
+            for i, y in enumerate(histories)
         ]
     if model == "lightgbm":
         tree = GlobalTreeForecaster(horizon, season_length, seed=seed)
@@ -86,8 +97,11 @@ def forecast_series(
             if key not in TREE_SETTINGS:
                 raise ValueError(f"unknown setting {key!r} of the global tree forecaster")
             setattr(tree, key, value)
-        tree.fit(histories)
-        return [SeriesForecast(tree.predict(y)) for y in histories]
+        tree.fit(histories, covariates)
+        return [
+            SeriesForecast(tree.predict(y, covariates[i] if covariates else None))
+            for i, y in enumerate(histories)
+        ]
     raise ValueError(
         f"unknown forecaster {model!r}; one of {sorted([*BASELINES, *STATISTICAL_MODELS])} "
         "or lightgbm"
@@ -99,8 +113,17 @@ def gives_intervals(model: str) -> bool:
     return model in STATISTICAL_MODELS
 
 
-# A forecaster ready to run: histories, horizon and levels in, one forecast per history out.
-ForecastFn = Callable[[Sequence[np.ndarray], int, Sequence[float]], list[SeriesForecast]]
+class ForecastFn(Protocol):
+    """A forecaster ready to run: histories, horizon, levels (and each history's covariates)
+    in, one forecast per history out."""
+
+    def __call__(
+        self,
+        histories: Sequence[np.ndarray],
+        horizon: int,
+        levels: Sequence[float],
+        covariates: Sequence[Covariates] | None = None,
+    ) -> list[SeriesForecast]: ...
 
 
 def forecaster_for(
@@ -110,10 +133,20 @@ def forecaster_for(
     come with intervals of their own."""
 
     def forecast(
-        histories: Sequence[np.ndarray], horizon: int, levels: Sequence[float]
+        histories: Sequence[np.ndarray],
+        horizon: int,
+        levels: Sequence[float],
+        covariates: Sequence[Covariates] | None = None,
     ) -> list[SeriesForecast]:
         return forecast_series(
-            model, histories, horizon, season_length, levels, settings=settings, seed=seed
+            model,
+            histories,
+            horizon,
+            season_length,
+            levels,
+            settings=settings,
+            seed=seed,
+            covariates=covariates,
         )
 
     return forecast, gives_intervals(model)

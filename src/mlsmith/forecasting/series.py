@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -71,6 +72,12 @@ class SeriesSet:
     values: list[np.ndarray]
     freq: str | None
     season_length: int
+    # Per series: the known covariates (periods x k) and past covariates (periods x p) of its
+    # observed periods, and the known covariates of the periods after them (future rows given
+    # for a forecast); None without covariates.
+    known: list[np.ndarray] | None = None
+    past: list[np.ndarray] | None = None
+    future_known: list[np.ndarray] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -78,6 +85,34 @@ class SeriesSet:
     @property
     def lengths(self) -> list[int]:
         return [len(v) for v in self.values]
+
+
+@dataclass(frozen=True)
+class Covariates:
+    """One series' covariates for one forecast: ``known`` for its history's periods and the
+    ``horizon`` after them (periods x k), ``past`` for its history's periods only (x p)."""
+
+    known: np.ndarray
+    past: np.ndarray
+
+    def extra(self, origin: int, h: int) -> np.ndarray:
+        """What a model may read for step ``h`` from ``origin`` (the first period it does not
+        see): the past covariates at the last seen period, the known ones there and at the
+        forecast period."""
+        return np.concatenate(
+            [self.past[origin - 1], self.known[origin - 1], self.known[origin + h - 1]]
+        )
+
+    def window(self, origin: int, horizon: int) -> np.ndarray:
+        """Every step's at once (a multi-output model): the past and known covariates at the
+        last seen period, then the known ones of each of the ``horizon`` periods."""
+        return np.concatenate(
+            [
+                self.past[origin - 1],
+                self.known[origin - 1],
+                self.known[origin : origin + horizon].ravel(),
+            ]
+        )
 
 
 def read_series(
@@ -89,9 +124,17 @@ def read_series(
     freq: str | None = None,
     season_length: int | None = None,
     source: str = "input",
+    known: Sequence[str] = (),
+    past: Sequence[str] = (),
+    future: bool = False,
 ) -> SeriesSet:
     """The series of ``frame``; a DataError naming the series and the time of the first
-    duplicate, gap, irregular step or missing value."""
+    duplicate, gap, irregular step or missing value.
+
+    ``known`` and ``past`` name covariate columns (numbers, none missing). With ``future``,
+    rows after a series' last value whose target is empty are its future periods: they must
+    carry the known covariates, which a forecast of those periods reads.
+    """
     import pandas as pd
 
     from mlsmith.runtime.frames import require_columns
@@ -99,16 +142,20 @@ def read_series(
     require_columns(frame, [time_column, target], source, "time and target")
     if id_column is not None:
         require_columns(frame, [id_column], source, "data.id_column")
+    require_columns(frame, [*known, *past], source, "covariate")
     times = _times(frame[time_column], time_column, source)
     values = pd.to_numeric(frame[target], errors="coerce").to_numpy(dtype=np.float64)
     bad = ~np.isfinite(values)
-    if bad.any():
+    ahead = bad if future and known else np.zeros(len(frame), dtype=bool)
+    if (bad & ~ahead).any():
         row = int(np.flatnonzero(bad)[0])
         raise DataError(
             f"{source}: {int(bad.sum())} rows have no numeric value in '{target}' (first: row "
             f"{frame.index[row]}, {frame[target].iloc[row]!r}); a forecast needs every period's "
             "value: fill or interpolate them first"
         )
+    known_values = _covariates(frame, known, np.ones(len(frame), dtype=bool), source)
+    past_values = _covariates(frame, past, ~ahead, source)
     ids = (
         np.asarray([str(v) for v in frame[id_column].tolist()])
         if id_column is not None
@@ -119,26 +166,60 @@ def read_series(
     order = np.lexsort((times, ids))
     names, starts = np.unique(ids[order], return_index=True)
     bounds = [*starts.tolist(), len(order)]
-    series_times = [times[order[a:b]] for a, b in itertools.pairwise(bounds)]
-    series_values = [values[order[a:b]] for a, b in itertools.pairwise(bounds)]
-    for name, t in zip(names, series_times, strict=True):
+    rows = [order[a:b] for a, b in itertools.pairwise(bounds)]
+    for name, r in zip(names, rows, strict=True):
+        t = times[r]
         repeated = t[1:][t[1:] == t[:-1]]
         if len(repeated):
             raise DataError(
                 f"{source}: series '{name}' has two rows for {_show(repeated[0])} in "
                 f"'{time_column}'; aggregate them to one value per period"
             )
+        later = ahead[r]
+        if later.any() and (not later[-1] or (np.diff(later.astype(int)) < 0).any()):
+            first = int(np.flatnonzero(later)[0])
+            raise DataError(
+                f"{source}: series '{name}' has no value in '{target}' at {_show(t[first])}, "
+                "before its last value; only the periods after a series' last value (the ones "
+                "to forecast) may leave the target empty"
+            )
+    observed = [r[~ahead[r]] for r in rows]
     integer = np.issubdtype(times.dtype, np.integer)
-    chosen = None if integer else (freq or _infer_freq(names, series_times, source))
-    for name, t in zip(names, series_times, strict=True):
-        _require_regular(str(name), t, chosen, source)
+    chosen = None if integer else (freq or _infer_freq(names, [times[r] for r in observed], source))
+    for name, r in zip(names, rows, strict=True):
+        _require_regular(str(name), times[r], chosen, source)
+    covaried = bool(known or past)
     return SeriesSet(
         ids=[str(n) for n in names],
-        times=series_times,
-        values=series_values,
+        times=[times[r] for r in observed],
+        values=[values[r] for r in observed],
         freq=chosen,
         season_length=season_length or season_length_of(chosen),
+        known=[known_values[r] for r in observed] if covaried else None,
+        past=[past_values[r] for r in observed] if covaried else None,
+        future_known=[known_values[r[ahead[r]]] for r in rows] if covaried else None,
     )
+
+
+def _covariates(
+    frame: pd.DataFrame, columns: Sequence[str], required: np.ndarray, source: str
+) -> np.ndarray:
+    """``columns`` as a float matrix (rows x columns); a missing or non-numeric value in a
+    ``required`` row is a DataError naming the column and row."""
+    import pandas as pd
+
+    matrix = np.empty((len(frame), len(columns)), dtype=np.float64)
+    for j, column in enumerate(columns):
+        matrix[:, j] = pd.to_numeric(frame[column], errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(matrix[:, j]) & required
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DataError(
+                f"{source}: covariate '{column}' has no numeric value in {int(bad.sum())} rows "
+                f"(first: row {frame.index[row]}, {frame[column].iloc[row]!r}); a covariate "
+                "needs a number for every period it is read at"
+            )
+    return matrix
 
 
 def season_length_of(freq: str | None) -> int:

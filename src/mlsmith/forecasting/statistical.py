@@ -32,11 +32,14 @@ def statistical_forecast(
     horizon: int,
     season_length: int,
     levels: Sequence[float] = (),
+    known: np.ndarray | None = None,
 ) -> SeriesForecast:
     """Fit StatsForecast's ``kind`` model on ``history`` and forecast ``horizon`` steps.
 
     A season length the history cannot support (fewer than two full seasons) is dropped to 1,
-    as a seasonal model needs two seasons to estimate its seasonal terms.
+    as a seasonal model needs two seasons to estimate its seasonal terms. ``known``: covariates
+    known in advance, for the history's periods and the ``horizon`` after them (periods x k),
+    ARIMA's exogenous regressors.
     """
     if kind not in STATISTICAL_MODELS:
         raise ValueError(f"unknown statistical model {kind!r}; one of {sorted(STATISTICAL_MODELS)}")
@@ -49,7 +52,10 @@ def statistical_forecast(
     season = season_length if len(y) >= 2 * season_length else 1
     model = getattr(library, STATISTICAL_MODELS[kind])(season_length=season)
     levels = [float(level) for level in levels]
-    result = model.forecast(y=y, h=horizon, level=[_level(v) for v in levels] or None)
+    exogenous: dict[str, np.ndarray] = {}
+    if known is not None and known.shape[1] > 0:
+        exogenous = {"X": known[: len(y)], "X_future": known[len(y) : len(y) + horizon]}
+    result = model.forecast(y=y, h=horizon, level=[_level(v) for v in levels] or None, **exogenous)
     intervals = {
         level: (
             np.asarray(result[f"lo-{_level(level)}"], dtype=np.float64),

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mlsmith.config import Config, MLPConfig
+from mlsmith.forecasting.series import Covariates
 
 if TYPE_CHECKING:
     import torch
@@ -56,10 +57,16 @@ class GlobalMLPForecaster:
         self.lags = max(2 * self.season_length, horizon, 8)
         self.work_dir = work_dir
         self.network: torch.nn.Module | None = None
+        # The inputs' standardisation, from the training rows (identity without covariates).
+        self.mean = np.zeros(0)
+        self.std = np.ones(0)
 
-    def fit(self, histories: Sequence[np.ndarray]) -> GlobalMLPForecaster:
+    def fit(
+        self, histories: Sequence[np.ndarray], covariates: Sequence[Covariates] | None = None
+    ) -> GlobalMLPForecaster:
         """Train on every origin with a full horizon after it; the last ``horizon`` origins of
-        each series validate."""
+        each series validate. ``covariates`` (each history's) join the inputs, standardised
+        with the training rows' means and deviations."""
         from mlsmith.data.batches import BatchOptions, TensorBatches
         from mlsmith.models.mlp import TabularMLP
         from mlsmith.training.reproducibility import seed_everything
@@ -69,13 +76,15 @@ class GlobalMLPForecaster:
         train_y: list[np.ndarray] = []
         val_x: list[np.ndarray] = []
         val_y: list[np.ndarray] = []
-        for history in histories:
+        for i, history in enumerate(histories):
             y = np.asarray(history, dtype=np.float64)
             scale = _scale(y)
             origins = range(self.lags, len(y) - self.horizon + 1)
             held = set(list(origins)[-self.horizon :])
             for origin in origins:
                 row = self._features(y[:origin], scale)
+                if covariates:
+                    row = np.concatenate([row, covariates[i].window(origin, self.horizon)])
                 target = (y[origin : origin + self.horizon] - y[origin - 1]) / scale
                 (val_x if origin in held else train_x).append(row)
                 (val_y if origin in held else train_y).append(target)
@@ -84,6 +93,13 @@ class GlobalMLPForecaster:
                 f"the MLP forecaster needs series longer than {self.lags + 2 * self.horizon} "
                 "values (lags, then a horizon to learn from and one to validate on)"
             )
+        stacked = np.asarray(train_x)
+        self.mean = stacked.mean(axis=0)
+        self.std = np.where(stacked.std(axis=0) > 1e-12, stacked.std(axis=0), 1.0)
+        if not covariates:  # the scaled changes are already on one scale: leave them be
+            self.mean, self.std = np.zeros_like(self.mean), np.ones_like(self.std)
+        train_x = [(x - self.mean) / self.std for x in train_x]
+        val_x = [(x - self.mean) / self.std for x in val_x]
         seed_everything(self.config.seed)
         assert isinstance(self.config.model, MLPConfig)
         network = TabularMLP(len(train_x[0]), [], self.horizon, self.config.model)
@@ -110,7 +126,7 @@ class GlobalMLPForecaster:
         self.network = network.to("cpu").eval()
         return self
 
-    def predict(self, history: np.ndarray) -> np.ndarray:
+    def predict(self, history: np.ndarray, covariates: Covariates | None = None) -> np.ndarray:
         """The next ``horizon`` values after ``history``."""
         import torch
 
@@ -118,7 +134,11 @@ class GlobalMLPForecaster:
             raise RuntimeError("fit the forecaster first")
         y = np.asarray(history, dtype=np.float64)
         scale = _scale(y)
-        row = torch.from_numpy(self._features(y, scale).astype(np.float32))[None, :]
+        features = self._features(y, scale)
+        if covariates is not None:
+            features = np.concatenate([features, covariates.window(len(y), self.horizon)])
+        features = (features - self.mean) / self.std
+        row = torch.from_numpy(features.astype(np.float32))[None, :]
         with torch.inference_mode():
             out = self.network(numeric=row, categorical=torch.zeros((1, 0), dtype=torch.int64))
         return y[-1] + scale * out[0].double().numpy()
