@@ -29,7 +29,6 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from mlsmith import interrupts
 from mlsmith.config import Config
 from mlsmith.errors import DataError
 from mlsmith.files import write_json, write_text
@@ -70,6 +69,7 @@ def run_forecasting(cfg: Config) -> Run:
     from mlsmith.forecasting.backtest import conformal_widths
     from mlsmith.forecasting.baselines import BASELINES
     from mlsmith.forecasting.series import too_short
+    from mlsmith.reports import write_reports_safely
     from mlsmith.tracking import Tracker, run_tags
 
     check_output_dir(cfg.output_dir)
@@ -138,25 +138,13 @@ def run_forecasting(cfg: Config) -> Run:
         raise
     # The forecasts and metrics are complete and recorded: a stop from here on leaves a
     # finished run without its reports or MLflow artifacts, never an unfinished one.
-    try:
-        reports = _reports(run_dir) if cfg.eval.report else []
+    with tracker.closing_complete_run(run_dir):
+        reports = write_reports_safely(run_dir) if cfg.eval.report else []
         tracker.log_metrics(_flat(metrics))
         tracker.log_artifacts(
             [run_dir / f for f in (CONFIG_FILE, METRICS_FILE, BACKTEST_FILE, FORECASTS_FILE)]
             + reports
         )
-    except BaseException as error:
-        if interrupts.interruption(error) is None:
-            raise
-        tracker.finish("KILLED")
-        log.warning(
-            "stopped while tracking and writing reports; the run in %s is complete; "
-            "`mlsmith report %s` writes its reports",
-            run_dir,
-            run_dir,
-        )
-        raise
-    tracker.finish("FINISHED")
     return Run(run_dir)
 
 
@@ -204,17 +192,6 @@ def forecast_future(
 
 
 # --- helpers ----------------------------------------------------------------------------------
-
-
-def _reports(run_dir: Path) -> list[Path]:
-    """report.html and REPORT.md; a failure is a warning (the run itself is complete)."""
-    from mlsmith.reports import write_reports
-
-    try:
-        return write_reports(run_dir)
-    except Exception as error:  # a report must never cost the user the run
-        log.warning("no report written (%s: %s)", type(error).__name__, error)
-        return []
 
 
 def _backtest(cfg: Config, series: SeriesSet, model: str) -> list[ForecastCell]:

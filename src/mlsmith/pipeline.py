@@ -15,7 +15,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mlsmith import interrupts
 from mlsmith.config import Config, load_config
 from mlsmith.crossval import cross_validate, plan_folds
 from mlsmith.errors import ConfigError, DataError, MlsmithError, PreflightError, RunError
@@ -28,6 +27,7 @@ from mlsmith.packaging.writer import (
     check_rows,
     training_rows,
 )
+from mlsmith.reports import write_reports_safely
 from mlsmith.run import (
     CONFIG_FILE,
     INFO_FILE,
@@ -393,7 +393,7 @@ def _run_training(
     if compared is not None:
         info["baseline"] = compared.summary
     write_json(run_dir / INFO_FILE, info)
-    try:
+    with tracker.closing_complete_run(run_dir):
         if package_rows is not None:
             info["package"] = _write_package(
                 run_dir, model, package_rows, cfg, tracker, package_training, package_reference
@@ -418,18 +418,6 @@ def _run_training(
             # After the reports: the version's description is the model card. Never fails.
             info["registration"] = register_after_training(run_dir, cfg.track.registration)
             write_json(run_dir / INFO_FILE, info)
-    except BaseException as error:
-        if interrupts.interruption(error) is None:
-            raise
-        tracker.finish("KILLED")
-        log.warning(
-            "stopped while tracking and writing reports; the run in %s is complete (model, "
-            "metrics.json); `mlsmith report %s` writes its reports",
-            run_dir,
-            run_dir,
-        )
-        raise
-    tracker.finish("FINISHED")
     return run
 
 
@@ -570,24 +558,6 @@ def config_for_resume(run_dir: Path, requested: Config) -> Config:
     keep = [f"train.epochs={requested.train.epochs}"]
     keep += [f"train.distributed.nproc={requested.train.distributed.nproc}"]
     return load_config(stored, keep)
-
-
-def write_reports_safely(run_dir: Path) -> list[Path]:
-    """The run's reports; a failure here must not fail a run whose model is already saved."""
-    from mlsmith.reports import write_reports
-
-    try:
-        paths = write_reports(run_dir)
-    except Exception as error:  # a report bug must never cost the user the run
-        log.warning(
-            "could not write the run report (%s: %s); retry with `mlsmith report %s`",
-            type(error).__name__,
-            error,
-            run_dir,
-        )
-        return []
-    log.info("report: %s", paths[0])
-    return paths
 
 
 def _write_package(

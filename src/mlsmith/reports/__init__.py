@@ -8,11 +8,14 @@ best checkpoint).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 from mlsmith.files import atomic_path
 
-__all__ = ["write_reports"]
+__all__ = ["write_reports", "write_reports_safely"]
+
+log = logging.getLogger(__name__)
 
 
 def write_reports(run_dir: str | Path) -> list[Path]:
@@ -42,6 +45,22 @@ def write_reports(run_dir: str | Path) -> list[Path]:
             tmp.write_text(text, encoding="utf-8")
         written.append(path)
     return written
+
+
+def write_reports_safely(run_dir: Path) -> list[Path]:
+    """The run's reports; a failure here must not fail a run whose results are already saved."""
+    try:
+        paths = write_reports(run_dir)
+    except Exception as error:  # a report bug must never cost the user the run
+        log.warning(
+            "could not write the run report (%s: %s); retry with `mlsmith report %s`",
+            type(error).__name__,
+            error,
+            run_dir,
+        )
+        return []
+    log.info("report: %s", paths[0])
+    return paths
 
 
 def _write_forecast_reports(run_dir: Path) -> list[Path]:

@@ -11,7 +11,8 @@ import functools
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -221,6 +222,26 @@ class Tracker(Callback):
         self.client.set_terminated(self.run_id, status=status)
 
     # --- trainer callback ---------------------------------------------------------------------
+
+    @contextmanager
+    def closing_complete_run(self, run_dir: Path) -> Iterator[None]:
+        """Around the tracking and reports of a run whose results are already recorded: the
+        MLflow run ends FINISHED; a signal here ends it KILLED and leaves the run complete,
+        its reports to write with ``mlsmith report``."""
+        try:
+            yield
+        except BaseException as error:
+            if interrupts.interruption(error) is None:
+                raise
+            self.finish("KILLED")
+            log.warning(
+                "stopped while tracking and writing reports; the run in %s is complete; "
+                "`mlsmith report %s` writes its reports",
+                run_dir,
+                run_dir,
+            )
+            raise
+        self.finish("FINISHED")
 
     def on_epoch_end(self, state: TrainingState, row: dict[str, float]) -> None:
         metrics = {k: v for k, v in row.items() if k not in ("epoch", "step")}
