@@ -230,10 +230,12 @@ def test_a_signal_mid_backtest_stops_a_forecasting_run_cleanly(
 
     rng = np.random.default_rng(0)
     frames = []
-    for i in range(20):
-        t = np.arange(120)
-        y = 50 + i + 0.3 * t + 8 * np.sin(2 * np.pi * t / 12) + rng.normal(0, 2, 120)
-        months = pd.date_range("2010-01-01", periods=120, freq="MS").strftime("%Y-%m-%d")
+    # Enough series that the backtest outlasts the wait below on a fast machine (it took under
+    # a second with 20 short ones on CI, so the signal found a finished run).
+    for i in range(150):
+        t = np.arange(240)
+        y = 50 + i + 0.3 * t + 8 * np.sin(2 * np.pi * t / 12) + rng.normal(0, 2, 240)
+        months = pd.date_range("2000-01-01", periods=240, freq="MS").strftime("%Y-%m-%d")
         frames.append(pd.DataFrame({"id": f"s{i}", "month": months, "y": y}))
     pd.concat(frames).to_csv(tmp_path / "series.csv", index=False)
     config = tmp_path / "forecast.yaml"
