@@ -37,9 +37,9 @@ from mlsmith.forecasting.backtest import backtest
 from mlsmith.forecasting.baselines import BASELINES
 from mlsmith.forecasting.metrics import ForecastCell, evaluate_forecasts
 from mlsmith.forecasting.models import forecaster_for
-from mlsmith.forecasting.series import SeriesSet
-from mlsmith.forecasting.statistical import STATISTICAL_MODELS
 from mlsmith.forecasting_pipeline import forecaster
+from mlsmith.runtime.series import SeriesSet
+from mlsmith.runtime.statistical import STATISTICAL_MODELS
 
 LEVEL = 80.0
 

@@ -51,13 +51,16 @@ if TYPE_CHECKING:
 
     from mlsmith.forecasting.metrics import ForecastCell
     from mlsmith.forecasting.models import ForecastFn
-    from mlsmith.forecasting.series import Covariates, SeriesSet
-    from mlsmith.forecasting.statistical import SeriesForecast
+    from mlsmith.runtime.forecaster import ForecasterSpec
+    from mlsmith.runtime.series import Covariates, SeriesSet
+    from mlsmith.runtime.statistical import SeriesForecast
 
 log = logging.getLogger(__name__)
 
 BACKTEST_FILE = "backtest.json"
 FORECASTS_FILE = "forecasts.csv"
+# The forecaster fitted on every series' whole history: what predict and the package run.
+FORECASTER_DIR = "forecaster"
 # Conformal widths (per level, per step, in units of each series' MASE scale) from the
 # backtest, for forecasters without intervals of their own: run.json keeps them for predict.
 CONFORMAL_KEY = "conformal_widths"
@@ -68,8 +71,8 @@ def run_forecasting(cfg: Config) -> Run:
     from mlsmith.data.timeseries import load_series, series_config
     from mlsmith.forecasting.backtest import conformal_widths
     from mlsmith.forecasting.baselines import BASELINES
-    from mlsmith.forecasting.series import too_short
     from mlsmith.reports import write_reports_safely
+    from mlsmith.runtime.series import too_short
     from mlsmith.tracking import Tracker, run_tags
 
     check_output_dir(cfg.output_dir)
@@ -129,6 +132,9 @@ def run_forecasting(cfg: Config) -> Run:
         write_text(run_dir / FORECASTS_FILE, _forecast_rows(series, cells, data.levels))
         widths = conformal_widths(cells, data.levels, data.horizon, series.season_length)
         info[CONFORMAL_KEY] = {f"{level:g}": w.tolist() for level, w in widths.items()}
+        started = time.perf_counter()
+        save_forecaster(cfg, series, widths, run_dir / FORECASTER_DIR)
+        info["final_fit_seconds"] = round(time.perf_counter() - started, 3)
         info.update(status="finished", finished=time.time())
         write_json(run_dir / INFO_FILE, info)
     except BaseException as error:
@@ -152,43 +158,96 @@ def forecast_future(
     run: Run, horizon: int | None = None, history: str | None = None
 ) -> pd.DataFrame:
     """The next ``horizon`` periods (default: the run's ``data.horizon``) of every series of
-    ``history`` (default: the run's training table), by the run's forecaster refitted on it."""
-    import pandas as pd
+    ``history`` (default: the run's training table), by the run's saved forecaster."""
+    from mlsmith.data.timeseries import read_frame, series_config
+    from mlsmith.runtime.forecaster import SavedForecaster
 
-    from mlsmith.data.timeseries import load_series, series_config
-    from mlsmith.forecasting.backtest import conformal_intervals
-
-    cfg = run.config
-    data = series_config(cfg)
-    steps = horizon or data.horizon
-    series, _ = load_series(cfg, history, future=True)
-    run_forecaster, _ = forecaster(cfg, cfg.model.type, series.season_length)
-    forecasts = run_forecaster(series.values, steps, data.levels, _future_covariates(series, steps))
-    recorded = run.info.get(CONFORMAL_KEY) or {}
-    widths = {float(level): np.asarray(w) for level, w in recorded.items()}
-    if steps > data.horizon:
-        widths = {}  # the backtest measured errors up to data.horizon steps only
-        if not forecasts or not forecasts[0].intervals:
-            log.warning(
-                "no conformal intervals beyond the backtest's horizon of %d steps", data.horizon
-            )
-    frames = []
-    for name, times, values, forecast in zip(
-        series.ids, series.times, series.values, forecasts, strict=True
-    ):
-        intervals = forecast.intervals or conformal_intervals(
-            forecast.point, values, widths, series.season_length
+    folder = run.path / FORECASTER_DIR
+    if not (folder / "forecaster.json").is_file():
+        raise DataError(
+            f"{run.path}: no saved forecaster ({FORECASTER_DIR}/); the run is "
+            f"{run.info.get('status', 'unfinished')} or older than mlsmith's forecast packages: "
+            "train it again"
         )
-        columns: dict[str, Any] = {}
-        if data.id_column is not None:
-            columns["id"] = name
-        columns["time"] = _future_times(times, steps, series.freq)
-        columns["forecast"] = forecast.point
-        for level, (low, high) in intervals.items():
-            columns[f"lo_{level:g}"] = low
-            columns[f"hi_{level:g}"] = high
-        frames.append(pd.DataFrame(columns))
-    return pd.concat(frames, ignore_index=True)
+    saved = SavedForecaster(folder)
+    source = history or series_config(run.config).path
+    return saved.predict(read_frame(run.config, history), horizon, source=source)
+
+
+def save_forecaster(
+    cfg: Config, series: SeriesSet, widths: dict[float, np.ndarray], target: Path
+) -> None:
+    """Fit ``cfg``'s forecaster on every series' whole history and save it (with the backtest's
+    conformal ``widths``) as the folder ``target``, whole or not at all. A global model is
+    fitted here once more, on all the data; a statistical one is fitted at forecast time."""
+    import os
+    import shutil
+
+    from mlsmith.data.timeseries import series_config
+    from mlsmith.files import fsync_directory, temporary_path
+    from mlsmith.runtime.forecaster import FORECASTER_FILE, ForecasterSpec, default_lags
+
+    data = series_config(cfg)
+    model = cfg.model.type
+    spec = ForecasterSpec(
+        family=model,
+        horizon=data.horizon,
+        season_length=series.season_length,
+        freq=series.freq,
+        time_column=data.time_column,
+        target=data.target,
+        id_column=data.id_column,
+        known=list(data.known_covariates),
+        past=list(data.past_covariates),
+        levels=list(data.levels),
+        conformal={f"{level:g}": w.tolist() for level, w in widths.items()},
+        lags=default_lags(data.horizon, series.season_length),
+    )
+    folder = temporary_path(target)
+    folder.mkdir()
+    try:
+        _fit_and_save(cfg, series, spec, folder)
+        write_text(folder / FORECASTER_FILE, spec.to_json())
+        os.replace(folder, target)
+        fsync_directory(target.parent)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _fit_and_save(cfg: Config, series: SeriesSet, spec: ForecasterSpec, folder: Path) -> None:
+    """A global model fitted on every whole history, its file in ``folder`` (``spec`` gets its
+    lags and input standardisation); nothing for a statistical model."""
+    import tempfile
+
+    from mlsmith.data.timeseries import series_config
+    from mlsmith.runtime.series import Covariates
+
+    data = series_config(cfg)
+    model = spec.family
+    covariates = None
+    if series.known is not None and series.past is not None:
+        covariates = [Covariates(k, p) for k, p in zip(series.known, series.past, strict=True)]
+    if model == "lightgbm":
+        from mlsmith.forecasting.global_trees import GlobalTreeForecaster
+
+        tree = GlobalTreeForecaster(data.horizon, series.season_length, seed=cfg.seed)
+        for key, value in _settings(cfg).items():
+            setattr(tree, key, value)
+        tree.fit(series.values, covariates).save(folder)
+        spec.lags = tree.n_lags
+    elif model == "mlp":
+        from mlsmith.models.forecast_mlp import GlobalMLPForecaster
+
+        with tempfile.TemporaryDirectory(prefix="mlsmith-forecast-") as scratch:
+            network = GlobalMLPForecaster(cfg, data.horizon, series.season_length, Path(scratch))
+            network.fit(series.values, covariates)
+        from mlsmith.packaging.formats import to_onnx
+        from mlsmith.runtime.forecaster import NETWORK_FILE, NETWORK_INPUT
+
+        example = {NETWORK_INPUT: np.zeros((2, len(network.mean)), dtype=np.float32)}
+        to_onnx(network.inference_graph(), example, folder / NETWORK_FILE)
+        spec.lags = network.lags
+        spec.mean, spec.std = network.mean.tolist(), network.std.tolist()
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -228,8 +287,8 @@ def forecaster(cfg: Config, model: str, season_length: int) -> tuple[ForecastFn,
     ) -> list[SeriesForecast]:
         import tempfile
 
-        from mlsmith.forecasting.statistical import SeriesForecast
         from mlsmith.models.forecast_mlp import GlobalMLPForecaster
+        from mlsmith.runtime.statistical import SeriesForecast
 
         with tempfile.TemporaryDirectory(prefix="mlsmith-forecast-") as scratch:
             network = GlobalMLPForecaster(cfg, horizon, season_length, Path(scratch))
@@ -310,36 +369,6 @@ def _forecast_rows(series: SeriesSet, cells: list[ForecastCell], levels: list[fl
                 columns[f"lo_{level:g}"], columns[f"hi_{level:g}"] = cell.intervals[level]
         frames.append(pd.DataFrame(columns))
     return pd.concat(frames, ignore_index=True).to_csv(index=False)
-
-
-def _future_covariates(series: SeriesSet, steps: int) -> list[Covariates] | None:
-    """Each series' covariates for a forecast of ``steps`` periods after its history: the
-    known ones of those periods come from the rows after its last value."""
-    from mlsmith.forecasting.series import Covariates
-
-    if series.known is None or series.past is None or series.future_known is None:
-        return None
-    covariates = []
-    for name, known, past, future in zip(
-        series.ids, series.known, series.past, series.future_known, strict=True
-    ):
-        if known.shape[1] and len(future) < steps:
-            raise DataError(
-                f"series '{name}': forecasting {steps} periods reads the known covariates of "
-                f"those periods, and the history brings {len(future)}; add the rows of the "
-                "periods to forecast, with the covariates and an empty target"
-            )
-        covariates.append(Covariates(np.concatenate([known, future[:steps]]), past))
-    return covariates
-
-
-def _future_times(times: np.ndarray, steps: int, freq: str | None) -> np.ndarray:
-    """The ``steps`` periods after ``times``' last one."""
-    import pandas as pd
-
-    if freq is None:
-        return np.arange(int(times[-1]) + 1, int(times[-1]) + 1 + steps)
-    return pd.date_range(start=times[-1], periods=steps + 1, freq=freq)[1:].to_numpy()
 
 
 def _summary(cfg: Config, series: SeriesSet) -> dict[str, Any]:

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from mlsmith.errors import DataError
-from mlsmith.forecasting.series import read_series, season_length_of, too_short
+from mlsmith.runtime.series import read_series, season_length_of, too_short
 
 
 def monthly(ids: tuple[str, ...] = ("a", "b"), periods: int = 30) -> pd.DataFrame:

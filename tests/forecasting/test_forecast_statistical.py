@@ -7,8 +7,8 @@ import pytest
 
 from mlsmith.forecasting.baselines import seasonal_naive
 from mlsmith.forecasting.metrics import ForecastCell, evaluate_forecasts
-from mlsmith.forecasting.statistical import STATISTICAL_MODELS, statistical_forecast
 from mlsmith.forecasting.windows import backtest_windows, history_and_truth
+from mlsmith.runtime.statistical import STATISTICAL_MODELS, statistical_forecast
 
 pytest.importorskip("statsforecast")
 

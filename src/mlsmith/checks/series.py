@@ -1,7 +1,7 @@
 """``mlsmith check`` on a time-series config: the series can be read and backtested.
 
 Reading the series already refuses duplicate timestamps, gaps, off-grid times, irregular
-spacing and missing values (:mod:`mlsmith.forecasting.series`); here each of those is a failed
+spacing and missing values (:mod:`mlsmith.runtime.series`); here each of those is a failed
 row instead of an error, and the rest is judged: series too short for the backtest windows,
 constant histories (no scale for MASE), and the windows themselves.
 """
@@ -13,13 +13,13 @@ import numpy as np
 from mlsmith.checks import CheckReport, CheckResult, config_result
 from mlsmith.config import Config
 from mlsmith.errors import DataError
-from mlsmith.forecasting.series import SeriesSet
+from mlsmith.runtime.series import SeriesSet
 
 
 def series_checks(config: Config) -> CheckReport:
     """Every time-series check of ``config``, in the order they are shown."""
     from mlsmith.data.timeseries import load_series, series_config
-    from mlsmith.forecasting.series import too_short
+    from mlsmith.runtime.series import too_short
 
     data = series_config(config)
     results = [config_result(config)]

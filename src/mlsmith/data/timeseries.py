@@ -1,7 +1,7 @@
 """Time-series data (``data.type: timeseries``): a long table read into series.
 
 A forecasting run has no row-wise preprocessing or train/val/test rows: it reads the table into
-series (:mod:`mlsmith.forecasting.series`) and scores forecasters by backtesting
+series (:mod:`mlsmith.runtime.series`) and scores forecasters by backtesting
 (:mod:`mlsmith.backtest`). ``prepare`` and ``load_preprocessor``, the data-kind interface of
 the supervised kinds, say so for the verbs that need rows.
 """
@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 from mlsmith.config import Config, TimeSeriesDataConfig
 from mlsmith.data.tables import fingerprint, read_table
 from mlsmith.errors import ConfigError, DataError
-from mlsmith.forecasting.series import SeriesSet, read_series
+from mlsmith.runtime.series import SeriesSet, read_series
 
 if TYPE_CHECKING:
     import pandas as pd

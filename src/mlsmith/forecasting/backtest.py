@@ -15,10 +15,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from mlsmith.forecasting.metrics import ForecastCell, mase_scale
+from mlsmith.forecasting.metrics import ForecastCell
 from mlsmith.forecasting.models import ForecastFn
-from mlsmith.forecasting.series import Covariates, SeriesSet
 from mlsmith.forecasting.windows import backtest_windows, history_and_truth
+from mlsmith.runtime.forecaster import conformal_intervals, mase_scale
+from mlsmith.runtime.series import Covariates, SeriesSet
 
 
 def backtest(
@@ -83,19 +84,3 @@ def conformal_widths(
             [np.sort(e)[min(len(e) - 1, math.ceil((len(e) + 1) * q) - 1)] for e in errors]
         )
     return widths
-
-
-def conformal_intervals(
-    point: np.ndarray,
-    history: np.ndarray,
-    widths: dict[float, np.ndarray],
-    season_length: int,
-) -> dict[float, tuple[np.ndarray, np.ndarray]]:
-    """``point`` plus or minus each level's widths, on ``history``'s own scale."""
-    scale = mase_scale(history, season_length)
-    if not widths or not math.isfinite(scale):
-        return {}
-    return {
-        level: (point - width[: len(point)] * scale, point + width[: len(point)] * scale)
-        for level, width in widths.items()
-    }

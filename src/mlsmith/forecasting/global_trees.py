@@ -17,12 +17,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mlsmith.forecasting.series import Covariates
 from mlsmith.runtime.engines import import_library
+from mlsmith.runtime.forecaster import (
+    BOOSTER_FILE,
+    default_lags,
+    origin_features,
+    series_scale,
+    tree_rows,
+)
+from mlsmith.runtime.series import Covariates
 
 
 @dataclass
@@ -40,7 +48,7 @@ class GlobalTreeForecaster:
 
     @property
     def n_lags(self) -> int:
-        return self.lags or max(2 * self.season_length, self.horizon, 8)
+        return self.lags or default_lags(self.horizon, self.season_length)
 
     def fit(
         self, histories: Sequence[np.ndarray], covariates: Sequence[Covariates] | None = None
@@ -51,10 +59,12 @@ class GlobalTreeForecaster:
         rows, targets = [], []
         for i, history in enumerate(histories):
             y = _checked(history)
-            scale = _scale(y)
+            scale = series_scale(y)
             for origin in range(self.n_lags, len(y)):
                 steps = min(self.horizon, len(y) - origin)
-                features = self._features(y[:origin], scale)
+                features = origin_features(
+                    y[:origin], scale, self.n_lags, self.season_length, cyclic=False
+                )
                 for h in range(1, steps + 1):
                     extra = covariates[i].extra(origin, h) if covariates else np.zeros(0)
                     rows.append(np.concatenate([features, [h], extra]))
@@ -82,26 +92,14 @@ class GlobalTreeForecaster:
         if self._model is None:
             raise RuntimeError("fit the forecaster first")
         y = _checked(history)
-        scale = _scale(y)
-        features = self._features(y, scale)
-        rows = np.array(
-            [
-                np.concatenate(
-                    [features, [h], covariates.extra(len(y), h) if covariates else np.zeros(0)]
-                )
-                for h in range(1, self.horizon + 1)
-            ]
-        )
+        rows, scale = tree_rows(y, self.n_lags, self.season_length, self.horizon, covariates)
         return y[-1] + scale * self._model.predict(rows)
 
-    def _features(self, y: np.ndarray, scale: float) -> np.ndarray:
-        """Scaled changes of the last ``n_lags`` values from the last one, their rolling
-        means, and the position in the season (the history's length modulo the season)."""
-        lags = self.n_lags
-        window = y[-lags:] if len(y) >= lags else np.concatenate([np.full(lags - len(y), y[0]), y])
-        changes = (window - y[-1]) / scale
-        means = [changes[-k:].mean() for k in (2, 4, self.season_length, lags) if k <= lags]
-        return np.concatenate([changes, means, [len(y) % max(self.season_length, 1)]])
+    def save(self, directory: Path) -> None:
+        """The fitted booster, as :class:`~mlsmith.runtime.forecaster.SavedForecaster` reads it."""
+        if self._model is None:
+            raise RuntimeError("fit the forecaster first")
+        self._model.booster_.save_model(str(directory / BOOSTER_FILE))
 
 
 def _checked(history: np.ndarray) -> np.ndarray:
@@ -109,9 +107,3 @@ def _checked(history: np.ndarray) -> np.ndarray:
     if y.ndim != 1 or len(y) < 2 or not np.isfinite(y).all():
         raise ValueError("a history must be a finite 1-D series of at least 2 values")
     return y
-
-
-def _scale(y: np.ndarray) -> float:
-    """The mean absolute one-step change (1 for a constant series)."""
-    scale = float(np.mean(np.abs(np.diff(y))))
-    return scale if scale > 0 else 1.0

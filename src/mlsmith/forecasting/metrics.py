@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from mlsmith.evaluation import json_number, mean_defined, ratio_interval
+from mlsmith.runtime.forecaster import mase_scale
 
 POINT_METRICS = ("mase", "smape", "mae", "rmse")
 
@@ -45,16 +46,6 @@ class ForecastCell:
     point: np.ndarray
     # Interval level in percent (e.g. 80.0) -> (lower, upper) bounds per step.
     intervals: dict[float, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
-
-
-def mase_scale(history: np.ndarray, season_length: int) -> float:
-    """The in-sample MAE of the seasonal naive forecast (NaN when it is 0 or undefined)."""
-    history = np.asarray(history, dtype=np.float64)
-    m = season_length if len(history) > season_length else 1
-    if len(history) <= m:
-        return math.nan
-    scale = float(np.mean(np.abs(history[m:] - history[:-m])))
-    return scale if scale > 0 else math.nan
 
 
 def cell_metrics(cell: ForecastCell, season_length: int) -> dict[str, float]:

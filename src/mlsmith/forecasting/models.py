@@ -17,8 +17,8 @@ import numpy as np
 
 from mlsmith.forecasting.baselines import BASELINES
 from mlsmith.forecasting.global_trees import GlobalTreeForecaster
-from mlsmith.forecasting.series import Covariates
-from mlsmith.forecasting.statistical import (
+from mlsmith.runtime.series import Covariates
+from mlsmith.runtime.statistical import (
     STATISTICAL_MODELS,
     SeriesForecast,
     statistical_forecast,

@@ -12,7 +12,6 @@ last ``horizon`` origins of every series validate (early stopping, best weights)
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -20,7 +19,13 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from mlsmith.config import Config, MLPConfig
-from mlsmith.forecasting.series import Covariates
+from mlsmith.runtime.forecaster import (
+    default_lags,
+    network_row,
+    origin_features,
+    series_scale,
+)
+from mlsmith.runtime.series import Covariates
 
 if TYPE_CHECKING:
     import torch
@@ -54,7 +59,7 @@ class GlobalMLPForecaster:
         self.config = config
         self.horizon = horizon
         self.season_length = max(season_length, 1)
-        self.lags = max(2 * self.season_length, horizon, 8)
+        self.lags = default_lags(horizon, self.season_length)
         self.work_dir = work_dir
         self.network: torch.nn.Module | None = None
         # The inputs' standardisation, from the training rows (identity without covariates).
@@ -78,11 +83,11 @@ class GlobalMLPForecaster:
         val_y: list[np.ndarray] = []
         for i, history in enumerate(histories):
             y = np.asarray(history, dtype=np.float64)
-            scale = _scale(y)
+            scale = series_scale(y)
             origins = range(self.lags, len(y) - self.horizon + 1)
             held = set(list(origins)[-self.horizon :])
             for origin in origins:
-                row = self._features(y[:origin], scale)
+                row = origin_features(y[:origin], scale, self.lags, self.season_length, cyclic=True)
                 if covariates:
                     row = np.concatenate([row, covariates[i].window(origin, self.horizon)])
                 target = (y[origin : origin + self.horizon] - y[origin - 1]) / scale
@@ -133,26 +138,31 @@ class GlobalMLPForecaster:
         if self.network is None:
             raise RuntimeError("fit the forecaster first")
         y = np.asarray(history, dtype=np.float64)
-        scale = _scale(y)
-        features = self._features(y, scale)
-        if covariates is not None:
-            features = np.concatenate([features, covariates.window(len(y), self.horizon)])
-        features = (features - self.mean) / self.std
-        row = torch.from_numpy(features.astype(np.float32))[None, :]
+        row, scale = network_row(
+            y, self.lags, self.season_length, self.horizon, covariates, self.mean, self.std
+        )
+        inputs = torch.from_numpy(row.astype(np.float32))[None, :]
         with torch.inference_mode():
-            out = self.network(numeric=row, categorical=torch.zeros((1, 0), dtype=torch.int64))
+            out = self.network(numeric=inputs, categorical=torch.zeros((1, 0), dtype=torch.int64))
         return y[-1] + scale * out[0].double().numpy()
 
-    def _features(self, y: np.ndarray, scale: float) -> np.ndarray:
-        lags = self.lags
-        window = y[-lags:] if len(y) >= lags else np.concatenate([np.full(lags - len(y), y[0]), y])
-        changes = (window - y[-1]) / scale
-        means = [changes[-k:].mean() for k in (2, 4, self.season_length, lags) if k <= lags]
-        phase = 2 * math.pi * (len(y) % self.season_length) / self.season_length
-        return np.concatenate([changes, means, [math.sin(phase), math.cos(phase)]])
+    def inference_graph(self) -> torch.nn.Module:
+        """The trained network with one input, the standardised features (a forecaster has no
+        categorical columns): what is exported to ONNX for
+        :class:`~mlsmith.runtime.forecaster.SavedForecaster` (input name
+        :data:`~mlsmith.runtime.forecaster.NETWORK_INPUT`, width ``len(self.mean)``)."""
+        import torch
 
+        if self.network is None:
+            raise RuntimeError("fit the forecaster first")
 
-def _scale(y: np.ndarray) -> float:
-    """The mean absolute one-step change (1 for a constant series)."""
-    scale = float(np.mean(np.abs(np.diff(y)))) if len(y) > 1 else 0.0
-    return scale if scale > 0 else 1.0
+        class FeaturesOnly(torch.nn.Module):
+            def __init__(self, network: torch.nn.Module) -> None:
+                super().__init__()
+                self.network = network
+
+            def forward(self, features: torch.Tensor) -> torch.Tensor:
+                empty = torch.zeros((features.shape[0], 0), dtype=torch.int64)
+                return self.network(numeric=features, categorical=empty)
+
+        return FeaturesOnly(self.network).eval()

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from mlsmith.errors import DataError
+from .errors import DataError
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -137,7 +137,7 @@ def read_series(
     """
     import pandas as pd
 
-    from mlsmith.runtime.frames import require_columns
+    from .frames import require_columns
 
     require_columns(frame, [time_column, target], source, "time and target")
     if id_column is not None:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from mlsmith.runtime.engines import import_library
+from .engines import import_library
 
 # model.type -> StatsForecast's class
 STATISTICAL_MODELS = {"ets": "AutoETS", "arima": "AutoARIMA", "theta": "AutoTheta"}

@@ -1,0 +1,392 @@
+"""A fitted forecaster, saved and loaded: the series of a long table in, their next periods out.
+
+A forecasting run fits its forecaster once more on every series' whole history and saves it
+in a folder (``<run>/forecaster/``, which is also a forecasting package's payload):
+``forecaster.json`` (the model, the table's columns, the series' frequency and season, the
+interval levels, the backtest's conformal widths) and, for a global model, its file: the LightGBM
+booster (``model.txt``) or the MLP exported to ONNX (``model.onnx``). StatsForecast's models are
+local: :class:`SavedForecaster` fits them on each history it is given, as every backtest window
+did. ``mlsmith predict``, the package's MLflow pyfunc and the server all forecast through
+:meth:`SavedForecaster.predict`, so none can drift from another.
+
+The global models' inputs are built here, once, for training and inference alike
+(:func:`origin_features`, :func:`tree_rows`, :func:`network_row`): for a forecast origin, the
+last ``lags`` values as changes from the value at the origin, divided by the series' scale (the
+mean absolute one-step change), their rolling means and the position in the season; the models
+predict the scaled change from the origin, so one model serves series of any level and unit.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .engines import OnnxEngine, import_library
+from .errors import DataError
+from .series import Covariates, SeriesSet, read_series
+from .statistical import STATISTICAL_MODELS, SeriesForecast, statistical_forecast
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+log = logging.getLogger(__name__)
+
+FORECASTER_FILE = "forecaster.json"
+# Global models' files in a forecaster folder.
+BOOSTER_FILE = "model.txt"
+NETWORK_FILE = "model.onnx"
+NETWORK_INPUT = "features"
+
+
+@dataclass
+class ForecasterSpec:
+    """What ``forecaster.json`` holds: everything but the fitted model's own file."""
+
+    family: str  # model.type: ets | arima | theta | lightgbm | mlp
+    horizon: int  # the steps the model was trained to forecast (data.horizon)
+    season_length: int
+    freq: str | None  # pandas' alias; None for whole-number periods
+    time_column: str
+    target: str
+    id_column: str | None = None
+    known: list[str] = field(default_factory=list)
+    past: list[str] = field(default_factory=list)
+    levels: list[float] = field(default_factory=list)
+    # Per level ("80"), per step: the backtest's conformal widths in MASE-scale units, for
+    # models without intervals of their own.
+    conformal: dict[str, list[float]] = field(default_factory=dict)
+    lags: int = 0  # global models: values before the origin read as features
+    # The MLP's input standardisation (empty: identity).
+    mean: list[float] = field(default_factory=list)
+    std: list[float] = field(default_factory=list)
+
+    @property
+    def model_file(self) -> str | None:
+        if self.family == "lightgbm":
+            return BOOSTER_FILE
+        if self.family == "mlp":
+            return NETWORK_FILE
+        return None
+
+    @staticmethod
+    def read(file: Path) -> ForecasterSpec:
+        try:
+            raw = json.loads(file.read_text())
+            return ForecasterSpec(**raw)
+        except FileNotFoundError:
+            raise DataError(f"{file}: not found; not a saved forecaster") from None
+        except (OSError, ValueError, TypeError) as exc:
+            raise DataError(f"{file}: not readable ({exc})") from None
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+
+class SavedForecaster:
+    """A forecaster folder loaded to forecast (see the module)."""
+
+    def __init__(self, directory: str | Path, *, providers: list[str] | None = None) -> None:
+        self.directory = Path(directory)
+        self.spec = ForecasterSpec.read(self.directory / FORECASTER_FILE)
+        family = self.spec.family
+        self.booster: Any = None
+        self.engine: OnnxEngine | None = None
+        if family == "lightgbm":
+            # The booster itself, on float64 rows as it was trained (the tabular engine's float32
+            # matrix could move a row across a split threshold).
+            lightgbm = import_library("lightgbm", "trees", "A LightGBM forecaster")
+            self.booster = lightgbm.Booster(model_str=(self.directory / BOOSTER_FILE).read_text())
+        elif family == "mlp":
+            self.engine = OnnxEngine(self.directory / NETWORK_FILE, providers=providers)
+        elif family not in STATISTICAL_MODELS:
+            raise DataError(
+                f"{self.directory / FORECASTER_FILE}: unknown forecaster '{family}'; this "
+                "runtime forecasts with ets, arima, theta, lightgbm and mlp"
+            )
+
+    @property
+    def family(self) -> str:
+        return self.spec.family
+
+    @property
+    def columns(self) -> list[str]:
+        """The columns a history table brings (the id column only with several series)."""
+        spec = self.spec
+        ids = [spec.id_column] if spec.id_column else []
+        return [*ids, spec.time_column, spec.target, *spec.known, *spec.past]
+
+    def read(self, frame: pd.DataFrame, source: str = "input") -> SeriesSet:
+        """The series of a history table (rows after a series' last value may bring the known
+        covariates of the periods to forecast)."""
+        spec = self.spec
+        return read_series(
+            frame,
+            time_column=spec.time_column,
+            target=spec.target,
+            id_column=spec.id_column,
+            freq=spec.freq,
+            season_length=spec.season_length,
+            source=source,
+            known=spec.known,
+            past=spec.past,
+            future=True,
+        )
+
+    def forecast(
+        self,
+        histories: Sequence[np.ndarray],
+        steps: int,
+        levels: Sequence[float] = (),
+        covariates: Sequence[Covariates] | None = None,
+    ) -> list[SeriesForecast]:
+        """Each history's next ``steps`` values, with intervals at ``levels``: the statistical
+        models' own, else conformal ones from the backtest (up to its horizon)."""
+        spec = self.spec
+        if spec.family in STATISTICAL_MODELS:
+            return [
+                statistical_forecast(
+                    spec.family,
+                    y,
+                    steps,
+                    spec.season_length,
+                    levels=levels,
+                    known=covariates[i].known if covariates else None,
+                )
+                for i, y in enumerate(histories)
+            ]
+        widths = {
+            float(level): np.asarray(w, dtype=np.float64)
+            for level, w in spec.conformal.items()
+            if float(level) in {float(v) for v in levels}
+        }
+        if steps > spec.horizon:
+            widths = {}  # the backtest measured errors up to its horizon only
+        out = []
+        for i, y in enumerate(histories):
+            point = self._global(np.asarray(y, dtype=np.float64), steps, covariates, i)
+            out.append(
+                SeriesForecast(point, conformal_intervals(point, y, widths, spec.season_length))
+            )
+        return out
+
+    def _global(
+        self, y: np.ndarray, steps: int, covariates: Sequence[Covariates] | None, i: int
+    ) -> np.ndarray:
+        """A global model's forecast; beyond its horizon, recursively from its own forecast."""
+        spec = self.spec
+        series = covariates[i] if covariates else None
+        if series is not None:
+            if steps > spec.horizon and series.past.shape[1]:
+                raise DataError(
+                    f"a forecast of {steps} periods from a model trained for {spec.horizon} "
+                    "reads past covariates of periods not seen yet; forecast at most "
+                    f"{spec.horizon} periods, or train with a larger data.horizon"
+                )
+            # The model forecasts its whole horizon at a time (recursively beyond it), reading
+            # known covariates up to a horizon past the periods asked for; what it forecasts
+            # there is dropped, so the last known row stands in for the rows not given.
+            extra = len(y) + math.ceil(steps / spec.horizon) * spec.horizon - len(series.known)
+            if extra > 0:
+                padding = np.repeat(series.known[-1:], extra, axis=0)
+                series = Covariates(np.concatenate([series.known, padding]), series.past)
+        history = y
+        forecast: list[np.ndarray] = []
+        while sum(len(f) for f in forecast) < steps:
+            window = series
+            if series is not None and len(history) > len(y):
+                window = Covariates(series.known, np.zeros((len(history), 0)))
+            if spec.family == "lightgbm":
+                rows, scale = tree_rows(
+                    history, spec.lags, spec.season_length, spec.horizon, window
+                )
+                change = self.booster.predict(rows, num_iteration=self.booster.current_iteration())
+            else:
+                assert self.engine is not None
+                row, scale = network_row(
+                    history,
+                    spec.lags,
+                    spec.season_length,
+                    spec.horizon,
+                    window,
+                    np.asarray(spec.mean),
+                    np.asarray(spec.std),
+                )
+                change = self.engine.raw({NETWORK_INPUT: row[None, :].astype(np.float32)})[0]
+            values = history[-1] + scale * np.asarray(change, dtype=np.float64)
+            forecast.append(values)
+            history = np.concatenate([history, values])
+        return np.concatenate(forecast)[:steps]
+
+    def predict(
+        self,
+        frame: pd.DataFrame,
+        horizon: int | None = None,
+        source: str = "input",
+        levels: Sequence[float] | None = None,
+    ) -> pd.DataFrame:
+        """The next ``horizon`` periods (default: the trained horizon) of every series of the
+        history table ``frame``: ``id`` (with an id column), ``time``, ``forecast``,
+        ``lo_<level>`` and ``hi_<level>``."""
+        import pandas as pd
+
+        spec = self.spec
+        steps = horizon or spec.horizon
+        if steps < 1:
+            raise DataError(f"{source}: the horizon must be at least 1 period, got {steps}")
+        chosen = spec.levels if levels is None else list(levels)
+        series = self.read(frame, source)
+        forecasts = self.forecast(
+            series.values, steps, chosen, future_covariates(series, steps, source)
+        )
+        if steps > spec.horizon and spec.family not in STATISTICAL_MODELS and chosen:
+            log.warning("no conformal intervals beyond the backtest's horizon of %d", spec.horizon)
+        frames = []
+        for name, times, forecast in zip(series.ids, series.times, forecasts, strict=True):
+            columns: dict[str, Any] = {}
+            if spec.id_column is not None:
+                columns["id"] = name
+            columns["time"] = future_times(times, steps, series.freq)
+            columns["forecast"] = forecast.point
+            for level, (low, high) in forecast.intervals.items():
+                columns[f"lo_{level:g}"] = low
+                columns[f"hi_{level:g}"] = high
+            frames.append(pd.DataFrame(columns))
+        if not frames:
+            return pd.DataFrame(columns=["time", "forecast"])
+        return pd.concat(frames, ignore_index=True)
+
+
+# --- the global models' inputs --------------------------------------------------------------
+
+
+def default_lags(horizon: int, season_length: int) -> int:
+    """Two seasons of values, at least the horizon, at least 8."""
+    return max(2 * max(season_length, 1), horizon, 8)
+
+
+def series_scale(y: np.ndarray) -> float:
+    """The mean absolute one-step change of ``y`` (1 for a constant series)."""
+    scale = float(np.mean(np.abs(np.diff(y)))) if len(y) > 1 else 0.0
+    return scale if scale > 0 else 1.0
+
+
+def origin_features(
+    y: np.ndarray, scale: float, lags: int, season_length: int, *, cyclic: bool
+) -> np.ndarray:
+    """Scaled changes of the last ``lags`` values from the last one, their rolling means, and
+    the position in the season: as an index for a tree, as its sine and cosine for a network
+    (``cyclic``)."""
+    season = max(season_length, 1)
+    window = y[-lags:] if len(y) >= lags else np.concatenate([np.full(lags - len(y), y[0]), y])
+    changes = (window - y[-1]) / scale
+    means = [changes[-k:].mean() for k in (2, 4, season, lags) if k <= lags]
+    if cyclic:
+        phase = 2 * math.pi * (len(y) % season) / season
+        position = [math.sin(phase), math.cos(phase)]
+    else:
+        position = [len(y) % season]
+    return np.concatenate([changes, means, position])
+
+
+def tree_rows(
+    y: np.ndarray,
+    lags: int,
+    season_length: int,
+    horizon: int,
+    covariates: Covariates | None = None,
+) -> tuple[np.ndarray, float]:
+    """The global tree's rows for the ``horizon`` steps after ``y`` (the step is a feature), and
+    the scale its outputs are in."""
+    scale = series_scale(y)
+    features = origin_features(y, scale, lags, season_length, cyclic=False)
+    rows = [
+        np.concatenate([features, [h], covariates.extra(len(y), h) if covariates else []])
+        for h in range(1, horizon + 1)
+    ]
+    return np.asarray(rows, dtype=np.float64), scale
+
+
+def network_row(
+    y: np.ndarray,
+    lags: int,
+    season_length: int,
+    horizon: int,
+    covariates: Covariates | None,
+    mean: np.ndarray,
+    std: np.ndarray,
+) -> tuple[np.ndarray, float]:
+    """The global MLP's input for the ``horizon`` steps after ``y`` (standardised with
+    ``mean`` and ``std`` when given), and the scale its outputs are in."""
+    scale = series_scale(y)
+    row = origin_features(y, scale, lags, season_length, cyclic=True)
+    if covariates is not None:
+        row = np.concatenate([row, covariates.window(len(y), horizon)])
+    if len(mean):
+        row = (row - mean) / std
+    return row, scale
+
+
+# --- intervals, covariates and times of a forecast ------------------------------------------
+
+
+def mase_scale(history: np.ndarray, season_length: int) -> float:
+    """The in-sample MAE of the seasonal naive forecast (NaN when it is 0 or undefined)."""
+    history = np.asarray(history, dtype=np.float64)
+    m = season_length if len(history) > season_length else 1
+    if len(history) <= m:
+        return math.nan
+    scale = float(np.mean(np.abs(history[m:] - history[:-m])))
+    return scale if scale > 0 else math.nan
+
+
+def conformal_intervals(
+    point: np.ndarray,
+    history: np.ndarray,
+    widths: dict[float, np.ndarray],
+    season_length: int,
+) -> dict[float, tuple[np.ndarray, np.ndarray]]:
+    """``point`` plus or minus each level's widths, on ``history``'s own scale."""
+    scale = mase_scale(history, season_length)
+    if not widths or not math.isfinite(scale):
+        return {}
+    return {
+        level: (point - width[: len(point)] * scale, point + width[: len(point)] * scale)
+        for level, width in widths.items()
+    }
+
+
+def future_covariates(
+    series: SeriesSet, steps: int, source: str = "input"
+) -> list[Covariates] | None:
+    """Each series' covariates for a forecast of ``steps`` periods after its history: the
+    known ones of those periods come from the rows after its last value."""
+    if series.known is None or series.past is None or series.future_known is None:
+        return None
+    covariates = []
+    for name, known, past, future in zip(
+        series.ids, series.known, series.past, series.future_known, strict=True
+    ):
+        if known.shape[1] and len(future) < steps:
+            raise DataError(
+                f"{source}: series '{name}': forecasting {steps} periods reads the known "
+                f"covariates of those periods, and the history brings {len(future)}; add the "
+                "rows of the periods to forecast, with the covariates and an empty target"
+            )
+        covariates.append(Covariates(np.concatenate([known, future[:steps]]), past))
+    return covariates
+
+
+def future_times(times: np.ndarray, steps: int, freq: str | None) -> np.ndarray:
+    """The ``steps`` periods after ``times``' last one."""
+    import pandas as pd
+
+    if freq is None:
+        return np.arange(int(times[-1]) + 1, int(times[-1]) + 1 + steps)
+    return pd.date_range(start=times[-1], periods=steps + 1, freq=freq)[1:].to_numpy()
