@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from mlsmith.monitoring import MonitorResult
     from mlsmith.registry import Decision, RegisteredVersion
     from mlsmith.reports.compare import Comparison
+    from mlsmith.runtime.forecaster import SavedForecaster
     from mlsmith.runtime.package import Package
     from mlsmith.training.lr_finder import LRFindResult
     from mlsmith.tuning import TuneResult
@@ -325,12 +326,16 @@ def export(
     )
 
 
-def load_package(source: str | Path, *, tracking_uri: str | None = None) -> Package:
+def load_package(
+    source: str | Path, *, tracking_uri: str | None = None
+) -> Package | SavedForecaster:
     """A package ready to ``predict(rows)``: a package or run directory, ``runs:/<id>/package``
-    or ``models:/<name>@<alias>`` (from ``tracking_uri``, default ``MLFLOW_TRACKING_URI``)."""
-    from mlsmith.registry import load_package as load
+    or ``models:/<name>@<alias>`` (from ``tracking_uri``, default ``MLFLOW_TRACKING_URI``).
+    A forecasting run's package is its forecaster: ``predict(history, horizon)`` forecasts the
+    next periods of the history table's series."""
+    from mlsmith.registry.loading import load_any
 
-    return load(source, tracking_uri=tracking_uri)
+    return load_any(source, tracking_uri=tracking_uri)
 
 
 def register(
@@ -480,8 +485,10 @@ def monitor(
         min_rows=min_rows,
         max_metric_drop=max_metric_drop,
     )
+    from mlsmith.registry import load_package as load_rows_package
+
     return judge_log(
-        load_package(package, tracking_uri=tracking_uri),
+        load_rows_package(package, tracking_uri=tracking_uri),
         log,
         labels=labels,
         output=output,

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
     from mlsmith.runtime.forecaster import ForecasterSpec
     from mlsmith.runtime.series import Covariates, SeriesSet
     from mlsmith.runtime.statistical import SeriesForecast
+    from mlsmith.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +62,8 @@ BACKTEST_FILE = "backtest.json"
 FORECASTS_FILE = "forecasts.csv"
 # The forecaster fitted on every series' whole history: what predict and the package run.
 FORECASTER_DIR = "forecaster"
+# Series the MLP's ONNX export is checked on against the network.
+CHECK_SERIES = 20
 # Conformal widths (per level, per step, in units of each series' MASE scale) from the
 # backtest, for forecasters without intervals of their own: run.json keeps them for predict.
 CONFORMAL_KEY = "conformal_widths"
@@ -145,6 +148,9 @@ def run_forecasting(cfg: Config) -> Run:
     # The forecasts and metrics are complete and recorded: a stop from here on leaves a
     # finished run without its reports or MLflow artifacts, never an unfinished one.
     with tracker.closing_complete_run(run_dir):
+        if cfg.export.package:
+            info["package"] = write_package(run_dir, cfg, tracker)
+            write_json(run_dir / INFO_FILE, info)
         reports = write_reports_safely(run_dir) if cfg.eval.report else []
         tracker.log_metrics(_flat(metrics))
         tracker.log_artifacts(
@@ -152,6 +158,72 @@ def run_forecasting(cfg: Config) -> Run:
             + reports
         )
     return Run(run_dir)
+
+
+def write_package(
+    run_dir: Path,
+    cfg: Config,
+    tracker: Tracker | None,
+    output: Path | None = None,
+    *,
+    strict: bool = False,
+) -> dict[str, Any]:
+    """The run's package (``<run>/package/``, or ``output``), logged as its MLflow model when
+    written in place; what run.json says about it. A failure is a warning (the run is complete,
+    and ``mlsmith export`` can try again), or with ``strict`` the error itself."""
+    from mlsmith.data.timeseries import read_frame
+    from mlsmith.errors import MlsmithError
+    from mlsmith.packaging.forecast import write_forecast_package
+    from mlsmith.packaging.writer import PACKAGE_DIR
+
+    target = output or run_dir / PACKAGE_DIR
+    try:
+        export = write_forecast_package(
+            run_dir / FORECASTER_DIR, read_frame(cfg), target, run_name=run_dir.name
+        )
+    except Exception as error:  # the forecaster is saved; a package must never cost the run
+        if strict:
+            raise
+        what = str(error) if isinstance(error, MlsmithError) else f"{type(error).__name__}: {error}"
+        log.warning("no package written (%s); retry with `mlsmith export %s`", what, run_dir)
+        return {"status": "failed", "error": what}
+    record: dict[str, Any] = {
+        "status": "written",
+        "path": target.name,
+        "serves": export["serves"],
+        "max_abs_diff": export["package_check"]["max_abs_diff"],
+    }
+    model_id = tracker.log_package(target) if tracker is not None and output is None else None
+    if model_id:
+        record["mlflow_model_id"] = model_id
+    log.info("package: %s (forecasts with %s)", target, export["serves"])
+    return record
+
+
+def export_run(run: Run, output: str | Path | None = None) -> dict[str, Any]:
+    """Write (again) a finished forecasting run's package (``mlsmith export``); returns its
+    ``export.json``. Written in its place, it is logged to the run's MLflow run."""
+    from mlsmith.errors import RunError
+    from mlsmith.files import read_json
+    from mlsmith.packaging.writer import PACKAGE_DIR
+    from mlsmith.runtime.package import DATA_DIR, EXPORT_FILE, PAYLOAD_DIR
+    from mlsmith.tracking import Tracker
+
+    if run.info.get("status") not in (None, "finished"):
+        raise RunError(
+            f"{run.path}: the run is {run.info.get('status')}, not finished; export packages "
+            "a finished run's forecaster"
+        )
+    target = run.path / PACKAGE_DIR if output is None else Path(output)
+    in_place = target.resolve() == (run.path / PACKAGE_DIR).resolve()
+    tracker = Tracker.reopen(run.config, run.info.get("mlflow_run_id")) if in_place else None
+    record = write_package(run.path, run.config, tracker, None if in_place else target, strict=True)
+    if in_place:
+        info = run.info
+        info["package"] = record
+        write_json(run.path / INFO_FILE, info)
+    export: dict[str, Any] = read_json(target / DATA_DIR / PAYLOAD_DIR / EXPORT_FILE)
+    return export
 
 
 def forecast_future(
@@ -242,10 +314,42 @@ def _fit_and_save(cfg: Config, series: SeriesSet, spec: ForecasterSpec, folder: 
             network = GlobalMLPForecaster(cfg, data.horizon, series.season_length, Path(scratch))
             network.fit(series.values, covariates)
         from mlsmith.packaging.formats import to_onnx
-        from mlsmith.runtime.forecaster import NETWORK_FILE, NETWORK_INPUT
+        from mlsmith.runtime.engines import OnnxEngine
+        from mlsmith.runtime.forecaster import NETWORK_FILE, NETWORK_INPUT, network_row
 
+        rows = (
+            np.stack(
+                [
+                    network_row(
+                        y,
+                        network.lags,
+                        series.season_length,
+                        data.horizon,
+                        None,
+                        network.mean,
+                        network.std,
+                    )[0]
+                    for y in series.values[:CHECK_SERIES]
+                ]
+            ).astype(np.float32)
+            if covariates is None
+            else None
+        )
         example = {NETWORK_INPUT: np.zeros((2, len(network.mean)), dtype=np.float32)}
-        to_onnx(network.inference_graph(), example, folder / NETWORK_FILE)
+        graph = network.inference_graph()
+        to_onnx(graph, example, folder / NETWORK_FILE)
+        if rows is not None:
+            import torch
+
+            with torch.inference_mode():
+                expected = graph(torch.from_numpy(rows)).numpy()
+            got = OnnxEngine(folder / NETWORK_FILE, providers=["CPUExecutionProvider"]).raw(
+                {NETWORK_INPUT: rows}
+            )
+            diff = float(np.abs(got - expected).max())
+            if diff > 1e-4:
+                raise RuntimeError(f"the MLP's ONNX export differs from it by {diff:.3g}")
+            log.info("MLP forecaster exported to ONNX: max |difference| %.2g", diff)
         spec.lags = network.lags
         spec.mean, spec.std = network.mean.tolist(), network.std.tolist()
 

@@ -632,6 +632,17 @@ def export_run(
     from mlsmith.tracking import Tracker
 
     cfg = run.config
+    if cfg.data.type == "timeseries":
+        from mlsmith.forecasting_pipeline import export_run as export_forecasting_run
+
+        if quantize or prune or formats:
+            raise ConfigError(
+                "--format, --quantize and --prune: a forecasting run's package serves its "
+                "forecaster as trained (a LightGBM booster, an MLP in ONNX, or a statistical "
+                "model fitted at forecast time); leave them out"
+            )
+        return export_forecasting_run(run, output)
+    cfg = run.config
     if run.info.get("status") not in (None, "finished"):
         raise RunError(
             f"{run.path}: the run is {run.info.get('status')}, not finished; "

@@ -62,6 +62,15 @@ def command(
     result = export(
         run, formats=chosen, tolerance=tolerance, output=output, quantize=quantize, prune=prune
     )
+    if "series_checked" in result:  # a forecasting run's package
+        typer.echo(
+            f"package of {run}: forecasts with {result['serves']} ({result['engine']}); checked "
+            f"on {result['series_checked']} series of {result['rows_source']}: max |diff| from "
+            f"mlsmith predict {result['package_check']['max_abs_diff']:.2g}",
+            err=True,
+        )
+        typer.echo(str(output or Path(run) / "package"))
+        return
     table = Table(title=f"package of {run} (serves {result['serves']})")
     for column in (
         "format",

@@ -178,7 +178,7 @@ def write_package(
         raise ExportError("quantization and pruning need the run's training split; none was given")
     target = Path(output) if output else Path(run_dir) / PACKAGE_DIR
     started = time.perf_counter()
-    with _workspace(target) as work:
+    with package_workspace(target) as work:
         payload = work / PAYLOAD_DIR
         payload.mkdir()
         shutil.copyfile(Path(run_dir) / PREPROCESSING_FILE, payload / PREPROCESSING_FILE)
@@ -196,7 +196,7 @@ def write_package(
             "model_file": record["model_file"],
             "batch_size": model.config.train.eval_batch_size,
             "run": run_name or Path(run_dir).name,
-            "mlsmith_version": _version("mlsmith"),
+            "mlsmith_version": installed_version("mlsmith"),
         }
         write_json(payload / PACKAGE_FILE, info)
         export = {
@@ -219,7 +219,7 @@ def write_package(
         )
         export["seconds"] = round(time.perf_counter() - started, 2)
         write_json(package_dir / DATA_DIR / PAYLOAD_DIR / EXPORT_FILE, export)
-        _replace(package_dir, target)
+        replace_folder(package_dir, target)
     return export
 
 
@@ -427,7 +427,7 @@ def _export_booster(
     record: dict[str, Any] = {
         "file": source.name,
         "library": model.family,
-        "version": _version(model.family),
+        "version": installed_version(model.family),
     }
     record |= _parity(model.family, reference, engine.raw(encoded), model.task.kind)
     record["bytes"] = (payload / source.name).stat().st_size
@@ -528,10 +528,10 @@ def requirements(kind: str, engine: str) -> list[str]:
     names = ["mlflow-skinny", "numpy", "pandas"]
     names += {"onnx": ["onnxruntime"], "lightgbm": ["lightgbm"], "xgboost": ["xgboost"]}[engine]
     names += {"text": ["tokenizers"], "image": ["pillow"]}.get(kind, [])
-    return [f"{name}=={_version(name)}" for name in names]
+    return [f"{name}=={installed_version(name)}" for name in names]
 
 
-def _version(distribution: str) -> str:
+def installed_version(distribution: str) -> str:
     try:
         return metadata.version(distribution)
     except metadata.PackageNotFoundError:
@@ -589,7 +589,7 @@ def _check_package(
 
 
 @contextmanager
-def _workspace(target: Path) -> Iterator[Path]:
+def package_workspace(target: Path) -> Iterator[Path]:
     """A scratch folder beside ``target`` (same file system, so the final move is a rename)."""
     target.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
@@ -599,7 +599,7 @@ def _workspace(target: Path) -> Iterator[Path]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _replace(new: Path, target: Path) -> None:
+def replace_folder(new: Path, target: Path) -> None:
     """Put the folder ``new`` at ``target`` with renames: a reader sees the old or the new."""
     old = None
     if target.exists():

@@ -13,6 +13,8 @@ from pathlib import Path
 
 from mlsmith.errors import RunError
 from mlsmith.registry.store import download, first_line, resolve_tracking_uri
+from mlsmith.runtime.forecaster import SavedForecaster
+from mlsmith.runtime.loading import load
 from mlsmith.runtime.package import PACKAGE_FILE, Package
 
 MLFLOW_URIS = ("runs:/", "models:/")
@@ -25,6 +27,13 @@ def load_package(source: str | Path, *, tracking_uri: str | None = None) -> Pack
     with package_folder(source, tracking_uri=tracking_uri) as folder:
         # Everything a package needs is read into memory here; a download can go afterwards.
         return Package(folder)
+
+
+def load_any(source: str | Path, *, tracking_uri: str | None = None) -> Package | SavedForecaster:
+    """:func:`load_package`, or for a forecasting run's package its forecaster
+    (``predict(history, horizon)``)."""
+    with package_folder(source, tracking_uri=tracking_uri) as folder:
+        return load(folder)
 
 
 @contextmanager

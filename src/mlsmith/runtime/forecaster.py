@@ -30,6 +30,7 @@ import numpy as np
 
 from .engines import OnnxEngine, import_library
 from .errors import DataError
+from .package import DATA_DIR, PAYLOAD_DIR
 from .series import Covariates, SeriesSet, read_series
 from .statistical import STATISTICAL_MODELS, SeriesForecast, statistical_forecast
 
@@ -93,7 +94,9 @@ class SavedForecaster:
     """A forecaster folder loaded to forecast (see the module)."""
 
     def __init__(self, directory: str | Path, *, providers: list[str] | None = None) -> None:
-        self.directory = Path(directory)
+        root = Path(directory)
+        # A package folder (MLflow's format) keeps the forecaster in its payload.
+        self.directory = root / DATA_DIR / PAYLOAD_DIR if (root / "MLmodel").is_file() else root
         self.spec = ForecasterSpec.read(self.directory / FORECASTER_FILE)
         family = self.spec.family
         self.booster: Any = None

@@ -110,6 +110,11 @@ class Package:
                 f"{data / PACKAGE_FILE}: package format {self.info['format_version']} is newer "
                 f"than this runtime reads ({FORMAT_VERSION}); upgrade mlsmith"
             )
+        if self.info.get("kind") == "forecast":
+            raise DataError(
+                f"{data}: a forecasting package forecasts series rather than predicting rows; "
+                "load it with mlsmith.load_package (or mlsmith_runtime.loading.load)"
+            )
         state = _read_json(data / PREPROCESSING_FILE)
         self.kind: str = state["kind"]
         self.decoder = Decoder(state["task"])

@@ -13,6 +13,8 @@ from typing import Any
 # inference from them, the package's signature is the schema).
 import pandas as pd
 
+from .forecaster import SavedForecaster
+from .loading import load
 from .package import Package
 
 
@@ -29,5 +31,23 @@ class PackageModel:
         return self.package.predict(frame)
 
 
-def _load_pyfunc(data_path: str) -> PackageModel:
-    return PackageModel(Package(data_path))
+class ForecastModel:
+    """What ``mlflow.pyfunc`` wraps for a forecasting package: ``predict(history) ->
+    forecasts``, ``params={"horizon": H}`` (default: the horizon it was trained for)."""
+
+    def __init__(self, forecaster: SavedForecaster) -> None:
+        self.forecaster = forecaster
+
+    def predict(
+        self, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        horizon = (params or {}).get("horizon")
+        return self.forecaster.predict(frame, int(horizon) if horizon else None)
+
+
+def _load_pyfunc(data_path: str) -> PackageModel | ForecastModel:
+    loaded = load(data_path)
+    if isinstance(loaded, SavedForecaster):
+        return ForecastModel(loaded)
+    return PackageModel(loaded)

@@ -64,6 +64,7 @@ if TYPE_CHECKING:
     from mlsmith.runtime.drift import DriftWindow
     from mlsmith.runtime.package import Package
     from mlsmith.serving.feedback import FeedbackStore
+    from mlsmith.serving.forecasts import ForecastEndpoint
     from mlsmith.serving.predlog import PredictionLog
     from mlsmith.serving.routing import Router
 
@@ -121,23 +122,35 @@ class ServerState:
     endpoints: dict[str, Endpoint]
     metrics: ServerMetrics
     predlog: PredictionLog | None
+    # Served names that forecast (a forecasting run's package): see mlsmith.serving.forecasts.
+    forecasts: dict[str, ForecastEndpoint] = field(default_factory=dict)
     draining: bool = False
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
-def load_endpoints(config: ServeConfig, metrics: ServerMetrics) -> dict[str, Endpoint]:
-    """Load every model the config names, each once."""
+def load_endpoints(
+    config: ServeConfig, metrics: ServerMetrics
+) -> tuple[dict[str, Endpoint], dict[str, ForecastEndpoint]]:
+    """Load every model the config names, each once: the row models, and the forecasting
+    packages (served on their own, outside A/B routes)."""
+    from mlsmith.serving.forecasts import load_forecast_endpoint
+
     routes: dict[str, RouteConfig] = dict(config.routes)
+    forecasts = {}
     for name, reference in config.models.items():
+        forecast = load_forecast_endpoint(name, reference, config.tracking_uri)
+        if forecast is not None:
+            forecasts[name] = forecast
+            continue
         routes[name] = RouteConfig(variants=[VariantConfig(name=DEFAULT_VARIANT, model=reference)])
-    if not routes:
+    if not routes and not forecasts:
         raise MlsmithError(
             "nothing to serve: name at least one model (a run, a package or models:/NAME@ALIAS)"
         )
     endpoints = {}
     for name, route in routes.items():
         endpoints[name] = _endpoint(name, route, config, metrics)
-    return endpoints
+    return endpoints, forecasts
 
 
 def _endpoint(
@@ -216,13 +229,13 @@ def create_app(config: ServeConfig) -> FastAPI:
     """The application serving ``config``'s models (loaded now)."""
 
     metrics = ServerMetrics()
-    endpoints = load_endpoints(config, metrics)
+    endpoints, forecasts = load_endpoints(config, metrics)
     predlog = None
     if config.log.directory is not None:
         from mlsmith.serving.predlog import PredictionLog
 
         predlog = PredictionLog(config.log)
-    state = ServerState(config, endpoints, metrics, predlog)
+    state = ServerState(config, endpoints, metrics, predlog, forecasts)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -452,16 +465,23 @@ def _routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v2/models/{name}", tags=["metadata"], responses=_ERRORS)
     async def model_metadata(name: str) -> dict[str, Any]:
+        if name in state.forecasts:
+            return state.forecasts[name].metadata()
         return metadata(endpoint_for(state, name), None)
 
     @app.get("/v2/models/{name}/versions/{version}", tags=["metadata"], responses=_ERRORS)
     async def version_metadata(name: str, version: str) -> dict[str, Any]:
+        if name in state.forecasts:
+            return forecast_version(state, name, version).metadata()
         endpoint = endpoint_for(state, name)
         return metadata(endpoint, variant_for(endpoint, version))
 
     def readiness(name: str, version: str | None) -> Response:
-        endpoint = endpoint_for(state, name)
-        variant_for(endpoint, version)
+        if name in state.forecasts:
+            if version is not None:
+                forecast_version(state, name, version)
+        else:
+            variant_for(endpoint_for(state, name), version)
         ok = not state.draining
         return JSONResponse({"name": name, "ready": ok}, status_code=200 if ok else 503)
 
@@ -495,7 +515,7 @@ def _routes(app: FastAPI, state: ServerState) -> None:
         responses=_ERRORS,
     )
     async def predict(name: str, request: Request) -> Response:
-        return await _predict_rows(state, request, endpoint_for(state, name))
+        return await _predict(state, request, name)
 
     _plain_inference_routes(app, state)
 
@@ -503,6 +523,11 @@ def _routes(app: FastAPI, state: ServerState) -> None:
         "/v2/models/{name}/feedback", tags=["a/b"], openapi_extra=_FEEDBACK_BODY, responses=_ERRORS
     )
     async def feedback(name: str, request: Request) -> Response:
+        if name in state.forecasts:
+            raise ProtocolError(
+                f"'{name}' forecasts: label feedback scores classifiers and regressors; a "
+                "forecaster is scored by its backtest (`mlsmith train`) on newer history"
+            )
         endpoint = endpoint_for(state, name)
         body = _json_object(await _read_body(request, state.config))
         ids, labels = body.get("request_ids"), body.get("labels")
@@ -528,6 +553,10 @@ def _routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v2/models/{name}/ab", tags=["a/b"], responses=_ERRORS)
     async def ab(name: str) -> Response:
+        if name in state.forecasts:
+            return JSONResponse(
+                {"model": name, "weights": {DEFAULT_VARIANT: 1.0}, "feedback": None}
+            )
         endpoint = endpoint_for(state, name)
         store = endpoint.feedback
         report = (
@@ -563,7 +592,7 @@ def _plain_inference_routes(app: FastAPI, state: ServerState) -> None:
         return await _infer(state, request, params["name"], params["version"])
 
     async def predict(request: Request) -> Response:
-        return await _predict_rows(state, request, endpoint_for(state, request.path_params["name"]))
+        return await _predict(state, request, request.path_params["name"])
 
     plain = [
         Route("/v2/models/{name}/infer", infer, methods=["POST"], include_in_schema=False),
@@ -584,7 +613,7 @@ def endpoint_for(state: ServerState, name: str) -> Endpoint:
     if endpoint is None:
         from mlsmith.errors import did_you_mean
 
-        known = list(state.endpoints)
+        known = [*state.endpoints, *state.forecasts]
         raise ProtocolError(
             f"no model named '{name}'{did_you_mean(name, known)}; served: {', '.join(known)}",
             404,
@@ -736,6 +765,8 @@ async def _infer(
     version: str | None,
 ) -> Response:
 
+    if name in state.forecasts:
+        return await _forecast_infer(state, request, forecast_version(state, name, version))
     started = time.perf_counter()
     endpoint = endpoint_for(state, name)
     pinned = variant_for(endpoint, version)
@@ -772,6 +803,95 @@ async def _infer(
     finally:
         state.metrics.requests.labels(name, variant_name, "infer", str(status)).inc()
         state.metrics.latency.labels(name, "infer").observe(time.perf_counter() - started)
+
+
+async def _predict(state: ServerState, request: Request, name: str) -> Response:
+    if name in state.forecasts:
+        return await _forecast_rows(state, request, state.forecasts[name])
+    return await _predict_rows(state, request, endpoint_for(state, name))
+
+
+def forecast_version(state: ServerState, name: str, version: str | None) -> ForecastEndpoint:
+    """The forecasting endpoint ``name`` (404 for a version it does not serve)."""
+    endpoint = state.forecasts[name]
+    if version is not None and version != endpoint.version:
+        raise ProtocolError(
+            f"model '{name}' has no version '{version}' being served (serving: {endpoint.version})",
+            404,
+        )
+    return endpoint
+
+
+async def _forecast_infer(
+    state: ServerState, request: Request, endpoint: ForecastEndpoint
+) -> Response:
+    """A v2 inference request to a forecasting package (see mlsmith.serving.forecasts)."""
+    from mlsmith.serving.forecasts import history_from_tensors, output_tensors
+
+    started = time.perf_counter()
+    status = 400
+    try:
+        body = await _read_body(request, state.config)
+        parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
+        history = history_from_tensors(parsed, endpoint)
+        forecasts = await endpoint.forecast(history, parsed.parameters.get("horizon"))
+        tensors = output_tensors(forecasts)
+        check_requested_outputs(parsed, [t.name for t in tensors])
+        request_id = parsed.id or request.headers.get(REQUEST_ID_HEADER) or new_request_id()
+        content, headers = encode_response(
+            model_name=endpoint.name,
+            model_version=endpoint.version,
+            request_id=request_id,
+            outputs=tensors,
+            parameters={"variant": DEFAULT_VARIANT},
+            request=parsed,
+        )
+        status = 200
+        return Response(content, headers=headers | _request_id_headers(request_id))
+    except ProtocolError as exc:
+        status = exc.status
+        raise
+    finally:
+        state.metrics.requests.labels(endpoint.name, DEFAULT_VARIANT, "infer", str(status)).inc()
+        state.metrics.latency.labels(endpoint.name, "infer").observe(time.perf_counter() - started)
+
+
+async def _forecast_rows(
+    state: ServerState, request: Request, endpoint: ForecastEndpoint
+) -> Response:
+    """``POST .../predict`` to a forecasting package: ``{"rows": [...], "horizon": H}``."""
+    from mlsmith.serving.forecasts import forecast_items, history_from_rows
+
+    started = time.perf_counter()
+    status = 400
+    try:
+        body = _json_object(await _read_body(request, state.config))
+        history = history_from_rows(body.get("rows"), endpoint)
+        forecasts = await endpoint.forecast(history, body.get("horizon"))
+        request_id = check_text(
+            str(body.get("id") or request.headers.get(REQUEST_ID_HEADER) or new_request_id()),
+            "'id'",
+        )
+        document = {
+            "model_name": endpoint.name,
+            "model_version": endpoint.version,
+            "id": request_id,
+            "forecasts": forecast_items(forecasts),
+        }
+        status = 200
+        return Response(
+            dump_json(document),
+            media_type="application/json",
+            headers=_request_id_headers(request_id),
+        )
+    except ProtocolError as exc:
+        status = exc.status
+        raise
+    finally:
+        state.metrics.requests.labels(endpoint.name, DEFAULT_VARIANT, "predict", str(status)).inc()
+        state.metrics.latency.labels(endpoint.name, "predict").observe(
+            time.perf_counter() - started
+        )
 
 
 async def _predict_rows(state: ServerState, request: Request, endpoint: Endpoint) -> Response:
