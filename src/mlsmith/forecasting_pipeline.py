@@ -11,13 +11,15 @@ directory like every other run's (``config.yaml``, ``run.json``, ``metrics.json`
 * ``backtest.json``: per-series metrics and the error by horizon step, of the model and of
   each baseline, on the test window;
 * ``forecasts.csv``: every backtest forecast of the model (series, window, time, truth,
-  forecast, interval bounds).
+  forecast, interval bounds);
+* ``forecaster/``: the model fitted once more on every series' whole history
+  (:func:`save_forecaster`), with the backtest's conformal widths for a model without intervals
+  of its own; ``package/``: that forecaster in MLflow's format (:mod:`mlsmith.packaging.forecast`).
 
-``mlsmith predict RUN --horizon H [--input HISTORY]`` (:func:`forecast_future`) refits the
-forecaster on the history (the training table unless another is given) and forecasts the next
-``H`` periods of every series: ``id`` (with several series), ``time``, ``forecast``,
-``lo_<level>`` and ``hi_<level>``. A forecaster without intervals of its own gets conformal ones
-from the run's backtest errors.
+``mlsmith predict RUN --horizon H [--input HISTORY]`` (:func:`forecast_future`) forecasts with
+the saved forecaster from the end of the history (the training table unless another is given):
+``id`` (with several series), ``time``, ``forecast``, ``lo_<level>`` and ``hi_<level>`` of the
+next ``H`` periods of every series.
 """
 
 from __future__ import annotations

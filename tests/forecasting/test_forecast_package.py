@@ -266,3 +266,38 @@ def test_history_without_the_known_covariates_ahead_is_a_clear_error(tmp_path: P
     assert isinstance(package, SavedForecaster)
     with pytest.raises(DataError, match="add the rows of the periods to forecast"):
         package.predict(table, 3)
+
+
+def test_the_package_forecasts_in_a_process_where_torch_and_mlsmith_cannot_import(
+    tree_run: tuple[Path, mlsmith.Run], tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+    import textwrap
+
+    root, run = tree_run
+    script = textwrap.dedent(
+        f"""
+        import sys
+
+        class Blocked:
+            def find_spec(self, name, path=None, target=None):
+                if name.split(".")[0] in ("torch", "mlsmith"):
+                    raise ImportError(f"{{name}} is blocked in this test")
+                return None
+
+        sys.meta_path.insert(0, Blocked())
+        import mlflow.pyfunc, pandas as pd
+        model = mlflow.pyfunc.load_model({str(run.path / "package")!r})
+        out = model.predict(pd.read_csv({str(root / "sales.csv")!r}), params={{"horizon": 3}})
+        out.to_csv({str(tmp_path / "out.csv")!r}, index=False)
+        print(sorted(m for m in sys.modules if m.startswith(("torch", "mlsmith."))))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("[]")
+    out = pd.read_csv(tmp_path / "out.csv")
+    np.testing.assert_allclose(out["forecast"], mlsmith.forecast(run, 3)["forecast"])
