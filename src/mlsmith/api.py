@@ -194,8 +194,9 @@ def forecast(
 ) -> pd.DataFrame | int:
     """The next ``horizon`` periods (default: the run's ``data.horizon``) of every series of a
     forecasting run, from the end of ``history`` (default: its training table), by its saved
-    forecaster (a statistical model is fitted on each history): ``id`` (several series), ``time``, ``forecast``, ``lo_<level>``,
-    ``hi_<level>``. A DataFrame, or with ``output`` (.csv or .parquet) the rows written."""
+    forecaster (a statistical model is fitted on each history): ``id`` (several series),
+    ``time``, ``forecast``, ``lo_<level>``, ``hi_<level>``. A DataFrame, or with ``output``
+    (.csv or .parquet) the rows written."""
     from mlsmith.forecasting_pipeline import forecast_future, write_forecasts
 
     target = _as_run(run)
