@@ -22,11 +22,11 @@ import numpy as np
 from mlsmith.files import write_json
 from mlsmith.packaging.writer import (
     PACKAGE_DIR,
-    RUNTIME_NAME,
     ExportError,
     installed_version,
     package_workspace,
     replace_folder,
+    save_pyfunc,
 )
 from mlsmith.runtime.forecaster import SavedForecaster
 from mlsmith.runtime.loading import FORECAST_KIND
@@ -40,6 +40,8 @@ log = logging.getLogger(__name__)
 # Series whose forecasts the finished package must reproduce (a statistical model refits each).
 CHECK_SERIES = 20
 ENGINES = {"lightgbm": "lightgbm", "mlp": "onnx"}  # statistical models: statsforecast
+# What each engine imports at forecast time (beside MLflow, NumPy and pandas).
+ENGINE_PACKAGES = {"lightgbm": "lightgbm", "onnx": "onnxruntime", "statsforecast": "statsforecast"}
 
 
 def write_forecast_package(
@@ -152,36 +154,20 @@ def _save_mlflow_model(
     forecasts: pd.DataFrame,
     info: dict[str, Any],
 ) -> None:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
-        import mlflow.pyfunc
-        from mlflow.models import infer_signature
+    from mlflow.models import infer_signature
 
-    logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)
-    code = payload.parent / RUNTIME_NAME
-    shutil.copytree(
-        Path(__file__).resolve().parents[1] / "runtime",
-        code,
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-    )
     example = _example(history, forecaster)
+    horizon = {"horizon": int(forecaster.spec.horizon)}
     outputs = forecasts.assign(time=forecasts["time"].astype(str))
-    signature = infer_signature(example, outputs, params={"horizon": int(forecaster.spec.horizon)})
-    engine_requirements = {
-        "lightgbm": ["lightgbm"],
-        "onnx": ["onnxruntime"],
-        "statsforecast": ["statsforecast"],
-    }
-    names = ["mlflow-skinny", "numpy", "pandas", *engine_requirements[info["engine"]]]
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
-        mlflow.pyfunc.save_model(
-            str(package_dir),
-            loader_module=f"{RUNTIME_NAME}.pyfunc",
-            data_path=str(payload),
-            code_paths=[str(code)],
-            signature=signature,
-            input_example=(example, {"horizon": int(forecaster.spec.horizon)}),
-            pip_requirements=[f"{name}=={installed_version(name)}" for name in names],
-            metadata={"mlsmith": {k: info[k] for k in ("family", "kind", "engine", "run")}},
-        )
+        signature = infer_signature(example, outputs, params=horizon)
+    names = ["mlflow-skinny", "numpy", "pandas", ENGINE_PACKAGES[info["engine"]]]
+    save_pyfunc(
+        package_dir,
+        payload,
+        signature=signature,
+        input_example=(example, horizon),
+        pip_requirements=[f"{name}=={installed_version(name)}" for name in names],
+        info=info,
+    )

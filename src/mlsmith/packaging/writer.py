@@ -451,23 +451,10 @@ def _save_mlflow_model(
     model: Model,
     info: dict[str, Any],
 ) -> None:
-    with warnings.catch_warnings():
-        # MLflow's own response types warn about their type hints when first imported.
-        warnings.simplefilter("ignore", UserWarning)
-        import mlflow.pyfunc
-        from mlflow.models import infer_signature
-
-    # MLflow announces at INFO that it loads the package to validate the example: it is ours.
-    logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)
+    from mlflow.models import infer_signature
 
     from mlsmith.prediction import predict_frame
 
-    code = payload.parent / RUNTIME_NAME
-    shutil.copytree(
-        Path(__file__).resolve().parents[1] / "runtime",
-        code,
-        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
-    )
     head = rows.frame.head(EXAMPLE_ROWS).reset_index(drop=True)
     example = _example(head, encoder)
     with warnings.catch_warnings():
@@ -476,18 +463,52 @@ def _save_mlflow_model(
         warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
         signature = infer_signature(example, predict_frame(model, head, rows.source))
     # MLflow stores examples as JSON, which holds no bytes: arrays' PNGs shape the signature only.
-    stored_example = None if _holds_bytes(example) else example
+    save_pyfunc(
+        package_dir,
+        payload,
+        signature=signature,
+        input_example=None if _holds_bytes(example) else example,
+        pip_requirements=requirements(info["kind"], info["engine"]),
+        info=info,
+    )
+
+
+def save_pyfunc(
+    package_dir: Path,
+    payload: Path,
+    *,
+    signature: Any,
+    input_example: Any,
+    pip_requirements: list[str],
+    info: dict[str, Any],
+) -> None:
+    """MLflow's model folder at ``package_dir``: the payload, :mod:`mlsmith.runtime` copied in
+    as the loader's code, the signature, example and pinned requirements."""
     with warnings.catch_warnings():
-        # Without an example (see above) MLflow advises adding one; the signature says it all.
+        # MLflow's own response types warn about their type hints when first imported.
+        warnings.simplefilter("ignore", UserWarning)
+        import mlflow.pyfunc
+
+    # MLflow announces at INFO that it loads the package to validate the example: it is ours.
+    logging.getLogger("mlflow.pyfunc").setLevel(logging.WARNING)
+    code = payload.parent / RUNTIME_NAME
+    shutil.copytree(
+        Path(__file__).resolve().parents[1] / "runtime",
+        code,
+        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"),
+    )
+    with warnings.catch_warnings():
+        # Without an example (images) MLflow advises adding one; the signature says it all.
         warnings.filterwarnings("ignore", message=".*input example was not provided.*")
+        warnings.filterwarnings("ignore", message=".*Inferred schema contains integer column.*")
         mlflow.pyfunc.save_model(
             str(package_dir),
             loader_module=f"{RUNTIME_NAME}.pyfunc",
             data_path=str(payload),
             code_paths=[str(code)],
             signature=signature,
-            input_example=stored_example,
-            pip_requirements=requirements(info["kind"], info["engine"]),
+            input_example=input_example,
+            pip_requirements=pip_requirements,
             metadata={"mlsmith": {k: info[k] for k in ("family", "kind", "engine", "run")}},
         )
 

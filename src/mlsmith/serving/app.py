@@ -25,8 +25,8 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -828,9 +828,7 @@ async def _forecast_infer(
     """A v2 inference request to a forecasting package (see mlsmith.serving.forecasts)."""
     from mlsmith.serving.forecasts import history_from_tensors, output_tensors
 
-    started = time.perf_counter()
-    status = 400
-    try:
+    with _counted(state, endpoint.name, "infer") as outcome:
         body = await _read_body(request, state.config)
         parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
         history = history_from_tensors(parsed, endpoint)
@@ -846,14 +844,8 @@ async def _forecast_infer(
             parameters={"variant": DEFAULT_VARIANT},
             request=parsed,
         )
-        status = 200
+        outcome.status = 200
         return Response(content, headers=headers | _request_id_headers(request_id))
-    except ProtocolError as exc:
-        status = exc.status
-        raise
-    finally:
-        state.metrics.requests.labels(endpoint.name, DEFAULT_VARIANT, "infer", str(status)).inc()
-        state.metrics.latency.labels(endpoint.name, "infer").observe(time.perf_counter() - started)
 
 
 async def _forecast_rows(
@@ -862,9 +854,7 @@ async def _forecast_rows(
     """``POST .../predict`` to a forecasting package: ``{"rows": [...], "horizon": H}``."""
     from mlsmith.serving.forecasts import forecast_items, history_from_rows
 
-    started = time.perf_counter()
-    status = 400
-    try:
+    with _counted(state, endpoint.name, "predict") as outcome:
         body = _json_object(await _read_body(request, state.config))
         history = history_from_rows(body.get("rows"), endpoint)
         forecasts = await endpoint.forecast(history, body.get("horizon"))
@@ -878,20 +868,32 @@ async def _forecast_rows(
             "id": request_id,
             "forecasts": forecast_items(forecasts),
         }
-        status = 200
+        outcome.status = 200
         return Response(
             dump_json(document),
             media_type="application/json",
             headers=_request_id_headers(request_id),
         )
+
+
+@dataclass
+class _Outcome:
+    status: int = 400
+
+
+@contextmanager
+def _counted(state: ServerState, name: str, path: str) -> Iterator[_Outcome]:
+    """Count a forecasting request and time it, by the status it ends with."""
+    started = time.perf_counter()
+    outcome = _Outcome()
+    try:
+        yield outcome
     except ProtocolError as exc:
-        status = exc.status
+        outcome.status = exc.status
         raise
     finally:
-        state.metrics.requests.labels(endpoint.name, DEFAULT_VARIANT, "predict", str(status)).inc()
-        state.metrics.latency.labels(endpoint.name, "predict").observe(
-            time.perf_counter() - started
-        )
+        state.metrics.requests.labels(name, DEFAULT_VARIANT, path, str(outcome.status)).inc()
+        state.metrics.latency.labels(name, path).observe(time.perf_counter() - started)
 
 
 async def _predict_rows(state: ServerState, request: Request, endpoint: Endpoint) -> Response:
