@@ -301,3 +301,23 @@ def test_the_package_forecasts_in_a_process_where_torch_and_mlsmith_cannot_impor
     assert done.stdout.strip().endswith("[]")
     out = pd.read_csv(tmp_path / "out.csv")
     np.testing.assert_allclose(out["forecast"], mlsmith.forecast(run, 3)["forecast"])
+
+
+def test_the_mlp_reads_a_whole_horizon_of_known_covariates(tmp_path: Path) -> None:
+    """The network reads every step's known covariates at once: a shorter forecast still needs
+    the rows of the whole horizon, rather than covariates made up for the periods not given."""
+    from tests.forecasting.test_forecasting_run import promotions
+
+    promotions().to_csv(tmp_path / "sales.csv", index=False)
+    config = forecast_config(tmp_path, known_covariates=["promo"])
+    config["model"] = {"type": "mlp", "hidden": [16]}
+    config["train"] = {"epochs": 3}
+    run = mlsmith.train(config)
+    assert run.info["package"]["status"] == "written"
+    package = mlsmith.load_package(run.path)
+    assert isinstance(package, SavedForecaster)
+    three_ahead = promotions(future=3)
+    with pytest.raises(DataError, match="known covariates of the 6 periods after its last value"):
+        package.predict(three_ahead, 3)
+    six_ahead = promotions(future=6)
+    assert len(package.predict(six_ahead, 3)) == 3 * 3

@@ -192,9 +192,10 @@ class SavedForecaster:
                     "reads past covariates of periods not seen yet; forecast at most "
                     f"{spec.horizon} periods, or train with a larger data.horizon"
                 )
-            # The model forecasts its whole horizon at a time (recursively beyond it), reading
-            # known covariates up to a horizon past the periods asked for; what it forecasts
-            # there is dropped, so the last known row stands in for the rows not given.
+            # A tree forecasts its whole horizon at a time (recursively beyond it), reading each
+            # step's known covariates only for that step: past the periods asked for, what it
+            # forecasts is dropped, so the last known row stands in for the rows not given (the
+            # MLP reads every step's at once: predict asked for whole horizons of rows).
             extra = len(y) + math.ceil(steps / spec.horizon) * spec.horizon - len(series.known)
             if extra > 0:
                 padding = np.repeat(series.known[-1:], extra, axis=0)
@@ -227,6 +228,14 @@ class SavedForecaster:
             history = np.concatenate([history, values])
         return np.concatenate(forecast)[:steps]
 
+    def _reads(self, steps: int) -> int:
+        """The periods ahead whose known covariates a forecast of ``steps`` reads: the MLP
+        reads a whole horizon's at once (each recursive window's too), the others only those
+        of the periods they forecast."""
+        if self.spec.family != "mlp":
+            return steps
+        return math.ceil(steps / self.spec.horizon) * self.spec.horizon
+
     def predict(
         self,
         frame: pd.DataFrame,
@@ -246,7 +255,7 @@ class SavedForecaster:
         chosen = spec.levels if levels is None else list(levels)
         series = self.read(frame, source)
         forecasts = self.forecast(
-            series.values, steps, chosen, future_covariates(series, steps, source)
+            series.values, steps, chosen, future_covariates(series, self._reads(steps), source)
         )
         if steps > spec.horizon and spec.family not in STATISTICAL_MODELS and chosen:
             log.warning("no conformal intervals beyond the backtest's horizon of %d", spec.horizon)
@@ -378,9 +387,9 @@ def future_covariates(
     ):
         if known.shape[1] and len(future) < steps:
             raise DataError(
-                f"{source}: series '{name}': forecasting {steps} periods reads the known "
-                f"covariates of those periods, and the history brings {len(future)}; add the "
-                "rows of the periods to forecast, with the covariates and an empty target"
+                f"{source}: series '{name}': the forecast reads the known covariates of the "
+                f"{steps} periods after its last value, and the history brings {len(future)}; "
+                "add the rows of the periods to forecast, with the covariates and an empty target"
             )
         covariates.append(Covariates(np.concatenate([known, future[:steps]]), past))
     return covariates
