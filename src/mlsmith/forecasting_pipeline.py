@@ -308,7 +308,7 @@ def _fit_and_save(cfg: Config, series: SeriesSet, spec: ForecasterSpec, folder: 
         for key, value in _settings(cfg).items():
             setattr(tree, key, value)
         tree.fit(series.values, covariates).save(folder)
-        spec.lags = tree.n_lags
+        spec.lags, spec.bags = tree.n_lags, tree.bags
     elif model == "mlp":
         from mlsmith.models.forecast_mlp import GlobalMLPForecaster
 

@@ -4,8 +4,13 @@ Window ``j`` of every series is forecast in one call (so a global model is fitte
 window, on every series' history up to its own cutoff). A forecaster without intervals of its
 own gets split-conformal ones: on each window, the absolute errors of the windows before it,
 each divided by its series' MASE scale, give per-step quantiles, and the interval is the point
-forecast plus or minus that many of the series' own scale. The oldest window has no earlier
-errors, so it has no such intervals; with ``windows: 1`` no window does.
+forecast plus or minus that many of the series' own scale. The windows before it include up to
+``calibration`` more windows cut before the oldest one, forecast only for their errors (not
+returned, not scored), so the oldest window has intervals too and every window's quantiles rest
+on more errors; each still lies wholly in the history of the window it calibrates. Without
+calibration windows (series too short for them, or ``calibration=0``), the oldest window has
+no such intervals; a calibration window whose histories the model refuses (a ``ValueError``:
+too short for it) is skipped.
 """
 
 from __future__ import annotations
@@ -31,13 +36,20 @@ def backtest(
     step: int | None = None,
     levels: Sequence[float] = (),
     own_intervals: bool = False,
+    calibration: int = 3,
 ) -> list[ForecastCell]:
     """Every series' forecast of every window, oldest window first, by ``forecaster`` (see
     :func:`mlsmith.forecasting.models.forecaster_for`); ``own_intervals``: its forecasts come
-    with intervals (else conformal ones are added)."""
-    plans = [backtest_windows(len(y), horizon, windows, step) for y in series.values]
+    with intervals (else conformal ones are added, calibrated also on up to ``calibration``
+    windows before the oldest)."""
+    extra = (
+        0
+        if own_intervals or not levels
+        else calibration_windows(series, horizon, windows, step, calibration)
+    )
+    plans = [backtest_windows(len(y), horizon, windows + extra, step) for y in series.values]
     cells: list[ForecastCell] = []
-    for j in range(windows):
+    for j in range(windows + extra):
         pieces = [
             history_and_truth(y, plan[j]) for y, plan in zip(series.values, plans, strict=True)
         ]
@@ -49,7 +61,14 @@ def backtest(
                 Covariates(known[: plan[j].cutoff + horizon], past[: plan[j].cutoff])
                 for known, past, plan in zip(series.known, series.past, plans, strict=True)
             ]
-        forecasts = forecaster([history for history, _ in pieces], horizon, levels, covariates)
+        histories = [history for history, _ in pieces]
+        if j < extra:
+            try:
+                forecasts = forecaster(histories, horizon, levels, covariates)
+            except ValueError:  # histories too short for the model: calibrate without it
+                continue
+        else:
+            forecasts = forecaster(histories, horizon, levels, covariates)
         widths = (
             {} if own_intervals else conformal_widths(cells, levels, horizon, series.season_length)
         )
@@ -57,8 +76,18 @@ def backtest(
             intervals = forecast.intervals or conformal_intervals(
                 forecast.point, history, widths, series.season_length
             )
-            cells.append(ForecastCell(name, j, history, truth, forecast.point, intervals))
-    return cells
+            cells.append(ForecastCell(name, j - extra, history, truth, forecast.point, intervals))
+    return [cell for cell in cells if cell.window >= 0]
+
+
+def calibration_windows(
+    series: SeriesSet, horizon: int, windows: int, step: int | None, most: int
+) -> int:
+    """How many windows (up to ``most``) fit before the oldest one while every series keeps at
+    least two thirds of the history its oldest window has."""
+    step = horizon if step is None else step
+    first = min(series.lengths) - horizon - (windows - 1) * step
+    return max(0, min(most, (first // 3) // step))
 
 
 def conformal_widths(

@@ -2,11 +2,16 @@
 
 Direct strategy: for each forecast origin ``t`` of each series, the features are the last
 ``lags`` values as differences from the value at the origin, divided by the series' scale
-(the mean absolute one-step change of its history), plus rolling means of those differences and
-the origin's position in the season; the target for step ``h`` is the change from the origin to
-``t + h`` on the same scale, and ``h`` is a feature, so one model forecasts every step. Working on
-scaled changes from the origin lets one model serve series of any level and unit, and follow a
-trend a tree could not extrapolate on raw values.
+(the mean absolute one-step change of its history), plus rolling means of those differences,
+the lag-one autocorrelation of the recent one-step changes (how far a change persists) and the
+origin's position in the season; the target for step ``h`` is the change from the origin to
+``t + h`` on the same scale, per step (divided by ``h``), and ``h`` is a feature, so one model
+forecasts every step. Working on scaled changes from the origin lets one model serve series of
+any level and unit, and follow a trend a tree could not extrapolate on raw values; per step, a
+steady trend is one target at every ``h``. The loss is the absolute error (``objective: l1``),
+the error MASE scores, which one jump in a series cannot drag; ``bags`` models, each on its
+own random rows and columns, are averaged, which steadies forecasts that one model's draw of
+them would swing (the features live in :mod:`mlsmith.runtime.forecaster`, which a package runs).
 
 Only values up to the origin ever enter a row's features, and training rows come from each
 series' own history (what :func:`mlsmith.forecasting.windows.history_and_truth` hands over), so
@@ -24,8 +29,9 @@ import numpy as np
 
 from mlsmith.runtime.engines import import_library
 from mlsmith.runtime.forecaster import (
-    BOOSTER_FILE,
+    booster_file,
     default_lags,
+    from_changes,
     origin_features,
     series_scale,
     tree_rows,
@@ -43,8 +49,10 @@ class GlobalTreeForecaster:
     n_estimators: int = 300
     learning_rate: float = 0.05
     num_leaves: int = 31
+    objective: str = "l1"
+    bags: int = 5  # models averaged, each on its own random rows and columns (seed, seed + 1...)
     seed: int = 0
-    _model: Any = field(default=None, init=False, repr=False)
+    _models: list[Any] = field(default_factory=list, init=False, repr=False)
 
     @property
     def n_lags(self) -> int:
@@ -68,38 +76,45 @@ class GlobalTreeForecaster:
                 for h in range(1, steps + 1):
                     extra = covariates[i].extra(origin, h) if covariates else np.zeros(0)
                     rows.append(np.concatenate([features, [h], extra]))
-                    targets.append((y[origin + h - 1] - y[origin - 1]) / scale)
+                    targets.append((y[origin + h - 1] - y[origin - 1]) / (scale * h))
         if not rows:
             raise ValueError(
                 f"no history is longer than {self.n_lags} values: nothing to learn from"
             )
-        self._model = lightgbm.LGBMRegressor(
-            n_estimators=self.n_estimators,
-            learning_rate=self.learning_rate,
-            num_leaves=self.num_leaves,
-            min_child_samples=10,
-            subsample=0.8,
-            subsample_freq=1,
-            colsample_bytree=0.8,
-            random_state=self.seed,
-            n_jobs=1,
-            verbose=-1,
-        ).fit(np.asarray(rows), np.asarray(targets))
+        x, t = np.asarray(rows), np.asarray(targets)
+        self._models = [
+            lightgbm.LGBMRegressor(
+                n_estimators=self.n_estimators,
+                learning_rate=self.learning_rate,
+                num_leaves=self.num_leaves,
+                objective=self.objective,
+                min_child_samples=10,
+                subsample=0.8,
+                subsample_freq=1,
+                colsample_bytree=0.8,
+                random_state=self.seed + bag,
+                n_jobs=1,
+                verbose=-1,
+            ).fit(x, t)
+            for bag in range(max(self.bags, 1))
+        ]
         return self
 
     def predict(self, history: np.ndarray, covariates: Covariates | None = None) -> np.ndarray:
         """The next ``horizon`` values after ``history``."""
-        if self._model is None:
+        if not self._models:
             raise RuntimeError("fit the forecaster first")
         y = _checked(history)
         rows, scale = tree_rows(y, self.n_lags, self.season_length, self.horizon, covariates)
-        return y[-1] + scale * self._model.predict(rows)
+        return from_changes(y, scale, np.mean([m.predict(rows) for m in self._models], axis=0))
 
     def save(self, directory: Path) -> None:
-        """The fitted booster, as :class:`~mlsmith.runtime.forecaster.SavedForecaster` reads it."""
-        if self._model is None:
+        """The fitted boosters, as :class:`~mlsmith.runtime.forecaster.SavedForecaster` reads
+        them."""
+        if not self._models:
             raise RuntimeError("fit the forecaster first")
-        self._model.booster_.save_model(str(directory / BOOSTER_FILE))
+        for bag, model in enumerate(self._models):
+            model.booster_.save_model(str(directory / booster_file(bag)))
 
 
 def _checked(history: np.ndarray) -> np.ndarray:

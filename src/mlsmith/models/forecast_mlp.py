@@ -2,9 +2,10 @@
 
 The same inputs and targets as the global tree model (:mod:`mlsmith.forecasting.global_trees`):
 for each origin of each series, the last ``lags`` values as changes from the value at the
-origin, divided by the series' scale, plus rolling means of them and the position in the
-season (as its sine and cosine); the network outputs all ``horizon`` scaled changes at once
-(the direct multi-output strategy), so one forward pass forecasts every step. The network is
+origin, divided by the series' scale, plus rolling means of them, the persistence of recent
+changes and the position in the season (as its sine and cosine); the network outputs all
+``horizon`` scaled changes per step at once (step ``h``'s change divided by ``h``: the direct
+multi-output strategy), so one forward pass forecasts every step. The network is
 the tabular MLP (``model.hidden``, ``dropout``, ``activation``, ``norm``) with ``horizon``
 outputs, trained by the same Trainer as every other network with the ``train:`` section: the
 last ``horizon`` origins of every series validate (early stopping, best weights).
@@ -21,9 +22,11 @@ import numpy as np
 from mlsmith.config import Config, MLPConfig
 from mlsmith.runtime.forecaster import (
     default_lags,
+    from_changes,
     network_row,
     origin_features,
     series_scale,
+    step_changes,
 )
 from mlsmith.runtime.series import Covariates
 
@@ -90,7 +93,7 @@ class GlobalMLPForecaster:
                 row = origin_features(y[:origin], scale, self.lags, self.season_length, cyclic=True)
                 if covariates:
                     row = np.concatenate([row, covariates[i].window(origin, self.horizon)])
-                target = (y[origin : origin + self.horizon] - y[origin - 1]) / scale
+                target = step_changes(y, origin, self.horizon, scale)
                 (val_x if origin in held else train_x).append(row)
                 (val_y if origin in held else train_y).append(target)
         if not train_x or not val_x:
@@ -144,7 +147,7 @@ class GlobalMLPForecaster:
         inputs = torch.from_numpy(row.astype(np.float32))[None, :]
         with torch.inference_mode():
             out = self.network(numeric=inputs, categorical=torch.zeros((1, 0), dtype=torch.int64))
-        return y[-1] + scale * out[0].double().numpy()
+        return from_changes(y, scale, out[0].double().numpy())
 
     def inference_graph(self) -> torch.nn.Module:
         """The trained network with one input, the standardised features (a forecaster has no

@@ -64,6 +64,7 @@ class ForecasterSpec:
     # models without intervals of their own.
     conformal: dict[str, list[float]] = field(default_factory=dict)
     lags: int = 0  # global models: values before the origin read as features
+    bags: int = 1  # the tree: boosters averaged (model.txt, model-1.txt, ...)
     # The MLP's input standardisation (empty: identity).
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
@@ -99,13 +100,16 @@ class SavedForecaster:
         self.directory = root / DATA_DIR / PAYLOAD_DIR if (root / "MLmodel").is_file() else root
         self.spec = ForecasterSpec.read(self.directory / FORECASTER_FILE)
         family = self.spec.family
-        self.booster: Any = None
+        self.boosters: list[Any] = []
         self.engine: OnnxEngine | None = None
         if family == "lightgbm":
-            # The booster itself, on float64 rows as it was trained (the tabular engine's float32
-            # matrix could move a row across a split threshold).
+            # The boosters themselves, on float64 rows as they were trained (the tabular engine's
+            # float32 matrix could move a row across a split threshold).
             lightgbm = import_library("lightgbm", "trees", "A LightGBM forecaster")
-            self.booster = lightgbm.Booster(model_str=(self.directory / BOOSTER_FILE).read_text())
+            self.boosters = [
+                lightgbm.Booster(model_str=(self.directory / booster_file(bag)).read_text())
+                for bag in range(max(self.spec.bags, 1))
+            ]
         elif family == "mlp":
             self.engine = OnnxEngine(self.directory / NETWORK_FILE, providers=providers)
         elif family not in STATISTICAL_MODELS:
@@ -210,7 +214,10 @@ class SavedForecaster:
                 rows, scale = tree_rows(
                     history, spec.lags, spec.season_length, spec.horizon, window
                 )
-                change = self.booster.predict(rows, num_iteration=self.booster.current_iteration())
+                change = np.mean(
+                    [b.predict(rows, num_iteration=b.current_iteration()) for b in self.boosters],
+                    axis=0,
+                )
             else:
                 assert self.engine is not None
                 row, scale = network_row(
@@ -223,7 +230,7 @@ class SavedForecaster:
                     np.asarray(spec.std),
                 )
                 change = self.engine.raw({NETWORK_INPUT: row[None, :].astype(np.float32)})[0]
-            values = history[-1] + scale * np.asarray(change, dtype=np.float64)
+            values = from_changes(history, scale, np.asarray(change, dtype=np.float64))
             forecast.append(values)
             history = np.concatenate([history, values])
         return np.concatenate(forecast)[:steps]
@@ -292,9 +299,9 @@ def series_scale(y: np.ndarray) -> float:
 def origin_features(
     y: np.ndarray, scale: float, lags: int, season_length: int, *, cyclic: bool
 ) -> np.ndarray:
-    """Scaled changes of the last ``lags`` values from the last one, their rolling means, and
-    the position in the season: as an index for a tree, as its sine and cosine for a network
-    (``cyclic``)."""
+    """Scaled changes of the last ``lags`` values from the last one, their rolling means, the
+    persistence of recent changes (:func:`persistence`) and the position in the season: as an
+    index for a tree, as its sine and cosine for a network (``cyclic``)."""
     season = max(season_length, 1)
     window = y[-lags:] if len(y) >= lags else np.concatenate([np.full(lags - len(y), y[0]), y])
     changes = (window - y[-1]) / scale
@@ -304,7 +311,38 @@ def origin_features(
         position = [math.sin(phase), math.cos(phase)]
     else:
         position = [len(y) % season]
-    return np.concatenate([changes, means, position])
+    return np.concatenate([changes, means, [persistence(y, lags)], position])
+
+
+def persistence(y: np.ndarray, lags: int) -> float:
+    """The lag-one autocorrelation of the last ``4 * lags`` one-step changes of ``y``: near 0
+    for a random walk, negative for noise around a level, positive for a smooth trend (how far
+    a change persists); 0 when there are too few, or they do not vary."""
+    changes = np.diff(y[-4 * lags :])
+    if len(changes) < 4 or changes[1:].std() == 0 or changes[:-1].std() == 0:
+        return 0.0
+    r = float(np.corrcoef(changes[1:], changes[:-1])[0, 1])
+    return r if np.isfinite(r) else 0.0
+
+
+def step_changes(y: np.ndarray, origin: int, horizon: int, scale: float) -> np.ndarray:
+    """What the global models learn for the ``horizon`` steps after ``origin``: the change
+    from the value at the origin, on the series' scale, per step (step ``h``'s divided by
+    ``h``), so a steady trend is one target at every step."""
+    steps = np.arange(1, horizon + 1, dtype=np.float64)
+    return (y[origin : origin + horizon] - y[origin - 1]) / (scale * steps)
+
+
+def from_changes(y: np.ndarray, scale: float, changes: np.ndarray) -> np.ndarray:
+    """The values after ``y`` that per-step scaled ``changes`` (:func:`step_changes`) stand
+    for."""
+    steps = np.arange(1, len(changes) + 1, dtype=np.float64)
+    return y[-1] + scale * steps * changes
+
+
+def booster_file(bag: int) -> str:
+    """The file of the tree's ``bag``-th booster in a forecaster folder."""
+    return BOOSTER_FILE if bag == 0 else f"model-{bag}.txt"
 
 
 def tree_rows(
