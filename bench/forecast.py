@@ -20,8 +20,8 @@ a 95% bootstrap interval over them) and the 80% intervals' coverage: StatsForeca
 intervals, or for the others the conformal intervals from the errors of the earlier windows and
 of up to 3 calibration windows before the first (so every window has them). ``lightgbm`` is
 the global gradient-boosted forecaster (``model.type: lightgbm``: one model per window over
-every series' history up to it); ``mlp`` the global windowed MLP trained by the Trainer
-(``model.type: mlp``).
+every series' history up to it), ``lightgbm_recursive`` the same with ``model.strategy:
+recursive``; ``mlp`` the global windowed MLP trained by the Trainer (``model.type: mlp``).
 """
 
 from __future__ import annotations
@@ -69,7 +69,8 @@ def datasets() -> list[Dataset]:
     ]
 
 
-MODELS = (*BASELINES, *STATISTICAL_MODELS, "lightgbm", "mlp")
+# lightgbm_recursive: model.type lightgbm with model.strategy recursive (one step at a time).
+MODELS = (*BASELINES, *STATISTICAL_MODELS, "lightgbm", "lightgbm_recursive", "mlp")
 
 
 def backtest_cells(data: Dataset, model: str, windows: int) -> tuple[list[ForecastCell], float]:
@@ -98,6 +99,9 @@ def backtest_cells(data: Dataset, model: str, windows: int) -> tuple[list[Foreca
             }
         )
         forecast, own_intervals = forecaster(config, "mlp", data.season_length)
+    elif model == "lightgbm_recursive":
+        settings = {"strategy": "recursive"}
+        forecast, own_intervals = forecaster_for("lightgbm", data.season_length, settings=settings)
     else:
         forecast, own_intervals = forecaster_for(model, data.season_length)
     started = time.perf_counter()

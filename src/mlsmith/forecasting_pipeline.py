@@ -294,10 +294,12 @@ def _fit_and_save(cfg: Config, series: SeriesSet, spec: ForecasterSpec, folder: 
     import tempfile
 
     from mlsmith.data.timeseries import series_config
+    from mlsmith.runtime.forecaster import season_offsets
     from mlsmith.runtime.series import Covariates
 
     data = series_config(cfg)
     model = spec.family
+    offsets = season_offsets(series)
     covariates = None
     if series.known is not None and series.past is not None:
         covariates = [Covariates(k, p) for k, p in zip(series.known, series.past, strict=True)]
@@ -307,14 +309,14 @@ def _fit_and_save(cfg: Config, series: SeriesSet, spec: ForecasterSpec, folder: 
         tree = GlobalTreeForecaster(data.horizon, series.season_length, seed=cfg.seed)
         for key, value in _settings(cfg).items():
             setattr(tree, key, value)
-        tree.fit(series.values, covariates).save(folder)
-        spec.lags, spec.bags = tree.n_lags, tree.bags
+        tree.fit(series.values, covariates, offsets).save(folder)
+        spec.lags, spec.bags, spec.strategy = tree.n_lags, tree.bags, tree.strategy
     elif model == "mlp":
         from mlsmith.models.forecast_mlp import GlobalMLPForecaster
 
         with tempfile.TemporaryDirectory(prefix="mlsmith-forecast-") as scratch:
             network = GlobalMLPForecaster(cfg, data.horizon, series.season_length, Path(scratch))
-            network.fit(series.values, covariates)
+            network.fit(series.values, covariates, offsets)
         from mlsmith.packaging.formats import to_onnx
         from mlsmith.runtime.engines import OnnxEngine
         from mlsmith.runtime.forecaster import NETWORK_FILE, NETWORK_INPUT, network_row
@@ -330,8 +332,11 @@ def _fit_and_save(cfg: Config, series: SeriesSet, spec: ForecasterSpec, folder: 
                         None,
                         network.mean,
                         network.std,
+                        offset,
                     )[0]
-                    for y in series.values[:CHECK_SERIES]
+                    for y, offset in zip(
+                        series.values[:CHECK_SERIES], offsets[:CHECK_SERIES], strict=True
+                    )
                 ]
             ).astype(np.float32)
             if covariates is None
@@ -390,6 +395,7 @@ def forecaster(cfg: Config, model: str, season_length: int) -> tuple[ForecastFn,
         horizon: int,
         levels: Sequence[float],
         covariates: Sequence[Covariates] | None = None,
+        offsets: Sequence[int] | None = None,
     ) -> list[SeriesForecast]:
         import tempfile
 
@@ -398,16 +404,20 @@ def forecaster(cfg: Config, model: str, season_length: int) -> tuple[ForecastFn,
 
         with tempfile.TemporaryDirectory(prefix="mlsmith-forecast-") as scratch:
             network = GlobalMLPForecaster(cfg, horizon, season_length, Path(scratch))
-            network.fit(histories, covariates)
+            network.fit(histories, covariates, offsets)
         return [
-            SeriesForecast(network.predict(y, covariates[i] if covariates else None))
+            SeriesForecast(
+                network.predict(
+                    y, covariates[i] if covariates else None, offsets[i] if offsets else 0
+                )
+            )
             for i, y in enumerate(histories)
         ]
 
     return forecast, False
 
 
-def _settings(cfg: Config) -> dict[str, float]:
+def _settings(cfg: Config) -> dict[str, Any]:
     """The global tree model's settings from ``model`` (a time-series config's LightGBM
     defaults are the forecaster's, see mlsmith.config.experiment)."""
     from mlsmith.forecasting.models import TREE_SETTINGS

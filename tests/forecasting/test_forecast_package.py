@@ -321,3 +321,80 @@ def test_the_mlp_reads_a_whole_horizon_of_known_covariates(tmp_path: Path) -> No
         package.predict(three_ahead, 3)
     six_ahead = promotions(future=6)
     assert len(package.predict(six_ahead, 3)) == 3 * 3
+
+
+def test_the_recursive_strategy_forecasts_step_by_step_end_to_end(tmp_path: Path, cli: Any) -> None:
+    config = forecast_config(tmp_path)
+    config["model"] = {"type": "lightgbm", "n_estimators": 60, "strategy": "recursive"}
+    run = mlsmith.train(config)
+    spec = json.loads((run.path / "forecaster" / "forecaster.json").read_text())
+    assert spec["strategy"] == "recursive" and spec["bags"] == 5
+    assert run.info["package"]["status"] == "written"
+    assert 0.0 < run.metrics["test"]["mase"]["value"] < 2.0  # learns the trend and season
+    history = pd.read_csv(tmp_path / "sales.csv")
+    package = mlsmith.load_package(run.path)
+    assert isinstance(package, SavedForecaster)
+    # One step at a time: any horizon, the first steps the same whatever the horizon.
+    long, short = package.predict(history, 9), package.predict(history, 2)
+    assert len(long) == 27
+    np.testing.assert_allclose(
+        long.groupby("id")["forecast"].apply(lambda f: f.to_numpy()[:2].tolist()).sum(),
+        short.groupby("id")["forecast"].apply(lambda f: f.to_numpy().tolist()).sum(),
+    )
+    # The strategy is a forecasting setting; past covariates cannot be read recursively.
+    bad = forecast_config(tmp_path, past_covariates=["sales_lag"])
+    bad["model"] = {"type": "lightgbm", "strategy": "recursive"}
+    result = cli("train", _write(tmp_path, bad))
+    assert result.code == 2 and "past covariates of the periods ahead" in result.stderr
+    from tests.conftest import config_dict, make_table
+
+    make_table("binary", rows=60).to_csv(tmp_path / "t.csv", index=False)
+    tabular = config_dict(tmp_path / "t.csv", tmp_path / "runs")
+    tabular["model"] = {"type": "lightgbm", "strategy": "recursive"}
+    result = cli("train", _write(tmp_path, tabular))
+    assert result.code == 2 and "model.strategy: applies to forecasting" in result.stderr
+
+
+def _write(tmp_path: Path, config: dict[str, Any]) -> Path:
+    import yaml
+
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_the_season_position_is_on_the_calendar_whatever_a_series_start() -> None:
+    """Two series starting in different months read the same season position at the same
+    calendar month (the global models' season feature), not at the same length of history."""
+    from mlsmith.runtime.forecaster import origin_features, period_number, season_offsets
+    from mlsmith.runtime.series import read_series
+
+    assert period_number(pd.Timestamp("1971-03-01"), "MS") % 12 == 2  # March
+    assert period_number(pd.Timestamp("1959-04-01"), "QS-OCT") % 4 == 1
+    assert period_number(pd.Timestamp("1969-12-01"), "MS") % 12 == 11  # before 1970 too
+    assert (
+        period_number(pd.Timestamp("2024-01-03"), "D") % 7
+        == period_number(pd.Timestamp("2024-01-10"), "D") % 7
+    )
+    assert period_number(7, None) == 7
+    frame = pd.concat(
+        [
+            pd.DataFrame(
+                {
+                    "id": name,
+                    "t": pd.date_range(start, periods=n, freq="MS").strftime("%Y-%m-%d"),
+                    "y": np.arange(n, dtype=float),
+                }
+            )
+            for name, start, n in (("a", "2015-01-01", 40), ("b", "2016-07-01", 22))
+        ]
+    )
+    series = read_series(frame, time_column="t", target="y", id_column="id")
+    offsets = season_offsets(series)
+    assert offsets == [0, 6]
+    # Both histories end in 2018-04: the next period is May for both (position 4).
+    features = [
+        origin_features(y, 1.0, 8, 12, cyclic=False, offset=o)[-1]
+        for y, o in zip(series.values, offsets, strict=True)
+    ]
+    assert features == [4, 4]

@@ -106,6 +106,10 @@ class Config(Section):
     @model_validator(mode="after")
     def _forecast_fits_the_rest(self) -> Config:
         if self.data.type != "timeseries":
+            if getattr(self.model, "strategy", "direct") != "direct":
+                raise ValueError(
+                    "model.strategy: applies to forecasting (data.type timeseries); remove it"
+                )
             return self
         if self.eval.cv is not None:
             raise ValueError(
@@ -122,6 +126,12 @@ class Config(Section):
             raise ValueError(
                 f"model.type '{self.model.type}' reads no covariates; use arima (known "
                 "covariates), lightgbm or mlp, or remove data.known_covariates and "
+                "data.past_covariates"
+            )
+        if past and getattr(self.model, "strategy", "direct") == "recursive":
+            raise ValueError(
+                "model.strategy 'recursive' forecasts from its own forecasts, and past "
+                "covariates of the periods ahead are not known; use strategy 'direct' with "
                 "data.past_covariates"
             )
         if past and self.model.type == "arima":

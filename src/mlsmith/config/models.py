@@ -112,6 +112,11 @@ class LightGBMConfig(Section):
         50, ge=1, description="stop after this many rounds without a better val loss; null: off"
     )
     n_jobs: int | None = Field(None, ge=1, description="threads; default: every available core")
+    strategy: Literal["direct", "recursive"] = Field(
+        "direct",
+        description="data.type timeseries only: forecast every step at once (direct) or one "
+        "step at a time from its own forecasts (recursive)",
+    )
 
 
 class XGBoostConfig(Section):

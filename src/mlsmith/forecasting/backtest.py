@@ -23,7 +23,7 @@ import numpy as np
 from mlsmith.forecasting.metrics import ForecastCell
 from mlsmith.forecasting.models import ForecastFn
 from mlsmith.forecasting.windows import backtest_windows, history_and_truth
-from mlsmith.runtime.forecaster import conformal_intervals, mase_scale
+from mlsmith.runtime.forecaster import conformal_intervals, mase_scale, season_offsets
 from mlsmith.runtime.series import Covariates, SeriesSet
 
 
@@ -48,6 +48,8 @@ def backtest(
         else calibration_windows(series, horizon, windows, step, calibration)
     )
     plans = [backtest_windows(len(y), horizon, windows + extra, step) for y in series.values]
+    # Every window's history starts at its series' first period: one season offset each.
+    offsets = season_offsets(series)
     cells: list[ForecastCell] = []
     for j in range(windows + extra):
         pieces = [
@@ -64,11 +66,11 @@ def backtest(
         histories = [history for history, _ in pieces]
         if j < extra:
             try:
-                forecasts = forecaster(histories, horizon, levels, covariates)
+                forecasts = forecaster(histories, horizon, levels, covariates, offsets)
             except ValueError:  # histories too short for the model: calibrate without it
                 continue
         else:
-            forecasts = forecaster(histories, horizon, levels, covariates)
+            forecasts = forecaster(histories, horizon, levels, covariates, offsets)
         widths = (
             {} if own_intervals else conformal_widths(cells, levels, horizon, series.season_length)
         )

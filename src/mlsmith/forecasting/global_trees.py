@@ -31,10 +31,9 @@ from mlsmith.runtime.engines import import_library
 from mlsmith.runtime.forecaster import (
     booster_file,
     default_lags,
-    from_changes,
     origin_features,
     series_scale,
-    tree_rows,
+    tree_forecast,
 )
 from mlsmith.runtime.series import Covariates
 
@@ -51,6 +50,9 @@ class GlobalTreeForecaster:
     num_leaves: int = 31
     objective: str = "l1"
     bags: int = 5  # models averaged, each on its own random rows and columns (seed, seed + 1...)
+    # direct: every step at once, the step a feature; recursive: one step ahead, forecast step
+    # by step from its own forecasts (fewer rows to learn, errors that compound).
+    strategy: str = "direct"
     seed: int = 0
     _models: list[Any] = field(default_factory=list, init=False, repr=False)
 
@@ -59,19 +61,29 @@ class GlobalTreeForecaster:
         return self.lags or default_lags(self.horizon, self.season_length)
 
     def fit(
-        self, histories: Sequence[np.ndarray], covariates: Sequence[Covariates] | None = None
+        self,
+        histories: Sequence[np.ndarray],
+        covariates: Sequence[Covariates] | None = None,
+        offsets: Sequence[int] | None = None,
     ) -> GlobalTreeForecaster:
         """Learn from every origin of every history that has ``n_lags`` values before it;
-        ``covariates``: each history's (see :class:`Covariates`), read as raw values."""
+        ``covariates``: each history's (see :class:`Covariates`), read as raw values;
+        ``offsets``: each one's season position at its first period."""
         lightgbm = import_library("lightgbm", "trees", "model.type 'lightgbm' for forecasting")
         rows, targets = [], []
         for i, history in enumerate(histories):
             y = _checked(history)
             scale = series_scale(y)
+            learned = 1 if self.strategy == "recursive" else self.horizon
             for origin in range(self.n_lags, len(y)):
-                steps = min(self.horizon, len(y) - origin)
+                steps = min(learned, len(y) - origin)
                 features = origin_features(
-                    y[:origin], scale, self.n_lags, self.season_length, cyclic=False
+                    y[:origin],
+                    scale,
+                    self.n_lags,
+                    self.season_length,
+                    cyclic=False,
+                    offset=offsets[i] if offsets else 0,
                 )
                 for h in range(1, steps + 1):
                     extra = covariates[i].extra(origin, h) if covariates else np.zeros(0)
@@ -100,13 +112,23 @@ class GlobalTreeForecaster:
         ]
         return self
 
-    def predict(self, history: np.ndarray, covariates: Covariates | None = None) -> np.ndarray:
-        """The next ``horizon`` values after ``history``."""
+    def predict(
+        self, history: np.ndarray, covariates: Covariates | None = None, offset: int = 0
+    ) -> np.ndarray:
+        """The next ``horizon`` values after ``history`` (whose first period is at ``offset``
+        in the season)."""
         if not self._models:
             raise RuntimeError("fit the forecaster first")
-        y = _checked(history)
-        rows, scale = tree_rows(y, self.n_lags, self.season_length, self.horizon, covariates)
-        return from_changes(y, scale, np.mean([m.predict(rows) for m in self._models], axis=0))
+        return tree_forecast(
+            lambda rows: np.mean([m.predict(rows) for m in self._models], axis=0),
+            _checked(history),
+            lags=self.n_lags,
+            season_length=self.season_length,
+            steps=self.horizon,
+            recursive=self.strategy == "recursive",
+            covariates=covariates,
+            offset=offset,
+        )
 
     def save(self, directory: Path) -> None:
         """The fitted boosters, as :class:`~mlsmith.runtime.forecaster.SavedForecaster` reads

@@ -11,7 +11,7 @@ fits it on that window's histories, ``mlsmith predict`` on the whole history giv
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import ClassVar, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -25,7 +25,7 @@ from mlsmith.runtime.statistical import (
 )
 
 # The global tree model's settings a LightGBM config section may set.
-TREE_SETTINGS = ("n_estimators", "learning_rate", "num_leaves")
+TREE_SETTINGS = ("n_estimators", "learning_rate", "num_leaves", "strategy")
 
 
 class Forecaster:
@@ -70,9 +70,10 @@ def forecast_series(
     season_length: int,
     levels: Sequence[float] = (),
     *,
-    settings: dict[str, float] | None = None,
+    settings: dict[str, Any] | None = None,
     seed: int = 0,
     covariates: Sequence[Covariates] | None = None,
+    offsets: Sequence[int] | None = None,
 ) -> list[SeriesForecast]:
     """Each history's next ``horizon`` values by ``model`` (a ``model.type`` or a baseline's
     name), with intervals at ``levels`` where the model gives them; ``covariates``: each
@@ -97,9 +98,11 @@ def forecast_series(
             if key not in TREE_SETTINGS:
                 raise ValueError(f"unknown setting {key!r} of the global tree forecaster")
             setattr(tree, key, value)
-        tree.fit(histories, covariates)
+        tree.fit(histories, covariates, offsets)
         return [
-            SeriesForecast(tree.predict(y, covariates[i] if covariates else None))
+            SeriesForecast(
+                tree.predict(y, covariates[i] if covariates else None, offsets[i] if offsets else 0)
+            )
             for i, y in enumerate(histories)
         ]
     raise ValueError(
@@ -123,11 +126,12 @@ class ForecastFn(Protocol):
         horizon: int,
         levels: Sequence[float],
         covariates: Sequence[Covariates] | None = None,
+        offsets: Sequence[int] | None = None,
     ) -> list[SeriesForecast]: ...
 
 
 def forecaster_for(
-    model: str, season_length: int, *, settings: dict[str, float] | None = None, seed: int = 0
+    model: str, season_length: int, *, settings: dict[str, Any] | None = None, seed: int = 0
 ) -> tuple[ForecastFn, bool]:
     """``model``'s :data:`ForecastFn` (see :func:`forecast_series`), and whether its forecasts
     come with intervals of their own."""
@@ -137,6 +141,7 @@ def forecaster_for(
         horizon: int,
         levels: Sequence[float],
         covariates: Sequence[Covariates] | None = None,
+        offsets: Sequence[int] | None = None,
     ) -> list[SeriesForecast]:
         return forecast_series(
             model,
@@ -147,6 +152,7 @@ def forecaster_for(
             settings=settings,
             seed=seed,
             covariates=covariates,
+            offsets=offsets,
         )
 
     return forecast, gives_intervals(model)

@@ -70,11 +70,15 @@ class GlobalMLPForecaster:
         self.std = np.ones(0)
 
     def fit(
-        self, histories: Sequence[np.ndarray], covariates: Sequence[Covariates] | None = None
+        self,
+        histories: Sequence[np.ndarray],
+        covariates: Sequence[Covariates] | None = None,
+        offsets: Sequence[int] | None = None,
     ) -> GlobalMLPForecaster:
         """Train on every origin with a full horizon after it; the last ``horizon`` origins of
         each series validate. ``covariates`` (each history's) join the inputs, standardised
-        with the training rows' means and deviations."""
+        with the training rows' means and deviations; ``offsets``: each history's season
+        position at its first period."""
         from mlsmith.data.batches import BatchOptions, TensorBatches
         from mlsmith.models.mlp import TabularMLP
         from mlsmith.training.reproducibility import seed_everything
@@ -90,7 +94,14 @@ class GlobalMLPForecaster:
             origins = range(self.lags, len(y) - self.horizon + 1)
             held = set(list(origins)[-self.horizon :])
             for origin in origins:
-                row = origin_features(y[:origin], scale, self.lags, self.season_length, cyclic=True)
+                row = origin_features(
+                    y[:origin],
+                    scale,
+                    self.lags,
+                    self.season_length,
+                    cyclic=True,
+                    offset=offsets[i] if offsets else 0,
+                )
                 if covariates:
                     row = np.concatenate([row, covariates[i].window(origin, self.horizon)])
                 target = step_changes(y, origin, self.horizon, scale)
@@ -134,15 +145,18 @@ class GlobalMLPForecaster:
         self.network = network.to("cpu").eval()
         return self
 
-    def predict(self, history: np.ndarray, covariates: Covariates | None = None) -> np.ndarray:
-        """The next ``horizon`` values after ``history``."""
+    def predict(
+        self, history: np.ndarray, covariates: Covariates | None = None, offset: int = 0
+    ) -> np.ndarray:
+        """The next ``horizon`` values after ``history`` (whose first period is at ``offset``
+        in the season)."""
         import torch
 
         if self.network is None:
             raise RuntimeError("fit the forecaster first")
         y = np.asarray(history, dtype=np.float64)
         row, scale = network_row(
-            y, self.lags, self.season_length, self.horizon, covariates, self.mean, self.std
+            y, self.lags, self.season_length, self.horizon, covariates, self.mean, self.std, offset
         )
         inputs = torch.from_numpy(row.astype(np.float32))[None, :]
         with torch.inference_mode():

@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -65,6 +65,9 @@ class ForecasterSpec:
     conformal: dict[str, list[float]] = field(default_factory=dict)
     lags: int = 0  # global models: values before the origin read as features
     bags: int = 1  # the tree: boosters averaged (model.txt, model-1.txt, ...)
+    # The tree: "direct" (every step at once, the step a feature) or "recursive" (one step at
+    # a time, each forecast read back as the last value).
+    strategy: str = "direct"
     # The MLP's input standardisation (empty: identity).
     mean: list[float] = field(default_factory=list)
     std: list[float] = field(default_factory=list)
@@ -152,9 +155,11 @@ class SavedForecaster:
         steps: int,
         levels: Sequence[float] = (),
         covariates: Sequence[Covariates] | None = None,
+        offsets: Sequence[int] | None = None,
     ) -> list[SeriesForecast]:
         """Each history's next ``steps`` values, with intervals at ``levels``: the statistical
-        models' own, else conformal ones from the backtest (up to its horizon)."""
+        models' own, else conformal ones from the backtest (up to its horizon); ``offsets``:
+        each history's season position of its first period (:func:`season_offsets`)."""
         spec = self.spec
         if spec.family in STATISTICAL_MODELS:
             return [
@@ -177,14 +182,20 @@ class SavedForecaster:
             widths = {}  # the backtest measured errors up to its horizon only
         out = []
         for i, y in enumerate(histories):
-            point = self._global(np.asarray(y, dtype=np.float64), steps, covariates, i)
+            offset = offsets[i] if offsets else 0
+            point = self._global(np.asarray(y, dtype=np.float64), steps, covariates, i, offset)
             out.append(
                 SeriesForecast(point, conformal_intervals(point, y, widths, spec.season_length))
             )
         return out
 
     def _global(
-        self, y: np.ndarray, steps: int, covariates: Sequence[Covariates] | None, i: int
+        self,
+        y: np.ndarray,
+        steps: int,
+        covariates: Sequence[Covariates] | None,
+        i: int,
+        offset: int,
     ) -> np.ndarray:
         """A global model's forecast; beyond its horizon, recursively from its own forecast."""
         spec = self.spec
@@ -204,6 +215,22 @@ class SavedForecaster:
             if extra > 0:
                 padding = np.repeat(series.known[-1:], extra, axis=0)
                 series = Covariates(np.concatenate([series.known, padding]), series.past)
+        if spec.family == "lightgbm" and spec.strategy == "recursive":
+            if series is not None and series.past.shape[1]:
+                raise DataError(
+                    "a recursive forecast reads past covariates of periods not seen yet; "
+                    "forecast with the direct strategy to read past covariates"
+                )
+            return tree_forecast(
+                self._boosted,
+                y,
+                lags=spec.lags,
+                season_length=spec.season_length,
+                steps=steps,
+                recursive=True,
+                covariates=series,
+                offset=offset,
+            )
         history = y
         forecast: list[np.ndarray] = []
         while sum(len(f) for f in forecast) < steps:
@@ -211,12 +238,15 @@ class SavedForecaster:
             if series is not None and len(history) > len(y):
                 window = Covariates(series.known, np.zeros((len(history), 0)))
             if spec.family == "lightgbm":
-                rows, scale = tree_rows(
-                    history, spec.lags, spec.season_length, spec.horizon, window
-                )
-                change = np.mean(
-                    [b.predict(rows, num_iteration=b.current_iteration()) for b in self.boosters],
-                    axis=0,
+                values = tree_forecast(
+                    self._boosted,
+                    history,
+                    lags=spec.lags,
+                    season_length=spec.season_length,
+                    steps=spec.horizon,
+                    recursive=False,
+                    covariates=window,
+                    offset=offset,
                 )
             else:
                 assert self.engine is not None
@@ -228,12 +258,19 @@ class SavedForecaster:
                     window,
                     np.asarray(spec.mean),
                     np.asarray(spec.std),
+                    offset,
                 )
                 change = self.engine.raw({NETWORK_INPUT: row[None, :].astype(np.float32)})[0]
-            values = from_changes(history, scale, np.asarray(change, dtype=np.float64))
+                values = from_changes(history, scale, np.asarray(change, dtype=np.float64))
             forecast.append(values)
             history = np.concatenate([history, values])
         return np.concatenate(forecast)[:steps]
+
+    def _boosted(self, rows: np.ndarray) -> np.ndarray:
+        """The boosters' mean output for ``rows``."""
+        return np.mean(
+            [b.predict(rows, num_iteration=b.current_iteration()) for b in self.boosters], axis=0
+        )
 
     def _reads(self, steps: int) -> int:
         """The periods ahead whose known covariates a forecast of ``steps`` reads: the MLP
@@ -262,7 +299,11 @@ class SavedForecaster:
         chosen = spec.levels if levels is None else list(levels)
         series = self.read(frame, source)
         forecasts = self.forecast(
-            series.values, steps, chosen, future_covariates(series, self._reads(steps), source)
+            series.values,
+            steps,
+            chosen,
+            future_covariates(series, self._reads(steps), source),
+            season_offsets(series),
         )
         if steps > spec.horizon and spec.family not in STATISTICAL_MODELS and chosen:
             log.warning("no conformal intervals beyond the backtest's horizon of %d", spec.horizon)
@@ -297,20 +338,23 @@ def series_scale(y: np.ndarray) -> float:
 
 
 def origin_features(
-    y: np.ndarray, scale: float, lags: int, season_length: int, *, cyclic: bool
+    y: np.ndarray, scale: float, lags: int, season_length: int, *, cyclic: bool, offset: int = 0
 ) -> np.ndarray:
     """Scaled changes of the last ``lags`` values from the last one, their rolling means, the
-    persistence of recent changes (:func:`persistence`) and the position in the season: as an
-    index for a tree, as its sine and cosine for a network (``cyclic``)."""
+    persistence of recent changes (:func:`persistence`) and the position in the season of the
+    first period forecast, on the calendar (``offset``: the season position of the series' first
+    period, :func:`season_offsets`): as an index for a tree, as its sine and cosine for a
+    network (``cyclic``)."""
     season = max(season_length, 1)
     window = y[-lags:] if len(y) >= lags else np.concatenate([np.full(lags - len(y), y[0]), y])
     changes = (window - y[-1]) / scale
     means = [changes[-k:].mean() for k in (2, 4, season, lags) if k <= lags]
+    at = (offset + len(y)) % season
     if cyclic:
-        phase = 2 * math.pi * (len(y) % season) / season
+        phase = 2 * math.pi * at / season
         position = [math.sin(phase), math.cos(phase)]
     else:
-        position = [len(y) % season]
+        position = [at]
     return np.concatenate([changes, means, [persistence(y, lags)], position])
 
 
@@ -351,16 +395,41 @@ def tree_rows(
     season_length: int,
     horizon: int,
     covariates: Covariates | None = None,
+    offset: int = 0,
 ) -> tuple[np.ndarray, float]:
     """The global tree's rows for the ``horizon`` steps after ``y`` (the step is a feature), and
     the scale its outputs are in."""
     scale = series_scale(y)
-    features = origin_features(y, scale, lags, season_length, cyclic=False)
+    features = origin_features(y, scale, lags, season_length, cyclic=False, offset=offset)
     rows = [
         np.concatenate([features, [h], covariates.extra(len(y), h) if covariates else []])
         for h in range(1, horizon + 1)
     ]
     return np.asarray(rows, dtype=np.float64), scale
+
+
+def tree_forecast(
+    predict: Callable[[np.ndarray], np.ndarray],
+    y: np.ndarray,
+    *,
+    lags: int,
+    season_length: int,
+    steps: int,
+    recursive: bool,
+    covariates: Covariates | None = None,
+    offset: int = 0,
+) -> np.ndarray:
+    """The ``steps`` values after ``y`` by a global tree whose mean output for feature rows is
+    ``predict``: every step at once (direct; ``steps`` is the horizon it learned), or one step
+    at a time, each forecast appended to the history the next reads (``recursive``)."""
+    if not recursive:
+        rows, scale = tree_rows(y, lags, season_length, steps, covariates, offset)
+        return from_changes(y, scale, predict(rows))
+    history = y
+    for _ in range(steps):
+        rows, scale = tree_rows(history, lags, season_length, 1, covariates, offset)
+        history = np.concatenate([history, from_changes(history, scale, predict(rows))])
+    return history[len(y) :]
 
 
 def network_row(
@@ -371,11 +440,12 @@ def network_row(
     covariates: Covariates | None,
     mean: np.ndarray,
     std: np.ndarray,
+    offset: int = 0,
 ) -> tuple[np.ndarray, float]:
     """The global MLP's input for the ``horizon`` steps after ``y`` (standardised with
     ``mean`` and ``std`` when given), and the scale its outputs are in."""
     scale = series_scale(y)
-    row = origin_features(y, scale, lags, season_length, cyclic=True)
+    row = origin_features(y, scale, lags, season_length, cyclic=True, offset=offset)
     if covariates is not None:
         row = np.concatenate([row, covariates.window(len(y), horizon)])
     if len(mean):
@@ -431,6 +501,35 @@ def future_covariates(
             )
         covariates.append(Covariates(np.concatenate([known, future[:steps]]), past))
     return covariates
+
+
+def season_offsets(series: SeriesSet) -> list[int]:
+    """Each series' position in the season at its first period, on one calendar for every
+    series (periods counted from 1970-01-01, or from period 0 for whole-number times), so the
+    global models' season feature means the same month (day, hour...) in every series however
+    ragged their starts."""
+    season = max(series.season_length, 1)
+    if season == 1:
+        return [0] * len(series)
+    return [period_number(times[0], series.freq) % season for times in series.times]
+
+
+def period_number(time: Any, freq: str | None) -> int:
+    """``time``'s number of periods of ``freq`` since the first period on or after 1970-01-01
+    (negative before it); a whole-number time is its own number."""
+    import pandas as pd
+    from pandas.tseries.frequencies import to_offset
+
+    if freq is None:
+        return int(time)
+    offset = to_offset(freq)
+    stamp = pd.Timestamp(time)
+    anchor = offset.rollforward(pd.Timestamp("1970-01-01"))
+    if isinstance(offset, pd.offsets.Tick):
+        return int((stamp - anchor) // pd.Timedelta(offset))
+    if stamp >= anchor:
+        return len(pd.date_range(anchor, stamp, freq=offset)) - 1
+    return -(len(pd.date_range(stamp, anchor, freq=offset)) - 1)
 
 
 def future_times(times: np.ndarray, steps: int, freq: str | None) -> np.ndarray:
