@@ -301,7 +301,10 @@ def test_unknown_key_without_close_match_lists_valid_keys() -> None:
     [
         ("train.epochs=many", ["train.epochs", "integer", "found 'many'"]),
         ("train.batch_size=0", ["train.batch_size", "greater than or equal to 1", "found 0"]),
-        ("train.optimizer.name=adamx", ["train.optimizer.name", "'adamw'", "found 'adamx'"]),
+        (
+            "train.optimizer.name=adamx",
+            ["train.optimizer.name", "adamw, adam, sgd", "found 'adamx'"],
+        ),
         ("model.hidden=[64,0]", ["model.hidden.1", "greater than or equal to 1", "found 0"]),
         ("model.hidden=64", ["model.hidden", "list", "found 64"]),
         ("train=5", ["train", "dictionary", "found 5"]),

@@ -333,7 +333,7 @@ def test_settings_round_trip_through_the_resolved_config(tmp_path: Path) -> None
         ("train.class_weights={rare: 9}", "no weight for class(es) 'common'"),
         ("train.class_weights={rare: 9, common: 1, other: 2}", "unknown class label(s) 'other'"),
         ("train.sampler=oversample", "train.sampler: expected 'none' or 'balanced'"),
-        ("train.loss=dice", "train.loss: expected 'default' or 'focal'"),
+        ("train.loss=dice", "train.loss: unknown loss 'dice'"),
         ("train.focal_gamma=-1", "train.focal_gamma"),
         ("train.label_smoothing=1.0", "train.label_smoothing"),
         ("eval.threshold=1.2", "eval.threshold: expected a probability between 0 and 1"),

@@ -16,9 +16,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from mlsmith.config.base import is_user_path
 from mlsmith.errors import ConfigError
 from mlsmith.losses import LossOptions
 from mlsmith.tasks import ClassificationTask
+from mlsmith.user_code import load_function
 
 if TYPE_CHECKING:
     from mlsmith.config import Config, TrainConfig
@@ -36,7 +38,7 @@ def training_settings(train: TrainConfig) -> list[str]:
     changed = {
         "class_weights": train.class_weights != "none",
         "sampler": train.sampler != "none",
-        "loss": train.loss != "default",
+        "loss": train.loss == "focal",
         "label_smoothing": train.label_smoothing != 0.0,
     }
     return [f"train.{key}" for key, on in changed.items() if on]
@@ -66,6 +68,15 @@ def configure_task(cfg: Config, task: Task, train_target: np.ndarray, model: Mod
         )
     task.threshold = threshold if isinstance(threshold, float) and threshold != 0.5 else None
     configure_loss(cfg.train, task, train_target)
+    if is_user_path(cfg.train.loss):
+        if not isinstance(model, NeuralModel):
+            raise ConfigError(
+                f"train.loss: your loss trains the torch families only, not model.type "
+                f"'{cfg.model.type}'; remove it for this model"
+            )
+        task.custom_loss = load_function(
+            cfg.train.loss, "train.loss", "a loss function (output, target) -> loss"
+        )
 
 
 def configure_loss(train: TrainConfig, task: Task, train_target: np.ndarray) -> None:

@@ -81,9 +81,31 @@ def build(cfg: Config, *, preprocessor: Preprocessor | None = None) -> tuple[Pre
     # Seed again so the initial weights do not depend on how much randomness data prep used.
     seed_everything(cfg.seed)
     model = families.model_family(cfg.model.type)(cfg, data.preprocessor)
-    # Class weights, focal loss, label smoothing and a fixed threshold, checked against the task.
+    # Class weights, focal loss, your loss, label smoothing and a fixed threshold, checked
+    # against the task.
     configure_task(cfg, data.task, data.train.target, model)
+    _check_optimizer(cfg, model)
     return data, model
+
+
+def _check_optimizer(cfg: Config, model: Model) -> None:
+    """Your optimizer class (``train.optimizer.name`` as a path) imports and is an optimizer,
+    before any work; only a torch family has an optimizer to replace."""
+    from mlsmith.config.base import is_user_path
+
+    name = cfg.train.optimizer.name
+    if not is_user_path(name):
+        return
+    from mlsmith.models.neural import NeuralModel
+
+    if not isinstance(model, NeuralModel):
+        raise ConfigError(
+            f"train.optimizer.name: your optimizer trains the torch families only, not "
+            f"model.type '{cfg.model.type}'; remove it for this model"
+        )
+    from mlsmith.training.optimizers import optimizer_class
+
+    optimizer_class(name)
 
 
 def run_training(

@@ -20,6 +20,8 @@ from mlsmith.losses import LossOptions, binary_loss, multiclass_loss
 from mlsmith.runtime import outputs
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     import pandas as pd
     import torch
 
@@ -52,13 +54,24 @@ class Task(ABC):
     def truth(self, encoded: np.ndarray) -> np.ndarray:
         """Encoded targets to what metrics expect: class indices or original-scale values."""
 
-    @abstractmethod
+    # train.loss given as a path: your function (output, target) -> loss, used instead of the
+    # task's own (set by mlsmith.imbalance.configure_task; never saved with the task).
+    custom_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None
+
     def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        """The loss *averaged* over the batch, as a plain loop would compute it.
+        """The loss *averaged* over the batch, as a plain loop would compute it: the task's own
+        (:meth:`builtin_loss`), or ``train.loss``'s function when one is set.
 
         The trainer weights micro-batches by their share of the optimizer step, so with
         accumulation (or a partial batch) every sample still counts equally.
         """
+        if self.custom_loss is not None:
+            return self.custom_loss(output, target)
+        return self.builtin_loss(output, target)
+
+    @abstractmethod
+    def builtin_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """The task's own loss, averaged over the batch."""
 
     @abstractmethod
     def decode(self, raw: np.ndarray) -> np.ndarray:
@@ -147,7 +160,7 @@ class BinaryTask(ClassificationTask):
     def encode(self, target: pd.Series) -> np.ndarray:
         return super().encode(target).astype(np.float32)
 
-    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def builtin_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if not self.loss_options.is_plain:
             return binary_loss(output, target, self.loss_options)
         import torch.nn.functional as F
@@ -165,7 +178,7 @@ class MulticlassTask(ClassificationTask):
     def n_outputs(self) -> int:
         return len(self.classes)
 
-    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def builtin_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         if not self.loss_options.is_plain:
             return multiclass_loss(output, target, self.loss_options)
         import torch.nn.functional as F
@@ -207,7 +220,7 @@ class RegressionTask(Task):
     def truth(self, encoded: np.ndarray) -> np.ndarray:
         return encoded.astype(np.float64) * self.std + self.mean
 
-    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def builtin_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         import torch.nn.functional as F
 
         return F.mse_loss(output.float().squeeze(-1), target)
@@ -249,7 +262,7 @@ class RankingTask(Task):
     def truth(self, encoded: np.ndarray) -> np.ndarray:
         return encoded.astype(np.float64)
 
-    def loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def builtin_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The listwise loss (:func:`mlsmith.losses.listwise_loss`). ``target`` is the ranking
         batches' ``[relevance, query]`` per row; a plain relevance vector is one query."""
         from mlsmith.losses import listwise_loss

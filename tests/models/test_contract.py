@@ -30,6 +30,8 @@ FAST_SETTINGS: dict[str, dict[str, Any]] = {
     "lightgbm": {"n_estimators": 20, "min_child_samples": 5},
     "xgboost": {"n_estimators": 20},
     "sklearn": {"params": {"max_iter": 20}},
+    # A user's own network, from a file outside the package (tests/models/user_net.py).
+    "custom": {"module": f"{Path(__file__).parent / 'user_net.py'}:TinyNet"},
 }
 # Families fitted in one call (a scikit-learn estimator's fit): one history row, nothing a
 # callback could stop part-way.

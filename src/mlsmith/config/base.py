@@ -20,6 +20,12 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, coerce_numbers_to_str=True)
 
 
+def is_user_path(value: str) -> bool:
+    """Whether a setting names your own code by path (``my_pkg.mod.Name`` or ``file.py:Name``)
+    rather than a built-in name such as ``adamw`` (see :mod:`mlsmith.user_code`)."""
+    return "." in value or ":" in value
+
+
 def type_tag(default: str) -> Callable[[Any], str]:
     """A Pydantic discriminator that picks a union member by the section's ``type`` key.
 

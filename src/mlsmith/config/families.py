@@ -27,6 +27,7 @@ from mlsmith.config.models import (
     ARIMAConfig,
     BagConfig,
     CNNConfig,
+    CustomConfig,
     ETSConfig,
     LightGBMConfig,
     MLPConfig,
@@ -110,6 +111,11 @@ FAMILIES: dict[str, ModelFamily] = {
         data=("tabular",),
         implementation="mlsmith.models.estimators:SklearnModel",
         packages=("skops",),
+    ),
+    "custom": ModelFamily(
+        CustomConfig,
+        data=("tabular", "image", "text"),
+        implementation="mlsmith.models.custom:CustomModel",
     ),
     # Forecasters: fitted by the backtest (mlsmith.forecasting), not through Model.fit.
     "ets": ModelFamily(

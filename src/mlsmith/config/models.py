@@ -143,6 +143,29 @@ class XGBoostConfig(Section):
     n_jobs: int | None = Field(None, ge=1, description="threads; default: every available core")
 
 
+class CustomConfig(Section):
+    """Your own ``torch.nn.Module``, trained, checked, exported and served like a built-in family.
+
+    ``module`` names its class by path; it is built as
+    ``Class(n_outputs=..., inputs=..., **params)``, where ``inputs`` describes what the data
+    kind feeds (tables: ``{"numeric": count, "categorical": [cardinality, ...]}``; images:
+    ``{"channels", "height", "width"}``; text: ``{"vocab_size", "max_length", "padding_id"}``),
+    and ``forward`` takes the built-in families' named tensors (tables: ``numeric``,
+    ``categorical``; images: ``image``; text: ``input_ids``, ``attention_mask``) and returns
+    raw outputs of shape (batch, n_outputs).
+    """
+
+    type: Literal["custom"] = "custom"
+    module: str = Field(
+        description="your network class: my_pkg.nets.MyNet (importable) or nets.py:MyNet (a file)"
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="keyword arguments of its constructor beside n_outputs and inputs; tunable "
+        "as model.params.<name>",
+    )
+
+
 class SklearnConfig(Section):
     """Any scikit-learn-style estimator class on the preprocessed table (tabular data).
 
@@ -209,6 +232,7 @@ ModelConfig = Annotated[
         | Annotated[LightGBMConfig, Tag("lightgbm")]
         | Annotated[XGBoostConfig, Tag("xgboost")]
         | Annotated[SklearnConfig, Tag("sklearn")]
+        | Annotated[CustomConfig, Tag("custom")]
         | Annotated[ETSConfig, Tag("ets")]
         | Annotated[ARIMAConfig, Tag("arima")]
         | Annotated[ThetaConfig, Tag("theta")]

@@ -8,13 +8,21 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mlsmith.config.base import Mode, Section
+from mlsmith.config.base import Mode, Section, is_user_path
+from mlsmith.errors import did_you_mean
+
+OPTIMIZERS = ("adamw", "adam", "sgd")
+LOSSES = ("default", "focal")
 
 
 class OptimizerConfig(Section):
     """The optimizer; no weight decay on biases and norms."""
 
-    name: Literal["adamw", "adam", "sgd"] = "adamw"
+    name: str = Field(
+        "adamw",
+        description="adamw, adam or sgd; or your torch.optim.Optimizer class by path "
+        "(my_pkg.optim.Lion, or optim.py:Lion), built as Class(param_groups, lr=lr)",
+    )
     lr: float | Literal["auto"] = Field(
         1e-3,
         description="learning rate; auto: a short LR range test before training picks it "
@@ -24,6 +32,16 @@ class OptimizerConfig(Section):
     momentum: float = Field(0.9, ge=0.0, lt=1.0, description="sgd only")
     nesterov: bool = Field(False, description="sgd only")
     betas: tuple[float, float] = Field((0.9, 0.999), description="adam and adamw only")
+
+    @field_validator("name")
+    @classmethod
+    def _known_or_path(cls, value: str) -> str:
+        if value in OPTIMIZERS or is_user_path(value):
+            return value
+        raise ValueError(
+            f"unknown optimizer '{value}'{did_you_mean(value, OPTIMIZERS)}; one of "
+            f"{', '.join(OPTIMIZERS)}, or a path to your optimizer class (my_pkg.optim.Lion)"
+        )
 
     @field_validator("lr", mode="before")
     @classmethod
@@ -188,6 +206,16 @@ class TrainConfig(Section):
         "and torchvision families)",
     )
 
+    @field_validator("loss")
+    @classmethod
+    def _loss_known_or_path(cls, value: str) -> str:
+        if value in LOSSES or is_user_path(value):
+            return value
+        raise ValueError(
+            f"unknown loss '{value}'{did_you_mean(value, LOSSES)}; one of {', '.join(LOSSES)}, "
+            "or a path to your loss function (my_pkg.losses.focal)"
+        )
+
     @field_validator("max_time", mode="before")
     @classmethod
     def _duration(cls, value: Any) -> Any:
@@ -203,9 +231,11 @@ class TrainConfig(Section):
         description="balanced: draw training rows with replacement, every class equally often "
         "(classification; same number of samples per epoch)",
     )
-    loss: Literal["default", "focal"] = Field(
+    loss: str = Field(
         "default",
-        description="classification: focal down-weights easy rows by (1 - p)^focal_gamma",
+        description="default: the task's own; focal (classification) down-weights easy rows by "
+        "(1 - p)^focal_gamma; or your function (output, target) -> loss by path "
+        "(my_pkg.losses.focal, or losses.py:focal)",
     )
     focal_gamma: float = Field(2.0, ge=0.0, description="focal loss focusing exponent")
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)

@@ -27,7 +27,8 @@ class TabularGraph(torch.nn.Module):
         self.network = network
 
     def forward(self, numeric: torch.Tensor, categorical: torch.Tensor) -> torch.Tensor:
-        return self.network(numeric, categorical).float()
+        # By name, as training calls it: a custom network may take its inputs as **batch.
+        return self.network(numeric=numeric, categorical=categorical).float()
 
 
 class TextGraph(torch.nn.Module):
@@ -58,7 +59,7 @@ class ImageGraph(torch.nn.Module):
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
         x = image.to(torch.float32) * self.scale + self.shift
-        return self.network(x).float()
+        return self.network(image=x).float()
 
 
 def inference_graph(network: torch.nn.Module, preprocessor: Preprocessor) -> torch.nn.Module:

@@ -8,13 +8,26 @@ from typing import Any
 import torch
 
 from mlsmith.config import OptimizerConfig, SchedulerConfig
+from mlsmith.config.base import is_user_path
+from mlsmith.errors import ConfigError
+from mlsmith.user_code import load_class
 
 # Warmup starts from this share of the configured learning rate.
 WARMUP_START = 0.01
 
 
+def optimizer_class(path: str) -> type[torch.optim.Optimizer]:
+    """Your optimizer class named by ``train.optimizer.name`` (a ConfigError when it does not
+    import or is not a ``torch.optim.Optimizer``)."""
+    found: type[torch.optim.Optimizer] = load_class(
+        path, "train.optimizer.name", torch.optim.Optimizer, "an optimizer class"
+    )
+    return found
+
+
 def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim.Optimizer:
-    """AdamW, Adam or SGD; weight decay only on matrices (not biases or norm scales)."""
+    """AdamW, Adam or SGD, or your class by path (built with the parameter groups and the
+    learning rate); weight decay only on matrices (not biases or norm scales)."""
     if cfg.lr == "auto":  # the pipeline resolves it (a range test) before anything trains
         raise ValueError("train.optimizer.lr is 'auto': resolve it with choose_lr first")
     params = [p for p in model.parameters() if p.requires_grad]
@@ -25,10 +38,20 @@ def build_optimizer(model: torch.nn.Module, cfg: OptimizerConfig) -> torch.optim
         {"params": no_decay, "weight_decay": 0.0},
     ]
     groups = [g for g in groups if g["params"]]
+    if is_user_path(cfg.name):
+        chosen: Any = optimizer_class(cfg.name)  # its own signature: lr by keyword
+        try:
+            built: torch.optim.Optimizer = chosen(groups, lr=cfg.lr)
+            return built
+        except TypeError as exc:
+            raise ConfigError(
+                f"train.optimizer.name: {cfg.name} cannot be built as "
+                f"{chosen.__name__}(param_groups, lr=...): {exc}"
+            ) from None
     if cfg.name == "sgd":
         return torch.optim.SGD(groups, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov)
-    optimizer_class = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
-    return optimizer_class(groups, lr=cfg.lr, betas=cfg.betas)
+    adam = torch.optim.AdamW if cfg.name == "adamw" else torch.optim.Adam
+    return adam(groups, lr=cfg.lr, betas=cfg.betas)
 
 
 class LRSchedule:

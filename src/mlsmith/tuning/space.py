@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Any
 from mlsmith.config import (
     CategoricalParam,
     Config,
+    CustomConfig,
     FloatParam,
     SearchParam,
     SklearnConfig,
@@ -39,8 +40,9 @@ def tune_section(cfg: Config) -> TuneConfig:
     if cfg.tune is None:
         raise ConfigError(f"tune needs a 'tune' section in the config, for example:\n{EXAMPLE}")
     known = [k for k in cfg.flat() if not k.startswith("tune.") and k != "tune"]
-    # An estimator's constructor arguments (model.type sklearn) are open-ended: any name.
-    open_keys = ("model.params.",) if isinstance(cfg.model, SklearnConfig) else ()
+    # An estimator's or your network's constructor arguments (model.type sklearn, custom) are
+    # open-ended: any name.
+    open_keys = ("model.params.",) if isinstance(cfg.model, SklearnConfig | CustomConfig) else ()
     for key in cfg.tune.space:
         if key.startswith(open_keys) and len(key) > len("model.params."):
             continue
