@@ -81,7 +81,11 @@ class TuneConfig(Section):
         "cv needs eval.cv and turns pruning off",
     )
     trials: int = Field(20, ge=1, description="total trials of the study, across all workers")
-    sampler: Literal["tpe", "random", "cmaes", "gp"] = "tpe"
+    sampler: Literal["tpe", "random", "cmaes", "gp", "grid"] = Field(
+        "tpe",
+        description="grid: every combination of the space's values, in a random order "
+        "(categorical choices; int ranges by step; floats need a step)",
+    )
     pruner: Literal["median", "hyperband", "none"] = "median"
     startup_trials: int = Field(3, ge=0, description="median pruner: trials before pruning")
     warmup_epochs: int = Field(1, ge=0, description="median pruner: epochs before pruning")

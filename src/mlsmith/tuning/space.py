@@ -76,6 +76,11 @@ def suggest(trial: optuna.Trial, key: str, param: SearchParam) -> Any:
     return trial.suggest_int(key, param.low, param.high, log=param.log, step=param.step)
 
 
+def encoded_choices(param: CategoricalParam) -> list[Any]:
+    """A categorical param's choices as a trial stores them (lists as JSON text)."""
+    return list({_encode(c): c for c in param.choices})
+
+
 def decode_params(space: dict[str, SearchParam], params: dict[str, Any]) -> dict[str, Any]:
     """Optuna's stored params back to config values (JSON text back to lists)."""
     out = {}

@@ -21,7 +21,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlsmith import interrupts
 from mlsmith.config import Config
@@ -35,7 +35,7 @@ from mlsmith.tuning.parent_run import (
     open_parent_run,
 )
 from mlsmith.tuning.results import TuneResult, build_result, study_folder, write_outputs
-from mlsmith.tuning.samplers import build_pruner, build_sampler
+from mlsmith.tuning.samplers import build_pruner, build_sampler, grid_points
 from mlsmith.tuning.space import tune_section
 from mlsmith.tuning.storage import GRACE_S, StudyStorage, default_storage, heartbeat, open_storage
 from mlsmith.tuning.trial import run_trial
@@ -111,8 +111,14 @@ def run_study(
         seed += 1000 * worker_index + len(created.get_trials(deepcopy=False))
         sampler = build_sampler(tune, seed)
         pruner = build_pruner(tune, cfg.train.epochs)
+        # A grid queues its points (the same order in every process), at most one trial each.
+        points = None
+        budget = tune.trials
+        if tune.sampler == "grid":
+            points = grid_points(tune, cfg.seed if tune.seed is None else tune.seed)
+            budget = min(budget, len(points))
         if leader:
-            queue_budget(store, created, tune.trials)
+            queue_budget(store, created, budget, points)
             parent_run_id = open_parent_run(cfg, created, store, tune)
         else:
             parent_run_id = created.user_attrs.get(PARENT_ATTR)
@@ -128,7 +134,7 @@ def run_study(
             while True:
                 trial_id = claim_waiting_trial(store, name) if _before(deadline) else None
                 if trial_id is None:
-                    if leader and _await_others(store, created, tune.trials, deadline):
+                    if leader and _await_others(store, created, budget, deadline, points):
                         continue
                     break
                 try:
@@ -192,7 +198,11 @@ def _before(deadline: float | None) -> bool:
 
 
 def _await_others(
-    store: StudyStorage, study: optuna.Study, budget: int, deadline: float | None
+    store: StudyStorage,
+    study: optuna.Study,
+    budget: int,
+    deadline: float | None,
+    points: list[dict[str, Any]] | None = None,
 ) -> bool:
     """Wait while other processes run trials; True as soon as one is queued again to run here
     (before the deadline), False once none is running.
@@ -203,7 +213,7 @@ def _await_others(
     from optuna.trial import TrialState
 
     while True:
-        queue_budget(store, study, budget)
+        queue_budget(store, study, budget, points)
         trials = study.get_trials(deepcopy=False, states=(TrialState.WAITING, TrialState.RUNNING))
         if _before(deadline) and any(t.state == TrialState.WAITING for t in trials):
             return True

@@ -14,8 +14,9 @@ lock: two leaders starting at the same instant queue the budget once.
 
 from __future__ import annotations
 
+import json
 import warnings
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from mlsmith.tuning.storage import GRACE_S, StudyStorage
 
@@ -43,8 +44,14 @@ def is_requeued(trial: FrozenTrial) -> bool:
     )
 
 
-def queue_budget(store: StudyStorage, study: optuna.Study, budget: int) -> int:
-    """Fail the study's stale trials, then queue fresh ones until ``budget`` trials count.
+def queue_budget(
+    store: StudyStorage,
+    study: optuna.Study,
+    budget: int,
+    points: list[dict[str, Any]] | None = None,
+) -> int:
+    """Fail the study's stale trials, then queue fresh ones until ``budget`` trials count;
+    with ``points`` (a grid), each queued trial is the next point no counted trial holds.
 
     Returns how many were queued (none when the study already holds its budget).
     """
@@ -54,11 +61,21 @@ def queue_budget(store: StudyStorage, study: optuna.Study, budget: int) -> int:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             optuna.storages.fail_stale_trials(study)
-        counted = sum(not is_requeued(t) for t in study.get_trials(deepcopy=False))
-        missing = max(budget - counted, 0)
-        for _ in range(missing):
-            study.enqueue_trial({})
-    return missing
+        counted = [t for t in study.get_trials(deepcopy=False) if not is_requeued(t)]
+        missing = max(budget - len(counted), 0)
+        if points is None:
+            for _ in range(missing):
+                study.enqueue_trial({})
+            return missing
+        taken = {_point_key(t.system_attrs.get("fixed_params") or t.params) for t in counted}
+        fresh = [p for p in points if _point_key(p) not in taken][:missing]
+        for point in fresh:
+            study.enqueue_trial(point)
+    return len(fresh)
+
+
+def _point_key(params: dict[str, Any]) -> str:
+    return json.dumps(params, sort_keys=True, default=str)
 
 
 def claim_waiting_trial(store: StudyStorage, study_name: str) -> int | None:
