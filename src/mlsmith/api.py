@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from mlsmith.monitoring import MonitorResult
     from mlsmith.registry import Decision, RegisteredVersion
     from mlsmith.reports.compare import Comparison
+    from mlsmith.reproduction import Reproduction
     from mlsmith.runtime.forecaster import SavedForecaster
     from mlsmith.runtime.package import Package
     from mlsmith.training.lr_finder import LRFindResult
@@ -35,6 +36,7 @@ __all__ = [
     "promote",
     "register",
     "report",
+    "reproduce",
     "serve",
     "train",
     "tune",
@@ -325,6 +327,19 @@ def export(
         quantize=quantize,
         prune=prune,
     )
+
+
+def reproduce(run: str | Path | Run, *, output: str | Path | None = None) -> Reproduction:
+    """Train ``run``'s config again from its directory alone and compare the test metrics.
+
+    The data at the config's paths must be the data the run fingerprinted
+    (:class:`~mlsmith.reproduction.DataChangedError`, exit 1, before any training); every
+    version that differs from the run's ``requirements.lock`` is a warning, listed in
+    ``environment``. The new run goes to ``output`` (default: the run's own output folder).
+    """
+    from mlsmith.reproduction import reproduce as run_again
+
+    return run_again(run, output)
 
 
 def load_package(

@@ -44,6 +44,7 @@ from mlsmith.run import (
     check_output_dir,
     new_run_dir,
     record_stopped,
+    write_lock,
 )
 
 if TYPE_CHECKING:
@@ -115,6 +116,7 @@ def run_forecasting(cfg: Config) -> Run:
         environment = capture_environment("cpu", cfg)
         info["environment"] = environment
         write_text(run_dir / CONFIG_FILE, cfg.to_yaml())
+        write_lock(run_dir, "cpu")
         write_json(run_dir / INFO_FILE, info)
         tracker = Tracker(cfg.track, output_dir=cfg.output_dir, experiment=cfg.experiment)
         info["mlflow_run_id"] = tracker.start(

@@ -40,6 +40,7 @@ from mlsmith.run import (
     code_version,
     new_run_dir,
     record_stopped,
+    write_lock,
 )
 from mlsmith.training.history import HISTORY_FILE, STEPS_FILE
 
@@ -335,6 +336,7 @@ def _run_training(
             write_json(run_dir / PREFLIGHT_FILE, checks.to_dict())
         environment = capture_environment(device, cfg)
         write_text(run_dir / CONFIG_FILE, cfg.to_yaml())
+        write_lock(run_dir, device)
         data.preprocessor.save(run_dir)
         if lr_auto is not None:
             info["lr_auto"] = _save_lr_find(run_dir, lr_auto)

@@ -165,6 +165,66 @@ def capture_environment(device: str, config: Config | None = None) -> dict[str, 
     }
 
 
+LOCK_FILE = "requirements.lock"
+# Header lines of the lock: "# python: 3.11.7" and so on.
+LOCK_KEYS = ("python", "platform", "cuda")
+
+
+def lock_text(cuda: str | None = None) -> str:
+    """The environment as a lock: a header, then ``name==version`` per installed distribution."""
+    lines = [
+        "# The environment this run ran in (pip install -r requirements.lock); written by mlsmith",
+        f"# python: {platform.python_version()}",
+        f"# platform: {platform.platform()}",
+        f"# cuda: {cuda or 'none'}",
+    ]
+    versions = installed()
+    lines += [f"{name}=={version}" for name, version in sorted(versions.items())]
+    return "\n".join(lines) + "\n"
+
+
+def write_lock(run_dir: Path, device: str) -> None:
+    """``requirements.lock`` in ``run_dir`` (CUDA's version when the run trains on a GPU)."""
+    cuda = None
+    if device.startswith("cuda"):
+        import torch
+
+        cuda = str(torch.version.cuda)
+    write_text(run_dir / LOCK_FILE, lock_text(cuda))
+
+
+def installed() -> dict[str, str]:
+    """Every installed distribution's version, by its normalised name."""
+    versions = {}
+    for distribution in importlib.metadata.distributions():
+        name = distribution.metadata["Name"]
+        if name:
+            versions[_normalise(name)] = distribution.version
+    return versions
+
+
+def read_lock(run_dir: Path) -> tuple[dict[str, str], dict[str, str]]:
+    """The lock's header (python, platform, cuda) and its package versions; both empty for a
+    run written before runs had a lock."""
+    file = run_dir / LOCK_FILE
+    if not file.is_file():
+        return {}, {}
+    header, packages = {}, {}
+    for line in file.read_text().splitlines():
+        if line.startswith("# ") and ":" in line:
+            key, _, value = line[2:].partition(":")
+            if key.strip() in LOCK_KEYS:
+                header[key.strip()] = value.strip()
+        elif "==" in line and not line.startswith("#"):
+            name, _, version = line.partition("==")
+            packages[_normalise(name.strip())] = version.strip()
+    return header, packages
+
+
+def _normalise(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
+
+
 def code_version(environment: dict[str, Any]) -> str:
     """One line naming mlsmith's version and the commits of the project and of mlsmith."""
     parts = [f"mlsmith {environment['mlsmith']}"]

@@ -28,6 +28,7 @@ from mlsmith.cli import (
     promote,
     register,
     report,
+    reproduce,
     serve,
     signals,
     train,
@@ -56,6 +57,7 @@ app.command("register", no_args_is_help=True)(register.command)
 app.command("promote", no_args_is_help=True)(promote.command)
 app.command("serve", no_args_is_help=True)(serve.command)
 app.command("monitor", no_args_is_help=True)(monitor.command)
+app.command("reproduce", no_args_is_help=True)(reproduce.command)
 
 
 @app.callback(invoke_without_command=True)
