@@ -53,6 +53,7 @@ if TYPE_CHECKING:
     from mlsmith.checks import CheckReport
     from mlsmith.data.base import PreparedData, Preprocessor
     from mlsmith.models.base import FitSummary, Model
+    from mlsmith.tasks import Task
     from mlsmith.tracking import Tracker
     from mlsmith.training.lr_finder import LRFindResult
 
@@ -87,6 +88,54 @@ def build(cfg: Config, *, preprocessor: Preprocessor | None = None) -> tuple[Pre
     configure_task(cfg, data.task, data.train.target, model)
     _check_optimizer(cfg, model)
     return data, model
+
+
+def _slice_columns(cfg: Config, data: PreparedData) -> dict[str, pd.Series]:
+    """The test split's values of each ``eval.slices`` column, row for row with its scores
+    (a missing column is a DataError naming the key; a ranking is scored per query, not per
+    slice)."""
+    if not cfg.eval.slices:
+        return {}
+    if data.task.kind == "ranking":
+        raise ConfigError(
+            "eval.slices: a ranking is scored per query; slices score classifiers and "
+            "regressors. Remove eval.slices"
+        )
+    frame = data.frames.get("test")
+    if frame is None or data.test is None:
+        raise ConfigError("eval.slices: the run has no test split to slice")
+    labelled = data.preprocessor.labelled_rows(frame, "test split")
+    missing = [c for c in cfg.eval.slices if c not in labelled.columns]
+    if missing:
+        raise DataError(
+            f"eval.slices: the test split has no column {', '.join(map(repr, missing))}; "
+            f"columns: {', '.join(map(str, labelled.columns[:20]))}"
+        )
+    if len(labelled) != len(data.test):
+        raise DataError(
+            f"eval.slices: {len(labelled)} labelled test rows but {len(data.test)} scored; "
+            "slices need one value per scored row"
+        )
+    return {c: labelled[c].reset_index(drop=True) for c in cfg.eval.slices}
+
+
+def _score_slices(
+    cfg: Config, run: Run, task: Task, test: Scored, columns: dict[str, pd.Series]
+) -> None:
+    """The test split's metrics per slice, written under ``slices`` in metrics.json."""
+    from mlsmith.slices import SLICES_KEY, SliceSettings, slice_metrics, summary_lines
+
+    settings = SliceSettings(
+        bins=cfg.eval.slice_bins,
+        min_rows=cfg.eval.min_slice_rows,
+        n_resamples=cfg.eval.bootstrap,
+        confidence=cfg.eval.confidence,
+        seed=cfg.seed,
+    )
+    sliced = slice_metrics(task.kind, test.truth, test.decoded, columns, settings, task.threshold)
+    run.record_sections({SLICES_KEY: sliced})
+    for line in summary_lines(sliced):
+        log.info("slices: %s", line)
 
 
 def _check_optimizer(cfg: Config, model: Model) -> None:
@@ -320,6 +369,7 @@ def _run_training(
     package_reference = reference_rows(data) if package_rows is not None else None
     # Fitted before the raw rows go: the text baseline reads the raw texts.
     baseline = _fit_baseline(cfg, data) if cfg.eval.baseline else None
+    slice_columns = _slice_columns(cfg, data)
     data.frames.clear()  # the raw rows were only needed by the checks (and the package's)
     if run_dir is None:
         # Only now: a config, data or pre-flight error must not leave a run directory behind.
@@ -397,6 +447,8 @@ def _run_training(
         scored = {"val": run.score_split(data.val, "val")}
         if data.test is not None:
             scored["test"] = run.score_split(data.test, "test")
+            if slice_columns:
+                _score_slices(cfg, run, model.task, scored["test"], slice_columns)
         results = {split: s.metrics for split, s in scored.items()}
         compared = _score_baseline(run, baseline, scored) if baseline is not None else None
     except BaseException as error:

@@ -59,7 +59,14 @@ CV_METRICS_KEY = "cv"
 # forecast's baselines.
 # A forecasting run's baselines (naive, seasonal naive...), each by split.
 BASELINES_KEY = "baselines"
-SECTION_KEYS = ("baseline", "majority", "vs_baseline", CV_METRICS_KEY, BASELINES_KEY)
+SECTION_KEYS = (
+    "baseline",
+    "majority",
+    "vs_baseline",
+    CV_METRICS_KEY,
+    BASELINES_KEY,
+    "slices",
+)
 
 # Libraries every run uses; families and data kinds add their own (see mlsmith.families).
 PACKAGES = ("torch", "numpy", "pandas", "scikit-learn", "pydantic", "mlflow-skinny", "mlflow")

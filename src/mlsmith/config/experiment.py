@@ -116,6 +116,10 @@ class Config(Section):
                 "eval.cv: a forecast is scored by backtest windows (data.windows), not folds; "
                 "remove eval.cv"
             )
+        if self.eval.slices:
+            raise ValueError(
+                "eval.slices: a forecast is scored per series (backtest.json); remove eval.slices"
+            )
         if self.train.distributed.nproc > 1:
             raise ValueError(
                 "train.distributed.nproc: a forecasting run backtests in one process; set it to 1"

@@ -86,6 +86,15 @@ class EvalConfig(Section):
     target_recall: float = Field(
         0.9, gt=0.0, le=1.0, description="threshold_for=recall: the recall to reach on val"
     )
+    slices: list[str] = Field(
+        default_factory=list,
+        description="columns whose values cut the test split into slices, each scored with "
+        "CIs (a numeric column with many values: quantile bins); results under `slices`",
+    )
+    slice_bins: int = Field(4, ge=2, description="quantile bins of a numeric slice column")
+    min_slice_rows: int = Field(
+        30, ge=1, description="a slice with fewer test rows is flagged too small to judge"
+    )
     ndcg_at: list[int] = Field(
         default_factory=lambda: [1, 5, 10],
         min_length=1,

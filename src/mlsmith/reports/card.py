@@ -87,6 +87,7 @@ def render_card(record: RunRecord) -> str:
         "",
         _stated(card.ethical_considerations),
         "",
+        *_slice_lines(record),
         "## Owners and license",
         "",
         f"- Owners: {', '.join(card.owners) if card.owners else NOT_STATED}",
@@ -166,6 +167,26 @@ def _evaluation_note(record: RunRecord, split: str | None) -> str:
         f"{record.ci_level} percentile-bootstrap intervals "
         f"({record.config.eval.bootstrap:,} resamples)."
     )
+
+
+def _slice_lines(record: RunRecord) -> list[str]:
+    """What the test split's slices (``eval.slices``) measured: the groups the model serves
+    unequally, in numbers."""
+    from mlsmith.slices import summary_lines
+
+    sliced = record.sections.get("slices")
+    if not sliced:
+        return [
+            "Measured per group: not measured (list the columns that define groups in "
+            "eval.slices).",
+            "",
+        ]
+    return [
+        "Measured per group on the test split (eval.slices):",
+        "",
+        bullets(summary_lines(sliced)),
+        "",
+    ]
 
 
 def _stated(text: str | None) -> str:

@@ -9,7 +9,7 @@ class, or for the positive class (the second) of a binary task.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -384,3 +384,33 @@ def _ovr_note(classes: list[str], curves: int) -> str:
 
 def _short(label: str, width: int = 18) -> str:
     return label if len(label) <= width else label[: width - 1] + "\u2026"
+
+
+def slice_chart(column: str, entry: dict[str, Any]) -> bytes | None:
+    """The headline metric of each slice of ``column`` with its interval; slices too small to
+    judge in grey."""
+    slices = entry.get("slices") or {}
+    metric = str(entry.get("metric", ""))
+    labels, values, lows, highs, colours = [], [], [], [], []
+    for label, item in slices.items():
+        found = (item.get("metrics") or {}).get(metric) or {}
+        value = found.get("value")
+        if not isinstance(value, int | float):
+            continue
+        low, high = (found.get("ci95") or [None, None])[:2]
+        labels.append(f"{label}\n(n={item.get('rows', 0)})")
+        values.append(float(value))
+        lows.append(float(value) - float(low) if isinstance(low, int | float) else 0.0)
+        highs.append(float(high) - float(value) if isinstance(high, int | float) else 0.0)
+        colours.append("0.7" if item.get("too_small") else "C0")
+    if not values:
+        return None
+    with figure(height=max(2.5, 0.45 * len(values) + 1.2)) as fig:
+        ax = fig.add_subplot()
+        positions = np.arange(len(values))
+        ax.barh(positions, values, xerr=[lows, highs], color=colours, capsize=3)
+        ax.set_yticks(positions, labels)
+        ax.invert_yaxis()
+        ax.set_title(f"{metric} by '{column}' (test split; grey: too few rows to judge)")
+        ax.set_xlabel(f"{metric} with its 95% interval")
+        return to_png(fig)

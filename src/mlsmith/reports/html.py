@@ -73,6 +73,11 @@ def render_html(record: RunRecord) -> str:
         ("metrics", "Metrics with confidence intervals", _metrics(record)),
         ("baseline", "Model vs baseline", _baseline(record)),
         *([("cv", "Cross-validation", _cv(record))] if record.cv else []),
+        *(
+            [("slices", "Slices of the test split", _slices(record))]
+            if record.sections.get("slices")
+            else []
+        ),
         ("limitations", "Measured limitations", _list(facts.measured_limitations(record))),
         ("preflight", "Pre-flight checks", _preflight(record)),
         ("data", "Data", html_table(["", ""], facts.data_rows(record), header=False)),
@@ -164,6 +169,18 @@ def _training(record: RunRecord) -> str:
     ]
     table = html_table(["", ""], facts.progress_facts(record), header=False)
     return table + figures(grid)
+
+
+def _slices(record: RunRecord) -> str:
+    """Per sliced column: the headline metric per slice with its interval, and the gap."""
+    from mlsmith.slices import summary_lines
+
+    sliced = record.sections.get("slices") or {}
+    charts = [
+        Plot(f"Slices of '{column}'", evaluation_plots.slice_chart(column, entry))
+        for column, entry in sliced.items()
+    ]
+    return _list(summary_lines(sliced)) + figures(charts)
 
 
 def _evaluation(record: RunRecord) -> str:
