@@ -31,6 +31,7 @@ from mlsmith.reports import write_reports_safely
 from mlsmith.run import (
     CONFIG_FILE,
     INFO_FILE,
+    LOCK_FILE,
     METRICS_FILE,
     PREFLIGHT_FILE,
     Run,
@@ -88,6 +89,39 @@ def build(cfg: Config, *, preprocessor: Preprocessor | None = None) -> tuple[Pre
     configure_task(cfg, data.task, data.train.target, model)
     _check_optimizer(cfg, model)
     return data, model
+
+
+def _feature_importance(cfg: Config, run_dir: Path, model: Model, data: PreparedData) -> None:
+    """``importance.json``: permutation importance on the validation split (and the trees'
+    gain) for a tabular model; nothing for other data, rankings, or with repeats 0."""
+    features = getattr(data.preprocessor, "features", None)
+    if (
+        cfg.eval.importance_repeats == 0
+        or data.preprocessor.kind != "tabular"
+        or model.task.kind == "ranking"
+        or not features
+        or not len(data.val)
+    ):
+        return
+    from mlsmith.importance import IMPORTANCE_FILE, gain_importance, permutation_importance
+
+    started = time.perf_counter()
+    record: dict[str, Any] = {
+        "permutation": permutation_importance(
+            model, data.val, list(features), repeats=cfg.eval.importance_repeats, seed=cfg.seed
+        )
+    }
+    gain = gain_importance(model, list(features))
+    if gain is not None:
+        record["gain"] = gain
+    write_json(run_dir / IMPORTANCE_FILE, record)
+    top = record["permutation"]["features"][:3]
+    log.info(
+        "feature importance (%s lost when shuffled, val): %s (%.1f s)",
+        record["permutation"]["metric"],
+        ", ".join(f"{f['name']} {f['importance']:.3g}" for f in top),
+        time.perf_counter() - started,
+    )
 
 
 def _slice_columns(cfg: Config, data: PreparedData) -> dict[str, pd.Series]:
@@ -445,6 +479,7 @@ def _run_training(
         run = Run(run_dir)
         run.model = model
         scored = {"val": run.score_split(data.val, "val")}
+        _feature_importance(cfg, run_dir, model, data)
         if data.test is not None:
             scored["test"] = run.score_split(data.test, "test")
             if slice_columns:
@@ -485,7 +520,18 @@ def _run_training(
             }
         tracker.log_metrics(final_metrics(results, per_epoch), step=summary.best_epoch or 0)
         tracker.log_artifacts(
-            [run_dir / f for f in (CONFIG_FILE, METRICS_FILE, HISTORY_FILE, "preprocessing.json")]
+            [
+                run_dir / f
+                for f in (
+                    CONFIG_FILE,
+                    METRICS_FILE,
+                    HISTORY_FILE,
+                    "preprocessing.json",
+                    "importance.json",
+                    LOCK_FILE,
+                )
+                if (run_dir / f).is_file()
+            ]
             + model.artifacts(run_dir)
         )
         reports = write_reports_safely(run_dir) if cfg.eval.report else []

@@ -86,6 +86,12 @@ class EvalConfig(Section):
     target_recall: float = Field(
         0.9, gt=0.0, le=1.0, description="threshold_for=recall: the recall to reach on val"
     )
+    importance_repeats: int = Field(
+        5,
+        ge=0,
+        description="tabular: permutation importance of each feature on the validation split, "
+        "this many shuffles each (CIs over them); 0: off. Boosted trees add their gain",
+    )
     slices: list[str] = Field(
         default_factory=list,
         description="columns whose values cut the test split into slices, each scored with "

@@ -414,3 +414,24 @@ def slice_chart(column: str, entry: dict[str, Any]) -> bytes | None:
         ax.set_title(f"{metric} by '{column}' (test split; grey: too few rows to judge)")
         ax.set_xlabel(f"{metric} with its 95% interval")
         return to_png(fig)
+
+
+def feature_importance(found: dict[str, Any], limit: int = 20) -> bytes | None:
+    """Permutation importance per feature (the most important first) with its interval."""
+    features = (found.get("features") or [])[:limit]
+    if not features:
+        return None
+    names = [f["name"] for f in features]
+    values = np.array([f["importance"] for f in features])
+    lows = values - np.array([f["ci95"][0] for f in features])
+    highs = np.array([f["ci95"][1] for f in features]) - values
+    with figure(height=max(2.5, 0.35 * len(names) + 1.2)) as fig:
+        ax = fig.add_subplot()
+        positions = np.arange(len(names))
+        ax.barh(positions, values, xerr=[lows, highs], color="C0", capsize=3)
+        ax.axvline(0.0, color="0.4", linewidth=0.8)
+        ax.set_yticks(positions, names)
+        ax.invert_yaxis()
+        ax.set_title(f"Permutation importance (validation split, {found.get('repeats')} shuffles)")
+        ax.set_xlabel(f"{found.get('metric')} lost when the feature is shuffled")
+        return to_png(fig)

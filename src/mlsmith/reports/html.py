@@ -74,6 +74,11 @@ def render_html(record: RunRecord) -> str:
         ("baseline", "Model vs baseline", _baseline(record)),
         *([("cv", "Cross-validation", _cv(record))] if record.cv else []),
         *(
+            [("importance", "Feature importance", _importance(record))]
+            if (record.importance or {}).get("permutation")
+            else []
+        ),
+        *(
             [("slices", "Slices of the test split", _slices(record))]
             if record.sections.get("slices")
             else []
@@ -169,6 +174,20 @@ def _training(record: RunRecord) -> str:
     ]
     table = html_table(["", ""], facts.progress_facts(record), header=False)
     return table + figures(grid)
+
+
+def _importance(record: RunRecord) -> str:
+    found = (record.importance or {}).get("permutation") or {}
+    chart = figures([Plot("Permutation importance", evaluation_plots.feature_importance(found))])
+    gain = (record.importance or {}).get("gain")
+    if not gain:
+        return chart
+    rows = [(name, f"{share:.3f}") for name, share in list(gain.items())[:20]]
+    return (
+        chart
+        + "<h3>The trees' own gain (share of the total)</h3>"
+        + html_table(["feature", "gain share"], rows)
+    )
 
 
 def _slices(record: RunRecord) -> str:

@@ -50,6 +50,7 @@ def render_report(record: RunRecord) -> str:
         baseline_section(record),
         "",
         *_cv(record),
+        *importance_section(record),
         "## Measured limitations",
         "",
         bullets(facts.measured_limitations(record)),
@@ -172,3 +173,30 @@ def _preflight(record: RunRecord) -> str:
         return f"Pre-flight check results: {NOT_RECORDED}."
     header = ["group", "check", "status", "detail"]
     return f"{facts.preflight_summary(record)}.\n\n{table(header, rows)}"
+
+
+def importance_section(record: RunRecord) -> list[str]:
+    """The permutation importance table (and the trees' gain), when the run measured it."""
+    found = (record.importance or {}).get("permutation")
+    if not found:
+        return []
+    gain = (record.importance or {}).get("gain") or {}
+    rows = [
+        (
+            f["name"],
+            f"{f['importance']:.4f}",
+            f"[{f['ci95'][0]:.4f}, {f['ci95'][1]:.4f}]",
+            f"{gain[f['name']]:.3f}" if f["name"] in gain else "-",
+        )
+        for f in found["features"]
+    ]
+    return [
+        "## Feature importance",
+        "",
+        f"The {found['metric']} lost when one feature is shuffled on {found['rows']:,} "
+        f"validation rows ({found['repeats']} shuffles; 95% interval over them)"
+        + ("; the trees' own share of the total gain beside it." if gain else "."),
+        "",
+        table(["feature", f"{found['metric']} lost", "95% interval", "gain share"], rows, "lrrr"),
+        "",
+    ]

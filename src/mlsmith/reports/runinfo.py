@@ -67,6 +67,8 @@ class RunRecord:
     sections: dict[str, Any] = field(default_factory=dict)
     # metrics.json's cross-validation block (eval.cv): {"held_out": {metric: {mean, ...}}}.
     cv: dict[str, Any] = field(default_factory=dict)
+    # importance.json: permutation importance on the validation split (and the trees' gain).
+    importance: dict[str, Any] | None = None
 
     @property
     def id(self) -> str:
@@ -173,6 +175,7 @@ def load_record(run_dir: str | Path) -> RunRecord:
         profile=_read_json(path / PROFILE_FILE),
         artifacts=list_artifacts(path),
         cv=recorded.get(CV_METRICS_KEY) or {},
+        importance=_read_json(path / "importance.json"),
     )
 
 

@@ -94,6 +94,7 @@ def run_trial(
         "tune": None,
         "eval.report": False,  # plotting costs seconds per trial; best.yaml can be reported
         "eval.bootstrap": 0,  # intervals do not change the tuned metric
+        "eval.importance_repeats": 0,  # nor does feature importance
         # Exporting costs seconds per trial; `mlsmith export` packages the trial kept.
         "export.package": False,
         "track.register": None,  # a trial is not a release
