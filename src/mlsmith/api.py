@@ -306,6 +306,7 @@ def export(
     output: str | Path | None = None,
     quantize: str | None = None,
     prune: float | None = None,
+    dockerfile: bool = False,
 ) -> dict[str, Any]:
     """Write the run's package (``<run>/package/``, or ``output``) and return ``export.json``.
 
@@ -316,17 +317,27 @@ def export(
     (0 < AMOUNT < 1) serves the network with that share of its Linear/Conv weights pruned and
     fine-tuned; both (default: the run's ``export.quantize`` / ``export.prune``) record how the
     served model compares with the one it came from, and are networks only (ConfigError).
+    ``dockerfile``: also write a Dockerfile in the package folder that serves it with
+    ``mlsmith serve`` (its path is the returned record's ``dockerfile``).
     """
     from mlsmith import pipeline
 
-    return pipeline.export_run(
-        run if isinstance(run, Run) else load_run(run),
+    target = run if isinstance(run, Run) else load_run(run)
+    result = pipeline.export_run(
+        target,
         formats=formats,
         tolerance=tolerance,
         output=output,
         quantize=quantize,
         prune=prune,
     )
+    if dockerfile:
+        from mlsmith import __version__
+        from mlsmith.packaging.docker import write_dockerfile
+
+        package_dir = Path(output) if output else target.path / "package"
+        result["dockerfile"] = str(write_dockerfile(package_dir, __version__))
+    return result
 
 
 def reproduce(run: str | Path | Run, *, output: str | Path | None = None) -> Reproduction:

@@ -50,6 +50,12 @@ def command(
         "export.prune.",
         show_default=False,
     ),
+    dockerfile: bool = typer.Option(
+        False,
+        "--dockerfile",
+        help="Also write a Dockerfile in the package folder that serves it with `mlsmith "
+        "serve` on port 8080 (docker build PACKAGE_DIR).",
+    ),
 ) -> None:
     """Write the run's package: the model in MLflow's format, checked against the torch model."""
     from rich.console import Console
@@ -60,7 +66,13 @@ def command(
     chosen = _formats(formats)
     _check_options(quantize, prune)
     result = export(
-        run, formats=chosen, tolerance=tolerance, output=output, quantize=quantize, prune=prune
+        run,
+        formats=chosen,
+        tolerance=tolerance,
+        output=output,
+        quantize=quantize,
+        prune=prune,
+        dockerfile=dockerfile,
     )
     if "series_checked" in result:  # a forecasting run's package
         typer.echo(
@@ -69,6 +81,8 @@ def command(
             f"mlsmith predict {result['package_check']['max_abs_diff']:.2g}",
             err=True,
         )
+        if result.get("dockerfile"):
+            typer.echo(f"Dockerfile: {result['dockerfile']}", err=True)
         typer.echo(str(output or Path(run) / "package"))
         return
     table = Table(title=f"package of {run} (serves {result['serves']})")
@@ -106,6 +120,8 @@ def command(
         f"from {check.get('compared_with', 'mlsmith predict')} {check['max_abs_diff']:.2g}",
         err=True,
     )
+    if result.get("dockerfile"):
+        typer.echo(f"Dockerfile: {result['dockerfile']}", err=True)
     typer.echo(str(output or Path(run) / "package"))
 
 
