@@ -48,6 +48,7 @@ from mlsmith.training.history import HISTORY_FILE, STEPS_FILE
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
+    import numpy as np
     import pandas as pd
 
     from mlsmith.baselines import BaselineOutputs, BaselineScores
@@ -122,6 +123,26 @@ def _feature_importance(cfg: Config, run_dir: Path, model: Model, data: Prepared
         ", ".join(f"{f['name']} {f['importance']:.3g}" for f in top),
         time.perf_counter() - started,
     )
+
+
+def _image_grid(run_dir: Path, images: np.ndarray, test: Scored, task: Task) -> None:
+    """``prediction_grid.png``: the test images the model got most surely right, most surely
+    wrong, and most confused; for the report. A failure to draw costs only the picture."""
+    import numpy as np
+
+    try:
+        from mlsmith.reports.evaluation_plots import GRID_FILE, prediction_grid
+
+        decoded = np.asarray(test.decoded)
+        proba = decoded if decoded.ndim == 2 else np.stack([1 - decoded, decoded], axis=1)
+        png = prediction_grid(images, np.asarray(test.truth), proba, [str(c) for c in task.classes])
+    except Exception as error:  # the run is scored; a picture must not fail it
+        log.warning("no prediction grid (%s: %s)", type(error).__name__, error)
+        return
+    if png is not None:
+        from mlsmith.files import write_bytes
+
+        write_bytes(run_dir / GRID_FILE, png)
 
 
 def _slice_columns(cfg: Config, data: PreparedData) -> dict[str, pd.Series]:
@@ -484,6 +505,8 @@ def _run_training(
             scored["test"] = run.score_split(data.test, "test")
             if slice_columns:
                 _score_slices(cfg, run, model.task, scored["test"], slice_columns)
+            if cfg.eval.report and "image" in data.test.inputs and model.task.is_classification:
+                _image_grid(run_dir, data.test.inputs["image"], scored["test"], model.task)
         results = {split: s.metrics for split, s in scored.items()}
         compared = _score_baseline(run, baseline, scored) if baseline is not None else None
     except BaseException as error:

@@ -435,3 +435,56 @@ def feature_importance(found: dict[str, Any], limit: int = 20) -> bytes | None:
         ax.set_title(f"Permutation importance (validation split, {found.get('repeats')} shuffles)")
         ax.set_xlabel(f"{found.get('metric')} lost when the feature is shuffled")
         return to_png(fig)
+
+
+GRID_FILE = "prediction_grid.png"
+GRID_PER_ROW = 8
+
+
+def prediction_grid(
+    images: np.ndarray, truth: np.ndarray, proba: np.ndarray, classes: list[str]
+) -> bytes | None:
+    """Test images in three rows: the most confident right predictions, the most confident
+    wrong ones, and the most confused (the top two classes closest), each titled with the true
+    and the predicted class and its probability."""
+    if len(images) == 0 or proba.ndim != 2:
+        return None
+    predicted = proba.argmax(axis=1)
+    confidence = proba.max(axis=1)
+    right = np.flatnonzero(predicted == truth)
+    wrong = np.flatnonzero(predicted != truth)
+    top2 = np.sort(proba, axis=1)[:, -2:] if proba.shape[1] > 1 else np.zeros((len(proba), 2))
+    margin = top2[:, 1] - top2[:, 0]
+    groups = [
+        ("most confident, right", right[np.argsort(-confidence[right])][:GRID_PER_ROW]),
+        ("most confident, wrong", wrong[np.argsort(-confidence[wrong])][:GRID_PER_ROW]),
+        ("most confused", np.argsort(margin)[:GRID_PER_ROW]),
+    ]
+    with figure(width=WIDTH * 1.6, height=6.6, layout=None) as fig:
+        fig.subplots_adjust(left=0.01, right=0.99, top=0.9, bottom=0.08, hspace=0.6, wspace=0.1)
+        axes = fig.subplots(3, GRID_PER_ROW)
+        for r, (title, chosen) in enumerate(groups):
+            axes[r][0].set_title(title, loc="left", fontsize=9, pad=14, fontweight="bold")
+            for c in range(GRID_PER_ROW):
+                ax = axes[r][c]
+                ax.axis("off")
+                if c >= len(chosen):
+                    continue
+                i = int(chosen[c])
+                pixels = images[i]
+                shown = pixels[0] if pixels.shape[0] == 1 else pixels.transpose(1, 2, 0)
+                ax.imshow(shown, cmap="gray" if pixels.shape[0] == 1 else None)
+                colour = "C2" if predicted[i] == truth[i] else "C3"
+                ax.text(
+                    0.5,
+                    -0.02,
+                    f"{classes[int(truth[i])]} -> {classes[int(predicted[i])]}\n"
+                    f"p={confidence[i]:.2f}",
+                    transform=ax.transAxes,
+                    ha="center",
+                    va="top",
+                    fontsize=7,
+                    color=colour,
+                )
+        fig.suptitle("Test images: true -> predicted class", fontsize=10)
+        return to_png(fig)

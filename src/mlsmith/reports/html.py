@@ -217,6 +217,9 @@ def _evaluation(record: RunRecord) -> str:
                 )
             ),
         ]
+        grid = record.path / evaluation_plots.GRID_FILE
+        if grid.is_file():
+            curves.append(Plot("Test images", grid.read_bytes(), wide=True))
         return figures(curves) + "<h3>Per-class metrics (test split)</h3>" + _per_class(record)
     if record.task == "ranking":
         target = record.config.data.target
