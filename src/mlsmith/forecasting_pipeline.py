@@ -123,6 +123,8 @@ def run_forecasting(cfg: Config) -> Run:
             run_name=run_dir.name,
             params=cfg.flat(),
             tags=run_tags(run_dir, fingerprint, environment),
+            run_dir=run_dir,
+            config_yaml=cfg.to_yaml(),
         )
         info["tracking_uri"] = tracker.uri if tracker.active else None
         write_json(run_dir / INFO_FILE, info)

@@ -465,6 +465,8 @@ def _run_training(
             params=params,
             tags=run_tags(run_dir, data.fingerprint, environment),
             resume_id=info.get("mlflow_run_id"),
+            run_dir=run_dir,
+            config_yaml=cfg.to_yaml(),
         )
         info["tracking_uri"] = tracker.uri if tracker.active else None
         write_json(run_dir / INFO_FILE, info)

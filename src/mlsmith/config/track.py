@@ -10,11 +10,20 @@ from pydantic import ConfigDict, Field, field_validator
 from mlsmith.config.base import Section
 from mlsmith.config.export import RegisterConfig
 
+Backend = Literal["mlflow", "tensorboard"]
+DEFAULT_BACKENDS: tuple[Backend, ...] = ("mlflow",)
+
 
 class TrackConfig(Section):
     """MLflow tracking: on by default, into a SQLite store under ``output_dir``."""
 
     enabled: bool = True
+    backends: list[Backend] = Field(
+        default_factory=lambda: list(DEFAULT_BACKENDS),
+        min_length=1,
+        description="where runs are tracked: mlflow (the registry and `runs:/` need it), "
+        "tensorboard (event files under the run directory; pip install 'mlsmith[tensorboard]')",
+    )
     uri: str | None = Field(None, description="MLflow tracking URI; default: SQLite in output_dir")
     experiment: str | None = Field(None, description="MLflow experiment; default: `experiment`")
     parent_run_id: str | None = Field(

@@ -23,6 +23,7 @@ from mlsmith.training.callbacks import Callback
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
+    from mlsmith.tracking.mirrors import Mirror
     from mlsmith.training.callbacks import TrainingState
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,10 @@ class Tracker(Callback):
         self.run_id: str | None = None
         # Set by `mlsmith tune`: each trial's run is nested under the study's run.
         self.parent_run_id = config.parent_run_id
-        if config.enabled:
+        self.backends = list(config.backends) if config.enabled else []
+        # Trackers beside MLflow (track.backends), opened by start() once the run has a folder.
+        self.mirrors: list[Mirror] = []
+        if config.enabled and "mlflow" in config.backends:
             self._connect()
 
     @classmethod
@@ -118,7 +122,6 @@ class Tracker(Callback):
             )
             self.client = None
 
-    @_guarded
     def start(
         self,
         *,
@@ -126,8 +129,27 @@ class Tracker(Callback):
         params: dict[str, Any],
         tags: dict[str, str],
         resume_id: str | None = None,
+        run_dir: Path | None = None,
+        config_yaml: str = "",
+    ) -> str | None:
+        """Create (or reopen, when resuming) the MLflow run and return its id; with
+        ``run_dir``, open the other backends of ``track.backends`` there (a missing extra is
+        a MissingExtraError naming the install, before any training)."""
+        if run_dir is not None and "tensorboard" in self.backends:
+            from mlsmith.tracking.mirrors import TensorBoardMirror
+
+            self.mirrors.append(TensorBoardMirror(run_dir, params, config_yaml))
+        return self._start(run_name=run_name, params=params, tags=tags, resume_id=resume_id)
+
+    @_guarded
+    def _start(
+        self,
+        *,
+        run_name: str,
+        params: dict[str, Any],
+        tags: dict[str, str],
+        resume_id: str | None = None,
     ) -> str:
-        """Create (or reopen, when resuming) the MLflow run; returns its id."""
         assert self.client is not None
         if resume_id:
             self.client.update_run(resume_id, status="RUNNING")
@@ -169,8 +191,13 @@ class Tracker(Callback):
         for i in range(0, len(items), BATCH_LIMIT):
             self.client.log_batch(self.run_id, params=items[i : i + BATCH_LIMIT])
 
-    @_guarded
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
+        """Metrics at ``step`` (0 when None), to every backend."""
+        self._mirror("log_metrics", metrics, step or 0)
+        self._log_metrics(metrics, step)
+
+    @_guarded
+    def _log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         from mlflow.entities import Metric
 
         if self.client is None or self.run_id is None:
@@ -214,9 +241,15 @@ class Tracker(Callback):
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, value)
 
-    @_guarded
     def finish(self, status: str = "FINISHED") -> None:
-        """Close the MLflow run as FINISHED, FAILED or KILLED."""
+        """Close the run as FINISHED, FAILED or KILLED, in every backend."""
+        mirrors, self.mirrors = self.mirrors, []
+        for mirror in mirrors:
+            self._mirror_call(mirror, "finish", status)
+        self._finish(status)
+
+    @_guarded
+    def _finish(self, status: str = "FINISHED") -> None:
         if self.client is None or self.run_id is None:
             return
         self.client.set_terminated(self.run_id, status=status)
@@ -250,12 +283,16 @@ class Tracker(Callback):
 
         self.log_steps(rows_of_epoch(state.step_rows, int(row["epoch"])))
 
-    @_guarded
     def log_steps(self, rows: list[tuple[float, ...]]) -> None:
         """Per optimizer step: the learning rate and the gradient norm before clipping.
 
         Stepped by global step under ``step/...`` names, apart from the per-epoch metrics.
         """
+        self._mirror("log_steps", rows)
+        self._log_steps(rows)
+
+    @_guarded
+    def _log_steps(self, rows: list[tuple[float, ...]]) -> None:
         from mlflow.entities import Metric
 
         if self.client is None or self.run_id is None:
@@ -271,6 +308,28 @@ class Tracker(Callback):
 
     def on_exception(self, state: TrainingState, error: BaseException) -> None:
         self.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")
+
+    # --- the other backends ---------------------------------------------------------------------
+
+    def _mirror(self, method: str, *args: Any) -> None:
+        for mirror in list(self.mirrors):
+            self._mirror_call(mirror, method, *args)
+
+    def _mirror_call(self, mirror: Mirror, method: str, *args: Any) -> None:
+        """One call to a backend beside MLflow; a failure warns once and drops that backend."""
+        try:
+            with interrupts.shielded():
+                getattr(mirror, method)(*args)
+        except Exception as exc:  # a tracker must never stop training
+            log.warning(
+                "%s tracking failed (%s: %s); training continues without it and the run "
+                "directory stays complete",
+                mirror.name,
+                type(exc).__name__,
+                _first_line(exc),
+            )
+            if mirror in self.mirrors:
+                self.mirrors.remove(mirror)
 
 
 def _first_line(error: BaseException) -> str:
