@@ -81,9 +81,7 @@ def command(
             f"mlsmith predict {result['package_check']['max_abs_diff']:.2g}",
             err=True,
         )
-        if result.get("dockerfile"):
-            typer.echo(f"Dockerfile: {result['dockerfile']}", err=True)
-        typer.echo(str(output or Path(run) / "package"))
+        _written(result, output or Path(run) / "package")
         return
     table = Table(title=f"package of {run} (serves {result['serves']})")
     for column in (
@@ -120,9 +118,14 @@ def command(
         f"from {check.get('compared_with', 'mlsmith predict')} {check['max_abs_diff']:.2g}",
         err=True,
     )
+    _written(result, output or Path(run) / "package")
+
+
+def _written(result: dict[str, Any], package: Path) -> None:
+    """The Dockerfile (when one was written) on stderr, the package folder on stdout."""
     if result.get("dockerfile"):
         typer.echo(f"Dockerfile: {result['dockerfile']}", err=True)
-    typer.echo(str(output or Path(run) / "package"))
+    typer.echo(str(package))
 
 
 def _formats(text: str | None) -> list[str] | None:

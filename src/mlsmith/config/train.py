@@ -15,6 +15,17 @@ OPTIMIZERS = ("adamw", "adam", "sgd")
 LOSSES = ("default", "focal")
 
 
+def known_or_path(value: str, known: tuple[str, ...], what: str, example: str) -> str:
+    """``value`` when it is a built-in name or a path to your code; else a ValueError naming
+    the built-in ones."""
+    if value in known or is_user_path(value):
+        return value
+    raise ValueError(
+        f"unknown {what} '{value}'{did_you_mean(value, known)}; one of {', '.join(known)}, or "
+        f"a path to your {example}"
+    )
+
+
 class OptimizerConfig(Section):
     """The optimizer; no weight decay on biases and norms."""
 
@@ -36,12 +47,7 @@ class OptimizerConfig(Section):
     @field_validator("name")
     @classmethod
     def _known_or_path(cls, value: str) -> str:
-        if value in OPTIMIZERS or is_user_path(value):
-            return value
-        raise ValueError(
-            f"unknown optimizer '{value}'{did_you_mean(value, OPTIMIZERS)}; one of "
-            f"{', '.join(OPTIMIZERS)}, or a path to your optimizer class (my_pkg.optim.Lion)"
-        )
+        return known_or_path(value, OPTIMIZERS, "optimizer", "optimizer class (my_pkg.optim.Lion)")
 
     @field_validator("lr", mode="before")
     @classmethod
@@ -209,12 +215,7 @@ class TrainConfig(Section):
     @field_validator("loss")
     @classmethod
     def _loss_known_or_path(cls, value: str) -> str:
-        if value in LOSSES or is_user_path(value):
-            return value
-        raise ValueError(
-            f"unknown loss '{value}'{did_you_mean(value, LOSSES)}; one of {', '.join(LOSSES)}, "
-            "or a path to your loss function (my_pkg.losses.focal)"
-        )
+        return known_or_path(value, LOSSES, "loss", "loss function (my_pkg.losses.focal)")
 
     @field_validator("max_time", mode="before")
     @classmethod
