@@ -16,11 +16,13 @@ from mlsmith.reports import write_reports
 from mlsmith.reports.runinfo import count_parameters, format_ci, load_record
 
 # Training plots (loss, LR, gradient norm, throughput, validation metrics) + test-split plots.
+# Training curves + evaluation plots, then one more: the permutation importance of a tabular
+# run, or an image run's grid of test images.
 IMAGES = {
-    "binary": 5 + 4,
-    "multiclass": 5 + 4,
-    "regression": 5 + 4,
-    "image": 5 + 4,
+    "binary": 5 + 4 + 1,
+    "multiclass": 5 + 4 + 1,
+    "regression": 5 + 4 + 1,
+    "image": 5 + 4 + 1,
     "text": 5 + 4,
 }
 RUNS = {
@@ -137,7 +139,13 @@ def test_per_class_metrics_match_the_predictions(multiclass_run: Path) -> None:
 
 def test_missing_files_say_not_recorded(binary_run: Path, run_copy: Callable[[Path], Path]) -> None:
     run_dir = run_copy(binary_run)
-    for name in ("history.csv", "steps.csv", "test_predictions.csv", "confusion_matrix.json"):
+    for name in (
+        "history.csv",
+        "steps.csv",
+        "test_predictions.csv",
+        "confusion_matrix.json",
+        "importance.json",
+    ):
         (run_dir / name).unlink(missing_ok=True)
     # An old or interrupted run: run.json without timings, results or environment.
     (run_dir / "run.json").write_text(json.dumps({"id": run_dir.name, "status": "interrupted"}))
