@@ -67,9 +67,6 @@ FORECASTS_FILE = "forecasts.csv"
 FORECASTER_DIR = "forecaster"
 # Series the MLP's ONNX export is checked on against the network.
 CHECK_SERIES = 20
-# Conformal widths (per level, per step, in units of each series' MASE scale) from the
-# backtest, for forecasters without intervals of their own: run.json keeps them for predict.
-CONFORMAL_KEY = "conformal_widths"
 
 
 def run_forecasting(cfg: Config) -> Run:
@@ -140,7 +137,6 @@ def run_forecasting(cfg: Config) -> Run:
         write_json(run_dir / BACKTEST_FILE, _details(series, {cfg.model.type: cells, **baselines}))
         write_text(run_dir / FORECASTS_FILE, _forecast_rows(series, cells, data.levels))
         widths = conformal_widths(cells, data.levels, data.horizon, series.season_length)
-        info[CONFORMAL_KEY] = {f"{level:g}": w.tolist() for level, w in widths.items()}
         started = time.perf_counter()
         save_forecaster(cfg, series, widths, run_dir / FORECASTER_DIR)
         info["final_fit_seconds"] = round(time.perf_counter() - started, 3)

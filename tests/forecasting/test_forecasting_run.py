@@ -143,7 +143,9 @@ def test_a_global_tree_forecaster_gets_conformal_intervals(tmp_path: Path) -> No
     run = mlsmith.train(config)
     metrics = json.loads((run.path / "metrics.json").read_text())
     assert "coverage_80" in metrics["test"]  # intervals from the validation windows' errors
-    widths = json.loads((run.path / "run.json").read_text())["conformal_widths"]["80"]
+    # The conformal widths live with the saved forecaster, which predict and the package read.
+    spec = json.loads((run.path / "forecaster" / "forecaster.json").read_text())
+    widths = spec["conformal"]["80"]
     assert len(widths) == 6 and all(w > 0 for w in widths)
     future = mlsmith.api.forecast(run, 3)
     assert isinstance(future, pd.DataFrame)
