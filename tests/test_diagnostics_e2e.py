@@ -21,7 +21,11 @@ def test_a_run_records_steps_grad_norms_and_preflight(tmp_path: Path) -> None:
     )
     run = mlsmith.train(config, progress=False)
     steps = pd.read_csv(run.path / "steps.csv")
-    assert list(steps.columns) == ["step", "epoch", "lr", "loss", "grad_norm"]
+    # Then one column per layer (the MLP's embeddings, body and head), sampled every 50 steps.
+    assert list(steps.columns)[:5] == ["step", "epoch", "lr", "loss", "grad_norm"]
+    layers = list(steps.columns)[5:]
+    assert layers[0] == "grad_norm/embeddings.0" and layers[-1] == "grad_norm/head"
+    assert steps.dropna(subset=layers)["step"].tolist() == [1]
     # 240 rows, 70% train = 168, batch 32: 6 steps per epoch, 3 epochs.
     assert steps["step"].tolist() == list(range(1, 19))
     assert (steps["grad_norm"] > 0).all()

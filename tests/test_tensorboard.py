@@ -27,14 +27,23 @@ def test_tensorboard_and_mlflow_track_the_same_run(tmp_path: Path) -> None:
     config = config_dict(
         tmp_path / "data.csv",
         tmp_path / "runs",
-        train={"epochs": 3},
+        train={"epochs": 3, "layer_grad_norm_every": 2},
         track={"enabled": True, "backends": ["mlflow", "tensorboard"]},
+        eval={"report": True, "bootstrap": 50},
     )
     run = mlsmith.train(config, progress=False)
     assert run.info["mlflow_run_id"]
     events = _events(run.path)
     scalars = set(events.Tags()["scalars"])
     assert {"val/loss", "train/loss", "step/lr", "step/loss", "test/accuracy"} <= scalars
+    assert {"step/grad_norm/body.0", "step/grad_norm/head"} <= scalars
+    assert events.Scalars("step/grad_norm/head")[0].step == 1
+    # The report's figures, as images, in the order the report shows them.
+    images = events.Tags()["images"]
+    assert images[0] == "report/learning_curves" and "report/gradient_norm_per_layer" in images
+    picture = events.Images("report/learning_curves")[0]
+    assert picture.width > 100 and picture.height > 100
+    assert picture.encoded_image_string[:8] == b"\x89PNG\r\n\x1a\n"
     assert [e.step for e in events.Scalars("val/loss")] == [1, 2, 3]
     steps = events.Scalars("step/lr")
     assert len(steps) >= 3 and steps[-1].step > steps[0].step

@@ -232,7 +232,10 @@ def test_store_breaking_mid_run_warns_once_and_disables_tracking(
     assert tracker.uri == default_uri(tmp_path)
     run_id = tracker.start(run_name="r", params={"a": 1, "b": "x"}, tags={"k": "v"})
     assert run_id is not None and tracker.active
-    tracker.on_epoch_end(SimpleNamespace(step_rows=[]), {"epoch": 1, "step": 4, "train/loss": 0.5})  # type: ignore[arg-type]
+    tracker.on_epoch_end(
+        SimpleNamespace(step_rows=[], layer_names=[], layer_rows=[]),
+        {"epoch": 1, "step": 4, "train/loss": 0.5},
+    )  # type: ignore[arg-type]
     stored = MlflowClient(tracker.uri).get_metric_history(run_id, "train/loss")
     assert [(m.step, m.value) for m in stored] == [(1, 0.5)]
 
@@ -247,7 +250,10 @@ def test_store_breaking_mid_run_warns_once_and_disables_tracking(
         connection.close()
 
     # None of these may raise.
-    tracker.on_epoch_end(SimpleNamespace(step_rows=[]), {"epoch": 2, "step": 8, "train/loss": 0.4})  # type: ignore[arg-type]
+    tracker.on_epoch_end(
+        SimpleNamespace(step_rows=[], layer_names=[], layer_rows=[]),
+        {"epoch": 2, "step": 8, "train/loss": 0.4},
+    )  # type: ignore[arg-type]
     tracker.log_metrics({"test/accuracy": 0.9}, step=2)
     tracker.log_artifacts([database])
     tracker.set_tags({"late": "tag"})

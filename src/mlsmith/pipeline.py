@@ -27,7 +27,7 @@ from mlsmith.packaging.writer import (
     check_rows,
     training_rows,
 )
-from mlsmith.reports import write_reports_safely
+from mlsmith.reports import report_figures, write_reports_safely
 from mlsmith.run import (
     CONFIG_FILE,
     INFO_FILE,
@@ -561,6 +561,8 @@ def _run_training(
         )
         reports = write_reports_safely(run_dir) if cfg.eval.report else []
         tracker.log_artifacts([*reports, run_dir / STEPS_FILE])
+        if reports and tracker.mirrors:
+            tracker.log_figures(report_figures(reports[0]))
         if cfg.track.registration is not None:
             # After the reports: the version's description is the model card. Never fails.
             info["registration"] = register_after_training(run_dir, cfg.track.registration)

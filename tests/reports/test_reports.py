@@ -13,17 +13,19 @@ from tests.reports.report_data import CARD, PNG_SIGNATURE, png_payloads
 
 import mlsmith
 from mlsmith.reports import write_reports
+from mlsmith.reports.html import embedded_figures
 from mlsmith.reports.runinfo import count_parameters, format_ci, load_record
 
 # Training plots (loss, LR, gradient norm, throughput, validation metrics) + test-split plots.
 # Training curves + evaluation plots, then one more: the permutation importance of a tabular
 # run, or an image run's grid of test images.
+# Training (6, the per-layer gradient norms included) + evaluation (4) + importance or images.
 IMAGES = {
-    "binary": 5 + 4 + 1,
-    "multiclass": 5 + 4 + 1,
-    "regression": 5 + 4 + 1,
-    "image": 5 + 4 + 1,
-    "text": 5 + 4,
+    "binary": 6 + 4 + 1,
+    "multiclass": 6 + 4 + 1,
+    "regression": 6 + 4 + 1,
+    "image": 6 + 4 + 1,
+    "text": 6 + 4,
 }
 RUNS = {
     "binary": "binary_run",
@@ -53,6 +55,10 @@ def test_html_is_self_contained_with_every_plot(written: tuple[str, Path, dict[s
     images = png_payloads(html)
     assert len(images) == html.count("<img") == IMAGES[kind]
     assert all(image.startswith(PNG_SIGNATURE) for image in images)
+    # What the trackers that show images get: the same figures, titled, in the same order.
+    figures = embedded_figures(html)
+    assert [png for _, png in figures] == images
+    assert figures[0][0] == "Learning curves" and "Gradient norm per layer" in dict(figures)
     assert "http://" not in html and "https://" not in html
     assert "<script" not in html
     for heading in ("Summary", "Training", "Test-split evaluation", "Environment", "Artifacts"):

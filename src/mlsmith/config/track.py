@@ -10,7 +10,7 @@ from pydantic import ConfigDict, Field, field_validator
 from mlsmith.config.base import Section
 from mlsmith.config.export import RegisterConfig
 
-Backend = Literal["mlflow", "tensorboard"]
+Backend = Literal["mlflow", "tensorboard", "wandb"]
 DEFAULT_BACKENDS: tuple[Backend, ...] = ("mlflow",)
 
 
@@ -22,8 +22,16 @@ class TrackConfig(Section):
         default_factory=lambda: list(DEFAULT_BACKENDS),
         min_length=1,
         description="where runs are tracked: mlflow (the registry and `runs:/` need it), "
-        "tensorboard (event files under the run directory; pip install 'mlsmith[tensorboard]')",
+        "tensorboard (event files under the run directory; pip install 'mlsmith[tensorboard]'), "
+        "wandb (Weights & Biases; pip install 'mlsmith[wandb]')",
     )
+    wandb_mode: Literal["auto", "online", "offline"] = Field(
+        "auto",
+        description="wandb: online uploads to W&B; offline writes the run's files under "
+        "<run>/wandb for `wandb sync`; auto: online when WANDB_API_KEY is set, else offline",
+    )
+    wandb_project: str | None = Field(None, description="W&B project; default: the experiment")
+    wandb_entity: str | None = Field(None, description="W&B team or user; default: W&B's own")
     uri: str | None = Field(None, description="MLflow tracking URI; default: SQLite in output_dir")
     experiment: str | None = Field(None, description="MLflow experiment; default: `experiment`")
     parent_run_id: str | None = Field(

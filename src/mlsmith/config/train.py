@@ -184,6 +184,13 @@ class TrainConfig(Section):
         description="warn when val loss rises while train loss falls this many epochs; 0: off",
     )
     log_grad_norm: bool = Field(True, description="per-step gradient norm (before clipping)")
+    layer_grad_norm_every: int = Field(
+        50,
+        ge=0,
+        description="sample each layer's gradient norm every N optimizer steps (and the first) "
+        "into steps.csv and the tracker; the report then says whether gradients vanish or "
+        "explode; 0: off",
+    )
     ema: float | None = Field(
         None,
         gt=0.0,

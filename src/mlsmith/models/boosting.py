@@ -34,6 +34,8 @@ class RoundState:
     history: list[dict[str, float]] = field(default_factory=list)
     # Trees have no optimizer steps; steps.csv stays empty.
     step_rows: list[tuple[float, ...]] = field(default_factory=list)
+    layer_names: list[str] = field(default_factory=list)
+    layer_rows: list[tuple[float, ...]] = field(default_factory=list)
     # A callback (a tuner pruning the trial...) sets this to stop boosting after this round.
     should_stop: bool = False
     epoch: int = 0

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from mlsmith.files import atomic_path
 
-__all__ = ["write_reports", "write_reports_safely"]
+__all__ = ["report_figures", "write_reports", "write_reports_safely"]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +61,18 @@ def write_reports_safely(run_dir: Path) -> list[Path]:
         return []
     log.info("report: %s", paths[0])
     return paths
+
+
+def report_figures(report: Path) -> list[tuple[str, bytes]]:
+    """The figures of a written ``report.html`` as (title, PNG), for the trackers that show
+    images; none when it cannot be read (a tracker is never worth failing a run for)."""
+    from mlsmith.reports.html import embedded_figures
+
+    try:
+        return embedded_figures(report.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as error:
+        log.warning("could not read the report's figures from %s: %s", report, error)
+        return []
 
 
 def _write_forecast_reports(run_dir: Path) -> list[Path]:

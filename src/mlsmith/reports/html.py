@@ -8,9 +8,10 @@ Every text from the run (config values, labels, observations) goes through ``htm
 from __future__ import annotations
 
 import base64
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from html import escape
+from html import escape, unescape
 
 from mlsmith.baselines import reference_name
 from mlsmith.reports import evaluation_plots, facts, plots
@@ -118,6 +119,15 @@ def image_tag(png: bytes, alt: str) -> str:
     return f'<img src="data:image/png;base64,{data}" alt="{escape(alt)}">'
 
 
+_IMAGE = re.compile(r'<img src="data:image/png;base64,([A-Za-z0-9+/=]+)" alt="([^"]*)">')
+
+
+def embedded_figures(html_text: str) -> list[tuple[str, bytes]]:
+    """The figures a written report holds, as (title, PNG), in the report's order: what
+    :func:`image_tag` wrote, read back (for trackers that show images: TensorBoard, W&B)."""
+    return [(unescape(alt), base64.b64decode(data)) for data, alt in _IMAGE.findall(html_text)]
+
+
 def figures(entries: list[Plot]) -> str:
     """A grid of figures; a missing one says "not recorded" in its place."""
     items = []
@@ -158,6 +168,7 @@ def _summary(record: RunRecord) -> str:
 
 def _training(record: RunRecord) -> str:
     history, best = record.history, record.best_epoch
+    layers = plots.layer_grad_norms(record.steps)
     grid = [
         Plot("Learning curves", plots.loss_curves(history, best)),
         Plot("Learning-rate schedule", plots.lr_schedule(record.steps, history)),
@@ -166,6 +177,8 @@ def _training(record: RunRecord) -> str:
             plots.grad_norms(record.steps, history, record.config.train.grad_clip),
         ),
         Plot("Training throughput", plots.throughput(history)),
+        # Only where layers were sampled: trees and older runs have no such figure to miss.
+        *([Plot("Gradient norm per layer", layers)] if layers is not None else []),
         Plot(
             "Validation metrics per epoch",
             plots.metric_grid(history, record.val_metric_columns(), best),

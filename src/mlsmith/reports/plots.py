@@ -261,6 +261,61 @@ def grad_norms(
         return to_png(fig)
 
 
+def layer_grad_norms(steps: pd.DataFrame | None) -> bytes | None:
+    """Each layer's gradient norm on the sampled steps (steps.csv's ``grad_norm/<layer>``
+    columns), on a log scale: a layer far below the others is one whose gradients vanish."""
+    from mlsmith.training.diagnostics import LAYER_PREFIX
+
+    if steps is None:
+        return None
+    columns = [c for c in steps.columns if c.startswith(LAYER_PREFIX)]
+    sampled = steps.dropna(subset=columns, how="all") if columns else steps.iloc[:0]
+    if sampled.empty:
+        return None
+    x = sampled["step"].to_numpy()
+    with figure() as fig:
+        ax = fig.add_subplot()
+        # Beyond ten layers a legend is unreadable: colour runs from the input (dark) up.
+        many = len(columns) > 10
+        colors = plt_colors(len(columns)) if many else [f"C{i % 10}" for i in range(len(columns))]
+        for column, color in zip(columns, colors, strict=True):
+            y = sampled[column].to_numpy(dtype=float)
+            ax.plot(
+                x,
+                y,
+                color=color,
+                linewidth=1.2,
+                marker=None if len(x) > 40 else "o",
+                markersize=3,
+                label=None if many else column.removeprefix(LAYER_PREFIX),
+            )
+        _axes(
+            ax, title="Gradient norm per layer", xlabel="optimizer step", ylabel="gradient L2 norm"
+        )
+        values = _finite_values(sampled[columns].to_numpy(dtype=float).ravel())
+        if len(values) and values.min() > 0:
+            ax.set_yscale("log")
+        _integer_x(ax)
+        legend(ax, loc="best", fontsize="small", ncols=2)
+        if many:
+            ax.text(
+                0.01,
+                0.01,
+                f"{len(columns)} layers, darker = nearer the input",
+                transform=ax.transAxes,
+                fontsize="small",
+                color="0.3",
+            )
+        return to_png(fig)
+
+
+def plt_colors(n: int) -> list[Any]:
+    """``n`` colours from dark to light (viridis), one per layer in order."""
+    from matplotlib import colormaps
+
+    return [colormaps["viridis"](i / max(n - 1, 1)) for i in range(n)]
+
+
 def throughput(history: pd.DataFrame | None) -> bytes | None:
     """Training samples per second, one bar per epoch, with the mean."""
     if history is None or not {"epoch", "samples_per_s"} <= set(history.columns):

@@ -77,6 +77,9 @@ class Tracker(Callback):
         self.backends = list(config.backends) if config.enabled else []
         # Trackers beside MLflow (track.backends), opened by start() once the run has a folder.
         self.mirrors: list[Mirror] = []
+        self.wandb_mode = config.wandb_mode
+        self.wandb_project = config.wandb_project or self.experiment
+        self.wandb_entity = config.wandb_entity
         if config.enabled and "mlflow" in config.backends:
             self._connect()
 
@@ -135,10 +138,19 @@ class Tracker(Callback):
         """Create (or reopen, when resuming) the MLflow run and return its id; with
         ``run_dir``, open the other backends of ``track.backends`` there (a missing extra is
         a MissingExtraError naming the install, before any training)."""
-        if run_dir is not None and "tensorboard" in self.backends:
-            from mlsmith.tracking.mirrors import TensorBoardMirror
+        if run_dir is not None:
+            from mlsmith.tracking.mirrors import open_mirrors
 
-            self.mirrors.append(TensorBoardMirror(run_dir, params, config_yaml))
+            self.mirrors = open_mirrors(
+                [b for b in self.backends if b != "mlflow"],
+                run_dir=run_dir,
+                params=params,
+                config_yaml=config_yaml,
+                project=self.wandb_project,
+                run_name=run_name,
+                wandb_mode=self.wandb_mode,
+                wandb_entity=self.wandb_entity,
+            )
         return self._start(run_name=run_name, params=params, tags=tags, resume_id=resume_id)
 
     @_guarded
@@ -281,30 +293,61 @@ class Tracker(Callback):
         self.log_metrics(metrics, step=int(row["epoch"]))
         from mlsmith.training.diagnostics import rows_of_epoch  # imports torch: not at load
 
-        self.log_steps(rows_of_epoch(state.step_rows, int(row["epoch"])))
+        rows = rows_of_epoch(state.step_rows, int(row["epoch"]))
+        first = int(rows[0][0]) if rows else None
+        names = state.layer_names
+        samples = [s for s in state.layer_rows if first is not None and s[0] >= first]
+        self.log_steps(rows, names, samples)
 
-    def log_steps(self, rows: list[tuple[float, ...]]) -> None:
-        """Per optimizer step: the learning rate and the gradient norm before clipping.
+    def log_steps(
+        self,
+        rows: list[tuple[float, ...]],
+        layer_names: list[str] | None = None,
+        layer_rows: list[tuple[float, ...]] | None = None,
+    ) -> None:
+        """Per optimizer step: the learning rate, the loss and the gradient norm before
+        clipping, and on the sampled steps each layer's gradient norm (``layer_rows``:
+        (step, norm of each of ``layer_names``)).
 
         Stepped by global step under ``step/...`` names, apart from the per-epoch metrics.
         """
-        self._mirror("log_steps", rows)
-        self._log_steps(rows)
+        by_step: dict[int, dict[str, float]] = {}
+        for step, _, lr, loss, grad_norm in rows:
+            by_step[int(step)] = {"step/lr": lr, "step/loss": loss, "step/grad_norm": grad_norm}
+        for step, *norms in layer_rows or []:
+            values = by_step.setdefault(int(step), {})
+            for name, norm in zip(layer_names or [], norms, strict=False):
+                values[f"step/grad_norm/{name}"] = norm
+        finite = {
+            step: {k: float(v) for k, v in values.items() if math.isfinite(v)}
+            for step, values in by_step.items()
+        }
+        for step, values in finite.items():
+            self._mirror("log_step_metrics", values, step)
+        self._log_steps(finite)
 
     @_guarded
-    def _log_steps(self, rows: list[tuple[float, ...]]) -> None:
+    def _log_steps(self, by_step: dict[int, dict[str, float]]) -> None:
         from mlflow.entities import Metric
 
         if self.client is None or self.run_id is None:
             return
         now = int(time.time() * 1000)
-        items = []
-        for step, _, lr, _, grad_norm in rows:
-            items.append(Metric("step/lr", lr, now, int(step)))
-            if math.isfinite(grad_norm):
-                items.append(Metric("step/grad_norm", grad_norm, now, int(step)))
+        # The per-step loss is in steps.csv; MLflow keeps the rest (one metric per step less).
+        items = [
+            Metric(key, value, now, step)
+            for step, values in by_step.items()
+            for key, value in values.items()
+            if key != "step/loss"
+        ]
         for i in range(0, len(items), METRIC_BATCH_LIMIT):
             self.client.log_batch(self.run_id, metrics=items[i : i + METRIC_BATCH_LIMIT])
+
+    def log_figures(self, figures: list[tuple[str, bytes]]) -> None:
+        """The report's figures (title, PNG) to the backends beside MLflow (MLflow keeps the
+        report itself as an artifact)."""
+        if figures:
+            self._mirror("log_figures", figures)
 
     def on_exception(self, state: TrainingState, error: BaseException) -> None:
         self.finish("KILLED" if isinstance(error, KeyboardInterrupt) else "FAILED")

@@ -55,6 +55,14 @@ class TrainingState(Protocol):
         """One (step, epoch, lr, loss, grad_norm) row per optimizer step so far."""
 
     @property
+    def layer_names(self) -> list[str]:
+        """The layers whose gradient norms are sampled every few steps (none for trees)."""
+
+    @property
+    def layer_rows(self) -> list[tuple[float, ...]]:
+        """(step, norm of each of ``layer_names``) for each sampled step, in step order."""
+
+    @property
     def lr(self) -> float: ...
 
     def running_loss(self) -> float:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +23,12 @@ from mlsmith.errors import MlsmithError
 # Steps between looks at the recorded values on a GPU: each look waits for queued kernels.
 CUDA_CHECK_EVERY = 25
 STEP_COLUMNS = ("step", "epoch", "lr", "loss", "grad_norm")
+# steps.csv's per-layer columns: "grad_norm/<layer>", filled on the sampled steps only.
+LAYER_PREFIX = "grad_norm/"
+# A layer whose typical gradient norm is this far below the largest layer's is "vanishing"...
+VANISHING_RATIO = 1e-3
+# ...and a run whose gradient norms grow this much from the first samples to the last, "exploding".
+EXPLODING_GROWTH = 1e3
 
 
 class NonFiniteLossError(MlsmithError):
@@ -36,6 +43,18 @@ class OutOfMemoryError(MlsmithError):
     exit_code = 1
 
 
+# What torch's CPU allocator says when the host cannot give it memory (a RuntimeError).
+HOST_ALLOCATION_FAILED = "DefaultCPUAllocator: can't allocate memory"
+
+
+def out_of_memory_error(error: BaseException) -> bool:
+    """Whether ``error`` is memory running out: on a GPU (torch.OutOfMemoryError) or on the
+    host (Python's MemoryError, or torch's CPU allocator failing)."""
+    if isinstance(error, torch.cuda.OutOfMemoryError | MemoryError):
+        return True
+    return isinstance(error, RuntimeError) and HOST_ALLOCATION_FAILED in str(error)
+
+
 def out_of_memory(
     error: BaseException, device: torch.device, where: str, settings: dict[str, Any]
 ) -> OutOfMemoryError:
@@ -44,12 +63,19 @@ def out_of_memory(
     ``where``: e.g. "epoch 2, step 130"; ``settings``: the train.* values that set the
     memory a step needs (batch_size, grad_accum_steps, precision, gradient_checkpointing).
     """
+    # The RAM, whatever the training device.
+    host = not isinstance(error, torch.cuda.OutOfMemoryError)
+    if host:
+        device = torch.device("cpu")
     peak = peak_memory_mb(device)
     total = math.nan
     if device.type == "cuda":
         # The device may be gone, or never have been there (a test raising the error on a CPU).
         with contextlib.suppress(RuntimeError, AssertionError):
             total = torch.cuda.get_device_properties(device).total_memory / 2**20
+    elif hasattr(os, "sysconf"):
+        with contextlib.suppress(ValueError, OSError):
+            total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20
     used = f"{peak:,.0f} MB at the peak" + (f" of {total:,.0f} MB" if math.isfinite(total) else "")
     batch, accumulate = settings["batch_size"], settings["grad_accum_steps"]
     fixes = [
@@ -62,8 +88,9 @@ def out_of_memory(
         fixes.append("set train.gradient_checkpointing=true (where the model supports it)")
     fixes.append("use a smaller model")
     told = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    what = "the host's memory (RAM)" if host else str(device)
     return OutOfMemoryError(
-        f"{device} ran out of memory in {where} ({used}): {told}. Likely fixes: " + "; ".join(fixes)
+        f"{what} ran out of memory in {where} ({used}): {told}. Likely fixes: " + "; ".join(fixes)
     )
 
 
@@ -75,6 +102,7 @@ class _Pending:
     loss: torch.Tensor
     total: torch.Tensor | None  # () total gradient norm, before clipping
     norms: torch.Tensor | None  # (P,) per-parameter gradient norms, before clipping
+    layers: torch.Tensor | None = None  # (L,) per-layer norms, on the sampled steps only
 
 
 @dataclass
@@ -87,6 +115,12 @@ class StepMonitor:
     ``checkpoint`` is the last-good checkpoint a diagnosis names. ``params`` (in ``names``'
     order) let a diagnosis on the CPU name the culprits from the gradients themselves when a
     step measured only the total norm.
+
+    Every ``layer_every`` steps (and the first), the gradient norm of each layer (a module's
+    parameters together: ``net.0.weight`` and ``net.0.bias`` are layer ``net.0``) is sampled
+    too, from the per-parameter norms the step measured or, where it measured only the total,
+    from the gradients (still there: the update has not happened). A few norms every N steps
+    cost nothing next to the steps themselves; :meth:`layer_samples` gives them.
 
     On the CPU each step's loss and gradient norm are read and checked before its update: a read
     costs a microsecond there, and a NaN never reaches the weights. On a GPU any read waits for
@@ -101,8 +135,20 @@ class StepMonitor:
     precision: str = "32"  # train.precision, for the advice when a value goes non-finite
     checkpoint: Path | None = None
     params: list[torch.nn.Parameter] | None = None
+    layer_every: int = 0
     _rows: list[tuple[float, ...]] = field(default_factory=list)
     _pending: list[_Pending] = field(default_factory=list)
+    _layer_rows: list[tuple[float, ...]] = field(default_factory=list)
+    _layer_index: torch.Tensor | None = None
+    layers: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.layers = list(dict.fromkeys(layer_of(name) for name in self.names))
+        if self.layer_every and self.params is not None:
+            position = {layer: i for i, layer in enumerate(self.layers)}
+            self._layer_index = torch.tensor([position[layer_of(n)] for n in self.names])
+        else:
+            self.layer_every = 0  # nothing to measure the layers from
 
     @property
     def rows(self) -> list[tuple[float, ...]]:
@@ -114,6 +160,23 @@ class StepMonitor:
     def rows(self, rows: list[tuple[float, ...]]) -> None:
         self._pending = []
         self._rows = rows
+
+    def layer_samples(self) -> list[tuple[float, ...]]:
+        """The sampled steps' per-layer norms: (step, norm of ``layers[0]``, ...), in step order."""
+        self.flush(check=False)
+        return self._layer_rows
+
+    def _sampled(self, step: int) -> bool:
+        return self.layer_every > 0 and (step == 1 or step % self.layer_every == 0)
+
+    def _layer_norms(self, norms: torch.Tensor | None) -> torch.Tensor:
+        """(L,) layer norms from the (P,) per-parameter ones, or from the gradients."""
+        assert self._layer_index is not None and self.params is not None
+        if norms is None:
+            norms = gradient_norms(self.params)
+        squares = norms.detach().float().square()
+        index = self._layer_index.to(squares.device)
+        return torch.zeros(len(self.layers), device=squares.device).index_add_(0, index, squares)
 
     def record(
         self,
@@ -127,7 +190,8 @@ class StepMonitor:
         """Queue one step's values (device tensors, not read yet)."""
         if total is None and norms is not None:
             total = torch.linalg.vector_norm(norms.float())
-        self._pending.append(_Pending(step, epoch, lr, loss.detach(), total, norms))
+        layers = self._layer_norms(norms) if self._sampled(step) else None
+        self._pending.append(_Pending(step, epoch, lr, loss.detach(), total, norms, layers))
 
     def observe(
         self,
@@ -158,6 +222,9 @@ class StepMonitor:
             pending = _Pending(step, epoch, lr, loss, total, norms)
             raise NonFiniteLossError(self._diagnosis(pending, value, grad, culprits))
         self._rows.append((step, epoch, lr, value, grad))
+        if self._sampled(step):
+            squares = self._layer_norms(norms).tolist()
+            self._layer_rows.append((step, *(math.sqrt(v) for v in squares)))
 
     def flush(self, check: bool = True) -> None:
         """Read the queued values; raise :class:`NonFiniteLossError` at the first bad step
@@ -176,6 +243,9 @@ class StepMonitor:
                 culprits = self._non_finite(p.norms) if p.norms is not None else []
                 raise NonFiniteLossError(self._diagnosis(p, loss, total, culprits))
             self._rows.append((p.step, p.epoch, p.lr, loss, total))
+            if p.layers is not None:
+                squares = p.layers.cpu().tolist()
+                self._layer_rows.append((p.step, *(math.sqrt(v) for v in squares)))
 
     def _non_finite(self, norms: torch.Tensor) -> list[str]:
         return [
@@ -214,10 +284,69 @@ class StepMonitor:
     def state_dict(self) -> dict[str, Any]:
         # A tensor keeps checkpoints compact and loadable with weights_only=True.
         rows = self.rows
-        return {"rows": torch.tensor(rows, dtype=torch.float64).reshape(-1, len(STEP_COLUMNS))}
+        layer_rows = self._layer_rows
+        return {
+            "rows": torch.tensor(rows, dtype=torch.float64).reshape(-1, len(STEP_COLUMNS)),
+            "layers": torch.tensor(layer_rows, dtype=torch.float64).reshape(
+                -1, 1 + len(self.layers)
+            ),
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.rows = [tuple(row) for row in state["rows"].tolist()]
+        # Checkpoints from before per-layer sampling hold no "layers".
+        layers = state.get("layers")
+        width = 1 + len(self.layers)
+        if layers is not None and layers.shape[-1] == width:
+            self._layer_rows = [tuple(row) for row in layers.tolist()]
+        else:
+            self._layer_rows = []
+
+
+def layer_of(name: str) -> str:
+    """The layer a parameter belongs to: its module's name (``net.0.weight`` -> ``net.0``)."""
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def gradient_flow(layers: list[str], samples: list[tuple[float, ...]]) -> str | None:
+    """An observation on vanishing or exploding gradients from the sampled layer norms, or None.
+
+    Vanishing: a layer whose median norm over the samples is below :data:`VANISHING_RATIO`
+    of the largest layer's (it barely learns). Exploding: the total norm of the last samples
+    :data:`EXPLODING_GROWTH` times that of the first ones.
+    """
+    import numpy as np
+
+    if not layers or len(samples) < 2:
+        return None
+    norms = np.array([row[1:] for row in samples], dtype=np.float64)
+    norms = np.where(np.isfinite(norms), norms, np.nan)
+    typical = np.nanmedian(norms, axis=0)
+    notes = []
+    top = float(np.nanmax(typical)) if np.isfinite(typical).any() else math.nan
+    if math.isfinite(top) and top > 0:
+        weak = [
+            f"{layer} ({value:.2g})"
+            for layer, value in zip(layers, typical, strict=True)
+            if math.isfinite(value) and value < VANISHING_RATIO * top
+        ]
+        if weak:
+            shown = ", ".join(weak[:5]) + (f" (+{len(weak) - 5} more)" if len(weak) > 5 else "")
+            notes.append(
+                f"vanishing gradients: the median gradient norm of {shown} is under "
+                f"{VANISHING_RATIO:g} of the largest layer's ({top:.2g}); those layers barely "
+                "learn: consider normalisation layers, residual connections, a different "
+                "activation or initialisation"
+            )
+    totals = np.sqrt(np.nansum(norms**2, axis=1))
+    k = max(1, len(totals) // 4)
+    first, last = float(np.median(totals[:k])), float(np.median(totals[-k:]))
+    if first > 0 and last > EXPLODING_GROWTH * first:
+        notes.append(
+            f"exploding gradients: the gradient norm grew from {first:.3g} to {last:.3g} over "
+            "training; consider train.grad_clip (e.g. 1.0) or a lower learning rate"
+        )
+    return "; ".join(notes) if notes else None
 
 
 def at_stake(checkpoint: Path | None) -> str:
@@ -326,6 +455,19 @@ class OverfitWatch:
         self.streak = state["streak"]
         previous = state["previous"]
         self.previous = (previous[0], previous[1]) if previous else None
+
+
+def gpu_stats(device: torch.device) -> dict[str, float]:
+    """On CUDA: the GPU's utilisation now (percent of the last sample period with a kernel
+    running, as nvidia-smi shows it) and the peak memory the caching allocator reserved (what
+    the GPU sees used, beside ``memory_mb``'s allocated peak); nothing elsewhere."""
+    if device.type != "cuda":
+        return {}
+    stats = {"gpu_memory_reserved_mb": torch.cuda.max_memory_reserved(device) / 2**20}
+    # No NVML here (nvidia-ml-py missing, or the driver lacks it): no utilisation figure.
+    with contextlib.suppress(Exception):
+        stats["gpu_util_pct"] = float(torch.cuda.utilization(device))
+    return stats
 
 
 def peak_memory_mb(device: torch.device) -> float:

@@ -5,6 +5,8 @@ history.csv is small and rewritten atomically each epoch. steps.csv grows by the
 appended: rewriting it whole every epoch would cost time quadratic in the run's length. At the
 start of a fit (a resume included) it is rewritten once from the trainer's rows, which drops any
 steps taken after the checkpoint the run continues from, and any row a crash left half-written.
+Its ``grad_norm/<layer>`` columns hold the per-layer gradient norms of the sampled steps
+(``train.layer_grad_norm_every``) and are empty on the others.
 """
 
 from __future__ import annotations
@@ -53,7 +55,9 @@ class HistoryWriter:
     def _rewrite_steps(self, state: TrainingState) -> None:
         rows = state.step_rows
         if rows:
-            write_text(self.steps_path, _csv(rows, header=True))
+            write_text(
+                self.steps_path, _csv(rows, _layers(state, rows), state.layer_names, header=True)
+            )
         else:
             self.steps_path.unlink(missing_ok=True)
         self.steps_written = len(rows)
@@ -66,17 +70,40 @@ class HistoryWriter:
             self._rewrite_steps(state)
             return
         with self.steps_path.open("a") as handle:
-            handle.write(_csv(rows, header=False))
+            handle.write(_csv(rows, _layers(state, rows), state.layer_names, header=False))
         self.steps_written += len(rows)
 
 
-def _csv(rows: list[tuple[float, ...]], *, header: bool) -> str:
-    """Step rows as CSV lines: step and epoch as integers, the rest as Python writes floats."""
-    from mlsmith.training.diagnostics import STEP_COLUMNS
+def _layers(state: TrainingState, rows: list[tuple[float, ...]]) -> dict[int, tuple[float, ...]]:
+    """The per-layer norms sampled among ``rows``' steps, by step."""
+    if not state.layer_names or not rows:
+        return {}
+    first = int(rows[0][0])
+    found: dict[int, tuple[float, ...]] = {}
+    for sample in reversed(state.layer_rows):  # the newest are the ones wanted: from the end
+        if int(sample[0]) < first:
+            break
+        found[int(sample[0])] = sample[1:]
+    return found
 
-    lines = [",".join(STEP_COLUMNS)] if header else []
+
+def _csv(
+    rows: list[tuple[float, ...]],
+    layers: dict[int, tuple[float, ...]],
+    names: list[str],
+    *,
+    header: bool,
+) -> str:
+    """Step rows as CSV lines: step and epoch as integers, the rest as Python writes floats,
+    then the norms of the layers ``names`` where the step was sampled."""
+    from mlsmith.training.diagnostics import LAYER_PREFIX, STEP_COLUMNS
+
+    lines = [",".join([*STEP_COLUMNS, *(LAYER_PREFIX + n for n in names)])] if header else []
+    empty = [""] * len(names)
     for step, epoch, *values in rows:
-        lines.append(",".join([str(int(step)), str(int(epoch)), *(_number(v) for v in values)]))
+        sampled = layers.get(int(step))
+        cells = [_number(v) for v in sampled] if sampled is not None else empty
+        lines.append(",".join([str(int(step)), str(int(epoch)), *map(_number, values), *cells]))
     return "\n".join(lines) + "\n"
 
 

@@ -35,6 +35,8 @@ def format_epoch(row: dict[str, float], epochs: int) -> str:
     parts.append(f"{row['samples_per_s']:,.0f} samples/s")
     if row.get("memory_mb", 0) > 0:
         parts.append(f"{row['memory_mb']:,.0f} MB")
+    if "gpu_util_pct" in row:
+        parts.append(f"GPU {row['gpu_util_pct']:.0f}%")
     parts.append(f"{row['epoch_time_s']:.1f}s")
     return "  ".join(parts)
 

@@ -37,7 +37,10 @@ from mlsmith.training.diagnostics import (
     StepMonitor,
     all_finite,
     at_stake,
+    gpu_stats,
+    gradient_flow,
     out_of_memory,
+    out_of_memory_error,
     peak_memory_mb,
     precision_advice,
 )
@@ -259,6 +262,7 @@ class Trainer:
                 if self.device.type == "cuda":
                     torch.cuda.synchronize()  # honest timing: wait for queued kernels
                 train_time = time.perf_counter() - started
+                device_stats = gpu_stats(self.device)  # training's, before validation runs
 
                 steps.flush()
                 train_loss = self._finite_loss(model, state)
@@ -275,6 +279,7 @@ class Trainer:
                     "epoch_time_s": time.perf_counter() - started,
                     **steps.epoch_stats(state.epoch + 1),
                     "memory_mb": peak_memory_mb(self.device),
+                    **device_stats,
                 }
                 # Ranks may draw differently within an epoch (augmentation seeds for their own
                 # share): the next epoch's order comes from rank 0's generator on every rank.
@@ -301,15 +306,15 @@ class Trainer:
                 self.callbacks.call("on_epoch_end", self, row)
                 # A callback on one rank may ask to stop: every rank stops together.
                 state.should_stop = distributed.broadcast(state.should_stop)
-        except torch.cuda.OutOfMemoryError as error:
+        except BaseException as error:
+            if not out_of_memory_error(error):
+                self.callbacks.call("on_exception", self, error)
+                raise
             # A diagnosis instead of an allocator trace: where, at what peak, what to change.
             where = f"epoch {state.epoch + 1}, step {state.global_step + 1}"
             diagnosis = out_of_memory(error, self.device, where, cfg.model_dump())
             self.callbacks.call("on_exception", self, diagnosis)
             raise diagnosis from error
-        except BaseException as error:
-            self.callbacks.call("on_exception", self, error)
-            raise
         finally:
             if flat is not None:
                 flat.release()
@@ -374,6 +379,18 @@ class Trainer:
         """One row per optimizer step so far: step, epoch, lr, loss, gradient norm."""
         return self.monitor_steps.rows if self.monitor_steps else []
 
+    @property
+    def layer_names(self) -> list[str]:
+        """The layers whose gradient norms are sampled (see :class:`StepMonitor`)."""
+        monitor = self.monitor_steps
+        return monitor.layers if monitor is not None and monitor.layer_every else []
+
+    @property
+    def layer_rows(self) -> list[tuple[float, ...]]:
+        """The sampled steps' (step, norm of each of :attr:`layer_names`), in step order."""
+        monitor = self.monitor_steps
+        return monitor.layer_samples() if monitor is not None and monitor.layer_every else []
+
     def running_loss(self) -> float:
         """Mean training loss of the epoch so far (synchronises with the device)."""
         return self.state.mean_loss() if self.state.samples else float("nan")
@@ -411,6 +428,8 @@ class Trainer:
             precision=self.config.precision,
             checkpoint=self.checkpoint_dir / LAST,
             params=trainable,
+            # FSDP's gradients are shards: a layer's norm would be one rank's part of it.
+            layer_every=0 if self.sharded else self.config.layer_grad_norm_every,
         )
 
     def _model_state(self, model: torch.nn.Module) -> dict[str, Any]:
@@ -552,8 +571,12 @@ class Trainer:
         # left as it is: its owner rebuilds a whole one from best.pt.
         if self.world.main and not self.sharded:
             model.load_state_dict(load_checkpoint(best_path, map_location=self.device)["model"])
-        self.callbacks.call("on_fit_end", self)
         state = self.state
+        flow = gradient_flow(self.layer_names, self.layer_rows)
+        if flow is not None:
+            log.warning("%s", flow)
+            state.observations.append(flow)
+        self.callbacks.call("on_fit_end", self)
         return FitResult(
             state.history,
             state.best_epoch,
