@@ -363,7 +363,12 @@ def figures(row: dict[str, str]) -> str:
 
 def check_fp32(ctx: Context) -> str:
     path = train(ctx, "fp32", tabular_config(ctx, "fp32"), "train.device=cuda")
-    return f"{on_cuda(path)}; {figures(finite_losses(path))}"
+    last = finite_losses(path)
+    # The per-epoch GPU figures (utilisation through NVML, reserved memory) on CUDA.
+    if not last.get("gpu_memory_reserved_mb"):
+        raise CheckFailed("history.csv has no gpu_memory_reserved_mb on CUDA")
+    util = last.get("gpu_util_pct") or "missing (no NVML)"
+    return f"{on_cuda(path)}; {figures(last)}; GPU util {util}%"
 
 
 def check_fp16(ctx: Context) -> str:

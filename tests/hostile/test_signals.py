@@ -339,3 +339,74 @@ def test_a_kill_9_during_predict_leaves_a_temporary_the_next_write_sweeps(
     assert mlsmith.predict(run, small, output) == 30
     assert not left.exists() and not temporaries(tmp_path)
     assert len(pd.read_csv(output)) == 30
+
+
+# --- a streamed table: DataLoader workers reading chunks -----------------------------------------
+
+
+def _processes_running(marker: str) -> list[int]:
+    """PIDs of live processes whose command line holds ``marker`` (DataLoader workers are
+    forks of the main process: they carry its command line)."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode()
+            state = next(
+                line
+                for line in (proc / "status").read_text().splitlines()
+                if line.startswith("State:")
+            )
+        except (OSError, StopIteration):
+            continue
+        if marker in cmdline and "Z" not in state.split()[1]:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["sigterm", "sigint"])
+def test_a_signal_mid_streamed_training_stops_workers_and_resumes(
+    tmp_path: Path, signum: signal.Signals
+) -> None:
+    """data.stream: the signal reaches a main process whose DataLoader workers are reading
+    chunks; the run stops cleanly, no worker is left behind, and the run resumes."""
+    data = tmp_path / "big.csv"
+    make_table("binary", rows=20_000).to_csv(data, index=False)
+    cfg = config_dict(data, tmp_path / "runs", track={"enabled": True})
+    cfg["data"].update(stream=True, chunk_rows=1000, num_workers=2, split={"stratify": False})
+    cfg["train"].update(epochs=200, preflight=False, batch_size=64)
+    cfg["train"]["early_stopping"] = {"enabled": False}
+    config = tmp_path / "streamed.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    process = _start("train", config, "--no-progress")
+    try:
+        wait_for(
+            lambda: any((d / "history.csv").is_file() for d in _run_dirs(tmp_path)),
+            120,
+            "the first epoch",
+        )
+        time.sleep(0.3)  # into the next epoch: its workers are reading
+    finally:
+        process.send_signal(signum)
+        _, stderr = process.communicate(timeout=60)
+    assert process.returncode == EXIT[signum], stderr[-3000:]
+    assert "Traceback" not in stderr
+    wait_for(lambda: not _processes_running(str(config)), 10, "the DataLoader workers to exit")
+    (run_dir,) = _run_dirs(tmp_path)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["status"] == "interrupted"
+    assert _mlflow_status(tmp_path, info["mlflow_run_id"])[0] == "KILLED"
+    assert not temporaries(tmp_path)
+
+    epochs_done = len(pd.read_csv(run_dir / "history.csv"))
+    resumed = subprocess.run(
+        [sys.executable, "-m", "mlsmith", "train", str(config), "--resume", str(run_dir),
+         f"train.epochs={epochs_done + 1}", "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert json.loads((run_dir / "run.json").read_text())["status"] == "finished"
+    assert len(pd.read_csv(run_dir / "history.csv")) == epochs_done + 1

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from mlsmith.config.base import Section, Task, type_tag
+from mlsmith.config.base import BUILTIN_PREFIX, Section, Task, type_tag
 
 
 class SplitConfig(Section):
@@ -81,6 +81,41 @@ class DataConfig(DataSourceConfig):
         description="ranking: the query id; items are ranked within a query, and a query never "
         "straddles two splits (implies task: ranking)",
     )
+    stream: bool = Field(
+        False,
+        description="read a CSV or Parquet file larger than memory in chunks: each row goes to "
+        "train, val or test by a seeded hash of its position (not stratified), the "
+        "preprocessing is fitted in one pass over the training rows, and DataLoader workers "
+        "read the training chunks in a new seeded order every epoch; MLP only",
+    )
+    chunk_rows: int = Field(
+        65536,
+        ge=1,
+        description="stream: rows per chunk of a CSV (a Parquet file's chunks are its row "
+        "groups, read this many rows at a time)",
+    )
+    shuffle_buffer: int = Field(
+        65536,
+        ge=1,
+        description="stream: training rows are shuffled within windows of this many rows of "
+        "each worker's chunks (besides the chunk order); larger mixes better, costs memory",
+    )
+    num_workers: int = Field(
+        2, ge=0, description="stream: DataLoader worker processes reading training chunks"
+    )
+    stream_eval_rows: int | None = Field(
+        100_000,
+        ge=1,
+        description="stream: the validation and test rows taken from data.path are held in "
+        "memory, each split a seeded uniform sample of at most this many rows; null: all",
+    )
+    stream_sample_rows: int = Field(
+        20_000,
+        ge=1,
+        description="stream: a seeded uniform sample of the training rows held in memory for "
+        "the medians that impute numbers, the pre-flight checks, the baseline and the class "
+        "weights (means, standard deviations and categories come from every training row)",
+    )
 
     @field_validator("sep")
     @classmethod
@@ -133,7 +168,41 @@ class DataConfig(DataSourceConfig):
         if self.group_column and self.group_column in (self.target, *self.drop):
             where = "is the target" if self.group_column == self.target else "is in data.drop"
             raise ValueError(f"group_column: '{self.group_column}' {where}")
+        if self.stream:
+            self._check_stream()
         return self
+
+    def _check_stream(self) -> None:
+        """Refuse what a chunk-by-chunk split and reading cannot do."""
+        if self.path.startswith(BUILTIN_PREFIX):
+            raise ValueError(
+                f"stream: reads CSV or Parquet files; '{self.path}' is a small built-in dataset, "
+                "read whole: remove data.stream"
+            )
+        # Each refusal: the key, and why one chunk at a time cannot honour it.
+        refused = {
+            "group_column": (
+                self.group_column,
+                "a ranking needs each query's rows together in a batch, and a streamed chunk "
+                "order cannot promise that",
+            ),
+            "split.group": (
+                self.split.group,
+                "keeping groups whole needs every group's rows before splitting",
+            ),
+            "split.time": (
+                self.split.time,
+                "a chronological split sorts every row by time first",
+            ),
+            "split.stratify": (
+                self.split.stratify,
+                "a streamed split assigns each row by a seeded hash of its position before "
+                "the class counts are known; set it to false (or leave it out)",
+            ),
+        }
+        for key, (value, why) in refused.items():
+            if value:
+                raise ValueError(f"{key}: cannot be used with data.stream: {why}")
 
 
 TabularDataConfig = DataConfig

@@ -22,6 +22,9 @@ GRADIENT_CHECKPOINTING = ("transformer", "torchvision")
 GLOBAL_TREE_DEFAULTS = {"n_estimators": 300, "learning_rate": 0.05}
 # The families that learn to rank (data.task: ranking), the default first.
 RANKING_FAMILIES = ("lightgbm", "xgboost", "mlp")
+# The families that train from streamed table chunks (data.stream): a network fed batch by
+# batch. Trees and scikit-learn estimators fit on every row at once.
+STREAMING_FAMILIES = ("mlp",)
 
 
 def _ranks(data: dict[str, Any]) -> bool:
@@ -142,6 +145,29 @@ class Config(Section):
             raise ValueError(
                 "model.type 'arima' reads known covariates only (it needs their future "
                 "values); use lightgbm or mlp for data.past_covariates"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _streaming_fits_the_rest(self) -> Config:
+        if not getattr(self.data, "stream", False):
+            return self
+        if self.model.type not in STREAMING_FAMILIES:
+            raise ValueError(
+                f"model.type '{self.model.type}' fits on every training row at once, which "
+                f"data.stream does not hold in memory; use {', '.join(STREAMING_FAMILIES)} or "
+                "remove data.stream"
+            )
+        if self.train.sampler == "balanced":
+            raise ValueError(
+                "train.sampler: 'balanced' draws rows of each class from anywhere in the "
+                "training split, which data.stream reads chunk by chunk; use train.class_weights "
+                "instead"
+            )
+        if self.eval.cv is not None:
+            raise ValueError(
+                "eval.cv: cross-validation refits on folds of rows held in memory, which "
+                "data.stream does not hold; remove eval.cv or data.stream"
             )
         return self
 

@@ -53,6 +53,11 @@ class Split:
     def __len__(self) -> int:
         return len(self.target)
 
+    def streamed(self, options: BatchOptions) -> TensorBatches | None:
+        """Batches that read this split from its file rather than from ``inputs``; None for
+        a split held in memory (every split but a ``data.stream`` training split)."""
+        return None
+
 
 class Preprocessor(ABC):
     """Fitted on the training split only; turns raw rows into model inputs.

@@ -146,7 +146,7 @@ class TensorBatches:
         rank a sample is left out (every rank must take part in every step's gradient
         averaging); evaluation keeps it.
         """
-        n = len(self.target)
+        n = len(self)
         world = self.world_size
         per_step = self.batch_size * accumulate * world
         usable = n - n % per_step if self.drop_last else n
@@ -184,7 +184,7 @@ class TensorBatches:
 
     def step_total(self, accumulate: int, step: int) -> int:
         """Samples in optimizer step ``step`` over every rank (the global batch, or less)."""
-        n = len(self.target)
+        n = len(self)
         per_step = self.batch_size * accumulate * self.world_size
         usable = n - n % per_step if self.drop_last else n
         return min(per_step, usable - step * per_step)
@@ -264,6 +264,9 @@ class QueryBatches(TensorBatches):
 def split_batches(preprocessor: Preprocessor, split: Split, options: BatchOptions) -> TensorBatches:
     """The batches of ``split`` a network trains or validates on: the data kind's own, or
     :class:`QueryBatches` for a ranking (a split with query ids)."""
+    streamed = split.streamed(options)
+    if streamed is not None:  # data.stream: read from the file's chunks, not from memory
+        return streamed
     if split.groups is not None:
         return QueryBatches(split.inputs, split.target, split.groups, options)
     return preprocessor.batches(split.inputs, split.target, options)

@@ -1,4 +1,5 @@
-"""Reading tables: CSV, Parquet and the built-in datasets, whole or in chunks.
+"""Reading tables: CSV, Parquet and the built-in datasets, whole, in chunks, or as an index of
+chunks that can be read in any order (``data.stream``).
 
 Every reader raises :class:`DataError` naming the file and what was wrong, never a bare pandas
 traceback. A CSV is read with ``data.sep`` when set; otherwise with ',' (a tab for .tsv), unless
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import logging
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, BinaryIO
 
 from mlsmith.config import BUILTIN_PREFIX
 from mlsmith.errors import DataError, did_you_mean
@@ -105,6 +108,103 @@ def iter_table(
             )
     except (ValueError, OSError, pd.errors.ParserError) as exc:
         raise DataError(f"{file}: cannot be read as {_format(file)}: {exc}") from None
+
+
+@dataclass(frozen=True)
+class TableChunks:
+    """A CSV or Parquet file as chunks that any process can read in any order.
+
+    A Parquet file's chunks are its row groups, read ``chunk_rows`` rows at a time. A CSV's
+    are byte ranges of ``chunk_rows`` records each, read with the file's header so each parses
+    on its own. Plain values only: DataLoader workers receive it pickled.
+    """
+
+    path: str
+    format: str
+    chunk_rows: int
+    # CSV: [start, stop) byte offsets of each chunk; Parquet: (row group, row group + 1).
+    ranges: tuple[tuple[int, int], ...]
+    sep: str = ","
+    na_values: tuple[str, ...] = ()
+    header: bytes = b""
+
+    def __len__(self) -> int:
+        return len(self.ranges)
+
+    def read(self, chunk: int) -> Iterator[pd.DataFrame]:
+        """Chunk ``chunk``'s rows, as frames of at most ``chunk_rows`` rows each."""
+        import pandas as pd
+
+        start, stop = self.ranges[chunk]
+        where = f"{self.path} (chunk {chunk + 1} of {len(self)})"
+        try:
+            if self.format == "parquet":
+                import pyarrow.parquet as pq
+
+                batches = pq.ParquetFile(self.path).iter_batches(
+                    batch_size=self.chunk_rows, row_groups=[start]
+                )
+                for batch in batches:
+                    yield mark_missing(batch.to_pandas(), self.na_values)
+                return
+            with open(self.path, "rb") as handle:
+                handle.seek(start)
+                block = handle.read(stop - start)
+            yield pd.read_csv(
+                io.BytesIO(self.header + block), sep=self.sep, na_values=list(self.na_values)
+            )
+        except (ValueError, OSError, pd.errors.ParserError) as exc:
+            raise DataError(f"{where}: cannot be read as {self.format}: {exc}") from None
+
+
+def table_chunks(
+    path: str, chunk_rows: int, *, sep: str | None = None, na_values: Sequence[str] = ()
+) -> TableChunks:
+    """Index ``path`` into chunks (see :class:`TableChunks`) without reading its rows.
+
+    A CSV is scanned once as bytes: a record ends at a line break outside double quotes, so a
+    quoted field holding a line break stays in one record.
+    """
+    file = _existing_file(path)
+    if _format(file) == "parquet":
+        import pyarrow.parquet as pq
+
+        _parquet_columns(file)
+        groups = pq.ParquetFile(file).metadata.num_row_groups
+        ranges = tuple((g, g + 1) for g in range(groups))
+        return TableChunks(str(file), "parquet", chunk_rows, ranges, na_values=tuple(na_values))
+    separator = csv_separator(file, sep)
+    with file.open("rb") as handle:
+        header = _csv_record(handle)
+        start = position = len(header)
+        records, quoted, spans = 0, False, []
+        for line in iter(handle.readline, b""):
+            position += len(line)
+            # An odd number of quotes opens or closes a quoted field ('""' escapes one).
+            quoted ^= line.count(b'"') % 2 == 1
+            if quoted:
+                continue
+            records += 1
+            if records == chunk_rows:
+                spans.append((start, position))
+                start, records = position, 0
+        if position > start:
+            spans.append((start, position))
+    if not header.endswith(b"\n"):
+        header += b"\n"
+    return TableChunks(
+        str(file), "csv", chunk_rows, tuple(spans), separator, tuple(na_values), header
+    )
+
+
+def _csv_record(handle: BinaryIO) -> bytes:
+    """The bytes of the next record (one or more lines when a quoted field breaks a line)."""
+    record = b""
+    for line in iter(handle.readline, b""):
+        record += line
+        if record.count(b'"') % 2 == 0:
+            break
+    return record
 
 
 def fingerprint(frame: pd.DataFrame) -> str:

@@ -3,6 +3,9 @@
 Numeric columns are imputed with the training median and standardized; categorical columns are
 mapped to indices for embeddings, with index 0 kept for values never seen in training. The
 fitted state is plain JSON (no pickles), so a saved run can be loaded safely anywhere.
+
+With ``data.stream`` the table is never read whole: the same preprocessing is fitted in one pass
+over its chunks and training reads them again each epoch (:func:`_prepare_streamed`).
 """
 
 from __future__ import annotations
@@ -24,11 +27,11 @@ from mlsmith.data.base import (
     warn_missing_classes,
 )
 from mlsmith.data.splits import split_frames
-from mlsmith.data.tables import fingerprint, read_table
+from mlsmith.data.tables import fingerprint, read_table, table_chunks
 from mlsmith.errors import ConfigError, DataError
 from mlsmith.runtime.frames import mark_missing, nested_columns, require_columns
 from mlsmith.runtime.tabular import TableEncoder, category_keys, numeric_matrix
-from mlsmith.tasks import Task, fit_task, infer_task, label_key
+from mlsmith.tasks import RegressionTask, Task, fit_task, infer_task, label_key
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -166,6 +169,8 @@ def prepare(config: Config, *, preprocessor: TabularPreprocessor | None = None) 
     import pandas as pd
 
     data = _table_config(config)
+    if data.stream:
+        return _prepare_streamed(config, preprocessor)
     main = _load(data.path, config, role="data")
     val_file = _load(data.val_path, config, role="validation") if data.val_path else None
     test_file = _load(data.test_path, config, role="test") if data.test_path else None
@@ -223,6 +228,146 @@ def prepare(config: Config, *, preprocessor: TabularPreprocessor | None = None) 
             "categorical": preprocessor.categorical,
         },
         frames={"train": train, "val": val, "test": test},
+    )
+
+
+def _prepare_streamed(config: Config, preprocessor: TabularPreprocessor | None) -> PreparedData:
+    """``prepare`` for ``data.stream``: the file is never read whole.
+
+    One pass over its chunks (:func:`mlsmith.data.streaming.stream_pass`) splits every row by a
+    seeded hash of its position, fits the preprocessing from running totals (medians from a
+    uniform sample of the training rows) and keeps the validation and test rows; the training
+    split is then read again, chunk by chunk, every epoch. Column types come from the first
+    chunk: a later chunk with text in a numeric column is a DataError naming its rows.
+    """
+    from mlsmith.data.stream_batches import StreamedSplit, TableStream
+    from mlsmith.data.streaming import MAX_LABELS, SplitRule, stream_pass
+
+    data = _table_config(config)
+    chunks = table_chunks(data.path, data.chunk_rows, sep=data.sep, na_values=data.na_values)
+    first = next((f for i in range(len(chunks)) for f in chunks.read(i) if len(f)), None)
+    if first is None:
+        raise DataError(f"{data.path}: the data table is empty (0 rows)")
+    first = _usable(first, config, data.path)
+    features = _feature_columns(first, config)
+    if not features:
+        raise DataError(f"{data.path}: no feature columns left besides the target '{data.target}'")
+    if data.categorical is None:
+        _warn_numbers_as_text(first, features, f"{data.path} (first chunk)")
+    if preprocessor is None:
+        categorical = _categorical_columns(first, config)
+        numeric = [c for c in features if c not in categorical]
+    else:
+        categorical, numeric = preprocessor.categorical, preprocessor.numeric
+    val_file = _load(data.val_path, config, role="validation") if data.val_path else None
+    test_file = _load(data.test_path, config, role="test") if data.test_path else None
+    rule = SplitRule(
+        config.seed,
+        val=0.0 if val_file is not None else data.split.val,
+        test=0.0 if test_file is not None else data.split.test,
+    )
+    found = stream_pass(
+        chunks,
+        rule,
+        target=data.target,
+        numeric=numeric,
+        categorical=categorical,
+        clean=lambda frame, source: _usable(frame, config, source, warn=False),
+        sample_rows=data.stream_sample_rows,
+        eval_rows=data.stream_eval_rows,
+    )
+    if found.unlabelled:
+        log.warning(
+            "%s: left out %d of %d rows whose target '%s' is missing",
+            data.path,
+            found.unlabelled,
+            found.rows,
+            data.target,
+        )
+    sample = found.samples["train"]
+    val = val_file if val_file is not None else found.samples["val"]
+    test = test_file if test_file is not None else found.samples["test"]
+    if sample is None or val is None:
+        raise DataError(
+            f"{data.path}: {found.rows} rows leave {found.train_rows} for training and "
+            f"{0 if val is None else len(val)} for validation; both need at least one (add rows "
+            "or change data.split)"
+        )
+    test = sample.iloc[:0] if test is None else test
+
+    if preprocessor is None:
+        for extra in (val_file, test_file):
+            if extra is not None:
+                found.labels.add(extra[data.target])
+        labels = found.labels.series(data.target)
+        kind = infer_task(labels, data.task, data.path)
+        if found.labels.overflow and kind != "regression":
+            raise DataError(
+                f"{data.path}: target '{data.target}' has more than {MAX_LABELS} distinct "
+                "labels, too many classes to classify; set data.task=regression if it is a "
+                "quantity"
+            )
+        if kind == "regression":
+            mean, std = found.target.filled(found.train_rows, np.zeros(1))
+            task: Task = RegressionTask(float(mean[0]), float(std[0]))
+        else:
+            task = fit_task(kind, labels, labels, ks=config.eval.ndcg_at)
+        # Medians from the sample (exact when it holds every training row); means and
+        # deviations (of the imputed columns, as the in-memory fit) and vocabularies from all.
+        medians = TabularPreprocessor.fit(
+            sample[features], target=data.target, task=task, categorical=categorical
+        ).medians
+        means, stds = found.numeric.filled(found.train_rows, medians)
+        preprocessor = TabularPreprocessor(
+            target=data.target,
+            task=task,
+            numeric=numeric,
+            medians=medians.tolist(),
+            means=means.tolist(),
+            stds=stds.tolist(),
+            categorical=categorical,
+            vocabularies=[sorted(v) for v in found.vocabularies],
+            na_values=data.na_values,
+        )
+    warn_missing_classes(preprocessor.task, {"train": sample, "val": val}, data.target)
+
+    stream = TableStream(
+        chunks=chunks,
+        starts=tuple(found.starts),
+        train_counts=tuple(found.train_counts),
+        rule=rule,
+        target=data.target,
+        preprocessing=TabularPreprocessor,
+        state=preprocessor.to_dict(),
+        shuffle_buffer=data.shuffle_buffer,
+        num_workers=data.num_workers,
+    )
+    train = StreamedSplit(
+        preprocessor.transform(sample, "training sample"),
+        preprocessor.encode_target(sample, "training sample"),
+        stream=stream,
+    )
+
+    def encode(frame: pd.DataFrame, name: str) -> Split:
+        return Split(preprocessor.transform(frame, name), preprocessor.encode_target(frame, name))
+
+    prints = [found.fingerprint] + [fingerprint(f) for f in (val_file, test_file) if f is not None]
+    return PreparedData(
+        task=preprocessor.task,
+        preprocessor=preprocessor,
+        train=train,
+        val=encode(val, "validation split"),
+        test=encode(test, "test split") if len(test) else None,
+        fingerprint="+".join(prints),
+        summary={
+            "source": data.path,
+            "rows": {"train": found.train_rows, "val": len(val), "test": len(test)},
+            "task": preprocessor.task.kind,
+            "numeric": preprocessor.numeric,
+            "categorical": preprocessor.categorical,
+            "stream": {"chunks": len(chunks), "train_sample": len(sample)},
+        },
+        frames={"train": sample, "val": val, "test": test},
     )
 
 
@@ -313,18 +458,7 @@ def _load(path: str, config: Config, role: str) -> pd.DataFrame:
     aside = _split_columns(config)
     if role == "data":
         require_columns(frame, aside, path, "data.split")
-    unusable = [
-        c
-        for c in frame.columns
-        if c not in aside and str(frame[c].dtype).startswith(("datetime", "timedelta"))
-    ]
-    if unusable:
-        log.warning(
-            "%s: ignoring date/time columns %s (derive numeric features from them)", path, unusable
-        )
-    frame = frame[[c for c in frame.columns if c not in set(data.drop) | set(unusable)]]
-    _reject_nested(frame, data.target, path)
-    require_finite_target(frame, data.target, path)
+    frame = _usable(frame, config, path)
     if role == "data" and not _feature_columns(frame, config):
         raise DataError(f"{path}: no feature columns left besides the target '{data.target}'")
     if role == "data" and data.categorical is None:
@@ -332,6 +466,30 @@ def _load(path: str, config: Config, role: str) -> pd.DataFrame:
         features = [c for c in frame.columns if c not in {data.target, *aside}]
         _warn_numbers_as_text(frame, features, path)
     return frame.reset_index(drop=True)
+
+
+def _usable(frame: pd.DataFrame, config: Config, source: str, warn: bool = True) -> pd.DataFrame:
+    """``frame`` without the data.drop columns and date/time columns (with a warning), checked:
+    no nested values, no infinite target."""
+    data = _table_config(config)
+    require_columns(frame, [data.target], source, "target")
+    require_columns(frame, data.drop, source, "data.drop")
+    aside = _split_columns(config)
+    unusable = [
+        c
+        for c in frame.columns
+        if c not in aside and str(frame[c].dtype).startswith(("datetime", "timedelta"))
+    ]
+    if unusable and warn:
+        log.warning(
+            "%s: ignoring date/time columns %s (derive numeric features from them)",
+            source,
+            unusable,
+        )
+    frame = frame[[c for c in frame.columns if c not in set(data.drop) | set(unusable)]]
+    _reject_nested(frame, data.target, source)
+    require_finite_target(frame, data.target, source)
+    return frame
 
 
 def _reject_nested(frame: pd.DataFrame, target: str, source: str) -> None:
