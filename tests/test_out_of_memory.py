@@ -72,6 +72,7 @@ def test_the_host_running_out_in_a_real_process_is_a_diagnosis(tmp_path: Path) -
     assert "MB at the peak of" in message
     assert "DefaultCPUAllocator: can't allocate memory" in message
     assert "lower train.batch_size (now 32) and raise train.grad_accum_steps (now 1)" in message
+    assert "data.stream=true" in message
     [run_dir] = list((tmp_path / "runs" / "t").iterdir())
     assert (run_dir / "checkpoints" / "last.pt").is_file()  # epoch 1's, intact
     assert yaml.safe_load((run_dir / "run.json").read_text())["status"] == "failed"

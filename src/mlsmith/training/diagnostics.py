@@ -87,6 +87,8 @@ def out_of_memory(
     if not settings["gradient_checkpointing"]:
         fixes.append("set train.gradient_checkpointing=true (where the model supports it)")
     fixes.append("use a smaller model")
+    if host:
+        fixes.append("for a table larger than memory, data.stream=true (reads it in chunks)")
     told = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
     what = "the host's memory (RAM)" if host else str(device)
     return OutOfMemoryError(
