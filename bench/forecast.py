@@ -20,8 +20,10 @@ a 95% bootstrap interval over them) and the 80% intervals' coverage: StatsForeca
 intervals, or for the others the conformal intervals from the errors of the earlier windows and
 of up to 3 calibration windows before the first (so every window has them). ``lightgbm`` is
 the global gradient-boosted forecaster (``model.type: lightgbm``: one model per window over
-every series' history up to it), ``lightgbm_recursive`` the same with ``model.strategy:
-recursive``; ``mlp`` the global windowed MLP trained by the Trainer (``model.type: mlp``).
+every series' history up to it, its default ``model.strategy: auto`` choosing direct or recursive
+per window on that history's last horizons), ``lightgbm_direct`` and ``lightgbm_recursive`` the
+same with ``model.strategy: direct`` or ``recursive``; ``mlp`` the global windowed MLP trained
+by the Trainer (``model.type: mlp``).
 """
 
 from __future__ import annotations
@@ -69,8 +71,16 @@ def datasets() -> list[Dataset]:
     ]
 
 
-# lightgbm_recursive: model.type lightgbm with model.strategy recursive (one step at a time).
-MODELS = (*BASELINES, *STATISTICAL_MODELS, "lightgbm", "lightgbm_recursive", "mlp")
+# lightgbm_direct, lightgbm_recursive: model.type lightgbm with model.strategy direct (every
+# step at once) or recursive (one step at a time) rather than its default, auto.
+MODELS = (
+    *BASELINES,
+    *STATISTICAL_MODELS,
+    "lightgbm",
+    "lightgbm_direct",
+    "lightgbm_recursive",
+    "mlp",
+)
 
 
 def backtest_cells(data: Dataset, model: str, windows: int) -> tuple[list[ForecastCell], float]:
@@ -99,8 +109,8 @@ def backtest_cells(data: Dataset, model: str, windows: int) -> tuple[list[Foreca
             }
         )
         forecast, own_intervals = forecaster(config, "mlp", data.season_length)
-    elif model == "lightgbm_recursive":
-        settings = {"strategy": "recursive"}
+    elif model in ("lightgbm_direct", "lightgbm_recursive"):
+        settings = {"strategy": model.removeprefix("lightgbm_")}
         forecast, own_intervals = forecaster_for("lightgbm", data.season_length, settings=settings)
     else:
         forecast, own_intervals = forecaster_for(model, data.season_length)

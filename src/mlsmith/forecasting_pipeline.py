@@ -310,7 +310,9 @@ def _fit_and_save(cfg: Config, series: SeriesSet, spec: ForecasterSpec, folder: 
         for key, value in _settings(cfg).items():
             setattr(tree, key, value)
         tree.fit(series.values, covariates, offsets).save(folder)
-        spec.lags, spec.bags, spec.strategy = tree.n_lags, tree.bags, tree.strategy
+        # auto's choice, made on the whole histories' last horizons, is what the package runs.
+        spec.lags, spec.bags, spec.strategy = tree.n_lags, tree.bags, tree.chosen
+        log.info("tree forecaster: %s strategy (validation %s)", tree.chosen, tree.validation)
     elif model == "mlp":
         from mlsmith.models.forecast_mlp import GlobalMLPForecaster
 

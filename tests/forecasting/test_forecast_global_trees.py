@@ -55,3 +55,52 @@ def test_too_short_histories_and_an_unfitted_model_are_refused() -> None:
         GlobalTreeForecaster(3, 1, lags=8).fit([np.arange(5.0)])
     with pytest.raises(RuntimeError, match="fit the forecaster first"):
         GlobalTreeForecaster(3).predict(np.arange(10.0))
+
+
+def test_auto_fits_the_strategy_that_forecasts_the_last_horizons_better() -> None:
+    """``strategy: auto`` (the default) scores both strategies on the histories' last two
+    horizons, fitted on what comes before them, then fits the winner on the whole histories:
+    the very model that strategy would have fitted."""
+    histories = [trending_seasonal(84, seed) for seed in range(4)]
+    auto = GlobalTreeForecaster(6, 12, n_estimators=40, bags=2).fit(histories)
+    assert auto.strategy == "auto" and set(auto.validation) == {"direct", "recursive"}
+    assert all(np.isfinite(v) and v > 0 for v in auto.validation.values())
+    assert auto.chosen == min(auto.validation, key=lambda k: auto.validation[k])
+    fixed = GlobalTreeForecaster(6, 12, n_estimators=40, bags=2, strategy=auto.chosen)
+    fixed.fit(histories)
+    for y in histories:
+        np.testing.assert_allclose(auto.predict(y), fixed.predict(y))
+
+
+def test_auto_without_two_horizons_to_hold_out_or_with_past_covariates_is_direct() -> None:
+    from mlsmith.runtime.series import Covariates
+
+    short = [trending_seasonal(36, seed) for seed in range(3)]  # 36 - 12 < 24 lags + 2
+    model = GlobalTreeForecaster(6, 12, n_estimators=20, bags=1).fit(short)
+    assert model.chosen == "direct" and model.validation == {}
+    histories = [trending_seasonal(84, seed) for seed in range(2)]
+    past = [Covariates(np.zeros((84 + 6, 0)), np.ones((84, 1))) for _ in histories]
+    model = GlobalTreeForecaster(6, 12, n_estimators=20, bags=1).fit(histories, past)
+    assert model.chosen == "direct" and model.validation == {}
+    with pytest.raises(ValueError, match="unknown strategy 'sideways'"):
+        GlobalTreeForecaster(6, 12, strategy="sideways").fit(histories)
+
+
+def test_a_recursive_forecast_reads_the_known_covariates_of_each_period_ahead() -> None:
+    """One step at a time, each step reads its own period's known covariate (the rows cover the
+    history and the periods forecast); past covariates cannot be read ahead."""
+    from mlsmith.runtime.series import Covariates
+
+    rng = np.random.default_rng(0)
+    known = [rng.integers(0, 2, size=(66, 1)).astype(float) for _ in range(3)]
+    histories = [trending_seasonal(60, seed) + 30 * k[:60, 0] for seed, k in enumerate(known)]
+    covariates = [Covariates(k, np.zeros((60, 0))) for k in known]
+    model = GlobalTreeForecaster(6, 12, n_estimators=40, bags=1, strategy="recursive")
+    model.fit(histories, covariates)
+    for y, k in zip(histories, known, strict=True):
+        point = model.predict(y, Covariates(k, np.zeros((60, 0))))
+        flipped = model.predict(y, Covariates(np.concatenate([k[:60], 1 - k[60:]]), k[:60, :0]))
+        assert point.shape == (6,) and np.isfinite(point).all()
+        assert not np.allclose(point, flipped)  # the periods ahead's covariate is read
+    with pytest.raises(ValueError, match="cannot read past covariates"):
+        model.predict(histories[0], Covariates(known[0], np.ones((60, 1))))

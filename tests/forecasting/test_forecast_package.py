@@ -355,6 +355,49 @@ def test_the_recursive_strategy_forecasts_step_by_step_end_to_end(tmp_path: Path
     assert result.code == 2 and "model.strategy: applies to forecasting" in result.stderr
 
 
+def test_the_auto_strategy_is_the_default_and_the_package_runs_its_choice(
+    tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """On time series the tree's default strategy is auto; the forecaster saved after the
+    backtest records the strategy auto chose on the whole histories, and predict and the
+    package forecast with it."""
+    from mlsmith.config import load_config
+    from mlsmith.forecasting.global_trees import GlobalTreeForecaster
+
+    config = forecast_config(tmp_path)
+    config["model"] = {"type": "lightgbm", "n_estimators": 40}
+    assert load_config(config).model.strategy == "auto"  # type: ignore[union-attr]
+    # Make auto's choice recursive, whatever the validation says: the saved forecaster must
+    # then forecast step by step (the first steps the same whatever the horizon).
+    monkeypatch.setattr(GlobalTreeForecaster, "_choose", lambda self, *args: "recursive")
+    run = mlsmith.train(config)
+    assert run.config.model.strategy == "auto"  # type: ignore[union-attr]
+    spec = json.loads((run.path / "forecaster" / "forecaster.json").read_text())
+    assert spec["strategy"] == "recursive"
+    assert run.info["package"]["status"] == "written"
+    history = pd.read_csv(tmp_path / "sales.csv")
+    package = mlsmith.load_package(run.path)
+    assert isinstance(package, SavedForecaster)
+    long, short = package.predict(history, 9), package.predict(history, 2)
+    np.testing.assert_allclose(
+        long.groupby("id")["forecast"].apply(lambda f: f.to_numpy()[:2].tolist()).sum(),
+        short.groupby("id")["forecast"].apply(lambda f: f.to_numpy().tolist()).sum(),
+    )
+    np.testing.assert_allclose(
+        mlsmith.forecast(run, 9)["forecast"].to_numpy(), long["forecast"].to_numpy()
+    )
+    # A table's LightGBM has no strategy to choose: auto there is refused like recursive.
+    from tests.conftest import config_dict, make_table
+
+    make_table("binary", rows=60).to_csv(tmp_path / "t.csv", index=False)
+    tabular = config_dict(tmp_path / "t.csv", tmp_path / "runs")
+    table_tree = load_config(tabular | {"model": {"type": "lightgbm"}}).model
+    assert table_tree.strategy == "direct"  # type: ignore[union-attr]
+    tabular["model"] = {"type": "lightgbm", "strategy": "auto"}
+    result = cli("train", _write(tmp_path, tabular))
+    assert result.code == 2 and "model.strategy: applies to forecasting" in result.stderr
+
+
 def _write(tmp_path: Path, config: dict[str, Any]) -> Path:
     import yaml
 

@@ -13,6 +13,15 @@ the error MASE scores, which one jump in a series cannot drag; ``bags`` models, 
 own random rows and columns, are averaged, which steadies forecasts that one model's draw of
 them would swing (the features live in :mod:`mlsmith.runtime.forecaster`, which a package runs).
 
+``strategy``: ``direct`` (every step at once), ``recursive`` (one step ahead, each forecast read
+back as the last value: fewer rows, errors that compound) or ``auto`` (the default), which
+picks one of the two per fit on the history it is given: each strategy is fitted on every
+series but its last two horizons and forecasts every origin of the horizon after that (each
+with a whole horizon of truth the fit never saw), the lower mean absolute error on each
+series' MASE scale wins (direct on a tie, and always with past covariates, which a recursive
+forecast cannot read), and the model is fitted again on the whole histories with it
+(:attr:`GlobalTreeForecaster.chosen`, what a saved forecaster records).
+
 Only values up to the origin ever enter a row's features, and training rows come from each
 series' own history (what :func:`mlsmith.forecasting.windows.history_and_truth` hands over), so
 a backtest window never sees its own future.
@@ -20,6 +29,7 @@ a backtest window never sees its own future.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,11 +41,19 @@ from mlsmith.runtime.engines import import_library
 from mlsmith.runtime.forecaster import (
     booster_file,
     default_lags,
+    from_changes,
+    mase_scale,
     origin_features,
+    recursive_covariates,
     series_scale,
     tree_forecast,
+    tree_rows,
 )
 from mlsmith.runtime.series import Covariates
+
+log = logging.getLogger(__name__)
+
+STRATEGIES = ("direct", "recursive")
 
 
 @dataclass
@@ -51,9 +69,13 @@ class GlobalTreeForecaster:
     objective: str = "l1"
     bags: int = 5  # models averaged, each on its own random rows and columns (seed, seed + 1...)
     # direct: every step at once, the step a feature; recursive: one step ahead, forecast step
-    # by step from its own forecasts (fewer rows to learn, errors that compound).
-    strategy: str = "direct"
+    # by step from its own forecasts (fewer rows to learn, errors that compound); auto: the
+    # one with the lower error on the last horizons of the history (see the module).
+    strategy: str = "auto"
     seed: int = 0
+    # The strategy fitted (auto's choice), and auto's validation errors per strategy.
+    chosen: str = field(default="direct", init=False)
+    validation: dict[str, float] = field(default_factory=dict, init=False, repr=False)
     _models: list[Any] = field(default_factory=list, init=False, repr=False)
 
     @property
@@ -68,13 +90,92 @@ class GlobalTreeForecaster:
     ) -> GlobalTreeForecaster:
         """Learn from every origin of every history that has ``n_lags`` values before it;
         ``covariates``: each history's (see :class:`Covariates`), read as raw values;
-        ``offsets``: each one's season position at its first period."""
+        ``offsets``: each one's season position at its first period. With ``strategy: auto``
+        the strategy is chosen first (see the module)."""
+        if self.strategy not in (*STRATEGIES, "auto"):
+            raise ValueError(
+                f"unknown strategy {self.strategy!r}; one of direct, recursive or auto"
+            )
+        chosen = self.strategy
+        if chosen == "auto":
+            chosen = self._choose(histories, covariates, offsets)
+        self._models = self._boosters(histories, covariates, offsets, chosen)
+        self.chosen = chosen
+        return self
+
+    def _choose(
+        self,
+        histories: Sequence[np.ndarray],
+        covariates: Sequence[Covariates] | None,
+        offsets: Sequence[int] | None,
+    ) -> str:
+        """``direct`` or ``recursive``, whichever forecasts the last horizons of the histories
+        better when fitted on what comes before them (see the module)."""
+        self.validation = {}
+        if covariates and any(c.past.shape[1] for c in covariates):
+            return "direct"  # a recursive forecast cannot read past covariates ahead
+        h = self.horizon
+        kept = [
+            i
+            for i, y in enumerate(histories)
+            if len(y) - 2 * h > self.n_lags + 1 and np.isfinite(np.asarray(y, dtype=float)).all()
+        ]
+        if not kept:
+            return "direct"  # too short to hold two horizons out: the default
+        cuts = [len(histories[i]) - 2 * h for i in kept]
+        train = [
+            np.asarray(histories[i], dtype=np.float64)[:cut]
+            for i, cut in zip(kept, cuts, strict=True)
+        ]
+        train_covariates = [covariates[i] for i in kept] if covariates else None
+        train_offsets = [offsets[i] for i in kept] if offsets else None
+        for strategy in STRATEGIES:
+            try:
+                models = self._boosters(train, train_covariates, train_offsets, strategy)
+            except ValueError:  # too few origins left to learn from
+                self.validation = {}
+                return "direct"
+            errors = []
+            for k, (i, cut) in enumerate(zip(kept, cuts, strict=True)):
+                y = np.asarray(histories[i], dtype=np.float64)
+                scale = mase_scale(y[:cut], self.season_length)
+                if not np.isfinite(scale):
+                    continue
+                origins = range(cut, len(y) - h + 1)
+                points = _batched_forecast(
+                    models,
+                    [y[:o] for o in origins],
+                    lags=self.n_lags,
+                    season_length=self.season_length,
+                    steps=h,
+                    recursive=strategy == "recursive",
+                    covariates=train_covariates[k] if train_covariates else None,
+                    offset=train_offsets[k] if train_offsets else 0,
+                )
+                truth = np.stack([y[o : o + h] for o in origins])
+                errors.append(float(np.mean(np.abs(points - truth))) / scale)
+            if not errors:  # constant series: no scale to compare the errors on
+                self.validation = {}
+                return "direct"
+            self.validation[strategy] = float(np.mean(errors))
+        chosen = min(STRATEGIES, key=lambda k: self.validation[k])
+        log.debug("tree strategy %s (validation errors %s)", chosen, self.validation)
+        return chosen
+
+    def _boosters(
+        self,
+        histories: Sequence[np.ndarray],
+        covariates: Sequence[Covariates] | None,
+        offsets: Sequence[int] | None,
+        strategy: str,
+    ) -> list[Any]:
+        """The ``bags`` boosters of ``strategy``, fitted on every origin of ``histories``."""
         lightgbm = import_library("lightgbm", "trees", "model.type 'lightgbm' for forecasting")
         rows, targets = [], []
         for i, history in enumerate(histories):
             y = _checked(history)
             scale = series_scale(y)
-            learned = 1 if self.strategy == "recursive" else self.horizon
+            learned = 1 if strategy == "recursive" else self.horizon
             for origin in range(self.n_lags, len(y)):
                 steps = min(learned, len(y) - origin)
                 features = origin_features(
@@ -94,7 +195,7 @@ class GlobalTreeForecaster:
                 f"no history is longer than {self.n_lags} values: nothing to learn from"
             )
         x, t = np.asarray(rows), np.asarray(targets)
-        self._models = [
+        return [
             lightgbm.LGBMRegressor(
                 n_estimators=self.n_estimators,
                 learning_rate=self.learning_rate,
@@ -110,7 +211,6 @@ class GlobalTreeForecaster:
             ).fit(x, t)
             for bag in range(max(self.bags, 1))
         ]
-        return self
 
     def predict(
         self, history: np.ndarray, covariates: Covariates | None = None, offset: int = 0
@@ -125,7 +225,7 @@ class GlobalTreeForecaster:
             lags=self.n_lags,
             season_length=self.season_length,
             steps=self.horizon,
-            recursive=self.strategy == "recursive",
+            recursive=self.chosen == "recursive",
             covariates=covariates,
             offset=offset,
         )
@@ -137,6 +237,44 @@ class GlobalTreeForecaster:
             raise RuntimeError("fit the forecaster first")
         for bag, model in enumerate(self._models):
             model.booster_.save_model(str(directory / booster_file(bag)))
+
+
+def _batched_forecast(
+    models: Sequence[Any],
+    histories: Sequence[np.ndarray],
+    *,
+    lags: int,
+    season_length: int,
+    steps: int,
+    recursive: bool,
+    covariates: Covariates | None,
+    offset: int,
+) -> np.ndarray:
+    """:func:`tree_forecast` of several histories of one series at once (one booster call per
+    step rather than per history and step): histories x ``steps``."""
+
+    def predict(rows: np.ndarray) -> np.ndarray:
+        return np.asarray(np.mean([m.predict(rows) for m in models], axis=0))
+
+    if not recursive:
+        built = [tree_rows(y, lags, season_length, steps, covariates, offset) for y in histories]
+        out = predict(np.concatenate([rows for rows, _ in built]))
+        return np.stack(
+            [
+                from_changes(y, scale, out[k * steps : (k + 1) * steps])
+                for k, (y, (_, scale)) in enumerate(zip(histories, built, strict=True))
+            ]
+        )
+    covariates = recursive_covariates(covariates)
+    grown = [np.asarray(y, dtype=np.float64) for y in histories]
+    for _ in range(steps):
+        built = [tree_rows(y, lags, season_length, 1, covariates, offset) for y in grown]
+        out = predict(np.concatenate([rows for rows, _ in built]))
+        grown = [
+            np.concatenate([y, from_changes(y, scale, out[k : k + 1])])
+            for k, (y, (_, scale)) in enumerate(zip(grown, built, strict=True))
+        ]
+    return np.stack([g[len(y) :] for g, y in zip(grown, histories, strict=True)])
 
 
 def _checked(history: np.ndarray) -> np.ndarray:

@@ -66,7 +66,8 @@ class ForecasterSpec:
     lags: int = 0  # global models: values before the origin read as features
     bags: int = 1  # the tree: boosters averaged (model.txt, model-1.txt, ...)
     # The tree: "direct" (every step at once, the step a feature) or "recursive" (one step at
-    # a time, each forecast read back as the last value).
+    # a time, each forecast read back as the last value): the one fitted (model.strategy auto
+    # records its choice).
     strategy: str = "direct"
     # The MLP's input standardisation (empty: identity).
     mean: list[float] = field(default_factory=list)
@@ -425,11 +426,23 @@ def tree_forecast(
     if not recursive:
         rows, scale = tree_rows(y, lags, season_length, steps, covariates, offset)
         return from_changes(y, scale, predict(rows))
+    covariates = recursive_covariates(covariates)
     history = y
     for _ in range(steps):
         rows, scale = tree_rows(history, lags, season_length, 1, covariates, offset)
         history = np.concatenate([history, from_changes(history, scale, predict(rows))])
     return history[len(y) :]
+
+
+def recursive_covariates(covariates: Covariates | None) -> Covariates | None:
+    """``covariates`` for a recursive forecast, which reads a row per forecast period as if it
+    had been seen: the known ones as they are, and no past ones (a ``ValueError``: their values
+    ahead are not known), so the empty past columns stretch over every period."""
+    if covariates is None:
+        return None
+    if covariates.past.shape[1]:
+        raise ValueError("a recursive forecast cannot read past covariates of the periods ahead")
+    return Covariates(covariates.known, np.zeros((len(covariates.known), 0)))
 
 
 def network_row(
