@@ -25,7 +25,7 @@ options = st.builds(
 )
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True)
 @given(scene_seed=st.integers(0, 10_000), seed=st.integers(0, 2**62), option=options)
 def test_boxes_stay_the_tight_bounds_of_their_shapes(
     scene_seed: int, seed: int, option: SpatialAugment
@@ -68,7 +68,7 @@ def test_boxes_stay_the_tight_bounds_of_their_shapes(
             assert np.allclose(box, bounds, atol=tolerance), (box, bounds)
 
 
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=40, deadline=None, derandomize=True)
 @given(scene_seed=st.integers(0, 10_000), seed=st.integers(0, 2**62), option=options)
 def test_masks_stay_on_their_pixels(scene_seed: int, seed: int, option: SpatialAugment) -> None:
     """An image painted from its mask (class k at grey 60k) still matches the moved mask inside
@@ -100,10 +100,10 @@ def test_masks_stay_on_their_pixels(scene_seed: int, seed: int, option: SpatialA
         assert error[interior].max(initial=0) <= 2
     else:
         # Shrinking resamples the mask nearest-neighbour and the image by averaging: a thin
-        # tip the mask drops still tints the image. Nearly every pixel agrees all the same (a
-        # mask flipped or shifted apart from its image would disagree on whole shapes).
-        labelled = mask != 255
-        assert (error[labelled] <= 2).mean() >= 0.9
+        # tip the mask drops still tints the image. Nearly every interior pixel agrees all the
+        # same (worst seen: 0.965 over 1,200 scenes); a mask left unflipped against its image
+        # agrees on 0.84 of them (median).
+        assert (error[interior] <= 2).mean() >= 0.95
 
 
 def test_one_seed_one_augmentation() -> None:
