@@ -32,6 +32,9 @@ from mlsmith.errors import DataError
 if TYPE_CHECKING:
     from mlsmith.data.tables import TableChunks
 
+# Rows as a worker hands them over: inputs by name and the target, NumPy (see _pieces).
+Piece = tuple[dict[str, np.ndarray], np.ndarray]
+
 
 @dataclass(frozen=True)
 class TableStream:
@@ -107,7 +110,7 @@ class TableRows(IterableDataset[Any]):
         self.seeds = seeds
         self.piece = piece
 
-    def __iter__(self) -> Iterator[Batch | _Failed]:
+    def __iter__(self) -> Iterator[Piece | _Failed]:
         info = get_worker_info()
         lane = info.id if info is not None else 0
         return _lane_pieces(self.stream, self.lanes[lane], self.seeds[lane], self.piece)
@@ -115,7 +118,7 @@ class TableRows(IterableDataset[Any]):
 
 def _lane_pieces(
     stream: TableStream, chunks: list[int], seed: int, piece: int
-) -> Iterator[Batch | _Failed]:
+) -> Iterator[Piece | _Failed]:
     """One worker's rows: its chunks in order, shuffled within windows of the buffer size."""
     preprocessor = stream.preprocessing.from_dict(stream.state)
     generator = np.random.default_rng(seed)
@@ -137,7 +140,7 @@ def _lane_pieces(
 
 def _shuffled(
     held: list[tuple[dict[str, np.ndarray], np.ndarray]], generator: np.random.Generator, piece: int
-) -> Iterator[Batch]:
+) -> Iterator[Piece]:
     if not held:
         return
     inputs = {k: np.concatenate([h[0][k] for h in held]) for k in held[0][0]}
@@ -146,8 +149,8 @@ def _shuffled(
     for lo in range(0, len(order), piece):
         rows = order[lo : lo + piece]
         yield (
-            {k: torch.from_numpy(np.ascontiguousarray(v[rows])) for k, v in inputs.items()},
-            torch.from_numpy(np.ascontiguousarray(target[rows])),
+            {k: np.ascontiguousarray(v[rows]) for k, v in inputs.items()},
+            np.ascontiguousarray(target[rows]),
         )
 
 
@@ -205,12 +208,16 @@ class StreamTableBatches(TensorBatches):
         for pieces in plan:
             yield [self._to_device(rows.take(hi - lo)) for lo, hi in pieces]
 
-    def _pieces(self, lanes: list[list[int]], seeds: list[int]) -> Iterator[Batch | _Failed]:
+    def _pieces(self, lanes: list[list[int]], seeds: list[int]) -> Iterator[Piece | _Failed]:
         workers = self.stream.num_workers
         # A new loader each epoch: its workers receive this epoch's plan.
         loader = DataLoader(
             TableRows(self.stream, lanes, seeds, self.batch_size),
             batch_size=None,
+            # Pieces cross from the workers as pickled NumPy arrays, not tensors: a tensor
+            # travels as a shared file descriptor served by a thread in the worker, which a
+            # signal stopping the run caught mid-accept and printed a traceback for.
+            collate_fn=_as_is,
             num_workers=workers,
             pin_memory=torch.cuda.is_available(),
             # The loader draws its workers' base seed from this generator, not the global RNG.
@@ -224,10 +231,15 @@ class StreamTableBatches(TensorBatches):
         return moved, target.to(self.device, non_blocking=True)
 
 
+def _as_is(piece: Any) -> Any:
+    """The DataLoader's collate: the worker's piece unchanged (NumPy, see ``_pieces``)."""
+    return piece
+
+
 class _Rows:
     """Cuts the workers' pieces into micro-batches of exactly the sizes the step plan asks."""
 
-    def __init__(self, pieces: Iterator[Batch | _Failed], path: str) -> None:
+    def __init__(self, pieces: Iterator[Piece | _Failed], path: str) -> None:
         self.pieces = pieces
         self.path = path
         self.held: list[Batch] = []
@@ -243,8 +255,11 @@ class _Rows:
                 )
             if isinstance(piece, _Failed):
                 raise DataError(piece.message)
-            self.held.append(piece)
-            self.count += len(piece[1])
+            arrays, labels = piece
+            self.held.append(
+                ({k: torch.from_numpy(v) for k, v in arrays.items()}, torch.from_numpy(labels))
+            )
+            self.count += len(labels)
         keys = self.held[0][0].keys()
         inputs = {k: torch.cat([p[0][k] for p in self.held]) for k in keys}
         target = torch.cat([p[1] for p in self.held])
