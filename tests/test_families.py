@@ -43,6 +43,8 @@ DATA: dict[str, dict[str, Any]] = {
         "time_column": "month",
         "horizon": 6,
     },
+    "segmentation": {"type": "segmentation", "path": "images", "masks": "masks"},
+    "detection": {"type": "detection", "path": "images", "annotations": "boxes.json"},
 }
 
 

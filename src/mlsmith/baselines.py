@@ -72,6 +72,9 @@ def fit_baseline(
 
     Text needs the raw rows (``data.frames``) and the name of the text column.
     """
+    if data.task.kind in ("segmentation", "detection"):
+        log.info("no baseline: %s has no cheap linear baseline here", data.task.kind)
+        return None
     started = time.perf_counter()
     features = _features(data, text_column, seed)
     if features is None:

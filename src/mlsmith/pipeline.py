@@ -34,6 +34,7 @@ from mlsmith.run import (
     LOCK_FILE,
     METRICS_FILE,
     PREFLIGHT_FILE,
+    SCENE_KINDS,
     Run,
     Scored,
     capture_environment,
@@ -143,6 +144,31 @@ def _image_grid(run_dir: Path, images: np.ndarray, test: Scored, task: Task) -> 
         from mlsmith.files import write_bytes
 
         write_bytes(run_dir / GRID_FILE, png)
+
+
+def _scene_figures(run_dir: Path, images: np.ndarray, val: Scored, task: Task) -> None:
+    """``scene_grid.png`` (validation images, true and predicted boxes or masks) and, for
+    detection, ``pr_curves.png``; for the report. A failure to draw costs only the picture."""
+    from mlsmith.files import write_bytes
+    from mlsmith.reports import scene_plots
+
+    try:
+        grid = scene_plots.scene_grid(images, val.truth, val.decoded, task.kind, task.classes)
+        curves = None
+        if task.kind == "detection":
+            from mlsmith.vision_metrics import precision_recall
+            from mlsmith.vision_tasks import predicted_boxes, truth_boxes
+
+            precision = precision_recall(
+                truth_boxes(val.truth), predicted_boxes(val.decoded), len(task.classes)
+            )
+            curves = scene_plots.pr_curves(precision, task.classes)
+    except Exception as error:  # the run is scored; a picture must not fail it
+        log.warning("no validation figures (%s: %s)", type(error).__name__, error)
+        return
+    for name, png in ((scene_plots.GRID_FILE, grid), (scene_plots.PR_FILE, curves)):
+        if png is not None:
+            write_bytes(run_dir / name, png)
 
 
 def _slice_columns(cfg: Config, data: PreparedData) -> dict[str, pd.Series]:
@@ -502,6 +528,8 @@ def _run_training(
         run = Run(run_dir)
         run.model = model
         scored = {"val": run.score_split(data.val, "val")}
+        if cfg.eval.report and model.task.kind in SCENE_KINDS:
+            _scene_figures(run_dir, data.val.inputs["image"], scored["val"], model.task)
         _feature_importance(cfg, run_dir, model, data)
         if data.test is not None:
             scored["test"] = run.score_split(data.test, "test")

@@ -290,6 +290,10 @@ def split_metrics(metrics: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return {k: v for k, v in metrics.items() if k not in SECTION_KEYS}
 
 
+# The data kinds whose predictions are boxes or masks rather than a row per input row.
+SCENE_KINDS = ("segmentation", "detection")
+
+
 @dataclass
 class Scored:
     """A split scored: its metrics, the truth and the model's decoded outputs."""
@@ -401,10 +405,22 @@ class Run:
         """:meth:`evaluate_split`, also returning the truth and the model's decoded outputs."""
         from mlsmith.evaluation import confusion, evaluate_outputs
         from mlsmith.tasks import RankingTask
+        from mlsmith.vision_tasks import SceneTask
 
         task = self.model.task
         decoded = self.model.predict(split.inputs)
         truth = task.truth(split.target)
+        if isinstance(task, SceneTask):
+            # Per image: intervals resample images, not pixels or boxes.
+            metrics = task.evaluate(
+                truth,
+                decoded,
+                resamples=self.config.eval.bootstrap,
+                confidence=self.config.eval.confidence,
+                seed=self.config.seed,
+            )
+            self._merge_json(METRICS_FILE, name, metrics)
+            return Scored(metrics, truth, decoded)
         if isinstance(task, RankingTask):
             from mlsmith.ranking_metrics import evaluate_ranking
 
@@ -471,7 +487,12 @@ class Run:
     # --- prediction ---------------------------------------------------------------------------
 
     def predict(self, frame: pd.DataFrame) -> pd.DataFrame:
-        """Predictions for raw rows: ``prediction`` plus ``proba_<class>`` for classification."""
+        """Predictions for raw rows: ``prediction`` plus ``proba_<class>`` for classification;
+        for detection a row per box, for segmentation each image's ``mask``."""
+        if self.config.data.type in SCENE_KINDS:
+            from mlsmith.scene_prediction import predict_scenes
+
+            return predict_scenes(self.model, frame)
         from mlsmith.prediction import predict_frame
 
         return predict_frame(self.model, frame)
@@ -484,7 +505,17 @@ class Run:
         chunk_rows: int = 50_000,
         keep_columns: list[str] | None = None,
     ) -> int:
-        """Predict a CSV/Parquet file of any size in constant memory; returns the row count."""
+        """Predict a CSV/Parquet file of any size in constant memory; returns the row count.
+
+        Detection and segmentation runs predict a folder of images (or one image) into a CSV
+        or COCO results JSON of boxes, or a folder of PNG masks; returns the image count.
+        """
+        if self.config.data.type in SCENE_KINDS:
+            from mlsmith.scene_prediction import predict_scene_files
+
+            return predict_scene_files(
+                self.model, str(input_path), Path(output_path), chunk_rows=min(chunk_rows, 256)
+            )
         from mlsmith.prediction import predict_file
 
         return predict_file(

@@ -107,8 +107,23 @@ def _coco_eval(truths: Sequence[Boxes], predictions: Sequence[Boxes], n_classes:
 def _accumulate(evaluation: Any, images: np.ndarray, n_classes: int) -> np.ndarray:
     """AP per (IoU threshold, class) over ``images`` (indices, repeats allowed), as
     ``COCOeval.accumulate`` computes it: NaN for a class without ground truth there."""
+    # A row is all NaN (a class without truth) or all numbers: a plain mean keeps the NaN.
+    return _precision_curves(evaluation, images, n_classes).mean(axis=-1)
+
+
+def precision_recall(
+    truths: Sequence[Boxes], predictions: Sequence[Boxes], n_classes: int
+) -> np.ndarray:
+    """Each class's precision-recall curve at IoU 0.5, as COCO samples it: (C, 101) precision
+    at recall ``RECALL_POINTS`` (the precision envelope), NaN rows for classes without truth."""
+    evaluation = _coco_eval(truths, predictions, n_classes)
+    return _precision_curves(evaluation, np.arange(len(truths)), n_classes)[0]
+
+
+def _precision_curves(evaluation: Any, images: np.ndarray, n_classes: int) -> np.ndarray:
+    """(IoU thresholds, classes, recall points) of sampled precision over ``images``."""
     n_images = len(evaluation.params.imgIds)
-    ap = np.full((len(IOU_THRESHOLDS), n_classes), np.nan)
+    curves = np.full((len(IOU_THRESHOLDS), n_classes, len(RECALL_POINTS)), np.nan)
     for k in range(n_classes):
         # evalImgs is ordered class-major, then area range (one), then image.
         per_image = [evaluation.evalImgs[k * n_images + int(i)] for i in images]
@@ -129,15 +144,16 @@ def _accumulate(evaluation: Any, images: np.ndarray, n_classes: int) -> np.ndarr
             recall = tp[t] / positives
             precision = tp[t] / (tp[t] + fp[t] + np.spacing(1))
             if not len(precision):  # nothing detected: precision 0 at every recall
-                ap[t, k] = 0.0
+                curves[t, k] = 0.0
                 continue
             # The precision envelope: the best precision at this recall or beyond.
             envelope = np.maximum.accumulate(precision[::-1])[::-1]
             at = np.searchsorted(recall, RECALL_POINTS, side="left")
             # Recall never reached: precision 0 there (COCO's loop stops at the first).
-            sampled = np.where(at < len(envelope), envelope[np.minimum(at, len(envelope) - 1)], 0.0)
-            ap[t, k] = sampled.mean()
-    return ap
+            curves[t, k] = np.where(
+                at < len(envelope), envelope[np.minimum(at, len(envelope) - 1)], 0.0
+            )
+    return curves
 
 
 def detection_metrics(

@@ -148,7 +148,7 @@ def forward_backward(
         output = network(**inputs)
     except Exception as error:  # the check's purpose: report a model that breaks on real data
         return [_failed_pass("forward pass", error)], False
-    shape = output_shape(output, len(target), task)
+    shape = output_shape(output, task.output_shape(inputs, len(target)), task)
     if shape.status == "fail":
         return [shape], False
     try:
@@ -167,17 +167,14 @@ def forward_backward(
     return [ran, shape, initial, flow], True
 
 
-def output_shape(output: torch.Tensor, batch_size: int, task: Task) -> CheckResult:
-    """Raw outputs must be (B, task.n_outputs)."""
-    expected = (batch_size, task.n_outputs)
+def output_shape(output: torch.Tensor, expected: tuple[int, ...], task: Task) -> CheckResult:
+    """Raw outputs must have the task's shape (``(B, task.n_outputs)`` for rows)."""
     found = tuple(output.shape)
     if found != expected:
+        batch = f" for a batch of {expected[0]}" if expected else ""
+        needs = f"({', '.join(['batch', *map(str, expected[1:])])})" if expected else "a scalar"
         return CheckResult(
-            "model",
-            "output shape",
-            "fail",
-            f"outputs {found} for a batch of {batch_size}; {task.kind} needs "
-            f"(batch, {task.n_outputs})",
+            "model", "output shape", "fail", f"outputs {found}{batch}; {task.kind} needs {needs}"
         )
     return CheckResult("model", "output shape", "pass", f"{found}, as {task.kind} needs")
 
@@ -202,6 +199,13 @@ def initial_loss(
         with torch.no_grad():
             expected = float(task.loss(torch.zeros_like(output, dtype=torch.float32), target))
         reference = f"{expected:.3f} (the configured loss of uniform predictions)"
+    elif task.kind == "detection":
+        detail = f"{loss:.3f} (a detector's summed losses have no fixed reference)"
+        return CheckResult("model", "initial loss", "pass", detail)
+    elif task.kind == "segmentation":
+        with torch.no_grad():
+            expected = float(task.loss(torch.zeros_like(output, dtype=torch.float32), target))
+        reference = f"{expected:.3f} (the loss of uniform predictions)"
     elif task.kind == "ranking":
         # Equal scores: each list's softmax is uniform, the listwise loss about ln(items).
         with torch.no_grad():

@@ -17,7 +17,10 @@ def metrics_table(results: dict[str, dict[str, Any]], title: str | None = None) 
         table.add_column(split, justify="right")
     names: list[str] = []
     for metrics in results.values():
-        names += [n for n in metrics if n not in names]
+        # Only headline metrics ({"value", "ci95"}); per-class blocks get their own table.
+        names += [
+            n for n, v in metrics.items() if n not in names and isinstance(v, dict) and "value" in v
+        ]
     for name in names:
         cells = [_cell(results[split].get(name)) for split in splits]
         table.add_row(name, *cells)
@@ -29,11 +32,32 @@ def print_metrics(results: dict[str, dict[str, Any]], title: str | None = None) 
     from mlsmith.run import split_metrics
 
     console = Console(soft_wrap=True)
-    console.print(metrics_table(split_metrics(results), title))
+    splits = split_metrics(results)
+    console.print(metrics_table(splits, title))
+    per_class = per_class_table(splits)
+    if per_class is not None:
+        console.print(per_class)
     if results.get("vs_baseline"):
         console.print(baseline_table(results))
     if results.get("baselines"):
         console.print(forecast_baselines_table(results))
+
+
+def per_class_table(results: dict[str, dict[str, Any]]) -> Table | None:
+    """Detection's AP or segmentation's IoU and Dice per class, on the last split that has
+    them (the test split when there is one); None without per-class metrics."""
+    split = next((s for s in reversed(list(results)) if "per_class" in results[s]), None)
+    if split is None:
+        return None
+    per_class: dict[str, dict[str, Any]] = results[split]["per_class"]
+    columns = list(dict.fromkeys(key for values in per_class.values() for key in values))
+    table = Table(title=f"per class, {split} split")
+    table.add_column("class")
+    for column in columns:
+        table.add_column(column, justify="right")
+    for name, values in per_class.items():
+        table.add_row(name, *(_number(values.get(column)) for column in columns))
+    return table
 
 
 def forecast_baselines_table(results: dict[str, Any]) -> Table:

@@ -404,6 +404,87 @@ class TimeSeriesDataConfig(DataSourceConfig):
         return self
 
 
+class SpatialAugmentConfig(Section):
+    """Training-time augmentation that moves boxes and masks with the pixels
+    (torchvision.transforms.v2 with tv_tensors)."""
+
+    hflip: bool = Field(True, description="random horizontal flip")
+    scale_jitter: tuple[float, float] | None = Field(
+        None, description="resize by a random factor in [low, high], e.g. [0.75, 1.25]"
+    )
+    crop: bool = Field(
+        False,
+        description="random crop: an IoU crop that keeps boxes valid (detection), or 3/4 of "
+        "each side, padded back (segmentation)",
+    )
+    color_jitter: float = Field(
+        0.0, ge=0.0, le=1.0, description="brightness/contrast/saturation jitter strength"
+    )
+
+    @field_validator("scale_jitter")
+    @classmethod
+    def _check_scale(cls, value: tuple[float, float] | None) -> tuple[float, float] | None:
+        if value is not None and not 0.0 < value[0] <= value[1] <= 4.0:
+            raise ValueError("expected [low, high] with 0 < low <= high <= 4")
+        return value
+
+
+class SceneDataConfig(DataSourceConfig):
+    """What segmentation and detection share: a folder of images, fitted onto one canvas."""
+
+    path: str = Field(description="a folder of images (searched recursively)")
+    task: Literal["auto"] = "auto"  # the data kind is the task
+    image_size: int | None = Field(
+        None,
+        ge=16,
+        description="each image is scaled so its longer side is this, then padded to a square; "
+        "default: images keep their size, padded to the largest",
+    )
+    channels: Literal[1, 3] | None = Field(None, description="default: from the data")
+    mean: list[float] | None = Field(None, description="per channel; default: from train")
+    std: list[float] | None = Field(None, description="per channel; default: from train")
+    augment: SpatialAugmentConfig = Field(default_factory=SpatialAugmentConfig)
+
+    @model_validator(mode="after")
+    def _check_scene(self) -> SceneDataConfig:
+        if self.split.stratify or self.split.group or self.split.time:
+            raise ValueError(
+                "split: images are split at random; stratify, group and time do not apply"
+            )
+        if self.std is not None and any(v <= 0 for v in self.std):
+            raise ValueError(f"std: every value must be > 0, found {self.std}")
+        fixed = [k for k in ("val_path", "test_path") if getattr(self, k) is not None]
+        if fixed:
+            raise ValueError(
+                f"{', '.join(fixed)}: not supported for {getattr(self, 'type', 'images')} yet; "
+                "the images of data.path are split by data.split.val and data.split.test"
+            )
+        return self
+
+
+class SegmentationDataConfig(SceneDataConfig):
+    """Semantic segmentation: images and PNG masks of class ids (or colours) with the same
+    file stems."""
+
+    type: Literal["segmentation"]
+    target: str = Field("mask", description="the name predictions are written under")
+    masks: str = Field(description="the folder of PNG masks, one per image, same file stem")
+    classes: list[str] | dict[str, tuple[int, int, int]] | None = Field(
+        None,
+        description="class names in id order (0 the background), or name -> [r, g, b] for "
+        "colour masks; default: the ids found in the training masks",
+    )
+
+
+class DetectionDataConfig(SceneDataConfig):
+    """Object detection: images and their boxes in a COCO JSON or a CSV
+    (image, x_min, y_min, x_max, y_max, label)."""
+
+    type: Literal["detection"]
+    target: str = Field("boxes", description="the name predictions are written under")
+    annotations: str = Field(description="COCO .json, or .csv of image, x_min..y_max, label")
+
+
 # Written out member by member so mypy sees the union; tests/test_families.py checks that it
 # holds exactly the classes of the KINDS table.
 AnyDataConfig = Annotated[
@@ -412,6 +493,8 @@ AnyDataConfig = Annotated[
         | Annotated[ImageDataConfig, Tag("image")]
         | Annotated[TextDataConfig, Tag("text")]
         | Annotated[TimeSeriesDataConfig, Tag("timeseries")]
+        | Annotated[SegmentationDataConfig, Tag("segmentation")]
+        | Annotated[DetectionDataConfig, Tag("detection")]
     ),
     Discriminator(type_tag("tabular")),
 ]

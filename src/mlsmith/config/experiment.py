@@ -51,6 +51,22 @@ def _family_defaults(raw: Any) -> Any:
     return {**raw, "train": train}
 
 
+def _monitor_defaults(raw: Any) -> Any:
+    """Give ``train.checkpoint.monitor`` and ``train.early_stopping.monitor`` the data kind's
+    own metric (val/miou, val/map_50) where the config names none."""
+    if not isinstance(raw, dict) or not isinstance(raw.get("data"), dict):
+        return raw
+    kind = KINDS.get(raw["data"].get("type", "tabular"))
+    train = raw.get("train", {})
+    if kind is None or kind.monitor is None or not isinstance(train, dict):
+        return raw
+    for section in ("checkpoint", "early_stopping"):
+        given = train.get(section, {})
+        if isinstance(given, dict) and "monitor" not in given:
+            train = {**train, section: {**given, "monitor": kind.monitor}}
+    return {**raw, "train": train}
+
+
 class Config(Section):
     """The whole experiment: one YAML file."""
 
@@ -84,7 +100,7 @@ class Config(Section):
                 # rounds than a table's LightGBM (chosen with bench/forecast.py); its strategy
                 # is chosen per fit on the history's last horizons.
                 raw = {**raw, "model": {**GLOBAL_TREE_DEFAULTS, **model}}
-        return _family_defaults(raw)
+        return _monitor_defaults(_family_defaults(raw))
 
     @model_validator(mode="after")
     def _model_fits_data(self) -> Config:

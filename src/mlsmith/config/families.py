@@ -19,7 +19,9 @@ from mlsmith.config.base import Section
 from mlsmith.config.data import (
     DataConfig,
     DataSourceConfig,
+    DetectionDataConfig,
     ImageDataConfig,
+    SegmentationDataConfig,
     TextDataConfig,
     TimeSeriesDataConfig,
 )
@@ -28,13 +30,19 @@ from mlsmith.config.models import (
     BagConfig,
     CNNConfig,
     CustomConfig,
+    DeepLabConfig,
     ETSConfig,
+    FasterRCNNConfig,
+    FCNConfig,
+    FCOSConfig,
     LightGBMConfig,
     MLPConfig,
+    RetinaNetConfig,
     SklearnConfig,
     ThetaConfig,
     TorchvisionConfig,
     TransformerConfig,
+    UNetConfig,
     XGBoostConfig,
 )
 
@@ -69,6 +77,9 @@ class DataKind:
     """Module with ``prepare(config, preprocessor=None)`` and ``load_preprocessor(directory)``."""
     packages: tuple[str, ...] = ()
     """Libraries beyond the core ones it reads data with, recorded in run.json."""
+    monitor: str | None = None
+    """The metric that picks ``best.pt`` and stops training early when the config names none
+    (``val/loss`` otherwise)."""
 
 
 # model.type -> family. Error messages list the families in this order.
@@ -136,6 +147,41 @@ FAMILIES: dict[str, ModelFamily] = {
         implementation="mlsmith.forecasting.models:ThetaForecaster",
         packages=("statsforecast",),
     ),
+    # Segmentation: one class per pixel.
+    "unet": ModelFamily(
+        UNetConfig, data=("segmentation",), implementation="mlsmith.models.segmentation:UNetModel"
+    ),
+    "fcn": ModelFamily(
+        FCNConfig,
+        data=("segmentation",),
+        implementation="mlsmith.models.segmentation:FCNModel",
+        packages=("torchvision",),
+    ),
+    "deeplabv3": ModelFamily(
+        DeepLabConfig,
+        data=("segmentation",),
+        implementation="mlsmith.models.segmentation:DeepLabModel",
+        packages=("torchvision",),
+    ),
+    # Detection: boxes with labels and scores.
+    "fasterrcnn": ModelFamily(
+        FasterRCNNConfig,
+        data=("detection",),
+        implementation="mlsmith.models.detection:FasterRCNNModel",
+        packages=("torchvision",),
+    ),
+    "retinanet": ModelFamily(
+        RetinaNetConfig,
+        data=("detection",),
+        implementation="mlsmith.models.detection:RetinaNetModel",
+        packages=("torchvision",),
+    ),
+    "fcos": ModelFamily(
+        FCOSConfig,
+        data=("detection",),
+        implementation="mlsmith.models.detection:FCOSModel",
+        packages=("torchvision",),
+    ),
 }
 
 # data.type -> data kind.
@@ -152,6 +198,20 @@ KINDS: dict[str, DataKind] = {
     ),
     "timeseries": DataKind(
         TimeSeriesDataConfig, default_model="arima", module="mlsmith.data.timeseries"
+    ),
+    "segmentation": DataKind(
+        SegmentationDataConfig,
+        default_model="unet",
+        module="mlsmith.data.segmentation",
+        packages=("torchvision", "pillow"),
+        monitor="val/miou",
+    ),
+    "detection": DataKind(
+        DetectionDataConfig,
+        default_model="fasterrcnn",
+        module="mlsmith.data.detection",
+        packages=("torchvision", "pillow", "pycocotools"),
+        monitor="val/map_50",
     ),
 }
 

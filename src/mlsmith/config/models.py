@@ -221,6 +221,82 @@ class ThetaConfig(Section):
     type: Literal["theta"] = "theta"
 
 
+class UNetConfig(Section):
+    """A compact UNet, trained from scratch (``data.type: segmentation``)."""
+
+    type: Literal["unet"] = "unet"
+    widths: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [16, 32, 64, 128],
+        min_length=2,
+        description="channels of each encoder stage; each stage halves the resolution",
+    )
+    dice_weight: float = Field(
+        1.0, ge=0.0, description="loss: cross-entropy + this x (1 - soft Dice); 0: CE only"
+    )
+
+
+class SegmenterConfig(Section):
+    """What torchvision's segmentation networks share (``data.type: segmentation``)."""
+
+    backbone: str = "resnet50"
+    pretrained: bool = Field(
+        False,
+        description="start from the backbone's ImageNet weights, read from the local torch "
+        "cache (nothing is downloaded)",
+    )
+    dice_weight: float = Field(
+        1.0, ge=0.0, description="loss: cross-entropy + this x (1 - soft Dice); 0: CE only"
+    )
+
+
+class FCNConfig(SegmenterConfig):
+    """torchvision's FCN (Long et al. 2015) on a ResNet backbone."""
+
+    type: Literal["fcn"] = "fcn"
+    backbone: Literal["resnet50", "resnet101"] = "resnet50"
+
+
+class DeepLabConfig(SegmenterConfig):
+    """torchvision's DeepLabV3 (Chen et al. 2017): atrous convolutions and ASPP."""
+
+    type: Literal["deeplabv3"] = "deeplabv3"
+    backbone: Literal["mobilenet_v3_large", "resnet50", "resnet101"] = "mobilenet_v3_large"
+
+
+class DetectorConfig(Section):
+    """What torchvision's detectors share (``data.type: detection``); each computes its own
+    losses, logged per component."""
+
+    backbone: str = Field("mobilenet_v3_large", description="the feature extractor")
+    pretrained: bool = Field(
+        False,
+        description="start from the backbone's ImageNet weights, read from the local torch "
+        "cache (nothing is downloaded)",
+    )
+    min_score: float = Field(
+        0.05, ge=0.0, lt=1.0, description="detections scoring below this are dropped"
+    )
+    max_detections: int = Field(100, ge=1, le=1000, description="detections kept per image")
+
+
+class FasterRCNNConfig(DetectorConfig):
+    """Faster R-CNN (Ren et al. 2015): a region proposal network, then a box head."""
+
+    type: Literal["fasterrcnn"] = "fasterrcnn"
+
+
+class RetinaNetConfig(DetectorConfig):
+    """RetinaNet (Lin et al. 2017): one stage, focal loss."""
+
+    type: Literal["retinanet"] = "retinanet"
+
+
+class FCOSConfig(DetectorConfig):
+    """FCOS (Tian et al. 2019): one stage, anchor-free."""
+
+    type: Literal["fcos"] = "fcos"
+
+
 # Written out member by member so mypy sees the union; tests/test_families.py checks that it
 # holds exactly the classes of the FAMILIES table.
 ModelConfig = Annotated[
@@ -237,6 +313,12 @@ ModelConfig = Annotated[
         | Annotated[ETSConfig, Tag("ets")]
         | Annotated[ARIMAConfig, Tag("arima")]
         | Annotated[ThetaConfig, Tag("theta")]
+        | Annotated[UNetConfig, Tag("unet")]
+        | Annotated[FCNConfig, Tag("fcn")]
+        | Annotated[DeepLabConfig, Tag("deeplabv3")]
+        | Annotated[FasterRCNNConfig, Tag("fasterrcnn")]
+        | Annotated[RetinaNetConfig, Tag("retinanet")]
+        | Annotated[FCOSConfig, Tag("fcos")]
     ),
     Discriminator(type_tag("mlp")),
 ]

@@ -74,7 +74,7 @@ class NeuralModel(Model):
         batches = self.preprocessor.batches(
             inputs, None, BatchOptions.evaluation(self.config.train)
         )
-        raw, _ = predict_raw(self.network, batches)
+        raw, _ = predict_raw(self.network, batches, keep=getattr(self.task, "compact", None))
         return raw
 
     @classmethod

@@ -13,6 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mlsmith.losses import dice_ce_loss
+
+__all__ = ["UNet", "dice_ce_loss"]
+
 
 def _block(in_channels: int, out_channels: int) -> nn.Sequential:
     return nn.Sequential(
@@ -66,27 +70,3 @@ class UNet(nn.Module):
         for up, merge, skip in zip(self.up, self.merge, reversed(skips[:-1]), strict=True):
             x = merge(torch.cat([up(x), skip], dim=1))
         return self.head(x)[..., :height, :width]
-
-
-def dice_ce_loss(
-    logits: torch.Tensor, target: torch.Tensor, ignore_index: int = 255, dice_weight: float = 1.0
-) -> torch.Tensor:
-    """Cross-entropy plus ``dice_weight`` x (1 - soft Dice over the classes present), pixels at
-    ``ignore_index`` left out of both: CE learns every pixel, Dice keeps small classes from
-    drowning in the background.
-
-    ``logits``: (B, C, H, W); ``target``: (B, H, W) class ids.
-    """
-    target = target.long()
-    ce = F.cross_entropy(logits, target, ignore_index=ignore_index)
-    if not dice_weight:
-        return ce
-    valid = (target != ignore_index).unsqueeze(1)  # (B, 1, H, W)
-    probabilities = logits.float().softmax(dim=1) * valid
-    one_hot = F.one_hot(target.clamp(0, logits.shape[1] - 1), logits.shape[1]).permute(0, 3, 1, 2)
-    one_hot = one_hot * valid
-    overlap = (probabilities * one_hot).sum(dim=(0, 2, 3))
-    sizes = probabilities.sum(dim=(0, 2, 3)) + one_hot.sum(dim=(0, 2, 3))
-    present = one_hot.sum(dim=(0, 2, 3)) > 0
-    dice = (2 * overlap + 1.0) / (sizes + 1.0)  # +1: smooth where a class is tiny
-    return ce + dice_weight * (1.0 - dice[present].mean())

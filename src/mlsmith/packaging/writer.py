@@ -129,6 +129,11 @@ def package_unsupported(model: Model) -> str | None:
     a booster's own file, and converting arbitrary estimators to ONNX needs skl2onnx, which is
     not a dependency (and converts only some estimators).
     """
+    if model.task.kind in ("segmentation", "detection"):
+        return (
+            f"a {model.task.kind} model has no package yet; the run itself is complete, and "
+            "`mlsmith predict` and `mlsmith evaluate` use its model"
+        )
     if _is_network(model) or model.family in BOOSTERS:
         return None
     return (

@@ -55,6 +55,7 @@ def metric_rows(record: RunRecord) -> list[tuple[str, str, str, str]]:
         (split, name, format_number(entry.get("value")), format_ci(entry))
         for split in order
         for name, entry in record.metrics[split].items()
+        if isinstance(entry, dict) and "value" in entry  # not a per-class block
     ]
 
 

@@ -234,6 +234,8 @@ def _evaluation(record: RunRecord) -> str:
         if grid.is_file():
             curves.append(Plot("Test images", grid.read_bytes(), wide=True))
         return figures(curves) + "<h3>Per-class metrics (test split)</h3>" + _per_class(record)
+    if record.task in ("segmentation", "detection"):
+        return _scene_evaluation(record)
     if record.task == "ranking":
         target = record.config.data.target
         k = max(record.config.eval.ndcg_at)
@@ -267,6 +269,37 @@ def _evaluation(record: RunRecord) -> str:
             ]
         )
     return missing("Test-split predictions")
+
+
+def _scene_evaluation(record: RunRecord) -> str:
+    """Validation images with true and predicted boxes or masks, detection's precision-recall
+    curves, and the per-class metrics of the held-out split."""
+    from mlsmith.reports import scene_plots
+
+    plots = [
+        Plot(title, (record.path / name).read_bytes(), wide=wide)
+        for title, name, wide in (
+            ("Precision-recall curves", scene_plots.PR_FILE, False),
+            ("Validation images", scene_plots.GRID_FILE, True),
+        )
+        if (record.path / name).is_file()
+    ]
+    split = "test" if "test" in record.metrics else "val"
+    per_class = (record.metrics.get(split) or {}).get("per_class") or {}
+    columns = list(dict.fromkeys(key for values in per_class.values() for key in values))
+    table = (
+        html_table(
+            ["class", *columns],
+            [
+                (name, *(format_number(values.get(c)) for c in columns))
+                for name, values in per_class.items()
+            ],
+            numeric=tuple(range(1, len(columns) + 1)),
+        )
+        if per_class
+        else missing("Per-class metrics")
+    )
+    return (figures(plots) if plots else "") + f"<h3>Per-class metrics ({split} split)</h3>" + table
 
 
 def _confusion_plot(record: RunRecord) -> bytes | None:

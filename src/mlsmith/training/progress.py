@@ -21,6 +21,8 @@ LINE_KEYS = (
     "val/f1_macro",
     "val/rmse",
     "val/r2",
+    "val/miou",
+    "val/map_50",
 )
 
 

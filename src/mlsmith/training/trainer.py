@@ -273,6 +273,7 @@ class Trainer:
                     "epoch": state.epoch + 1,
                     "step": state.global_step,
                     "train/loss": train_loss,
+                    **network_epoch_metrics(model),
                     **self.validate(evaluated, val, objective),
                     "lr": self._lr,
                     "samples_per_s": epoch_samples / max(train_time, 1e-9),
@@ -285,7 +286,11 @@ class Trainer:
                 # share): the next epoch's order comes from rank 0's generator on every rank.
                 state.end_epoch(row, next_rng=distributed.broadcast(train.generator.get_state()))
 
-                observation = overfit.update(state.epoch, train_loss, row["val/loss"])
+                observation = (
+                    overfit.update(state.epoch, train_loss, row["val/loss"])
+                    if "val/loss" in row
+                    else None
+                )
                 if observation:
                     log.warning("epoch %d: %s", state.epoch, observation)
                     state.observations.append(f"epoch {state.epoch}: {observation}")
@@ -405,7 +410,9 @@ class Trainer:
         With several processes each predicts its share and the metrics are computed over the
         whole split, gathered, on every rank (they decide early stopping and the best epoch).
         """
-        raw, loss = predict_raw(model, batches, self.precision.autocast, objective)
+        raw, loss = predict_raw(
+            model, batches, self.precision.autocast, objective, getattr(objective, "compact", None)
+        )
         if self.world.active:
             raw = distributed.gather_rows(raw, self.world)
             positions = [np.arange(lo, hi) for lo, hi in batches.step_plan(1)]
@@ -414,6 +421,8 @@ class Trainer:
             loss = distributed.all_sum([loss], self.world)[0]  # each a share of the total
         decoded = objective.decode(raw)
         metrics = objective.metrics(objective.truth(batches.target.cpu().numpy()), decoded)
+        if not getattr(objective, "validation_loss", True):  # a detector's outputs give none
+            return {f"val/{k}": v for k, v in metrics.items()}
         return {"val/loss": loss, **{f"val/{k}": v for k, v in metrics.items()}}
 
     # --- checkpoints --------------------------------------------------------------------------
@@ -588,7 +597,8 @@ class Trainer:
         )
 
     def _check_monitors(self, objective: Objective) -> None:
-        known = ["train/loss", "val/loss", *(f"val/{m}" for m in objective.metric_names)]
+        val_loss = ["val/loss"] if getattr(objective, "validation_loss", True) else []
+        known = ["train/loss", *val_loss, *(f"val/{m}" for m in objective.metric_names)]
         for key, name in (
             ("train.checkpoint.monitor", self.config.checkpoint.monitor),
             ("train.early_stopping.monitor", self.config.early_stopping.monitor),
@@ -598,6 +608,15 @@ class Trainer:
                     f"{key}: unknown metric '{name}'{did_you_mean(name, known)}; "
                     f"available: {', '.join(known)}"
                 )
+
+
+def network_epoch_metrics(model: torch.nn.Module) -> dict[str, float]:
+    """What the network itself measured over the epoch's training steps, e.g. a detector's
+    loss components (its ``epoch_metrics()``, which also starts the next epoch's count)."""
+    network = getattr(model, "module", model)  # under DDP
+    network = getattr(network, "_orig_mod", network)  # under torch.compile
+    report = getattr(network, "epoch_metrics", None)
+    return dict(report()) if callable(report) else {}
 
 
 class Stateful(Protocol):
@@ -613,11 +632,13 @@ def predict_raw(
     batches: TensorBatches,
     autocast: Callable[[], AbstractContextManager[Any]] | None = None,
     objective: Objective | None = None,
+    keep: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[np.ndarray, float]:
     """Raw outputs for every row of ``batches`` as a float32 array, and the mean loss if asked.
 
     Inputs move to the model's device and outputs back to the CPU batch by batch, so a large
-    evaluation set never has to fit on the device at once.
+    evaluation set never has to fit on the device at once. ``keep``: what to keep of each
+    batch's outputs instead (a segmentation keeps each pixel's class, not its logits).
     """
     model.eval()
     device = next(model.parameters()).device
@@ -631,6 +652,6 @@ def predict_raw(
                 output = model(**inputs)
             if objective is not None and len(target):  # a rank's share may be empty
                 loss_sum += objective.loss(output, target).double().cpu() * len(target)
-            chunks.append(output.float().cpu().numpy())
+            chunks.append((keep(output) if keep else output.float()).cpu().numpy())
     raw = np.concatenate(chunks) if chunks else np.zeros((0, 1), dtype=np.float32)
     return raw, float(loss_sum) / max(len(batches), 1)  # len() counts samples
