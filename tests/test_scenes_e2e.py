@@ -103,6 +103,21 @@ def test_segmentation_cli_train_evaluate_predict(
     result = cli("predict", run_dir, "--input", shapes / "images", "--output", tmp_path / "m.csv")
     assert result.code == 2 and "folder" in result.stderr
 
+    # ONNX: uint8 canvas images in, logits out, checked against the torch network.
+    result = cli("export", run_dir)
+    assert result.code == 0, result.stderr
+    assert "pixel classes agree 100.00%" in result.stderr
+    record = json.loads((run_dir / "package" / "export.json").read_text())["formats"]["onnx"]
+    assert record["max_abs_diff"] <= 1e-5 and record["check_images"] > 0
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(run_dir / "package" / "model.onnx"))
+    pixels = run.preprocessor.transform(frame.head(1))["image"]
+    (logits,) = session.run(None, {"image": pixels})
+    assert np.array_equal(logits[0].argmax(axis=0), mask)
+    result = cli("export", run_dir, "--dockerfile")
+    assert result.code == 2 and "not served yet" in result.stderr
+
 
 def test_images_of_different_sizes_share_a_canvas_and_map_back(
     cli: Callable[..., CliResult], shapes: Path, tmp_path: Path

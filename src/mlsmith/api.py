@@ -323,6 +323,11 @@ def export(
     from mlsmith import pipeline
 
     target = run if isinstance(run, Run) else load_run(run)
+    if dockerfile and target.config.data.type in ("segmentation", "detection"):
+        raise ConfigError(
+            f"--dockerfile: a {target.config.data.type} package is not served yet; export "
+            "writes its ONNX network without a server"
+        )
     result = pipeline.export_run(
         target,
         formats=formats,

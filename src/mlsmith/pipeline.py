@@ -825,6 +825,19 @@ def export_run(
             f"{run.path}: the run is {run.info.get('status')}, not finished; "
             "export packages a finished run's best model"
         )
+    if cfg.data.type in SCENE_KINDS:
+        from mlsmith.packaging.scenes import export_scene_run
+
+        if quantize or prune or (formats and list(formats) != ["onnx"]):
+            raise ConfigError(
+                f"--format, --quantize and --prune: a {cfg.data.type} run exports its network "
+                "to ONNX as trained; leave them out (or give --format onnx)"
+            )
+        return export_scene_run(
+            run,
+            tolerance=tolerance if tolerance is not None else cfg.export.tolerance,
+            output=Path(output) if output else run.path / "package",
+        )
     options = {
         "formats": list(formats) if formats else None,
         "tolerance": tolerance,

@@ -131,7 +131,8 @@ def data_result(data: PreparedData) -> CheckResult:
     summary = data.summary
     rows = summary.get("rows", {})
     total = sum(rows.values()) if rows else len(data.train) + len(data.val)
-    parts = [f"{summary.get('source', 'data')}: {total:,} rows"]
+    unit = "images" if summary.get("task") in ("segmentation", "detection") else "rows"
+    parts = [f"{summary.get('source', 'data')}: {total:,} {unit}"]
     if "numeric" in summary:
         parts.append(
             f"{len(summary['numeric'])} numeric + {len(summary['categorical'])} categorical "

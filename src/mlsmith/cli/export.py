@@ -83,6 +83,17 @@ def command(
         )
         _written(result, output or Path(run) / "package")
         return
+    if result.get("task") in ("segmentation", "detection"):
+        onnx = result["formats"]["onnx"]
+        agreement = onnx.get("pixel_agreement")
+        typer.echo(
+            f"{result['task']} network of {run} in ONNX: max |diff| of the {onnx['compared']} "
+            f"{onnx['max_abs_diff']:.2g} on {onnx['check_images']} held-out images"
+            + (f", pixel classes agree {agreement:.2%}" if agreement is not None else ""),
+            err=True,
+        )
+        _written(result, output or Path(run) / "package")
+        return
     table = Table(title=f"package of {run} (serves {result['serves']})")
     for column in (
         "format",

@@ -51,19 +51,23 @@ def _family_defaults(raw: Any) -> Any:
     return {**raw, "train": train}
 
 
-def _monitor_defaults(raw: Any) -> Any:
+def _kind_defaults(raw: Any) -> Any:
     """Give ``train.checkpoint.monitor`` and ``train.early_stopping.monitor`` the data kind's
-    own metric (val/miou, val/map_50) where the config names none."""
+    own metric (val/miou, val/map_50), and the batch sizes its own defaults, where the config
+    sets none."""
     if not isinstance(raw, dict) or not isinstance(raw.get("data"), dict):
         return raw
     kind = KINDS.get(raw["data"].get("type", "tabular"))
     train = raw.get("train", {})
-    if kind is None or kind.monitor is None or not isinstance(train, dict):
+    if kind is None or not isinstance(train, dict):
         return raw
-    for section in ("checkpoint", "early_stopping"):
-        given = train.get(section, {})
-        if isinstance(given, dict) and "monitor" not in given:
-            train = {**train, section: {**given, "monitor": kind.monitor}}
+    if kind.monitor is not None:
+        for section in ("checkpoint", "early_stopping"):
+            given = train.get(section, {})
+            if isinstance(given, dict) and "monitor" not in given:
+                train = {**train, section: {**given, "monitor": kind.monitor}}
+    if kind.batch_size is not None:
+        train = {"batch_size": kind.batch_size, "eval_batch_size": 4 * kind.batch_size, **train}
     return {**raw, "train": train}
 
 
@@ -100,7 +104,7 @@ class Config(Section):
                 # rounds than a table's LightGBM (chosen with bench/forecast.py); its strategy
                 # is chosen per fit on the history's last horizons.
                 raw = {**raw, "model": {**GLOBAL_TREE_DEFAULTS, **model}}
-        return _monitor_defaults(_family_defaults(raw))
+        return _kind_defaults(_family_defaults(raw))
 
     @model_validator(mode="after")
     def _model_fits_data(self) -> Config:

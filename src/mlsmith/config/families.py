@@ -80,6 +80,9 @@ class DataKind:
     monitor: str | None = None
     """The metric that picks ``best.pt`` and stops training early when the config names none
     (``val/loss`` otherwise)."""
+    batch_size: int | None = None
+    """The kind's own ``train.batch_size`` default (and 4x that for ``eval_batch_size``), where
+    rows' 128 and 1024 are not right: a scene image costs as much as thousands of rows."""
 
 
 # model.type -> family. Error messages list the families in this order.
@@ -205,6 +208,7 @@ KINDS: dict[str, DataKind] = {
         module="mlsmith.data.segmentation",
         packages=("torchvision", "pillow"),
         monitor="val/miou",
+        batch_size=16,
     ),
     "detection": DataKind(
         DetectionDataConfig,
@@ -212,6 +216,7 @@ KINDS: dict[str, DataKind] = {
         module="mlsmith.data.detection",
         packages=("torchvision", "pillow", "pycocotools"),
         monitor="val/map_50",
+        batch_size=16,
     ),
 }
 

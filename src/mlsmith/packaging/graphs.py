@@ -69,7 +69,7 @@ def inference_graph(network: torch.nn.Module, preprocessor: Preprocessor) -> tor
         return TabularGraph(network).eval()
     if kind == "text":
         return TextGraph(network).eval()
-    if kind == "image":
+    if kind in ("image", "segmentation", "detection"):
         mean, std = preprocessor.mean, preprocessor.std  # type: ignore[attr-defined]
         return ImageGraph(network, mean, std).eval()
     raise ValueError(f"no exportable graph for data kind '{kind}'")
