@@ -312,6 +312,18 @@ def test_detection_api_and_cli_train_evaluate_predict(
     assert result.code == 0, result.stderr
     assert json.loads(result.stdout)["test"] == test
 
+    # ONNX (one image per call): the same detections as predict, image 0 on its own canvas.
+    result = cli("export", run.path)
+    assert result.code == 0, result.stderr
+    record = json.loads((run.path / "package" / "export.json").read_text())["formats"]["onnx"]
+    assert record["batch"] == 1 and record["max_abs_diff"] <= record["tolerance"]
+    import onnxruntime
+
+    session = onnxruntime.InferenceSession(str(run.path / "package" / "model.onnx"))
+    (raw,) = session.run(None, {"image": run.preprocessor.transform(frame.head(1))["image"]})
+    kept = raw[0][raw[0][:, 5] > 0]
+    np.testing.assert_allclose(kept[:, 4], expected["score"], atol=1e-4)
+
 
 @pytest.mark.parametrize(
     ("change", "expected"),
