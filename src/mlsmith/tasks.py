@@ -73,6 +73,10 @@ class Task(ABC):
     def builtin_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """The task's own loss, averaged over the batch."""
 
+    def output_shape(self, inputs: dict[str, torch.Tensor], batch_size: int) -> tuple[int, ...]:
+        """The shape of the network's raw outputs for a training batch."""
+        return (batch_size, self.n_outputs)
+
     @abstractmethod
     def decode(self, raw: np.ndarray) -> np.ndarray:
         """Raw model outputs (n, n_outputs) to probabilities (n, C) or values (n,)."""

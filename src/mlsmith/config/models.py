@@ -268,11 +268,6 @@ class DetectorConfig(Section):
     losses, logged per component."""
 
     backbone: str = Field("mobilenet_v3_large", description="the feature extractor")
-    pretrained: bool = Field(
-        False,
-        description="start from the backbone's ImageNet weights, read from the local torch "
-        "cache (nothing is downloaded)",
-    )
     min_score: float = Field(
         0.05, ge=0.0, lt=1.0, description="detections scoring below this are dropped"
     )
