@@ -141,13 +141,22 @@ def test_images_of_different_sizes_share_a_canvas_and_map_back(
     assert np.asarray(Image.open(out / "0000.png")).shape == (24, 28)
     assert np.asarray(Image.open(out / "0001.png")).shape == (32, 32)
 
-    # data.image_size scales every image onto a square canvas; predictions map back.
+    # data.image_size scales every image onto a square canvas (masks with nearest-neighbour,
+    # padding ignored), and a predicted canvas mask maps back to the image's own pixels.
+    from mlsmith import families
+    from mlsmith.runtime.scenes import IGNORE_INDEX, unplace_mask
+
     config["data"]["image_size"] = 16
-    result = cli("train", write(tmp_path / "small.yaml", config), "--no-progress")
-    assert result.code == 0, result.stderr
-    run_dir = Path(result.stdout.strip().splitlines()[-1])
-    assert cli("predict", run_dir, "-i", root / "images", "-o", tmp_path / "o2").code == 0
-    assert np.asarray(Image.open(tmp_path / "o2" / "0000.png")).shape == (24, 28)
+    prepared = families.data_kind("segmentation").prepare(mlsmith.load_config(config))
+    state = prepared.preprocessor.to_dict()
+    assert (state["height"], state["width"], state["fixed"]) == (16, 16, True)
+    split = prepared.train
+    cut = np.flatnonzero(split.inputs["geometry"][:, 0] == 24)[0]
+    height, width, scale = split.inputs["geometry"][cut]
+    assert (height, width) == (24, 28) and scale == pytest.approx(16 / 28)
+    mask = split.target[cut]
+    assert (mask[14:] == IGNORE_INDEX).all() and (mask[:13] != IGNORE_INDEX).all()
+    assert unplace_mask(mask, split.inputs["geometry"][cut]).shape == (24, 28)
 
 
 @pytest.mark.parametrize(
