@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
+# Set before torch loads OpenMP (and inherited by the CLI processes tests start): with two
+# xdist workers on two cores, OpenMP threads that spin while waiting for a core slowed torch
+# tests 2.5-4x; passive threads sleep instead.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path

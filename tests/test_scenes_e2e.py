@@ -71,6 +71,10 @@ def test_segmentation_cli_train_evaluate_predict(
         low, high = test[key]["ci95"]
         assert low <= test[key]["value"] <= high
     assert list(test["per_class"]) == SEG_CLASSES
+    state = json.loads((run_dir / "preprocessing.json").read_text())
+    frequencies = state["class_frequencies"]  # of the training masks' labelled pixels
+    assert len(frequencies) == 4 and sum(frequencies) == pytest.approx(1.0)
+    assert frequencies[0] > 0.5  # mostly background
     rows = history(run_dir)
     assert {"val/miou", "val/dice", "val/loss"} <= set(rows.columns)
     # The best checkpoint is picked on val/miou, the data kind's default.
@@ -339,7 +343,7 @@ def test_detection_api_and_cli_train_evaluate_predict(
     [
         ("no annotations", "annotations file not found"),
         ("monitor", "unknown metric 'val/loss'"),
-        ("segmentation model", "use one of: fasterrcnn, retinanet, fcos"),
+        ("segmentation model", "use one of: fcos, fasterrcnn, retinanet"),
     ],
 )
 def test_bad_detection_config_exit_2(

@@ -67,3 +67,12 @@ def test_one_batch_of_shapes_is_learnt() -> None:
     with torch.no_grad():
         accuracy = (net(images).argmax(1) == masks).float().mean().item()
     assert accuracy > 0.95
+
+
+def test_the_head_can_start_at_the_class_frequencies() -> None:
+    net = UNet(3, 3, (4, 8), class_frequencies=[0.8, 0.2, 0.0])
+    # Each class's logit starts at its log frequency (an absent class at a floor, not -inf).
+    expected = torch.tensor([0.8, 0.2, 1e-4]).div(1.0001).log()
+    torch.testing.assert_close(net.head.bias.detach(), expected)
+    probabilities = net(torch.zeros(1, 3, 8, 8)).softmax(dim=1)[0, :, 0, 0]
+    torch.testing.assert_close(probabilities, torch.tensor([0.8, 0.2, 0.0]), atol=0.02, rtol=0)

@@ -203,9 +203,22 @@ def initial_loss(
         detail = f"{loss:.3f} (a detector's summed losses have no fixed reference)"
         return CheckResult("model", "initial loss", "pass", detail)
     elif task.kind == "segmentation":
+        # A network may start at equal logits (torchvision's) or at the class frequencies
+        # (the UNet): either loss is a sound start.
         with torch.no_grad():
-            expected = float(task.loss(torch.zeros_like(output, dtype=torch.float32), target))
-        reference = f"{expected:.3f} (the loss of uniform predictions)"
+            uniform = float(task.loss(torch.zeros_like(output, dtype=torch.float32), target))
+            labelled = target[target != 255].long().flatten()
+            counts = torch.bincount(labelled, minlength=output.shape[1]).float() + 1.0
+            prior = (counts / counts.sum()).log().view(1, -1, 1, 1).expand_as(output)
+            frequent = float(task.loss(prior.contiguous(), target))
+        low, high = LOSS_BAND
+        detail = (
+            f"{loss:.3f}, expected about {uniform:.3f} (uniform predictions) or {frequent:.3f} "
+            "(the batch's class frequencies)"
+        )
+        if low * min(uniform, frequent) <= loss <= high * max(uniform, frequent):
+            return CheckResult("model", "initial loss", "pass", detail)
+        return CheckResult("model", "initial loss", "warn", f"{detail}; check the last layer")
     elif task.kind == "ranking":
         # Equal scores: each list's softmax is uniform, the listwise loss about ln(items).
         with torch.no_grad():

@@ -172,18 +172,21 @@ FAMILIES: dict[str, ModelFamily] = {
         data=("detection",),
         implementation="mlsmith.models.detection:FasterRCNNModel",
         packages=("torchvision",),
+        lr=3e-3,
     ),
     "retinanet": ModelFamily(
         RetinaNetConfig,
         data=("detection",),
         implementation="mlsmith.models.detection:RetinaNetModel",
         packages=("torchvision",),
+        lr=3e-3,
     ),
     "fcos": ModelFamily(
         FCOSConfig,
         data=("detection",),
         implementation="mlsmith.models.detection:FCOSModel",
         packages=("torchvision",),
+        lr=3e-3,
     ),
 }
 
@@ -212,11 +215,11 @@ KINDS: dict[str, DataKind] = {
     ),
     "detection": DataKind(
         DetectionDataConfig,
-        default_model="fasterrcnn",
+        default_model="fcos",
         module="mlsmith.data.detection",
         packages=("torchvision", "pillow", "pycocotools"),
         monitor="val/map_50",
-        batch_size=16,
+        batch_size=8,
     ),
 }
 

@@ -267,7 +267,11 @@ class DetectorConfig(Section):
     """What torchvision's detectors share (``data.type: detection``); each computes its own
     losses, logged per component."""
 
-    backbone: str = Field("mobilenet_v3_large", description="the feature extractor")
+    backbone: str = Field(
+        "small",
+        description="the feature extractor: small (a from-scratch CNN for CPUs), "
+        "mobilenet_v3_large, mobilenet_v3_small, resnet18, resnet34 or resnet50",
+    )
     min_score: float = Field(
         0.05, ge=0.0, lt=1.0, description="detections scoring below this are dropped"
     )

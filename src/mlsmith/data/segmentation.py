@@ -37,7 +37,7 @@ from mlsmith.data.scenes import (
 from mlsmith.data.splits import split_frames
 from mlsmith.errors import DataError
 from mlsmith.runtime.images import fit_image, parallel_map
-from mlsmith.runtime.scenes import place_mask
+from mlsmith.runtime.scenes import IGNORE_INDEX, place_mask
 from mlsmith.vision_tasks import SegmentationTask
 
 if TYPE_CHECKING:
@@ -55,9 +55,17 @@ class SegmentationPreprocessor(ScenePreprocessor):
 
     kind = "segmentation"
 
-    def __init__(self, *, colours: list[list[int]] | None = None, **fitted: Any) -> None:
+    def __init__(
+        self,
+        *,
+        colours: list[list[int]] | None = None,
+        class_frequencies: list[float] | None = None,
+        **fitted: Any,
+    ) -> None:
         super().__init__(**fitted)
         self.colours = [list(c) for c in colours] if colours is not None else None
+        # Each class's share of the labelled training pixels (the UNet's head starts there).
+        self.class_frequencies = class_frequencies
 
     def encode_targets(self, frame: pd.DataFrame, geometry: np.ndarray, source: str) -> np.ndarray:
         """Each row's mask (the ``mask`` column's file) on the canvas: uint8 (N, H, W)."""
@@ -84,7 +92,14 @@ class SegmentationPreprocessor(ScenePreprocessor):
         return np.stack(masks)
 
     def fitted_state(self) -> dict[str, Any]:
-        return {**super().fitted_state(), "colours": self.colours}
+        return {
+            **super().fitted_state(),
+            "colours": self.colours,
+            "class_frequencies": self.class_frequencies,
+        }
+
+    def model_inputs(self) -> dict[str, Any]:
+        return {**super().model_inputs(), "class_frequencies": self.class_frequencies}
 
 
 def load_preprocessor(directory: Path) -> SegmentationPreprocessor:
@@ -141,6 +156,13 @@ def prepare(
         )
         placed = preprocessor.place(images)
     masks = preprocessor.encode_targets(frame, placed[GEOMETRY], data.masks)
+    if preprocessor.class_frequencies is None:
+        train_masks = masks[parts.indices.train]
+        pixels = np.bincount(
+            train_masks[train_masks != IGNORE_INDEX].ravel(),
+            minlength=len(preprocessor.task.classes),
+        )
+        preprocessor.class_frequencies = (pixels / max(int(pixels.sum()), 1)).tolist()
 
     def split(rows: np.ndarray) -> Split:
         return Split({k: v[rows] for k, v in placed.items()}, masks[rows])

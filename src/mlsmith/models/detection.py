@@ -83,8 +83,8 @@ def _conv_bn_relu(in_channels: int, out_channels: int, stride: int = 1) -> list[
 def small_backbone(channels: int, widths: tuple[int, ...] = SMALL_WIDTHS) -> nn.Sequential:
     """The from-scratch backbone: stage ``i`` (a child named ``str(i)``) has stride ``2**(i+1)``.
 
-    The first stage is one strided convolution, the others two: at full resolution a second
-    one would cost as much as two later stages and it is the later ones the detector reads."""
+    The first stage is one strided convolution, the others two: at stride 2 a second one would
+    cost two thirds of the whole stride-8 stage, for features no pyramid level reads."""
     stages = [nn.Sequential(*_conv_bn_relu(channels, widths[0], 2))]
     width = widths[0]
     for stage in widths[1:]:
@@ -212,7 +212,8 @@ class DetectionNet(nn.Module):
     ``arch``: ``fasterrcnn | retinanet | fcos``; ``backbone``: one of ``BACKBONES``;
     ``image_size``: (H, W) of the batches; ``channels``: 1 or 3. ``strides``, ``anchor_sizes``:
     see the module (None: fitted to ``image_size``); ``score_threshold`` and ``nms_threshold``:
-    what detections are kept in eval mode, at most ``max_detections`` an image.
+    what detections are kept in eval mode, at most ``max_detections`` an image (``boxes``
+    are not read there: torchvision's detectors compute no loss in eval mode).
     """
 
     last_losses: dict[str, torch.Tensor]
@@ -262,6 +263,8 @@ class DetectionNet(nn.Module):
             extra = LastLevelMaxPool()
             levels = len(strides) + 1
         body = build_backbone(backbone, channels, strides, fpn_channels, extra)
+        if arch == "fcos" and anchor_sizes is not None:
+            raise ConfigError("model.anchor_sizes: FCOS has no anchors (see model.strides)")
         sizes = anchor_sizes or default_anchor_sizes(self.image_size, levels)
         if arch != "fcos" and len(sizes) != levels:
             raise ConfigError(

@@ -25,7 +25,12 @@ class UNetModel(NeuralModel):
         if not isinstance(cfg, UNetConfig):  # mlsmith.families routes by model.type
             raise TypeError(f"UNetModel got a model section of type '{cfg.type}'")
         spec = self.preprocessor.model_inputs()
-        return UNet(spec["channels"], self.task.n_outputs, tuple(cfg.widths))
+        return UNet(
+            spec["channels"],
+            self.task.n_outputs,
+            tuple(cfg.widths),
+            class_frequencies=spec.get("class_frequencies"),
+        )
 
 
 class TorchvisionSegmentationNet(nn.Module):
