@@ -20,10 +20,10 @@ a 95% bootstrap interval over them) and the 80% intervals' coverage: StatsForeca
 intervals, or for the others the conformal intervals from the errors of the earlier windows and
 of up to 3 calibration windows before the first (so every window has them). ``lightgbm`` is
 the global gradient-boosted forecaster (``model.type: lightgbm``: one model per window over
-every series' history up to it, its default ``model.strategy: auto`` choosing direct or recursive
-per window on that history's last horizons), ``lightgbm_direct`` and ``lightgbm_recursive`` the
-same with ``model.strategy: direct`` or ``recursive``; ``mlp`` the global windowed MLP trained
-by the Trainer (``model.type: mlp``).
+every series' history up to it, its default ``model.strategy: combined`` averaging the direct
+and the recursive forecasts), ``lightgbm_direct`` and ``lightgbm_recursive`` the same with
+``model.strategy: direct`` or ``recursive``; ``mlp`` the global windowed MLP trained by the
+Trainer (``model.type: mlp``).
 """
 
 from __future__ import annotations
@@ -72,7 +72,7 @@ def datasets() -> list[Dataset]:
 
 
 # lightgbm_direct, lightgbm_recursive: model.type lightgbm with model.strategy direct (every
-# step at once) or recursive (one step at a time) rather than its default, auto.
+# step at once) or recursive (one step at a time) rather than its default, combined.
 MODELS = (
     *BASELINES,
     *STATISTICAL_MODELS,

@@ -57,12 +57,37 @@ def test_too_short_histories_and_an_unfitted_model_are_refused() -> None:
         GlobalTreeForecaster(3).predict(np.arange(10.0))
 
 
+def test_combined_the_default_forecasts_the_mean_of_direct_and_recursive() -> None:
+    """``strategy: combined`` (the default) fits both strategies' boosters and averages their
+    forecasts: exactly the mean of what each alone forecasts; with past covariates, which a
+    recursive forecast cannot read ahead, it fits direct alone."""
+    from mlsmith.runtime.series import Covariates
+
+    histories = [trending_seasonal(84, seed) for seed in range(3)]
+    combined = GlobalTreeForecaster(6, 12, n_estimators=40, bags=2).fit(histories)
+    assert combined.strategy == "combined" and combined.chosen == "combined"
+    assert len(combined._models) == 4  # two direct boosters, then two recursive
+    alone = {
+        strategy: GlobalTreeForecaster(6, 12, n_estimators=40, bags=2, strategy=strategy).fit(
+            histories
+        )
+        for strategy in ("direct", "recursive")
+    }
+    for y in histories:
+        direct, recursive = alone["direct"].predict(y), alone["recursive"].predict(y)
+        assert not np.allclose(direct, recursive)
+        np.testing.assert_allclose(combined.predict(y), (direct + recursive) / 2)
+    past = [Covariates(np.zeros((84 + 6, 0)), np.ones((84, 1))) for _ in histories]
+    model = GlobalTreeForecaster(6, 12, n_estimators=20, bags=1).fit(histories, past)
+    assert model.chosen == "direct" and len(model._models) == 1
+
+
 def test_auto_fits_the_strategy_that_forecasts_the_last_horizons_better() -> None:
-    """``strategy: auto`` (the default) scores both strategies on the histories' last two
-    horizons, fitted on what comes before them, then fits the winner on the whole histories:
-    the very model that strategy would have fitted."""
+    """``strategy: auto`` scores both strategies on the histories' last two horizons, fitted on
+    what comes before them, then fits the winner on the whole histories: the very model that
+    strategy would have fitted."""
     histories = [trending_seasonal(84, seed) for seed in range(4)]
-    auto = GlobalTreeForecaster(6, 12, n_estimators=40, bags=2).fit(histories)
+    auto = GlobalTreeForecaster(6, 12, n_estimators=40, bags=2, strategy="auto").fit(histories)
     assert auto.strategy == "auto" and set(auto.validation) == {"direct", "recursive"}
     assert all(np.isfinite(v) and v > 0 for v in auto.validation.values())
     assert auto.chosen == min(auto.validation, key=lambda k: auto.validation[k])
@@ -75,12 +100,13 @@ def test_auto_fits_the_strategy_that_forecasts_the_last_horizons_better() -> Non
 def test_auto_without_two_horizons_to_hold_out_or_with_past_covariates_is_direct() -> None:
     from mlsmith.runtime.series import Covariates
 
-    short = [trending_seasonal(36, seed) for seed in range(3)]  # 36 - 12 < 24 lags + 2
-    model = GlobalTreeForecaster(6, 12, n_estimators=20, bags=1).fit(short)
+    short = [trending_seasonal(48, seed) for seed in range(3)]  # 48 - 12 < 36 lags + 2
+    model = GlobalTreeForecaster(6, 12, n_estimators=20, bags=1, strategy="auto").fit(short)
     assert model.chosen == "direct" and model.validation == {}
     histories = [trending_seasonal(84, seed) for seed in range(2)]
     past = [Covariates(np.zeros((84 + 6, 0)), np.ones((84, 1))) for _ in histories]
-    model = GlobalTreeForecaster(6, 12, n_estimators=20, bags=1).fit(histories, past)
+    model = GlobalTreeForecaster(6, 12, n_estimators=20, bags=1, strategy="auto")
+    model.fit(histories, past)
     assert model.chosen == "direct" and model.validation == {}
     with pytest.raises(ValueError, match="unknown strategy 'sideways'"):
         GlobalTreeForecaster(6, 12, strategy="sideways").fit(histories)

@@ -355,17 +355,51 @@ def test_the_recursive_strategy_forecasts_step_by_step_end_to_end(tmp_path: Path
     assert result.code == 2 and "model.strategy: applies to forecasting" in result.stderr
 
 
-def test_the_auto_strategy_is_the_default_and_the_package_runs_its_choice(
+def test_the_combined_strategy_is_the_default_and_the_package_forecasts_as_the_tree(
+    tmp_path: Path,
+) -> None:
+    """On time series the tree's default strategy is combined: the saved forecaster keeps the
+    direct boosters and then the recursive ones, and the package forecasts exactly what the
+    fitted tree does (the mean of both strategies)."""
+    from mlsmith.config import load_config
+    from mlsmith.forecasting.global_trees import GlobalTreeForecaster
+    from mlsmith.runtime.forecaster import season_offsets
+
+    config = forecast_config(tmp_path)
+    config["model"] = {"type": "lightgbm", "n_estimators": 40}
+    assert load_config(config).model.strategy == "combined"  # type: ignore[union-attr]
+    run = mlsmith.train(config)
+    spec = json.loads((run.path / "forecaster" / "forecaster.json").read_text())
+    assert spec["strategy"] == "combined" and spec["bags"] == 5
+    assert (run.path / "forecaster" / "model-9.txt").is_file()  # 5 direct, then 5 recursive
+    assert run.info["package"]["status"] == "written"
+    history = pd.read_csv(tmp_path / "sales.csv")
+    package = mlsmith.load_package(run.path)
+    assert isinstance(package, SavedForecaster)
+    series = package.read(history)
+    offsets = season_offsets(series)
+    tree = GlobalTreeForecaster(6, series.season_length, n_estimators=40, seed=0)
+    tree.fit(series.values, offsets=offsets)
+    expected = np.concatenate(
+        [tree.predict(y, offset=o) for y, o in zip(series.values, offsets, strict=True)]
+    )
+    out = package.predict(history, 6)
+    got = np.concatenate([out[out["id"] == name]["forecast"].to_numpy() for name in series.ids])
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+    # Beyond the trained horizon both halves go on from their own forecasts.
+    assert np.isfinite(package.predict(history, 9)["forecast"]).all()
+
+
+def test_the_auto_strategy_and_the_package_runs_its_choice(
     tmp_path: Path, cli: Any, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """On time series the tree's default strategy is auto; the forecaster saved after the
-    backtest records the strategy auto chose on the whole histories, and predict and the
-    package forecast with it."""
+    """With ``strategy: auto`` the forecaster saved after the backtest records the strategy
+    auto chose on the whole histories, and predict and the package forecast with it."""
     from mlsmith.config import load_config
     from mlsmith.forecasting.global_trees import GlobalTreeForecaster
 
     config = forecast_config(tmp_path)
-    config["model"] = {"type": "lightgbm", "n_estimators": 40}
+    config["model"] = {"type": "lightgbm", "n_estimators": 40, "strategy": "auto"}
     assert load_config(config).model.strategy == "auto"  # type: ignore[union-attr]
     # Make auto's choice recursive, whatever the validation says: the saved forecaster must
     # then forecast step by step (the first steps the same whatever the horizon).

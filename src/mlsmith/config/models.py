@@ -112,11 +112,12 @@ class LightGBMConfig(Section):
         50, ge=1, description="stop after this many rounds without a better val loss; null: off"
     )
     n_jobs: int | None = Field(None, ge=1, description="threads; default: every available core")
-    strategy: Literal["direct", "recursive", "auto"] = Field(
+    strategy: Literal["direct", "recursive", "combined", "auto"] = Field(
         "direct",
-        description="data.type timeseries only (where auto is the default): forecast every step "
-        "at once (direct), one step at a time from its own forecasts (recursive), or whichever "
-        "of the two forecasts the last horizons of the history better (auto)",
+        description="data.type timeseries only (where combined is the default): forecast every "
+        "step at once (direct), one step at a time from its own forecasts (recursive), the mean "
+        "of the two (combined), or whichever of the two forecasts the last horizons of the "
+        "history better (auto)",
     )
 
 

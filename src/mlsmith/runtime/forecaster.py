@@ -65,9 +65,10 @@ class ForecasterSpec:
     conformal: dict[str, list[float]] = field(default_factory=dict)
     lags: int = 0  # global models: values before the origin read as features
     bags: int = 1  # the tree: boosters averaged (model.txt, model-1.txt, ...)
-    # The tree: "direct" (every step at once, the step a feature) or "recursive" (one step at
-    # a time, each forecast read back as the last value): the one fitted (model.strategy auto
-    # records its choice).
+    # The tree: "direct" (every step at once, the step a feature), "recursive" (one step at
+    # a time, each forecast read back as the last value) or "combined" (the mean of the two:
+    # ``bags`` direct boosters, then ``bags`` recursive ones): the one fitted (model.strategy
+    # auto records its choice).
     strategy: str = "direct"
     # The MLP's input standardisation (empty: identity).
     mean: list[float] = field(default_factory=list)
@@ -110,9 +111,10 @@ class SavedForecaster:
             # The boosters themselves, on float64 rows as they were trained (the tabular engine's
             # float32 matrix could move a row across a split threshold).
             lightgbm = import_library("lightgbm", "trees", "A LightGBM forecaster")
+            parts = 2 if self.spec.strategy == "combined" else 1
             self.boosters = [
                 lightgbm.Booster(model_str=(self.directory / booster_file(bag)).read_text())
-                for bag in range(max(self.spec.bags, 1))
+                for bag in range(parts * max(self.spec.bags, 1))
             ]
         elif family == "mlp":
             self.engine = OnnxEngine(self.directory / NETWORK_FILE, providers=providers)
@@ -216,31 +218,86 @@ class SavedForecaster:
             if extra > 0:
                 padding = np.repeat(series.known[-1:], extra, axis=0)
                 series = Covariates(np.concatenate([series.known, padding]), series.past)
-        if spec.family == "lightgbm" and spec.strategy == "recursive":
-            if series is not None and series.past.shape[1]:
-                raise DataError(
-                    "a recursive forecast reads past covariates of periods not seen yet; "
-                    "forecast with the direct strategy to read past covariates"
+        if spec.family == "lightgbm":
+            # Combined: the direct boosters' forecast and the recursive ones', averaged.
+            parts = ("direct", "recursive") if spec.strategy == "combined" else (spec.strategy,)
+            per_part = len(self.boosters) // len(parts)
+            return np.asarray(
+                np.mean(
+                    [
+                        self._tree(
+                            self.boosters[k * per_part : (k + 1) * per_part],
+                            part == "recursive",
+                            y,
+                            steps,
+                            series,
+                            offset,
+                        )
+                        for k, part in enumerate(parts)
+                    ],
+                    axis=0,
                 )
-            return tree_forecast(
-                self._boosted,
-                y,
-                lags=spec.lags,
-                season_length=spec.season_length,
-                steps=steps,
-                recursive=True,
-                covariates=series,
-                offset=offset,
             )
+        return self._horizons(y, steps, series, offset, None)
+
+    def _tree(
+        self,
+        boosters: list[Any],
+        recursive: bool,
+        y: np.ndarray,
+        steps: int,
+        series: Covariates | None,
+        offset: int,
+    ) -> np.ndarray:
+        """The forecast of one strategy's ``boosters`` (their mean output)."""
+        spec = self.spec
+
+        def boosted(rows: np.ndarray) -> np.ndarray:
+            return np.asarray(
+                np.mean(
+                    [b.predict(rows, num_iteration=b.current_iteration()) for b in boosters],
+                    axis=0,
+                )
+            )
+
+        if not recursive:
+            return self._horizons(y, steps, series, offset, boosted)
+        if series is not None and series.past.shape[1]:
+            raise DataError(
+                "a recursive forecast reads past covariates of periods not seen yet; "
+                "forecast with the direct strategy to read past covariates"
+            )
+        return tree_forecast(
+            boosted,
+            y,
+            lags=spec.lags,
+            season_length=spec.season_length,
+            steps=steps,
+            recursive=True,
+            covariates=series,
+            offset=offset,
+        )
+
+    def _horizons(
+        self,
+        y: np.ndarray,
+        steps: int,
+        series: Covariates | None,
+        offset: int,
+        boosted: Callable[[np.ndarray], np.ndarray] | None,
+    ) -> np.ndarray:
+        """A direct forecast, a whole horizon at a time (beyond it, from its own forecast): by
+        the direct tree whose mean output is ``boosted``, else by the MLP."""
+        spec = self.spec
         history = y
         forecast: list[np.ndarray] = []
         while sum(len(f) for f in forecast) < steps:
             window = series
             if series is not None and len(history) > len(y):
                 window = Covariates(series.known, np.zeros((len(history), 0)))
-            if spec.family == "lightgbm":
+            if boosted is not None:
                 values = tree_forecast(
-                    self._boosted,
+                    boosted,
                     history,
                     lags=spec.lags,
                     season_length=spec.season_length,
@@ -266,12 +323,6 @@ class SavedForecaster:
             forecast.append(values)
             history = np.concatenate([history, values])
         return np.concatenate(forecast)[:steps]
-
-    def _boosted(self, rows: np.ndarray) -> np.ndarray:
-        """The boosters' mean output for ``rows``."""
-        return np.mean(
-            [b.predict(rows, num_iteration=b.current_iteration()) for b in self.boosters], axis=0
-        )
 
     def _reads(self, steps: int) -> int:
         """The periods ahead whose known covariates a forecast of ``steps`` reads: the MLP
@@ -327,9 +378,10 @@ class SavedForecaster:
 # --- the global models' inputs --------------------------------------------------------------
 
 
-def default_lags(horizon: int, season_length: int) -> int:
-    """Two seasons of values, at least the horizon, at least 8."""
-    return max(2 * max(season_length, 1), horizon, 8)
+def default_lags(horizon: int, season_length: int, seasons: int = 2) -> int:
+    """``seasons`` seasons of values (the MLP's two; the tree reads three), at least the
+    horizon, at least 8."""
+    return max(seasons * max(season_length, 1), horizon, 8)
 
 
 def series_scale(y: np.ndarray) -> float:
