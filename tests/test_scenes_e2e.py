@@ -212,6 +212,7 @@ def test_kill_9_mid_training_then_resume_is_bit_identical(shapes: Path, tmp_path
         },
         data={"augment": {"hflip": True, "scale_jitter": [0.8, 1.2], "crop": True}},
         eval={"bootstrap": 0, "report": False},
+        track={"enabled": False},
     )
     reference = train(write(tmp_path / "ref.yaml", config))
 
