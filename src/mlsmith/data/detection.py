@@ -27,15 +27,13 @@ from mlsmith.data.scenes import (
     decode_images,
     file_digest,
     fingerprint,
-    fit_canvas,
-    fit_normalization,
-    fitted_channels,
+    fit_preprocessor,
     log_prepared,
     scene_config,
 )
 from mlsmith.data.splits import split_frames
 from mlsmith.errors import DataError
-from mlsmith.runtime.images import fit_image, parallel_map
+from mlsmith.runtime.images import parallel_map
 from mlsmith.vision_tasks import DetectionTask
 
 if TYPE_CHECKING:
@@ -105,24 +103,10 @@ def prepare(config: Config, *, preprocessor: DetectionPreprocessor | None = None
     paths = frame[PATH].tolist()
     images = decode_images(paths, preprocessor.channels if preprocessor else data.channels)
     if preprocessor is None:
-        channels = fitted_channels(data, images)
-        images = [fit_image(image, channels, None) for image in images]
-        canvas, fixed = fit_canvas(data, [(i.shape[1], i.shape[2]) for i in images])
-        preprocessor = DetectionPreprocessor(
-            target=data.target,
-            task=DetectionTask(annotations.classes),
-            height=canvas[0],
-            width=canvas[1],
-            fixed=fixed,
-            channels=channels,
-            mean=[0.0],
-            std=[1.0],
-            augment=data.augment.model_dump(mode="json"),
+        task = DetectionTask(annotations.classes)
+        preprocessor, placed = fit_preprocessor(
+            DetectionPreprocessor, data, task, images, parts.indices.train
         )
-        placed = preprocessor.place(images)
-        mean, std = fit_normalization(data, placed["image"][parts.indices.train], channels)
-        preprocessor.mean = mean * (channels // len(mean))
-        preprocessor.std = std * (channels // len(std))
     else:
         if preprocessor.task.classes != annotations.classes:
             raise DataError(

@@ -330,6 +330,39 @@ def fit_normalization(
     )
 
 
+def fit_preprocessor(
+    cls: type[S],
+    data: SceneDataConfig,
+    task: Task,
+    images: Sequence[np.ndarray],
+    train_rows: np.ndarray,
+    **extra: Any,
+) -> tuple[S, dict[str, np.ndarray]]:
+    """A data kind's preprocessor fitted on decoded images (channels, canvas, and normalisation
+    from the ``train_rows``), and every image placed on its canvas."""
+    channels = fitted_channels(data, images)
+    # Grayscale images among colour ones become RGB.
+    images = [runtime_images.fit_image(image, channels, None) for image in images]
+    canvas, fixed = fit_canvas(data, [(image.shape[1], image.shape[2]) for image in images])
+    preprocessor = cls(
+        target=data.target,
+        task=task,
+        height=canvas[0],
+        width=canvas[1],
+        fixed=fixed,
+        channels=channels,
+        mean=[0.0],
+        std=[1.0],
+        augment=data.augment.model_dump(mode="json"),
+        **extra,
+    )
+    placed = preprocessor.place(images)  # the placement does not read the normalisation
+    mean, std = fit_normalization(data, placed["image"][train_rows], channels)
+    preprocessor.mean = mean * (channels // len(mean))
+    preprocessor.std = std * (channels // len(std))
+    return preprocessor, placed
+
+
 def fitted_channels(data: SceneDataConfig, images: Sequence[np.ndarray]) -> int:
     """``data.channels``, or 3 when any image has colour."""
     if data.channels is not None:

@@ -27,16 +27,14 @@ from mlsmith.data.scenes import (
     decode_images,
     file_digest,
     fingerprint,
-    fit_canvas,
-    fit_normalization,
-    fitted_channels,
+    fit_preprocessor,
     image_frame,
     log_prepared,
     scene_config,
 )
 from mlsmith.data.splits import split_frames
 from mlsmith.errors import DataError
-from mlsmith.runtime.images import fit_image, parallel_map
+from mlsmith.runtime.images import parallel_map
 from mlsmith.runtime.scenes import IGNORE_INDEX, place_mask
 from mlsmith.vision_tasks import SegmentationTask
 
@@ -126,29 +124,10 @@ def prepare(
     paths = frame[PATH].tolist()
     images = decode_images(paths, preprocessor.channels if preprocessor else data.channels)
     if preprocessor is None:
-        channels = fitted_channels(data, images)
-        # Grayscale images among colour ones become RGB.
-        images = [fit_image(image, channels, None) for image in images]
-        canvas, fixed = fit_canvas(data, [(i.shape[1], i.shape[2]) for i in images])
         names, colours = _classes(data, frame.iloc[parts.indices.train])
         task = SegmentationTask(names, getattr(config.model, "dice_weight", 1.0))
-        preprocessor = SegmentationPreprocessor(
-            target=data.target,
-            task=task,
-            height=canvas[0],
-            width=canvas[1],
-            fixed=fixed,
-            channels=channels,
-            mean=[0.0],
-            std=[1.0],
-            augment=data.augment.model_dump(mode="json"),
-            colours=colours,
-        )
-        placed = preprocessor.place(images)
-        mean, std = fit_normalization(data, placed["image"][parts.indices.train], channels)
-        preprocessor.mean, preprocessor.std = (
-            mean * (channels // len(mean)),
-            std * (channels // len(std)),
+        preprocessor, placed = fit_preprocessor(
+            SegmentationPreprocessor, data, task, images, parts.indices.train, colours=colours
         )
     else:
         preprocessor.task = SegmentationTask(
