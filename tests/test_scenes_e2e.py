@@ -24,6 +24,7 @@ import mlsmith
 from mlsmith.data.shapes import CLASSES, write_shapes
 
 SEG_CLASSES = ["background", *CLASSES]
+PAYLOAD = Path("package", "data", "mlsmith")  # the package's payload, in MLflow's format
 
 
 @pytest.fixture(scope="module")
@@ -107,20 +108,30 @@ def test_segmentation_cli_train_evaluate_predict(
     result = cli("predict", run_dir, "--input", shapes / "images", "--output", tmp_path / "m.csv")
     assert result.code == 2 and "folder" in result.stderr
 
-    # ONNX: uint8 canvas images in, logits out, checked against the torch network.
-    result = cli("export", run_dir)
+    # The package training wrote (ONNX: uint8 canvas images in, logits out), written again by
+    # export: checked against the torch network, then from the image files against predict.
+    assert info(run_dir)["package"]["status"] == "written"
+    result = cli("export", run_dir, "--dockerfile")
     assert result.code == 0, result.stderr
-    assert "pixel classes agree 100.00%" in result.stderr
-    record = json.loads((run_dir / "package" / "export.json").read_text())["formats"]["onnx"]
-    assert record["max_abs_diff"] <= 1e-5 and record["check_images"] > 0
+    assert (
+        "pixel classes agree 100.00%" in result.stderr and "pixels agree 100.00%" in result.stderr
+    )
+    assert (run_dir / "package" / "Dockerfile").is_file()
+    export = json.loads((run_dir / PAYLOAD / "export.json").read_text())
+    record = export["formats"]["onnx"]
+    assert record["max_abs_diff"] <= 1e-5 and export["rows_checked"] == 4  # the test split
+    assert export["package_check"]["pixel_agreement"] == 1.0
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(run_dir / "package" / "model.onnx"))
+    session = onnxruntime.InferenceSession(str(run_dir / PAYLOAD / "model.onnx"))
     pixels = run.preprocessor.transform(frame.head(1))["image"]
     (logits,) = session.run(None, {"image": pixels})
     assert np.array_equal(logits[0].argmax(axis=0), mask)
-    result = cli("export", run_dir, "--dockerfile")
-    assert result.code == 2 and "not served yet" in result.stderr
+    # Without torch: the package decodes the files and maps masks back to each image's size.
+    package = mlsmith.load_package(run_dir)
+    assert np.array_equal(package.masks(frame.head(1))[0], mask)
+    result = cli("export", run_dir, "--quantize", "int8")
+    assert result.code == 2 and "ONNX as trained" in result.stderr
 
 
 def test_images_of_different_sizes_share_a_canvas_and_map_back(
@@ -329,11 +340,13 @@ def test_detection_api_and_cli_train_evaluate_predict(
     # ONNX (one image per call): the same detections as predict, image 0 on its own canvas.
     result = cli("export", run.path)
     assert result.code == 0, result.stderr
-    record = json.loads((run.path / "package" / "export.json").read_text())["formats"]["onnx"]
+    export = json.loads((run.path / PAYLOAD / "export.json").read_text())
+    record = export["formats"]["onnx"]
     assert record["batch"] == 1 and record["max_abs_diff"] <= record["tolerance"]
+    assert export["package_check"]["same_boxes"] and "the same" in result.stderr
     import onnxruntime
 
-    session = onnxruntime.InferenceSession(str(run.path / "package" / "model.onnx"))
+    session = onnxruntime.InferenceSession(str(run.path / PAYLOAD / "model.onnx"))
     (raw,) = session.run(None, {"image": run.preprocessor.transform(frame.head(1))["image"]})
     kept = raw[0][raw[0][:, 5] > 0]
     np.testing.assert_allclose(kept[:, 4], expected["score"], atol=1e-4)

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     from mlsmith.reproduction import Reproduction
     from mlsmith.runtime.forecaster import SavedForecaster
     from mlsmith.runtime.package import Package
+    from mlsmith.runtime.scene_package import ScenePackage
     from mlsmith.training.lr_finder import LRFindResult
     from mlsmith.tuning import TuneResult
 
@@ -323,11 +324,6 @@ def export(
     from mlsmith import pipeline
 
     target = run if isinstance(run, Run) else load_run(run)
-    if dockerfile and target.config.data.type in ("segmentation", "detection"):
-        raise ConfigError(
-            f"--dockerfile: a {target.config.data.type} package is not served yet; export "
-            "writes its ONNX network without a server"
-        )
     result = pipeline.export_run(
         target,
         formats=formats,
@@ -360,11 +356,12 @@ def reproduce(run: str | Path | Run, *, output: str | Path | None = None) -> Rep
 
 def load_package(
     source: str | Path, *, tracking_uri: str | None = None
-) -> Package | SavedForecaster:
+) -> Package | SavedForecaster | ScenePackage:
     """A package ready to ``predict(rows)``: a package or run directory, ``runs:/<id>/package``
     or ``models:/<name>@<alias>`` (from ``tracking_uri``, default ``MLFLOW_TRACKING_URI``).
     A forecasting run's package is its forecaster: ``predict(history, horizon)`` forecasts the
-    next periods of the history table's series."""
+    next periods of the history table's series. A segmentation or detection run's package
+    predicts images (a ``path`` column of files or their bytes): masks, or boxes."""
     from mlsmith.registry.loading import load_any
 
     return load_any(source, tracking_uri=tracking_uri)

@@ -54,6 +54,7 @@ if TYPE_CHECKING:
 
     from mlsmith.baselines import BaselineOutputs, BaselineScores
     from mlsmith.checks import CheckReport
+    from mlsmith.config import ExportConfig
     from mlsmith.data.base import PreparedData, Preprocessor
     from mlsmith.models.base import FitSummary, Model
     from mlsmith.tasks import Task
@@ -748,17 +749,53 @@ def _write_package(
 ) -> dict[str, Any]:
     """``<run>/package/``, logged as the run's MLflow model; a failure here is a warning: the
     run itself is complete, and ``mlsmith export`` can try again."""
-    from mlsmith.packaging.writer import PACKAGE_DIR, write_package
+    from mlsmith.packaging.writer import PACKAGE_DIR
 
     try:
-        export = write_package(
-            run_dir, model, rows, cfg.export, training=training, reference=reference
-        )
+        export = _package(run_dir, model, rows, cfg.export, training=training, reference=reference)
     except Exception as error:  # the model is saved; packaging must never cost the user the run
         what = str(error) if isinstance(error, MlsmithError) else f"{type(error).__name__}: {error}"
         log.warning("no package written (%s); retry with `mlsmith export %s`", what, run_dir)
         return {"status": "failed", "error": what}
     return _record_package(run_dir / PACKAGE_DIR, export, tracker)
+
+
+def _package(
+    run_dir: Path,
+    model: Model,
+    rows: CheckRows,
+    settings: ExportConfig,
+    *,
+    output: Path | None = None,
+    run_name: str | None = None,
+    training: TrainingRows | None = None,
+    reference: pd.DataFrame | None = None,
+) -> dict[str, Any]:
+    """Write and verify the model's package (``packaging.writer``, or for segmentation and
+    detection ``packaging.scenes``); returns its export.json."""
+    from mlsmith.packaging.writer import PACKAGE_DIR, write_package
+
+    if model.task.kind in SCENE_KINDS:
+        from mlsmith.packaging.scenes import write_scene_package
+
+        return write_scene_package(
+            Path(run_dir),
+            model,
+            rows,
+            tolerance=settings.tolerance,
+            output=Path(output) if output else Path(run_dir) / PACKAGE_DIR,
+            run_name=run_name or Path(run_dir).name,
+        )
+    return write_package(
+        run_dir,
+        model,
+        rows,
+        settings,
+        output=output,
+        run_name=run_name,
+        training=training,
+        reference=reference,
+    )
 
 
 def _record_package(
@@ -805,7 +842,7 @@ def export_run(
 
     from mlsmith import families
     from mlsmith.config import ExportConfig, format_validation_error
-    from mlsmith.packaging.writer import PACKAGE_DIR, write_package
+    from mlsmith.packaging.writer import PACKAGE_DIR
     from mlsmith.tracking import Tracker
 
     cfg = run.config
@@ -824,19 +861,6 @@ def export_run(
         raise RunError(
             f"{run.path}: the run is {run.info.get('status')}, not finished; "
             "export packages a finished run's best model"
-        )
-    if cfg.data.type in SCENE_KINDS:
-        from mlsmith.packaging.scenes import export_scene_run
-
-        if quantize or prune or (formats and list(formats) != ["onnx"]):
-            raise ConfigError(
-                f"--format, --quantize and --prune: a {cfg.data.type} run exports its network "
-                "to ONNX as trained; leave them out (or give --format onnx)"
-            )
-        return export_scene_run(
-            run,
-            tolerance=tolerance if tolerance is not None else cfg.export.tolerance,
-            output=Path(output) if output else run.path / "package",
         )
     options = {
         "formats": list(formats) if formats else None,
@@ -863,7 +887,7 @@ def export_run(
         # Pruning fine-tunes with the loss the run trained with (class weights, focal...).
         configure_loss(cfg.train, model.task, data.train.target)
     target = Path(output) if output else run.path / PACKAGE_DIR
-    export = write_package(
+    export = _package(
         run.path,
         model,
         rows,

@@ -86,10 +86,18 @@ def command(
     if result.get("task") in ("segmentation", "detection"):
         onnx = result["formats"]["onnx"]
         agreement = onnx.get("pixel_agreement")
+        check = result["package_check"]
         typer.echo(
             f"{result['task']} network of {run} in ONNX: max |diff| of the {onnx['compared']} "
-            f"{onnx['max_abs_diff']:.2g} on {onnx['check_images']} held-out images"
-            + (f", pixel classes agree {agreement:.2%}" if agreement is not None else ""),
+            f"{onnx['max_abs_diff']:.2g} on {result['rows_checked']} images of the "
+            f"{result['rows_source']}"
+            + (f", pixel classes agree {agreement:.2%}" if agreement is not None else "")
+            + f"; package checked against {check['compared_with']}: "
+            + (
+                f"pixels agree {check['pixel_agreement']:.2%}"
+                if "pixel_agreement" in check
+                else f"the same {check['boxes']} boxes, max |diff| {check['max_abs_diff']:.2g} px"
+            ),
             err=True,
         )
         _written(result, output or Path(run) / "package")

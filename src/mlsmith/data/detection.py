@@ -28,6 +28,7 @@ from mlsmith.data.scenes import (
     file_digest,
     fingerprint,
     fit_preprocessor,
+    held_out_frames,
     log_prepared,
     scene_config,
 )
@@ -147,6 +148,7 @@ def prepare(config: Config, *, preprocessor: DetectionPreprocessor | None = None
         train=split(parts.indices.train),
         val=split(parts.indices.val),
         test=split(parts.indices.test) if len(parts.indices.test) else None,
+        frames=held_out_frames(frame, parts.indices.val, parts.indices.test),
         fingerprint=fingerprint(prints),
         summary=summary,
     )

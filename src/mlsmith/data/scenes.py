@@ -36,7 +36,7 @@ from mlsmith.data.spatial_augment import (
 )
 from mlsmith.errors import DataError
 from mlsmith.runtime import images as runtime_images
-from mlsmith.runtime.scenes import IGNORE_INDEX, canvas_scale, place_image
+from mlsmith.runtime.scenes import IGNORE_INDEX, place_images
 from mlsmith.vision_tasks import scene_task_from_dict
 
 if TYPE_CHECKING:
@@ -112,13 +112,7 @@ class ScenePreprocessor(Preprocessor):
 
     def place(self, images: Sequence[np.ndarray]) -> dict[str, np.ndarray]:
         """Decoded uint8 (C, h, w) images on the canvas, with their geometry."""
-        stacked = np.zeros((len(images), self.channels, *self.canvas), dtype=np.uint8)
-        geometry = np.zeros((len(images), 3), dtype=np.float32)
-        for i, image in enumerate(images):
-            height, width = image.shape[1:]
-            scale = canvas_scale(height, width, self.canvas, self.fixed)
-            stacked[i] = place_image(image, self.canvas, scale)
-            geometry[i] = (height, width, scale)
+        stacked, geometry = place_images(list(images), self.canvas, self.channels, self.fixed)
         return {"image": stacked, GEOMETRY: geometry}
 
     def to_split(self, frame: pd.DataFrame, source: str) -> Split:
@@ -283,6 +277,18 @@ def image_frame(path: str) -> pd.DataFrame:
     if not names:
         raise DataError(f"{path}: no image files ({', '.join(IMAGE_SUFFIXES)})")
     return pd.DataFrame({PATH: [str(where / name) for name in names]})
+
+
+def held_out_frames(
+    frame: pd.DataFrame, val: np.ndarray, test: np.ndarray
+) -> dict[str, pd.DataFrame]:
+    """The validation and test images' paths: the rows a package is checked on. The training
+    rows are left out (a scene package keeps no drift reference)."""
+    return {
+        name: frame.iloc[rows][[PATH]].reset_index(drop=True)
+        for name, rows in (("val", val), ("test", test))
+        if len(rows)
+    }
 
 
 def decode_images(paths: list[str], channels: int | None) -> list[np.ndarray]:

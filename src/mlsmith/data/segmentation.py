@@ -28,6 +28,7 @@ from mlsmith.data.scenes import (
     file_digest,
     fingerprint,
     fit_preprocessor,
+    held_out_frames,
     image_frame,
     log_prepared,
     scene_config,
@@ -160,6 +161,7 @@ def prepare(
         train=split(parts.indices.train),
         val=split(parts.indices.val),
         test=split(parts.indices.test) if len(parts.indices.test) else None,
+        frames=held_out_frames(frame, parts.indices.val, parts.indices.test),
         fingerprint=fingerprint(prints),
         summary={
             "source": data.path,

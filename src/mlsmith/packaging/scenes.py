@@ -1,16 +1,17 @@
-"""Exporting a segmentation or detection network to ONNX, checked against the torch network.
+"""Writing a segmentation or detection run's package: its network in ONNX, in MLflow's format.
 
 The exported graph takes what the data kind's batches start from, uint8 images on the run's
 canvas (N, C, H, W), normalises them as training did and runs the network: a segmentation
 network gives logits (N, classes, H, W), a detector its detections (N, K, 6): x_min, y_min,
-x_max, y_max, score, label. ``preprocessing.json`` (the canvas, normalisation and classes) goes
-beside it. Parity is measured on the run's held-out images (the test split, else validation):
-the largest absolute difference of the outputs, and for segmentation the share of pixels whose
-class agrees; beyond ``export.tolerance`` (for detections, in pixels: times the canvas side)
-nothing is written. A detector's graph takes one image at a time (see
+x_max, y_max, score, label. A detector's graph takes one image at a time (see
 :func:`_detector_to_onnx`).
 
-Serving these packages (masks and boxes over HTTP) is not built yet.
+Two checks, on the run's held-out images (the test split, else validation), before the package
+replaces its destination: the graph in ONNX Runtime against the torch graph (the largest
+absolute difference of the outputs; for detections in pixels, so the tolerance is times the
+canvas side), then the finished package, loaded by the runtime from raw image files, against
+``mlsmith predict`` (every pixel's class; every box, label and score). The package is served by
+:mod:`mlsmith.runtime.scene_package`; ``mlflow.pyfunc`` and ``mlsmith serve`` load it.
 """
 
 from __future__ import annotations
@@ -24,37 +25,53 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mlsmith.data.base import PREPROCESSING_FILE
-from mlsmith.errors import DataError
 from mlsmith.files import write_json
+from mlsmith.runtime.package import DATA_DIR, EXPORT_FILE, PACKAGE_FILE, PAYLOAD_DIR
 
 if TYPE_CHECKING:
-    from mlsmith.run import Run
+    import pandas as pd
 
-EXPORT_FILE = "export.json"
-CHECK_IMAGES = 32  # held-out images the ONNX model is compared on
+    from mlsmith.models.base import Model
+    from mlsmith.packaging.writer import CheckRows
+
 BATCH = 8
+# What inference imports: the package decodes images with Pillow and runs ONNX Runtime.
+REQUIREMENTS = ("mlflow-skinny", "numpy", "pandas", "onnxruntime", "pillow")
+# Share of the check images' pixels whose class the package must give as `mlsmith predict` does
+# (ONNX Runtime's float differences can flip a pixel whose two best logits all but tie).
+PIXEL_AGREEMENT = 0.999
 
 
-def export_scene_run(run: Run, *, tolerance: float, output: Path) -> dict[str, Any]:
-    """Write ``output`` (a folder: model.onnx, preprocessing.json, export.json); returns the
-    export record."""
+def write_scene_package(
+    run_dir: Path,
+    model: Model,
+    rows: CheckRows,
+    *,
+    tolerance: float,
+    output: Path,
+    run_name: str,
+) -> dict[str, Any]:
+    """Write and verify the package of a segmentation or detection ``model`` at ``output``
+    (whole or not at all); returns ``export.json``. :class:`ExportError` when the ONNX graph
+    or the finished package does not reproduce the torch model."""
     import torch
 
-    from mlsmith import families
     from mlsmith.packaging.formats import ONNX_FILE, to_onnx
     from mlsmith.packaging.graphs import inference_graph
-    from mlsmith.packaging.writer import ExportError, package_workspace, replace_folder
+    from mlsmith.packaging.writer import (
+        PACKAGE_DIR,
+        ExportError,
+        installed_version,
+        package_workspace,
+        replace_folder,
+    )
     from mlsmith.runtime.engines import OnnxEngine
 
-    data = families.data_kind(run.config.data.type).prepare(
-        run.config, preprocessor=run.preprocessor
-    )
-    split = data.test if data.test is not None and len(data.test) else data.val
-    if not len(split):
-        raise DataError(f"{run.path}: the run's data has no held-out images to check on")
-    images = split.inputs["image"][:CHECK_IMAGES]
-    network = copy.deepcopy(run.model.network).cpu().eval()  # type: ignore[attr-defined]
-    graph = inference_graph(network, run.preprocessor)
+    started = time.perf_counter()
+    kind = model.task.kind
+    images = model.preprocessor.transform(rows.frame, rows.source)["image"]
+    network = copy.deepcopy(model.network).cpu().eval()  # type: ignore[attr-defined]
+    graph = inference_graph(network, model.preprocessor)
     with torch.inference_mode():
         reference = np.concatenate(
             [
@@ -63,16 +80,14 @@ def export_scene_run(run: Run, *, tolerance: float, output: Path) -> dict[str, A
             ]
         )
     with package_workspace(output) as work:
-        folder = work / "package"
-        folder.mkdir()
-        started = time.perf_counter()
-        kind = run.model.task.kind
+        payload = work / PAYLOAD_DIR
+        payload.mkdir()
         if kind == "detection":
-            record = _detector_to_onnx(graph, images[:1], folder / ONNX_FILE)
+            record = _detector_to_onnx(graph, images[:1], payload / ONNX_FILE)
         else:
-            record = to_onnx(graph, {"image": images[:2]}, folder / ONNX_FILE)
+            record = to_onnx(graph, {"image": images[:2]}, payload / ONNX_FILE)
         record["export_seconds"] = round(time.perf_counter() - started, 2)
-        engine = OnnxEngine(folder / ONNX_FILE, providers=["CPUExecutionProvider"])
+        engine = OnnxEngine(payload / ONNX_FILE, providers=["CPUExecutionProvider"])
         step = record.get("batch") or BATCH
         found = np.concatenate(
             [engine.raw({"image": images[i : i + step]}) for i in range(0, len(images), step)]
@@ -80,19 +95,42 @@ def export_scene_run(run: Run, *, tolerance: float, output: Path) -> dict[str, A
         record |= _parity(kind, reference, found)
         # Boxes are in pixels: their tolerance scales with the canvas.
         allowed = tolerance * (max(images.shape[-2:]) if kind == "detection" else 1)
-        record |= {"check_images": len(images), "tolerance": allowed}
+        record["tolerance"] = allowed
         if record["max_abs_diff"] > allowed:
             raise ExportError(
                 f"the onnx export diverges from the torch model: max |difference| of the "
                 f"{record['compared']} is {record['max_abs_diff']:.3g} (tolerance "
-                f"{tolerance:g}); nothing was written. Raise export.tolerance only if that "
+                f"{allowed:g}); nothing was written. Raise export.tolerance only if that "
                 "difference is acceptable"
             )
-        record["bytes"] = (folder / ONNX_FILE).stat().st_size
-        shutil.copy2(run.path / PREPROCESSING_FILE, folder / PREPROCESSING_FILE)
-        export = {"task": run.model.task.kind, "formats": {"onnx": record}, "serving": None}
-        write_json(folder / EXPORT_FILE, export)
-        replace_folder(folder, output)
+        record["bytes"] = (payload / ONNX_FILE).stat().st_size
+        shutil.copyfile(Path(run_dir) / PREPROCESSING_FILE, payload / PREPROCESSING_FILE)
+        info = {
+            "format_version": 1,
+            "family": model.family,
+            "kind": kind,
+            "engine": "onnx",
+            "model_file": ONNX_FILE,
+            "batch_size": 1 if kind == "detection" else BATCH,
+            "run": run_name,
+            "mlsmith_version": installed_version("mlsmith"),
+        }
+        write_json(payload / PACKAGE_FILE, info)
+        export: dict[str, Any] = {
+            "serves": "onnx",
+            "task": kind,
+            "tolerance": tolerance,
+            "rows_checked": len(rows.frame),
+            "rows_source": rows.source,
+            "formats": {"onnx": record},
+        }
+        write_json(payload / EXPORT_FILE, export)
+        package_dir = work / PACKAGE_DIR
+        _save_mlflow_model(package_dir, payload, kind, info)
+        export["package_check"] = _check_package(package_dir, model, rows, allowed)
+        export["seconds"] = round(time.perf_counter() - started, 2)
+        write_json(package_dir / DATA_DIR / PAYLOAD_DIR / EXPORT_FILE, export)
+        replace_folder(package_dir, output)
     return export
 
 
@@ -137,5 +175,89 @@ def _parity(kind: str, reference: np.ndarray, candidate: np.ndarray) -> dict[str
     }
     if kind == "segmentation":
         same = reference.argmax(axis=1) == candidate.argmax(axis=1)
-        record["pixel_agreement"] = float(same.mean())
+        record["pixel_agreement"] = float(same.mean()) if same.size else 1.0
+    return record
+
+
+def _save_mlflow_model(package_dir: Path, payload: Path, kind: str, info: dict[str, Any]) -> None:
+    """MLflow's model folder: image files' bytes in (a ``path`` column), masks or boxes out."""
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, Schema, TensorSpec
+
+    from mlsmith.packaging.writer import installed_version, save_pyfunc
+
+    outputs: list[ColSpec | TensorSpec]
+    if kind == "segmentation":
+        outputs = [ColSpec("binary", "mask"), ColSpec("long", "height"), ColSpec("long", "width")]
+    else:
+        outputs = [ColSpec("long", "row")]
+        outputs += [ColSpec("double", c) for c in ("x_min", "y_min", "x_max", "y_max")]
+        outputs += [ColSpec("string", "label"), ColSpec("double", "score")]
+    signature = ModelSignature(inputs=Schema([ColSpec("binary", "path")]), outputs=Schema(outputs))
+    save_pyfunc(
+        package_dir,
+        payload,
+        signature=signature,
+        input_example=None,  # MLflow stores examples as JSON, which holds no bytes
+        pip_requirements=[f"{name}=={installed_version(name)}" for name in REQUIREMENTS],
+        info=info,
+    )
+
+
+def _check_package(
+    package_dir: Path, model: Model, rows: CheckRows, allowed: float
+) -> dict[str, Any]:
+    """The finished package, from the check images' files, against ``mlsmith predict``."""
+    from mlsmith.packaging.writer import ExportError
+    from mlsmith.runtime.scene_package import ScenePackage
+    from mlsmith.scene_prediction import predict_scenes
+
+    package = ScenePackage(package_dir, providers=["CPUExecutionProvider"])
+    expected = predict_scenes(model, rows.frame)
+    record: dict[str, Any] = {"images": len(rows.frame), "compared_with": "mlsmith predict"}
+    if package.kind == "segmentation":
+        got = package.masks(rows.frame, rows.source)
+        same = sum(int((g == e).sum()) for g, e in zip(got, expected["mask"], strict=True))
+        pixels = sum(int(e.size) for e in expected["mask"])
+        record["pixel_agreement"] = same / max(pixels, 1)
+        if record["pixel_agreement"] < PIXEL_AGREEMENT:
+            raise ExportError(
+                "the finished package does not reproduce mlsmith predict on the "
+                f"{rows.source}: {record['pixel_agreement']:.4%} of the pixels agree "
+                f"(at least {PIXEL_AGREEMENT:.1%} needed)"
+            )
+        return record
+    record |= _compare_boxes(package.predict(rows.frame, rows.source), expected, rows.frame)
+    if not record["same_boxes"] or record["max_abs_diff"] > allowed:
+        raise ExportError(
+            f"the finished package does not reproduce mlsmith predict on the {rows.source}: "
+            + (
+                "the boxes or their labels differ"
+                if not record["same_boxes"]
+                else f"max |difference| of the boxes {record['max_abs_diff']:.3g} px"
+            )
+        )
+    return record
+
+
+def _compare_boxes(
+    got: pd.DataFrame, expected: pd.DataFrame, frame: pd.DataFrame
+) -> dict[str, Any]:
+    """Whether both found the same boxes (count and label, in order, image by image), and the
+    largest difference of coordinates and scores."""
+    rows = dict(zip(frame["path"].astype(str), range(len(frame)), strict=True))
+    expected_rows = expected["image"].map(rows).to_numpy()
+    same = len(got) == len(expected) and bool(
+        (got["row"].to_numpy() == expected_rows).all()
+        and (got["label"].to_numpy() == expected["label"].to_numpy()).all()
+    )
+    record: dict[str, Any] = {"boxes": len(expected), "same_boxes": same}
+    columns = ["x_min", "y_min", "x_max", "y_max"]
+    if same and len(got):
+        diff = np.abs(got[columns].to_numpy(float) - expected[columns].to_numpy(float))
+        score = np.abs(got["score"].to_numpy(float) - expected["score"].to_numpy(float))
+        record["max_abs_diff"] = float(diff.max())
+        record["max_score_diff"] = float(score.max())
+    else:
+        record["max_abs_diff"] = 0.0
     return record

@@ -54,6 +54,7 @@ from mlsmith.runtime.package import (
     Package,
     package_format,
 )
+from mlsmith.runtime.scene_package import SCENE_KINDS
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -69,6 +70,8 @@ RUNTIME_NAME = "mlsmith_runtime"
 # Rows the formats and the finished package are checked on (images are slower to decode).
 CHECK_ROWS = 2_000
 CHECK_IMAGES = 256
+# Segmentation and detection images: a detector's graph runs one image at a time.
+CHECK_SCENES = 32
 EXAMPLE_ROWS = 5
 
 
@@ -91,7 +94,10 @@ def check_rows(data: PreparedData) -> CheckRows | None:
     for name, label in (("test", "test split"), ("val", "validation split")):
         frame = data.frames.get(name)
         if frame is not None and len(frame):
-            limit = CHECK_IMAGES if data.preprocessor.kind == "image" else CHECK_ROWS
+            kind = data.preprocessor.kind
+            limit = {"image": CHECK_IMAGES, **dict.fromkeys(SCENE_KINDS, CHECK_SCENES)}.get(
+                kind, CHECK_ROWS
+            )
             return CheckRows(frame.head(limit).reset_index(drop=True), label)
     return None
 
@@ -129,11 +135,6 @@ def package_unsupported(model: Model) -> str | None:
     a booster's own file, and converting arbitrary estimators to ONNX needs skl2onnx, which is
     not a dependency (and converts only some estimators).
     """
-    if model.task.kind in ("segmentation", "detection"):
-        return (
-            f"a {model.task.kind} model has no package yet; the run itself is complete, and "
-            "`mlsmith predict` and `mlsmith evaluate` use its model"
-        )
     if _is_network(model) or model.family in BOOSTERS:
         return None
     return (
@@ -145,7 +146,17 @@ def package_unsupported(model: Model) -> str | None:
 
 def check_export_settings(model: Model, settings: ExportConfig) -> None:
     """Quantization and pruning change a network's ONNX graph: asking them of a boosted-tree
-    or scikit-learn family is a ConfigError (exit 2), raised before any work."""
+    or scikit-learn family is a ConfigError (exit 2), raised before any work; so is any of
+    them, or a format but ONNX, asked of a segmentation or detection run."""
+    if model.task.kind in SCENE_KINDS:
+        asked = [f"--{k} / export.{k}" for k in ("quantize", "prune") if getattr(settings, k)]
+        asked += [f"--format {f}" for f in settings.formats if f != "onnx"]
+        if asked:
+            raise ConfigError(
+                f"{', '.join(asked)}: a {model.task.kind} run's package serves its network in "
+                "ONNX as trained; leave them out"
+            )
+        return
     if _is_network(model):
         return
     what = "a boosted-tree" if model.family in BOOSTERS else "a scikit-learn"
@@ -175,6 +186,8 @@ def write_package(
     training split) is needed when ``settings`` asks for quantization or pruning; ``reference``
     (raw training rows) gives the package the statistics drift is measured against.
     """
+    if model.task.kind in SCENE_KINDS:
+        raise ValueError("a segmentation or detection package: packaging.scenes writes it")
     check_export_settings(model, settings)
     unsupported = package_unsupported(model)
     if unsupported is not None:

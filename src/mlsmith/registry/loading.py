@@ -16,6 +16,7 @@ from mlsmith.registry.store import download, first_line, resolve_tracking_uri
 from mlsmith.runtime.forecaster import SavedForecaster
 from mlsmith.runtime.loading import load
 from mlsmith.runtime.package import PACKAGE_FILE, Package
+from mlsmith.runtime.scene_package import ScenePackage
 
 MLFLOW_URIS = ("runs:/", "models:/")
 PACKAGE_DIR = "package"
@@ -29,9 +30,12 @@ def load_package(source: str | Path, *, tracking_uri: str | None = None) -> Pack
         return Package(folder)
 
 
-def load_any(source: str | Path, *, tracking_uri: str | None = None) -> Package | SavedForecaster:
+def load_any(
+    source: str | Path, *, tracking_uri: str | None = None
+) -> Package | SavedForecaster | ScenePackage:
     """:func:`load_package`, or for a forecasting run's package its forecaster
-    (``predict(history, horizon)``)."""
+    (``predict(history, horizon)``), for a segmentation or detection run's its
+    :class:`~mlsmith.runtime.scene_package.ScenePackage`."""
     with package_folder(source, tracking_uri=tracking_uri) as folder:
         return load(folder)
 

@@ -136,6 +136,45 @@ def parallel_map(function: Callable[[Any], Any], items: Sequence[Any]) -> list[A
         pool.shutdown(wait=True, cancel_futures=True)
 
 
+def read_images(
+    frame: pd.DataFrame, source: str, channels: int | None, size: tuple[int, int] | None = None
+) -> list[np.ndarray]:
+    """Each row's image as uint8 (C, h, w) at ``channels`` (and ``size``; ``None`` keeps what
+    is there). Rows hold a ``path`` column (file paths, or the files' bytes) or an ``image``
+    column of decoded uint8 arrays."""
+    if ARRAY in frame.columns:
+        return [
+            _array(value, f"{source}: row {i}", channels, size)
+            for i, value in enumerate(frame[ARRAY])
+        ]
+    require_columns(frame, [PATH], source, "image path")
+    return parallel_map(lambda value: _decoded(value, channels, size), frame[PATH].tolist())
+
+
+def _decoded(value: Any, channels: int | None, size: tuple[int, int] | None) -> np.ndarray:
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        data, name = bytes(value), "image bytes"
+    else:
+        data, name = read_file(str(value)), str(value)
+    return fit_image(decode_bytes(data, name, size), channels, size)
+
+
+def _array(
+    value: Any, where: str, channels: int | None, size: tuple[int, int] | None
+) -> np.ndarray:
+    array = np.asarray(value)
+    if array.ndim == 2:
+        array = array[None]
+    elif array.ndim == 3 and array.shape[-1] in (1, 3) and array.shape[0] not in (1, 3):
+        array = array.transpose(2, 0, 1)  # (H, W, C) as most libraries hold pixels
+    if array.ndim != 3 or array.shape[0] not in (1, 3) or array.dtype != np.uint8:
+        raise DataError(
+            f"{where}: expected uint8 pixels (H, W), (C, H, W) or (H, W, C) with C 1 or 3, "
+            f"found {array.dtype} {tuple(array.shape)}"
+        )
+    return fit_image(array, channels, size)
+
+
 class ImageEncoder:
     """The fitted channel count and size, and the rows-to-pixels transform they define."""
 
@@ -144,36 +183,9 @@ class ImageEncoder:
         self.size = (height, width)
 
     def transform(self, frame: pd.DataFrame, source: str = "input") -> dict[str, np.ndarray]:
-        """Rows to ``{"image": uint8 (N, C, H, W)}``. Rows hold a ``path`` column (file paths,
-        or the files' bytes) or an ``image`` column of decoded uint8 arrays."""
-        if ARRAY in frame.columns:
-            images = [
-                self._array(value, f"{source}: row {i}") for i, value in enumerate(frame[ARRAY])
-            ]
-        else:
-            require_columns(frame, [PATH], source, "image path")
-            images = parallel_map(self._decode, frame[PATH].tolist())
+        """Rows to ``{"image": uint8 (N, C, H, W)}`` (see :func:`read_images`)."""
+        images = read_images(frame, source, self.channels, self.size)
         out = np.empty((len(images), self.channels, *self.size), dtype=np.uint8)
         for i, image in enumerate(images):
             out[i] = image
         return {"image": out}
-
-    def _decode(self, value: Any) -> np.ndarray:
-        if isinstance(value, (bytes, bytearray, memoryview)):
-            data, name = bytes(value), "image bytes"
-        else:
-            data, name = read_file(str(value)), str(value)
-        return fit_image(decode_bytes(data, name, self.size), self.channels, self.size)
-
-    def _array(self, value: Any, where: str) -> np.ndarray:
-        array = np.asarray(value)
-        if array.ndim == 2:
-            array = array[None]
-        elif array.ndim == 3 and array.shape[-1] in (1, 3) and array.shape[0] not in (1, 3):
-            array = array.transpose(2, 0, 1)  # (H, W, C) as most libraries hold pixels
-        if array.ndim != 3 or array.shape[0] not in (1, 3) or array.dtype != np.uint8:
-            raise DataError(
-                f"{where}: expected uint8 pixels (H, W), (C, H, W) or (H, W, C) with C 1 or 3, "
-                f"found {array.dtype} {tuple(array.shape)}"
-            )
-        return fit_image(array, self.channels, self.size)

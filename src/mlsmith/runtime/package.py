@@ -115,6 +115,11 @@ class Package:
                 f"{data}: a forecasting package forecasts series rather than predicting rows; "
                 "load it with mlsmith.load_package (or mlsmith_runtime.loading.load)"
             )
+        if self.info.get("kind") in ("segmentation", "detection"):
+            raise DataError(
+                f"{data}: a {self.info['kind']} package predicts images' masks or boxes rather "
+                "than rows; load it with mlsmith.load_package (or mlsmith_runtime.loading.load)"
+            )
         state = _read_json(data / PREPROCESSING_FILE)
         self.kind: str = state["kind"]
         self.decoder = Decoder(state["task"])

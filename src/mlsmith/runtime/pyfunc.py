@@ -16,6 +16,7 @@ import pandas as pd
 from .forecaster import SavedForecaster
 from .loading import load
 from .package import Package
+from .scene_package import ScenePackage
 
 
 class PackageModel:
@@ -46,8 +47,25 @@ class ForecastModel:
         return self.forecaster.predict(frame, int(horizon) if horizon else None)
 
 
-def _load_pyfunc(data_path: str) -> PackageModel | ForecastModel:
+class SceneModel:
+    """What ``mlflow.pyfunc`` wraps for a segmentation or detection package: ``predict(images)``
+    (a ``path`` column of image files or their bytes) -> masks (a PNG of class ids per image)
+    or boxes (a row per box); see :mod:`.scene_package`."""
+
+    def __init__(self, package: ScenePackage) -> None:
+        self.package = package
+
+    def predict(
+        self, model_input: pd.DataFrame, params: dict[str, Any] | None = None
+    ) -> pd.DataFrame:
+        frame = model_input if isinstance(model_input, pd.DataFrame) else pd.DataFrame(model_input)
+        return self.package.predict(frame)
+
+
+def _load_pyfunc(data_path: str) -> PackageModel | ForecastModel | SceneModel:
     loaded = load(data_path)
     if isinstance(loaded, SavedForecaster):
         return ForecastModel(loaded)
+    if isinstance(loaded, ScenePackage):
+        return SceneModel(loaded)
     return PackageModel(loaded)

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mlsmith.runtime.images import pillow
+from .images import pillow
 
 IGNORE_INDEX = 255
 
@@ -86,3 +86,18 @@ def unplace_boxes(boxes: np.ndarray, geometry: np.ndarray) -> np.ndarray:
     out[:, 0::2] = out[:, 0::2].clip(0.0, width)
     out[:, 1::2] = out[:, 1::2].clip(0.0, height)
     return out
+
+
+def place_images(
+    images: list[np.ndarray], canvas: tuple[int, int], channels: int, fixed: bool
+) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded uint8 (C, h, w) images on the canvas (N, C, H, W), with each one's geometry
+    (N, 3): height, width and scale as found."""
+    stacked = np.zeros((len(images), channels, *canvas), dtype=np.uint8)
+    geometry = np.zeros((len(images), 3), dtype=np.float32)
+    for i, image in enumerate(images):
+        height, width = image.shape[1:]
+        scale = canvas_scale(height, width, canvas, fixed)
+        stacked[i] = place_image(image, canvas, scale)
+        geometry[i] = (height, width, scale)
+    return stacked, geometry

@@ -64,9 +64,9 @@ if TYPE_CHECKING:
     from mlsmith.runtime.drift import DriftWindow
     from mlsmith.runtime.package import Package
     from mlsmith.serving.feedback import FeedbackStore
-    from mlsmith.serving.forecasts import ForecastEndpoint
     from mlsmith.serving.predlog import PredictionLog
     from mlsmith.serving.routing import Router
+    from mlsmith.serving.standalone import StandaloneEndpoint
 
 log = logging.getLogger(__name__)
 
@@ -122,35 +122,35 @@ class ServerState:
     endpoints: dict[str, Endpoint]
     metrics: ServerMetrics
     predlog: PredictionLog | None
-    # Served names that forecast (a forecasting run's package): see mlsmith.serving.forecasts.
-    forecasts: dict[str, ForecastEndpoint] = field(default_factory=dict)
+    # Served names outside A/B routes (forecasting and scene packages): serving.standalone.
+    standalone: dict[str, StandaloneEndpoint] = field(default_factory=dict)
     draining: bool = False
     tasks: set[asyncio.Task[Any]] = field(default_factory=set)
 
 
 def load_endpoints(
     config: ServeConfig, metrics: ServerMetrics
-) -> tuple[dict[str, Endpoint], dict[str, ForecastEndpoint]]:
-    """Load every model the config names, each once: the row models, and the forecasting
-    packages (served on their own, outside A/B routes)."""
-    from mlsmith.serving.forecasts import load_forecast_endpoint
+) -> tuple[dict[str, Endpoint], dict[str, StandaloneEndpoint]]:
+    """Load every model the config names, each once: the row models, and the forecasting and
+    scene packages (served on their own, outside A/B routes)."""
+    from mlsmith.serving.standalone import load_standalone
 
     routes: dict[str, RouteConfig] = dict(config.routes)
-    forecasts = {}
+    standalone = {}
     for name, reference in config.models.items():
-        forecast = load_forecast_endpoint(name, reference, config.tracking_uri)
-        if forecast is not None:
-            forecasts[name] = forecast
+        loaded = load_standalone(name, reference, config.tracking_uri)
+        if loaded is not None:
+            standalone[name] = loaded
             continue
         routes[name] = RouteConfig(variants=[VariantConfig(name=DEFAULT_VARIANT, model=reference)])
-    if not routes and not forecasts:
+    if not routes and not standalone:
         raise MlsmithError(
             "nothing to serve: name at least one model (a run, a package or models:/NAME@ALIAS)"
         )
     endpoints = {}
     for name, route in routes.items():
         endpoints[name] = _endpoint(name, route, config, metrics)
-    return endpoints, forecasts
+    return endpoints, standalone
 
 
 def _endpoint(
@@ -229,13 +229,13 @@ def create_app(config: ServeConfig) -> FastAPI:
     """The application serving ``config``'s models (loaded now)."""
 
     metrics = ServerMetrics()
-    endpoints, forecasts = load_endpoints(config, metrics)
+    endpoints, standalone = load_endpoints(config, metrics)
     predlog = None
     if config.log.directory is not None:
         from mlsmith.serving.predlog import PredictionLog
 
         predlog = PredictionLog(config.log)
-    state = ServerState(config, endpoints, metrics, predlog, forecasts)
+    state = ServerState(config, endpoints, metrics, predlog, standalone)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -465,21 +465,21 @@ def _routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v2/models/{name}", tags=["metadata"], responses=_ERRORS)
     async def model_metadata(name: str) -> dict[str, Any]:
-        if name in state.forecasts:
-            return state.forecasts[name].metadata()
+        if name in state.standalone:
+            return state.standalone[name].metadata()
         return metadata(endpoint_for(state, name), None)
 
     @app.get("/v2/models/{name}/versions/{version}", tags=["metadata"], responses=_ERRORS)
     async def version_metadata(name: str, version: str) -> dict[str, Any]:
-        if name in state.forecasts:
-            return forecast_version(state, name, version).metadata()
+        if name in state.standalone:
+            return standalone_version(state, name, version).metadata()
         endpoint = endpoint_for(state, name)
         return metadata(endpoint, variant_for(endpoint, version))
 
     def readiness(name: str, version: str | None) -> Response:
-        if name in state.forecasts:
+        if name in state.standalone:
             if version is not None:
-                forecast_version(state, name, version)
+                standalone_version(state, name, version)
         else:
             variant_for(endpoint_for(state, name), version)
         ok = not state.draining
@@ -523,11 +523,8 @@ def _routes(app: FastAPI, state: ServerState) -> None:
         "/v2/models/{name}/feedback", tags=["a/b"], openapi_extra=_FEEDBACK_BODY, responses=_ERRORS
     )
     async def feedback(name: str, request: Request) -> Response:
-        if name in state.forecasts:
-            raise ProtocolError(
-                f"'{name}' forecasts: label feedback scores classifiers and regressors; a "
-                "forecaster is scored by its backtest (`mlsmith train`) on newer history"
-            )
+        if name in state.standalone:
+            raise ProtocolError(state.standalone[name].feedback_refusal)
         endpoint = endpoint_for(state, name)
         body = _json_object(await _read_body(request, state.config))
         ids, labels = body.get("request_ids"), body.get("labels")
@@ -553,7 +550,7 @@ def _routes(app: FastAPI, state: ServerState) -> None:
 
     @app.get("/v2/models/{name}/ab", tags=["a/b"], responses=_ERRORS)
     async def ab(name: str) -> Response:
-        if name in state.forecasts:
+        if name in state.standalone:
             return JSONResponse(
                 {"model": name, "weights": {DEFAULT_VARIANT: 1.0}, "feedback": None}
             )
@@ -613,7 +610,7 @@ def endpoint_for(state: ServerState, name: str) -> Endpoint:
     if endpoint is None:
         from mlsmith.errors import did_you_mean
 
-        known = [*state.endpoints, *state.forecasts]
+        known = [*state.endpoints, *state.standalone]
         raise ProtocolError(
             f"no model named '{name}'{did_you_mean(name, known)}; served: {', '.join(known)}",
             404,
@@ -765,8 +762,8 @@ async def _infer(
     version: str | None,
 ) -> Response:
 
-    if name in state.forecasts:
-        return await _forecast_infer(state, request, forecast_version(state, name, version))
+    if name in state.standalone:
+        return await _standalone_infer(state, request, standalone_version(state, name, version))
     started = time.perf_counter()
     endpoint = endpoint_for(state, name)
     pinned = variant_for(endpoint, version)
@@ -806,14 +803,14 @@ async def _infer(
 
 
 async def _predict(state: ServerState, request: Request, name: str) -> Response:
-    if name in state.forecasts:
-        return await _forecast_rows(state, request, state.forecasts[name])
+    if name in state.standalone:
+        return await _standalone_rows(state, request, state.standalone[name])
     return await _predict_rows(state, request, endpoint_for(state, name))
 
 
-def forecast_version(state: ServerState, name: str, version: str | None) -> ForecastEndpoint:
-    """The forecasting endpoint ``name`` (404 for a version it does not serve)."""
-    endpoint = state.forecasts[name]
+def standalone_version(state: ServerState, name: str, version: str | None) -> StandaloneEndpoint:
+    """The standalone endpoint ``name`` (404 for a version it does not serve)."""
+    endpoint = state.standalone[name]
     if version is not None and version != endpoint.version:
         raise ProtocolError(
             f"model '{name}' has no version '{version}' being served (serving: {endpoint.version})",
@@ -822,18 +819,14 @@ def forecast_version(state: ServerState, name: str, version: str | None) -> Fore
     return endpoint
 
 
-async def _forecast_infer(
-    state: ServerState, request: Request, endpoint: ForecastEndpoint
+async def _standalone_infer(
+    state: ServerState, request: Request, endpoint: StandaloneEndpoint
 ) -> Response:
-    """A v2 inference request to a forecasting package (see mlsmith.serving.forecasts)."""
-    from mlsmith.serving.forecasts import history_from_tensors, output_tensors
-
+    """A v2 inference request to a forecasting or scene package (serving.standalone)."""
     with _counted(state, endpoint.name, "infer") as outcome:
         body = await _read_body(request, state.config)
         parsed = parse_request(body, request.headers.get(HEADER_LENGTH))
-        history = history_from_tensors(parsed, endpoint)
-        forecasts = await endpoint.forecast(history, parsed.parameters.get("horizon"))
-        tensors = output_tensors(forecasts)
+        tensors = await endpoint.infer(parsed)
         check_requested_outputs(parsed, [t.name for t in tensors])
         request_id = parsed.id or request.headers.get(REQUEST_ID_HEADER) or new_request_id()
         content, headers = encode_response(
@@ -848,16 +841,13 @@ async def _forecast_infer(
         return Response(content, headers=headers | _request_id_headers(request_id))
 
 
-async def _forecast_rows(
-    state: ServerState, request: Request, endpoint: ForecastEndpoint
+async def _standalone_rows(
+    state: ServerState, request: Request, endpoint: StandaloneEndpoint
 ) -> Response:
-    """``POST .../predict`` to a forecasting package: ``{"rows": [...], "horizon": H}``."""
-    from mlsmith.serving.forecasts import forecast_items, history_from_rows
-
+    """``POST .../predict`` to a forecasting or scene package."""
     with _counted(state, endpoint.name, "predict") as outcome:
         body = _json_object(await _read_body(request, state.config))
-        history = history_from_rows(body.get("rows"), endpoint)
-        forecasts = await endpoint.forecast(history, body.get("horizon"))
+        answer = await endpoint.predict_json(body)
         request_id = check_text(
             str(body.get("id") or request.headers.get(REQUEST_ID_HEADER) or new_request_id()),
             "'id'",
@@ -866,7 +856,7 @@ async def _forecast_rows(
             "model_name": endpoint.name,
             "model_version": endpoint.version,
             "id": request_id,
-            "forecasts": forecast_items(forecasts),
+            **answer,
         }
         outcome.status = 200
         return Response(
@@ -883,7 +873,7 @@ class _Outcome:
 
 @contextmanager
 def _counted(state: ServerState, name: str, path: str) -> Iterator[_Outcome]:
-    """Count a forecasting request and time it, by the status it ends with."""
+    """Count a standalone endpoint's request and time it, by the status it ends with."""
     started = time.perf_counter()
     outcome = _Outcome()
     try:

@@ -84,6 +84,23 @@ class ForecastEndpoint:
             },
         }
 
+    @property
+    def feedback_refusal(self) -> str:
+        return (
+            f"'{self.name}' forecasts: label feedback scores classifiers and regressors; a "
+            "forecaster is scored by its backtest (`mlsmith train`) on newer history"
+        )
+
+    async def infer(self, request: InferRequest) -> list[Tensor]:
+        """A v2 request's history tensors to the forecast table's columns."""
+        history = history_from_tensors(request, self)
+        return output_tensors(await self.forecast(history, request.parameters.get("horizon")))
+
+    async def predict_json(self, body: dict[str, Any]) -> dict[str, Any]:
+        """``{"rows": [...], "horizon": H}`` to ``{"forecasts": [...]}``."""
+        history = history_from_rows(body.get("rows"), self)
+        return {"forecasts": forecast_items(await self.forecast(history, body.get("horizon")))}
+
     async def forecast(self, frame: pd.DataFrame, horizon: Any) -> pd.DataFrame:
         """The forecasts of ``frame``'s series (400 for a history it cannot read)."""
         steps = _horizon(horizon, self.forecaster.spec.horizon)
@@ -94,26 +111,6 @@ class ForecastEndpoint:
             )
         except MlsmithError as exc:
             raise ProtocolError(str(exc)) from None
-
-
-def load_forecast_endpoint(
-    name: str, reference: str, tracking_uri: str | None
-) -> ForecastEndpoint | None:
-    """The served name's forecasting package, or None when ``reference`` is a row model."""
-    from mlsmith.registry.loading import load_any
-    from mlsmith.runtime.forecaster import SavedForecaster
-    from mlsmith.serving.models import REGISTRY_PREFIX, registry_version
-
-    version = "1"
-    source = reference
-    if reference.startswith(REGISTRY_PREFIX):
-        version = registry_version(reference, tracking_uri)
-        model = reference[len(REGISTRY_PREFIX) :].split("@")[0].split("/")[0]
-        source = f"{REGISTRY_PREFIX}{model}/{version}"
-    loaded = load_any(source, tracking_uri=tracking_uri)
-    if not isinstance(loaded, SavedForecaster):
-        return None
-    return ForecastEndpoint(name, loaded, version, reference)
 
 
 def history_from_tensors(request: InferRequest, endpoint: ForecastEndpoint) -> pd.DataFrame:

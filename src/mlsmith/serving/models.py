@@ -289,7 +289,7 @@ def _shown(accepts: tuple[str, ...]) -> list[str]:
 def _column(tensor: Tensor, spec: InputSpec, where: str) -> Any:
     data = tensor.data
     if spec.role == "image":
-        return [_image_bytes(v, where) for v in data]
+        return [image_bytes(v, where) for v in data]
     if tensor.datatype == BYTES:
         try:
             texts = [v.decode() if isinstance(v, bytes) else v for v in data]
@@ -315,7 +315,7 @@ def _parse_numbers(texts: list[str], where: str) -> np.ndarray:
     return out
 
 
-def _image_bytes(value: Any, where: str) -> bytes:
+def image_bytes(value: Any, where: str) -> bytes:
     """Binary BYTES are the file's bytes; JSON strings carry them base64-encoded."""
     if isinstance(value, bytes):
         return value
@@ -421,7 +421,7 @@ def rows_from_json(rows: Any, inputs: list[InputSpec], *, extra: tuple[str, ...]
                 check_text(value, f"rows[{i}]: {where}")
         if spec.role == "image":
             columns[spec.name] = [
-                _image_bytes(v, f"rows[{i}]: {where}") for i, v in enumerate(values)
+                image_bytes(v, f"rows[{i}]: {where}") for i, v in enumerate(values)
             ]
         elif spec.role == "numeric":
             out = np.empty(len(values), dtype=np.float64)
