@@ -4,7 +4,9 @@ The issue's quality bar: on 2 CPU cores, detection reaches mAP@0.5 >= 0.8 and se
 mIoU >= 0.8 within a few minutes. Each task is one ``mlsmith.train`` run on the same generated
 scenes (circles, squares and triangles on noisy backgrounds, ``mlsmith.data.shapes``), scored
 on its held-out test split; the table gives the figure with its 95% interval over test images,
-the wall time of the whole run and the training time.
+the wall time of the whole run and the training time. A second table times prediction on the
+test images with the run's torch model (``run.predict``) and with its package (ONNX Runtime,
+decoding the files itself, as ``mlsmith serve`` does), and says how far the package agrees.
 
     python bench/detect_segment.py                       # both tasks, the defaults
     python bench/detect_segment.py --tasks segmentation  # one task
@@ -49,7 +51,6 @@ def config(task: str, shapes: Path, output: Path) -> dict[str, Any]:
         "model": model,
         "train": train,
         "track": {"enabled": False},
-        "export": {"package": False},
     }
 
 
@@ -69,6 +70,7 @@ def main() -> None:
 
     print(f"torch threads: {torch.get_num_threads()}, CPUs: {os.cpu_count()}")
     rows = []
+    served: list[tuple[Any, ...]] = []
     with tempfile.TemporaryDirectory() as tmp:
         for task in args.tasks:
             count = args.images or IMAGES[task]
@@ -79,6 +81,7 @@ def main() -> None:
                 config(task, shapes, Path(tmp) / "runs"), list(args.set), progress=False
             )
             wall = time.perf_counter() - started
+            served.append((task, *_prediction_speed(run, shapes)))
             test = run.metrics["test"][metric]
             low, high = test.get("ci95") or (float("nan"), float("nan"))
             rows.append(
@@ -105,6 +108,46 @@ def main() -> None:
             f"{task:<13} {model:<11} {metric:<7} {value:>7.4f} [{low:.4f}, {high:.4f}] "
             f"{epochs:>6} {train_s:>8.1f} {wall:>7.1f} {met:>5}"
         )
+    print()
+    print(f"{'task':<13} {'images':>6} {'torch img/s':>11} {'package img/s':>13} {'agreement':>22}")
+    for task, images, torch_rate, package_rate, agreement in served:
+        print(f"{task:<13} {images:>6} {torch_rate:>11.1f} {package_rate:>13.1f} {agreement:>22}")
+
+
+def _prediction_speed(run: Any, shapes: Path) -> tuple[int, float, float, str]:
+    """Images per second predicting 200 images from their files, torch vs the package, and how
+    the package's answers compare with torch's."""
+    import numpy as np
+
+    import mlsmith
+
+    frame = run.preprocessor.read(str(shapes / "images")).tail(200).reset_index(drop=True)
+    package = mlsmith.load_package(run.path)
+    started = time.perf_counter()
+    expected = run.predict(frame)
+    torch_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    if run.config.data.type == "segmentation":
+        masks = package.masks(frame)
+        package_seconds = time.perf_counter() - started
+        same = sum(int((m == e).sum()) for m, e in zip(masks, expected["mask"], strict=True))
+        total = sum(int(e.size) for e in expected["mask"])
+        agreement = f"pixels {same / total:.4%}"
+    else:
+        found = package.predict(frame)
+        package_seconds = time.perf_counter() - started
+        columns = ["x_min", "y_min", "x_max", "y_max"]
+        same = len(found) == len(expected) and bool(
+            (found["label"].to_numpy() == expected["label"].to_numpy()).all()
+        )
+        diff = (
+            float(np.abs(found[columns].to_numpy() - expected[columns].to_numpy()).max())
+            if same and len(found)
+            else float("nan")
+        )
+        agreement = f"{len(found)} boxes, max {diff:.1e} px" if same else "boxes differ"
+    n = len(frame)
+    return n, n / torch_seconds, n / package_seconds, agreement
 
 
 if __name__ == "__main__":

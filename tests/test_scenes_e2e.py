@@ -174,6 +174,26 @@ def test_images_of_different_sizes_share_a_canvas_and_map_back(
     assert unplace_mask(mask, split.inputs["geometry"][cut]).shape == (24, 28)
 
 
+def test_check_finds_images_shared_between_splits(shapes: Path, tmp_path: Path) -> None:
+    """`mlsmith check` on scenes: every image given twice (another name, the same pixels) puts
+    copies of validation and test images in train, which the duplicates check names."""
+    import shutil
+
+    copied = tmp_path / "shapes"
+    shutil.copytree(shapes, copied)
+    for folder in ("images", "masks"):
+        for file in sorted((copied / folder).iterdir()):
+            shutil.copy(file, file.with_name("copy-" + file.name))
+    report = mlsmith.check(seg_config(copied, tmp_path / "runs"), quick=True)
+    found = {r.name: r for r in report.results}
+    duplicates = found["duplicates across splits"]
+    assert duplicates.status == "fail", duplicates.detail
+    assert "images" in duplicates.detail and "also in train" in duplicates.detail
+    assert found["raw rows"].status == "skip"
+    clean = mlsmith.check(seg_config(shapes, tmp_path / "runs"), quick=True)
+    assert {r.name: r for r in clean.results}["duplicates across splits"].status == "pass"
+
+
 @pytest.mark.parametrize(
     ("change", "expected"),
     [

@@ -1,15 +1,22 @@
 """The detection networks: a finite batch loss with gradients everywhere and its components,
-fixed-shape padded detections, images without objects, grayscale input, determinism, and a few
-generated scenes learnt."""
+fixed-shape padded detections, images without objects, grayscale input, determinism, pretrained
+backbones from the local torch cache (and the errors when they cannot be), and a few generated
+scenes learnt."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import re
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+import yaml
+from pydantic import ValidationError
 
+from mlsmith.config import FCOSConfig
 from mlsmith.data.shapes import CLASSES, draw_scene
 from mlsmith.errors import ConfigError
 from mlsmith.models.detection import (
@@ -18,6 +25,7 @@ from mlsmith.models.detection import (
     pack_detections,
     unpack_detections,
 )
+from mlsmith.models.torchvision_net import PretrainedWeightsError, weights_file
 from mlsmith.vision_metrics import Boxes, detection_metrics
 
 COMPONENTS = {
@@ -38,11 +46,33 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def tiny(arch: str, channels: int = 3, backbone: str = "small") -> DetectionNet:
+@pytest.fixture
+def torch_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """An empty torch cache; downloads go to a closed local port, so they fail at once
+    whether or not this machine has a network."""
+    home = tmp_path / "torch-home"
+    monkeypatch.setenv("TORCH_HOME", str(home))
+    for name in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(name, "http://127.0.0.1:9")
+    monkeypatch.delenv("no_proxy", raising=False)
+    monkeypatch.delenv("NO_PROXY", raising=False)
+    return home
+
+
+def tiny(
+    arch: str, channels: int = 3, backbone: str = "small", pretrained: bool = False
+) -> DetectionNet:
     # Strides up to 16: at stride 32 a 32-pixel image is one pixel, and batch norm over two
     # single pixels passes no gradient (real batches are larger, and so are real images).
     return DetectionNet(
-        arch, backbone, 3, (SIZE, SIZE), channels, fpn_channels=16, strides=(4, 8, 16)
+        arch,
+        backbone,
+        3,
+        (SIZE, SIZE),
+        channels,
+        fpn_channels=16,
+        strides=(4, 8, 16),
+        pretrained=pretrained,
     )
 
 
@@ -165,6 +195,77 @@ def test_bad_requests_are_refused_clearly() -> None:
         DetectionNet("fcos", "small", 3, (SIZE, SIZE), 3, strides=(8, 4))
     with pytest.raises(ValueError, match="target boxes"):
         tiny("fcos").train()(batch()[0])
+
+
+PRETRAINED_MESSAGE = (
+    "model.pretrained: true, but model.backbone 'small' (the from-scratch CNN) has no "
+    "pretrained weights; ImageNet weights exist for mobilenet_v3_large, mobilenet_v3_small, "
+    "resnet18, resnet34, resnet50"
+)
+
+
+def test_pretrained_small_backbone_is_refused_at_config_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cli: Callable[..., Any]
+) -> None:
+    with pytest.raises(ValidationError, match=re.escape(PRETRAINED_MESSAGE)):
+        FCOSConfig(pretrained=True)
+    assert FCOSConfig(backbone="resnet18", pretrained=True).pretrained
+    # Through the CLI: a user error (exit 2) before any data is read (these paths do not exist).
+    monkeypatch.chdir(tmp_path)  # where output_dir (runs/) would be
+    config = tmp_path / "detect.yaml"
+    raw = {
+        "data": {"type": "detection", "path": "images", "annotations": "boxes.csv"},
+        "model": {"type": "retinanet", "backbone": "small", "pretrained": True},
+    }
+    config.write_text(yaml.safe_dump(raw))
+    result = cli("train", config)
+    assert result.code == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    assert PRETRAINED_MESSAGE in result.stderr
+    assert "or set model.pretrained: false" in result.stderr
+    assert not (tmp_path / "runs").exists()  # nothing trained
+
+
+def test_missing_pretrained_backbone_weights_name_the_file(torch_home: Path) -> None:
+    expected = torch_home / "hub" / "checkpoints" / "resnet18-f37072fd.pth"
+    with pytest.raises(PretrainedWeightsError) as error:
+        tiny("fcos", backbone="resnet18", pretrained=True)
+    message = str(error.value)
+    assert message.startswith("model.pretrained: the weights of 'resnet18'")
+    assert str(expected) in message
+    assert "https://download.pytorch.org/models/resnet18-f37072fd.pth" in message
+    assert not expected.exists()  # nothing half-downloaded left behind
+    assert error.value.exit_code == 2
+
+
+@pytest.mark.parametrize(
+    ("backbone", "prefix", "first_conv"),
+    [("mobilenet_v3_small", "features.", "0.0.weight"), ("resnet18", "", "conv1.weight")],
+)
+def test_pretrained_backbones_start_from_the_cached_weights(
+    backbone: str, prefix: str, first_conv: str, torch_home: Path
+) -> None:
+    import torchvision
+
+    torch.manual_seed(1)
+    imagenet = getattr(torchvision.models, backbone)()  # stands in for the real download
+    saved = imagenet.state_dict()
+    file = weights_file(torchvision.models.get_model_weights(backbone).DEFAULT)
+    file.parent.mkdir(parents=True)
+    torch.save(saved, file)
+
+    torch.manual_seed(2)
+    body = tiny("fcos", backbone=backbone, pretrained=True).detector.backbone.body.state_dict()
+    assert first_conv in body
+    for key, value in body.items():
+        torch.testing.assert_close(value, saved[prefix + key], rtol=0, atol=0, msg=key)
+    torch.manual_seed(2)
+    scratch = tiny("fcos", backbone=backbone).detector.backbone.body.state_dict()
+    assert not torch.equal(scratch[first_conv], body[first_conv])  # not the same by chance
+    # Gray images: the first convolution sums the colour channels' weights.
+    gray = tiny("fcos", channels=1, backbone=backbone, pretrained=True)
+    gray_conv = gray.detector.backbone.body.state_dict()[first_conv]
+    torch.testing.assert_close(gray_conv, saved[prefix + first_conv].sum(dim=1, keepdim=True))
 
 
 def test_packed_detections_unpack_to_the_same() -> None:

@@ -107,6 +107,36 @@ def test_pretrained_weights_load_from_the_local_cache(torch_home: Path) -> None:
     assert norms and not any(m.training for m in norms)  # frozen statistics stay frozen
 
 
+@pytest.mark.parametrize("arch", ["mobilenet_v3_small", "googlenet"])
+def test_a_network_built_for_a_checkpoint_needs_no_cached_weights(
+    torch_home: Path, arch: str
+) -> None:
+    """Loading a run trained from pretrained weights rebuilds its network for the checkpoint's
+    weights: the cache is not read (it may be absent where the run is loaded), and the network
+    computes as the trained one (GoogLeNet keeps the input transform its weights come with)."""
+    import torchvision
+
+    from mlsmith.models.neural import weights_from_checkpoint
+
+    torch.manual_seed(1)
+    # The real file holds the auxiliary heads too.
+    options = {"aux_logits": True, "init_weights": True} if arch == "googlenet" else {}
+    file = weights_file(_weights(arch))
+    file.parent.mkdir(parents=True)
+    torch.save(torchvision.models.get_model_builder(arch)(**options).state_dict(), file)
+    cfg = TorchvisionConfig(arch=arch, pretrained=True)
+    trained = TorchvisionNet(cfg, 3, 4).eval()
+    file.unlink()
+    with pytest.raises(PretrainedWeightsError):
+        TorchvisionNet(cfg, 3, 4)
+    with weights_from_checkpoint():
+        loaded = TorchvisionNet(cfg, 3, 4).eval()
+    loaded.load_state_dict(trained.state_dict())
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(x), trained(x))
+
+
 def test_a_weights_file_that_is_not_plain_tensors_is_refused(torch_home: Path) -> None:
     file = weights_file(_weights("resnet18"))
     file.parent.mkdir(parents=True)

@@ -101,6 +101,12 @@ def test_gradient_flow_names_vanishing_layers_and_exploding_growth() -> None:
     assert gradient_flow([], []) is None
     # A non-finite sample (the step a NaN stopped) does not make every layer look vanishing.
     assert gradient_flow(layers, [*healthy, (9, math.nan, math.inf, 1.0)]) is None
+    # A layer no gradient ever reached (unused by the forward pass) is not vanishing; one that
+    # got a gradient once and then tiny ones is.
+    assert gradient_flow(layers, [(s, 0.0, 0.8, 1.0) for s in range(1, 9)]) is None
+    once = [(1, 1e-6, 0.8, 1.0), *[(s, 0.0, 0.8, 1.0) for s in range(2, 9)]]
+    note = gradient_flow(layers, once)
+    assert note is not None and "in (0)" in note
 
 
 def test_a_run_tracks_layer_norms_and_reports_them(tmp_path: Path) -> None:

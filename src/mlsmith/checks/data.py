@@ -40,6 +40,12 @@ def data_checks(config: Config, data: PreparedData) -> list[CheckResult]:
     target = config.data.target
     kind = config.data.type
     features = _feature_columns(config, data)
+    if kind in ("segmentation", "detection"):  # images and their targets, checked as read
+        return [
+            split_sizes(data),
+            CheckResult("data", "raw rows", "skip", "images are checked as they are read"),
+            duplicates_across_splits(config, data, features),
+        ]
     if "train" not in frames:  # a data kind that keeps no raw rows: only the sizes are known
         reason = "the data kind keeps no raw rows to check"
         return [

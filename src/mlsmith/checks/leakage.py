@@ -19,6 +19,7 @@ Thresholds, and why:
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -46,11 +47,14 @@ def duplicates_across_splits(
 ) -> CheckResult:
     """Val/test rows whose exact copy (features and target) is in train: leakage."""
     name = "duplicates across splits"
-    if config.data.type == "image":
+    scenes = config.data.type in ("segmentation", "detection")
+    if config.data.type == "image" or scenes:
         if "image" not in data.train.inputs:
             return CheckResult("splits", name, "skip", "streamed images are not hashed")
+        # A scene's pixels alone: the same image is a leak whatever its masks or boxes say
+        # (and a split's boxes are padded to its own most boxes, so they hash apart).
         hashes = {
-            split: _array_hashes(part.inputs["image"], part.target)
+            split: _array_hashes(part.inputs["image"], None if scenes else part.target)
             for split, part in (("train", data.train), ("val", data.val), ("test", data.test))
             if part is not None and len(part)
         }
@@ -69,15 +73,22 @@ def duplicates_across_splits(
         if len(shared):
             share = len(shared) / len(values)
             worst = max(worst, share)
-            rows = data.frames[split].index[shared[:EXAMPLES]].tolist()
+            if scenes:
+                paths = data.frames[split]["path"].iloc[shared[:EXAMPLES]]
+                example = "e.g. " + ", ".join(Path(p).name for p in paths)
+                unit = "images"
+            else:
+                rows = data.frames[split].index[shared[:EXAMPLES]].tolist()
+                example, unit = f"e.g. rows {', '.join(map(str, rows))}", "rows"
             findings.append(
-                f"{len(shared)} of {len(values)} {split} rows ({share:.1%}) also in train, "
-                f"e.g. rows {', '.join(map(str, rows))}"
+                f"{len(shared)} of {len(values)} {split} {unit} ({share:.1%}) also in train, "
+                + example
             )
     if not findings:
         checked = ", ".join(s for s in hashes if s != "train")
+        unit = "image" if scenes else "row"
         return CheckResult(
-            "splits", name, "pass", f"no {checked} row is an exact copy of a train row"
+            "splits", name, "pass", f"no {checked} {unit} is an exact copy of a train {unit}"
         )
     status: Status = "fail" if worst > DUPLICATE_FAIL_SHARE else "warn"
     detail = "; ".join(findings) + " (exact copies: metrics on them are not held out)"
@@ -150,11 +161,11 @@ def _frame_hashes(frame: pd.DataFrame) -> np.ndarray:
     return pd.util.hash_pandas_object(frame, index=False).to_numpy()
 
 
-def _array_hashes(images: np.ndarray, target: np.ndarray) -> np.ndarray:
+def _array_hashes(images: np.ndarray, target: np.ndarray | None) -> np.ndarray:
     import hashlib
 
     flat = np.ascontiguousarray(images).reshape(len(images), -1)
-    labels = np.asarray(target).tolist()
+    labels = np.asarray(target).tolist() if target is not None else [None] * len(flat)
     return np.array(
         [
             hashlib.blake2b(row.tobytes() + str(label).encode(), digest_size=8).hexdigest()

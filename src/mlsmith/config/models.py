@@ -264,6 +264,16 @@ class DeepLabConfig(SegmenterConfig):
     backbone: Literal["mobilenet_v3_large", "resnet50", "resnet101"] = "mobilenet_v3_large"
 
 
+# The detectors' torchvision backbones, which have ImageNet weights; ``small`` has none.
+PRETRAINED_DETECTION_BACKBONES = (
+    "mobilenet_v3_large",
+    "mobilenet_v3_small",
+    "resnet18",
+    "resnet34",
+    "resnet50",
+)
+
+
 class DetectorConfig(Section):
     """What torchvision's detectors share (``data.type: detection``); each computes its own
     losses, logged per component."""
@@ -273,10 +283,28 @@ class DetectorConfig(Section):
         description="the feature extractor: small (a from-scratch CNN for CPUs), "
         "mobilenet_v3_large, mobilenet_v3_small, resnet18, resnet34 or resnet50",
     )
+    pretrained: bool = Field(
+        False,
+        description="start the backbone from its ImageNet weights, read from the local torch "
+        "cache (nothing is downloaded); the torchvision backbones only, not small",
+    )
     min_score: float = Field(
         0.05, ge=0.0, lt=1.0, description="detections scoring below this are dropped"
     )
     max_detections: int = Field(100, ge=1, le=1000, description="detections kept per image")
+
+    @model_validator(mode="after")
+    def _check_pretrained(self) -> DetectorConfig:
+        # Refused here, before any data is read or anything trains.
+        if self.pretrained and self.backbone not in PRETRAINED_DETECTION_BACKBONES:
+            what = " (the from-scratch CNN)" if self.backbone == "small" else ""
+            raise ValueError(
+                f"model.pretrained: true, but model.backbone '{self.backbone}'{what} has no "
+                "pretrained weights; ImageNet weights exist for "
+                f"{', '.join(PRETRAINED_DETECTION_BACKBONES)}: choose one of those as "
+                "model.backbone, or set model.pretrained: false"
+            )
+        return self
 
 
 class FasterRCNNConfig(DetectorConfig):

@@ -1,8 +1,12 @@
 """Object detection networks: torchvision's Faster R-CNN, RetinaNet and FCOS over a chosen
-backbone (``model.type: fasterrcnn | retinanet | fcos``), trained from scratch.
+backbone (``model.type: fasterrcnn | retinanet | fcos``), trained from scratch or from the
+backbone's ImageNet weights (``model.pretrained``).
 
-Every network is built with ``weights=None, weights_backbone=None``: nothing is downloaded.
-The backbone is one of:
+The detector itself (pyramid, heads) always starts from scratch. With ``pretrained`` the
+torchvision backbones load their default ImageNet weights from the local torch hub cache,
+through :func:`~mlsmith.models.torchvision_net.ensure_weights` as classification and
+segmentation do: a missing file is an error that names it and where to put it. The backbone is
+one of:
 
 - ``small``: five stages (one strided conv3x3-BN-ReLU, then four of two, the first strided;
   16, 32, 64, 64, 64 wide), written here. torchvision's backbones are ImageNet designs: from
@@ -14,9 +18,12 @@ The backbone is one of:
 - ``mobilenet_v3_large``, ``mobilenet_v3_small``: torchvision's MobileNetV3 features.
 - ``resnet18``, ``resnet34``, ``resnet50``: torchvision's ResNets.
 
-The first convolution takes the images' channel count (1 or 3). The backbone hands its feature
-maps at ``strides`` (the last block at each stride) to a feature pyramid ``fpn_channels`` wide,
-with batch norm throughout (from scratch there are no frozen statistics to keep). By default
+The first convolution takes the images' channel count (1 or 3); a pretrained one given gray
+images sums its weights over the colour channels, which is the same as repeating the gray
+channel. The backbone hands its feature maps at ``strides`` (the last block at each stride) to
+a feature pyramid ``fpn_channels`` wide, with batch norm throughout that keeps learning (from
+scratch there are no frozen statistics to keep; pretrained ones start from ImageNet's and
+adapt, as in torchvision's segmentation networks). By default
 the strides are 4, 8, 16 and 32 for images up to 128 pixels a side, whose objects are a few
 to tens of pixels (at stride 8 alone a 10-pixel object falls between anchors), and 8, 16, 32
 above. A max-pooled level tops the pyramid; RetinaNet and FCOS take P6 and P7 instead for
@@ -43,18 +50,13 @@ from typing import Any
 import torch
 from torch import nn
 
+from mlsmith.config.models import PRETRAINED_DETECTION_BACKBONES
 from mlsmith.errors import ConfigError, MissingExtraError
-from mlsmith.models.neural import NeuralModel
+from mlsmith.models.neural import NeuralModel, use_pretrained
+from mlsmith.models.torchvision_net import ensure_weights
 
 ARCHS = ("fasterrcnn", "retinanet", "fcos")
-BACKBONES = (
-    "small",
-    "mobilenet_v3_large",
-    "mobilenet_v3_small",
-    "resnet18",
-    "resnet34",
-    "resnet50",
-)
+BACKBONES = ("small", *PRETRAINED_DETECTION_BACKBONES)
 # The backbone's feature maps the pyramid can read, by stride.
 STRIDES = (4, 8, 16, 32)
 # Images up to this side read stride 4 as well: their objects are a few pixels to tens.
@@ -97,26 +99,30 @@ def small_backbone(channels: int, widths: tuple[int, ...] = SMALL_WIDTHS) -> nn.
     return body
 
 
-def _replace_first_conv(body: nn.Module, channels: int) -> None:
-    """Make the first convolution take ``channels`` inputs (torchvision's take 3)."""
+def _replace_first_conv(body: nn.Module, channels: int, pretrained: bool = False) -> None:
+    """Make the first convolution take ``channels`` inputs (torchvision's take 3). A
+    ``pretrained`` one taking 1 channel keeps its weights summed over the 3: a gray image
+    repeated as RGB gives the same output."""
     for name, module in body.named_modules():
         if isinstance(module, nn.Conv2d):
             if module.in_channels == channels:
                 return
             parent_name, _, attribute = name.rpartition(".")
             parent = body.get_submodule(parent_name) if parent_name else body
-            setattr(
-                parent,
-                attribute,
-                nn.Conv2d(
-                    channels,
-                    module.out_channels,
-                    module.kernel_size,  # type: ignore[arg-type]
-                    stride=module.stride,  # type: ignore[arg-type]
-                    padding=module.padding,  # type: ignore[arg-type]
-                    bias=module.bias is not None,
-                ),
+            conv = nn.Conv2d(
+                channels,
+                module.out_channels,
+                module.kernel_size,  # type: ignore[arg-type]
+                stride=module.stride,  # type: ignore[arg-type]
+                padding=module.padding,  # type: ignore[arg-type]
+                bias=module.bias is not None,
             )
+            if pretrained and channels == 1:
+                with torch.no_grad():
+                    conv.weight.copy_(module.weight.sum(dim=1, keepdim=True))
+                    if module.bias is not None:
+                        conv.bias.copy_(module.bias)  # type: ignore[union-attr]
+            setattr(parent, attribute, conv)
             return
 
 
@@ -150,27 +156,39 @@ def build_backbone(
     strides: tuple[int, ...],
     fpn_channels: int,
     extra_blocks: nn.Module,
+    pretrained: bool = False,
 ) -> nn.Module:
     """``name``'s feature maps at ``strides`` under a feature pyramid ``fpn_channels`` wide
-    (``out_channels``), with ``extra_blocks`` adding levels above."""
+    (``out_channels``), with ``extra_blocks`` adding levels above; ``pretrained``: the
+    backbone starts from its ImageNet weights in the local torch cache."""
     torchvision = _torchvision()
     from torchvision.models.detection.backbone_utils import BackboneWithFPN
 
     if name not in BACKBONES:
         raise ConfigError(f"model.backbone: expected one of {list(BACKBONES)}, found '{name}'")
+    weights = None
+    if pretrained:
+        if name not in PRETRAINED_DETECTION_BACKBONES:
+            raise ConfigError(
+                f"model.pretrained: model.backbone '{name}' has no pretrained weights; "
+                f"choose one of {list(PRETRAINED_DETECTION_BACKBONES)}"
+            )
+        weights = torchvision.models.get_model_weights(name).DEFAULT
+        ensure_weights(weights, name)  # the local file, or an error naming where to put it
     body: nn.Module
     if name == "small":
         body = small_backbone(channels)
         return_layers, in_channels = _pick_levels(body, channels, strides)
     elif name.startswith("mobilenet_v3"):
-        # Batch norm that learns: torchvision's detection builders freeze it, which only suits
-        # pretrained weights.
-        body = getattr(torchvision.models, name)(weights=None, norm_layer=nn.BatchNorm2d).features
-        _replace_first_conv(body, channels)
+        # Batch norm that learns: torchvision's detection builders freeze it, which suits
+        # pretrained weights on large images only.
+        net = getattr(torchvision.models, name)(weights=weights, norm_layer=nn.BatchNorm2d)
+        body = net.features
+        _replace_first_conv(body, channels, pretrained)
         return_layers, in_channels = _pick_levels(body, channels, strides)
     else:  # a ResNet
-        net = getattr(torchvision.models, name)(weights=None, norm_layer=nn.BatchNorm2d)
-        _replace_first_conv(net, channels)
+        net = getattr(torchvision.models, name)(weights=weights, norm_layer=nn.BatchNorm2d)
+        _replace_first_conv(net, channels, pretrained)
         expansion = net.fc.in_features // 512  # 1 for basic blocks, 4 for bottlenecks
         body = net
         layer = {4: 1, 8: 2, 16: 3, 32: 4}  # stride -> layerN
@@ -209,11 +227,12 @@ class DetectionNet(nn.Module):
     components kept in ``last_losses``. In eval mode: (B, max_detections, 6) ``x_min, y_min,
     x_max, y_max, score, label`` by decreasing score, padded with zero rows (label 0).
 
-    ``arch``: ``fasterrcnn | retinanet | fcos``; ``backbone``: one of ``BACKBONES``;
-    ``image_size``: (H, W) of the batches; ``channels``: 1 or 3. ``strides``, ``anchor_sizes``:
-    see the module (None: fitted to ``image_size``); ``score_threshold`` and ``nms_threshold``:
-    what detections are kept in eval mode, at most ``max_detections`` an image (``boxes``
-    are not read there: torchvision's detectors compute no loss in eval mode).
+    ``arch``: ``fasterrcnn | retinanet | fcos``; ``backbone``: one of ``BACKBONES``, from its
+    ImageNet weights when ``pretrained`` (not ``small``); ``image_size``: (H, W) of the
+    batches; ``channels``: 1 or 3. ``strides``, ``anchor_sizes``: see the module (None: fitted
+    to ``image_size``); ``score_threshold`` and ``nms_threshold``: what detections are kept in
+    eval mode, at most ``max_detections`` an image (``boxes`` are not read there: torchvision's
+    detectors compute no loss in eval mode).
     """
 
     last_losses: dict[str, torch.Tensor]
@@ -233,6 +252,7 @@ class DetectionNet(nn.Module):
         max_detections: int = 100,
         score_threshold: float = 0.05,
         nms_threshold: float = 0.5,
+        pretrained: bool = False,
     ) -> None:
         super().__init__()
         if arch not in ARCHS:
@@ -262,7 +282,7 @@ class DetectionNet(nn.Module):
             # No weights: a level above the last (its max-pooled top) for the largest objects.
             extra = LastLevelMaxPool()
             levels = len(strides) + 1
-        body = build_backbone(backbone, channels, strides, fpn_channels, extra)
+        body = build_backbone(backbone, channels, strides, fpn_channels, extra, pretrained)
         if arch == "fcos" and anchor_sizes is not None:
             raise ConfigError("model.anchor_sizes: FCOS has no anchors (see model.strides)")
         sizes = anchor_sizes or default_anchor_sizes(self.image_size, levels)
@@ -498,6 +518,7 @@ class DetectorModel(NeuralModel):
             spec["channels"],
             max_detections=cfg.max_detections,
             score_threshold=cfg.min_score,
+            pretrained=use_pretrained(cfg.pretrained),
         )
 
 

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
 from abc import abstractmethod
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +23,25 @@ if TYPE_CHECKING:
 
 CHECKPOINT_DIR = "checkpoints"
 PROFILE_DIR = "profile"  # train.profile's trace and summary
+# Set while a network is built to receive a checkpoint's weights: pretrained weights would be
+# overwritten at once, so the local cache is not read (a run loads where the cache is absent).
+_FROM_CHECKPOINT = contextvars.ContextVar("mlsmith_from_checkpoint", default=False)
+
+
+@contextmanager
+def weights_from_checkpoint() -> Iterator[None]:
+    """Networks built inside take no pretrained weights: a checkpoint's replace them."""
+    token = _FROM_CHECKPOINT.set(True)
+    try:
+        yield
+    finally:
+        _FROM_CHECKPOINT.reset(token)
+
+
+def use_pretrained(pretrained: bool) -> bool:
+    """Whether a network built now loads ``model.pretrained`` weights (see
+    :func:`weights_from_checkpoint`)."""
+    return pretrained and not _FROM_CHECKPOINT.get()
 
 
 class NeuralModel(Model):
@@ -63,8 +85,8 @@ class NeuralModel(Model):
 
     def _rebuilt(self, checkpoint: Path) -> torch.nn.Module:
         """A fresh network with the weights of ``checkpoint``, on ``self.device``."""
-        with torch.random.fork_rng(devices=[]):  # building draws weights: leave the RNG be
-            network = self.build_network()
+        with torch.random.fork_rng(devices=[]), weights_from_checkpoint():
+            network = self.build_network()  # building draws weights: the RNG is left be
         network.load_state_dict(load_checkpoint(checkpoint, map_location=self.device)["model"])
         return network.to(self.device)
 
@@ -81,7 +103,8 @@ class NeuralModel(Model):
     def load(
         cls, run_dir: Path, config: Config, preprocessor: Preprocessor, device: str = "auto"
     ) -> NeuralModel:
-        model = cls(config, preprocessor)
+        with weights_from_checkpoint():
+            model = cls(config, preprocessor)
         model.device = resolve_device(device)
         state = load_checkpoint(Path(run_dir) / CHECKPOINT_DIR / BEST, map_location=model.device)
         model.network.load_state_dict(state["model"])

@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 from mlsmith.config import DeepLabConfig, FCNConfig, UNetConfig
-from mlsmith.models.neural import NeuralModel
+from mlsmith.models.neural import NeuralModel, use_pretrained
 from mlsmith.models.torchvision_net import _torchvision, ensure_weights
 
 
@@ -42,7 +42,7 @@ class TorchvisionSegmentationNet(nn.Module):
         name = f"{cfg.type}_{cfg.backbone}"
         builder = torchvision.models.get_model_builder(name)
         options: dict[str, Any] = {"weights": None, "num_classes": n_classes, "aux_loss": False}
-        if cfg.pretrained:
+        if use_pretrained(cfg.pretrained):
             backbone = cfg.backbone
             weights = torchvision.models.get_model_weights(backbone).DEFAULT
             ensure_weights(weights, backbone)

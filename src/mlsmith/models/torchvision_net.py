@@ -25,7 +25,7 @@ from torch import nn
 from mlsmith.config import TorchvisionConfig
 from mlsmith.errors import ConfigError, MissingExtraError, MlsmithError, did_you_mean
 from mlsmith.models.checkpointing import checkpoint_stages
-from mlsmith.models.neural import NeuralModel
+from mlsmith.models.neural import NeuralModel, use_pretrained
 
 # Seconds to wait for the weights server before giving up.
 DOWNLOAD_TIMEOUT = 30
@@ -150,12 +150,26 @@ class TorchvisionNet(nn.Module):
                 f"{', '.join(archs)}"
             )
         builder = torchvision.models.get_model_builder(cfg.arch)
-        options: dict[str, Any] = {"aux_logits": False} if cfg.arch in _AUX_LOGITS else {}
-        if cfg.pretrained:
+        if use_pretrained(cfg.pretrained):
             weights = torchvision.models.get_model_weights(cfg.arch).DEFAULT
             ensure_weights(weights, cfg.arch)
-            self.net = builder(weights=weights, progress=False, **options)
+            # GoogLeNet and Inception load with their auxiliary heads (their builders refuse
+            # aux_logits=False with weights); the heads go afterwards, as without weights.
+            self.net = builder(weights=weights, progress=False)
+            if cfg.arch in _AUX_LOGITS:
+                self.net.aux_logits = False
+                for head_name in ("aux1", "aux2", "AuxLogits"):
+                    if hasattr(self.net, head_name):
+                        setattr(self.net, head_name, None)
         else:
+            options: dict[str, Any] = {}
+            if cfg.arch in _AUX_LOGITS:
+                # What their builders set with weights, said here for a network built to take a
+                # checkpoint's weights (which then computes as the trained one did); and
+                # init_weights said rather than defaulted: torchvision warns it will change.
+                options = {"aux_logits": False, "init_weights": not cfg.pretrained}
+                if cfg.pretrained:
+                    options["transform_input"] = True
             self.net = builder(weights=None, **options)
         parent, attribute, old = _last_linear(self.net)
         head = nn.Linear(old.in_features, n_outputs)

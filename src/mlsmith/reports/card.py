@@ -111,7 +111,8 @@ def _details(record: RunRecord) -> list[tuple[str, str]]:
     cfg = record.config
     doc = (type(cfg.model).__doc__ or "").strip().splitlines()
     family = f"`{cfg.model.type}`" + (f": {doc[0].rstrip('.')}" if doc else "")
-    arch = getattr(cfg.model, "arch", None)  # torchvision architectures
+    # torchvision architectures, or a segmenter's or detector's backbone
+    arch = getattr(cfg.model, "arch", None) or getattr(cfg.model, "backbone", None)
     if arch:
         pretrained = ", pretrained weights" if getattr(cfg.model, "pretrained", False) else ""
         family += f" (`{arch}`{pretrained})"

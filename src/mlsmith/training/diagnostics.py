@@ -324,13 +324,16 @@ def gradient_flow(layers: list[str], samples: list[tuple[float, ...]]) -> str | 
     norms = np.array([row[1:] for row in samples], dtype=np.float64)
     norms = np.where(np.isfinite(norms), norms, np.nan)
     typical = np.nanmedian(norms, axis=0)
+    # A layer whose gradient was exactly zero at every sample takes no part in the loss (a
+    # detector's pyramid level its heads never read): unused, not vanishing.
+    unused = np.nan_to_num(norms, nan=0.0).max(axis=0) == 0.0
     notes = []
     top = float(np.nanmax(typical)) if np.isfinite(typical).any() else math.nan
     if math.isfinite(top) and top > 0:
         weak = [
             f"{layer} ({value:.2g})"
-            for layer, value in zip(layers, typical, strict=True)
-            if math.isfinite(value) and value < VANISHING_RATIO * top
+            for layer, value, idle in zip(layers, typical, unused, strict=True)
+            if math.isfinite(value) and value < VANISHING_RATIO * top and not idle
         ]
         if weak:
             shown = ", ".join(weak[:5]) + (f" (+{len(weak) - 5} more)" if len(weak) > 5 else "")
