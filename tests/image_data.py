@@ -75,7 +75,8 @@ def write_npz(path: Path, images: np.ndarray, labels: np.ndarray) -> Path:
 
 
 def image_config(data_path: Path | str, output_dir: Path, **data: object) -> dict[str, object]:
-    """A fast image config: a tiny CNN, two epochs, no tracking."""
+    """A fast image config: a tiny CNN, two epochs, no tracking; no report or package (seconds
+    a run), which the tests of those turn on."""
     return {
         "experiment": "img",
         "seed": 0,
@@ -84,5 +85,6 @@ def image_config(data_path: Path | str, output_dir: Path, **data: object) -> dic
         "model": {"type": "cnn", "channels": [8, 16], "depth": 1, "dropout": 0.1},
         "train": {"epochs": 2, "batch_size": 16, "optimizer": {"lr": 0.01}},
         "track": {"enabled": False},
-        "eval": {"bootstrap": 100, "baseline": False},
+        "eval": {"bootstrap": 100, "baseline": False, "report": False},
+        "export": {"package": False},
     }

@@ -68,19 +68,41 @@ def train_and_kill(config: Path, ready: Callable[[dict[str, Any]], bool], log: P
     with log.open("w") as stderr:
         process = subprocess.Popen(command(config), stdout=subprocess.DEVNULL, stderr=stderr)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert process.poll() is None, f"training ended before the kill:\n{log.read_text()}"
-            assert time.monotonic() < deadline, "no checkpoint to kill at"
-            found = list(output_dir(config).glob("*/*/checkpoints/last.pt"))
-            if found and ready(torch.load(found[0], weights_only=True)["loop"]):
-                break
-            time.sleep(0.002)
+        found = wait_for_checkpoint(output_dir(config), process, ready, log)
     finally:
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
     assert process.returncode == -signal.SIGKILL
-    return found[0].parent.parent
+    return found.parent.parent
+
+
+def wait_for_checkpoint(
+    output: Path,
+    process: subprocess.Popen[bytes],
+    ready: Callable[[dict[str, Any]], bool],
+    log: Path | None = None,
+) -> Path:
+    """The first ``last.pt`` under ``output`` whose loop state satisfies ``ready``, read each
+    time it is replaced (a stat a few milliseconds apart: the training next door needs the
+    CPU more than this loop does)."""
+    deadline = time.monotonic() + 120
+    seen: dict[Path, tuple[int, int]] = {}
+    while True:
+        if process.poll() is not None:
+            told = log.read_text() if log is not None else ""
+            raise AssertionError(f"training ended before the kill:\n{told}")
+        assert time.monotonic() < deadline, "no checkpoint to kill at"
+        for found in output.glob("*/*/checkpoints/last.pt"):
+            try:
+                stat = found.stat()
+                if seen.get(found) == (stat.st_mtime_ns, stat.st_ino):
+                    continue
+                seen[found] = (stat.st_mtime_ns, stat.st_ino)
+                if ready(torch.load(found, weights_only=True)["loop"]):
+                    return found
+            except (EOFError, RuntimeError, OSError):
+                seen.pop(found, None)  # replaced while read: read it again
+        time.sleep(0.005)
 
 
 def model_weights(run_dir: Path, name: str) -> dict[str, torch.Tensor]:

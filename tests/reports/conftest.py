@@ -47,7 +47,10 @@ def image_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("image")
     images, labels = make_images(12, classes=3, size=(16, 16))
     npz = write_npz(root / "blobs.npz", images, labels)
-    return mlsmith.train(image_config(npz, root / "runs"), progress=False).path
+    config = image_config(npz, root / "runs")
+    config |= {"eval": {"bootstrap": 100, "baseline": False, "report": True}}  # the image grid
+    config |= {"export": {"package": True}}  # the model card reads it
+    return mlsmith.train(config, progress=False).path
 
 
 @pytest.fixture(scope="session")

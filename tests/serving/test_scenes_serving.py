@@ -37,7 +37,11 @@ class Scenes:
 def scenes(tmp_path_factory: pytest.TempPathFactory) -> Scenes:
     root = tmp_path_factory.mktemp("scene-serving")
     shapes = write_shapes(root / "shapes", 16, size=32, seed=5)
-    common = {"output_dir": str(root / "runs"), "eval": {"bootstrap": 0, "report": False}}
+    common = {
+        "output_dir": str(root / "runs"),
+        "eval": {"bootstrap": 0, "report": False},
+        "track": {"enabled": False},
+    }
     seg = mlsmith.train(
         {
             "experiment": "seg",

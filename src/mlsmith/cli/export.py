@@ -96,7 +96,8 @@ def command(
             + (
                 f"pixels agree {check['pixel_agreement']:.2%}"
                 if "pixel_agreement" in check
-                else f"the same {check['boxes']} boxes, max |diff| {check['max_abs_diff']:.2g} px"
+                else f"{check['box_agreement']:.2%} of {check['boxes']} boxes agree, max "
+                f"|diff| {check['max_abs_diff']:.2g} px"
             ),
             err=True,
         )

@@ -40,6 +40,8 @@ REQUIREMENTS = ("mlflow-skinny", "numpy", "pandas", "onnxruntime", "pillow")
 # Share of the check images' pixels whose class the package must give as `mlsmith predict` does
 # (ONNX Runtime's float differences can flip a pixel whose two best logits all but tie).
 PIXEL_AGREEMENT = 0.999
+# Share of the boxes the package must find as `mlsmith predict` does (see compare_boxes).
+BOX_AGREEMENT = 0.99
 
 
 def write_scene_package(
@@ -227,37 +229,60 @@ def _check_package(
                 f"(at least {PIXEL_AGREEMENT:.1%} needed)"
             )
         return record
-    record |= _compare_boxes(package.predict(rows.frame, rows.source), expected, rows.frame)
-    if not record["same_boxes"] or record["max_abs_diff"] > allowed:
+    record |= compare_boxes(
+        package.predict(rows.frame, rows.source), expected, rows.frame, tolerance=allowed
+    )
+    if record["box_agreement"] < BOX_AGREEMENT:
         raise ExportError(
             f"the finished package does not reproduce mlsmith predict on the {rows.source}: "
-            + (
-                "the boxes or their labels differ"
-                if not record["same_boxes"]
-                else f"max |difference| of the boxes {record['max_abs_diff']:.3g} px"
-            )
+            f"{record['box_agreement']:.2%} of the boxes agree (at least {BOX_AGREEMENT:.0%} "
+            "needed)"
         )
     return record
 
 
-def _compare_boxes(
-    got: pd.DataFrame, expected: pd.DataFrame, frame: pd.DataFrame
+def compare_boxes(
+    got: pd.DataFrame, expected: pd.DataFrame, frame: pd.DataFrame, *, tolerance: float
 ) -> dict[str, Any]:
-    """Whether both found the same boxes (count and label, in order, image by image), and the
-    largest difference of coordinates and scores."""
+    """How far the package's boxes (a ``row`` column) agree with ``mlsmith predict``'s (an
+    ``image`` column of ``frame``'s paths): image by image, each expected box is matched to an
+    unmatched box of the same label whose corners are within ``tolerance`` pixels.
+
+    ``box_agreement`` is the matched share of the larger of the two counts; ``max_abs_diff``
+    the largest corner difference of a matched pair. Exact agreement is not asked: where two
+    overlapping boxes score alike, or a box's overlap sits at the NMS threshold, float
+    differences between the runtimes can keep the other box.
+    """
     rows = dict(zip(frame["path"].astype(str), range(len(frame)), strict=True))
-    expected_rows = expected["image"].map(rows).to_numpy()
-    same = len(got) == len(expected) and bool(
-        (got["row"].to_numpy() == expected_rows).all()
-        and (got["label"].to_numpy() == expected["label"].to_numpy()).all()
-    )
-    record: dict[str, Any] = {"boxes": len(expected), "same_boxes": same}
-    columns = ["x_min", "y_min", "x_max", "y_max"]
-    if same and len(got):
-        diff = np.abs(got[columns].to_numpy(float) - expected[columns].to_numpy(float))
-        score = np.abs(got["score"].to_numpy(float) - expected["score"].to_numpy(float))
-        record["max_abs_diff"] = float(diff.max())
-        record["max_score_diff"] = float(score.max())
-    else:
-        record["max_abs_diff"] = 0.0
-    return record
+    expected_rows = expected["image"].astype(str).map(rows).to_numpy()
+    corners = ["x_min", "y_min", "x_max", "y_max"]
+    matched, worst, worst_score = 0, 0.0, 0.0
+    for row in range(len(frame)):
+        want = expected[expected_rows == row]
+        have = got[got["row"].to_numpy() == row]
+        if not len(want) or not len(have):
+            continue
+        a, b = want[corners].to_numpy(float), have[corners].to_numpy(float)
+        gaps = np.abs(a[:, None, :] - b[None, :, :]).max(axis=2)
+        gaps[want["label"].to_numpy()[:, None] != have["label"].to_numpy()[None, :]] = np.inf
+        free = np.ones(len(b), dtype=bool)
+        for i in range(len(a)):  # most confident first, as both are ordered
+            candidates = np.where(free, gaps[i], np.inf)
+            j = int(np.argmin(candidates))
+            if candidates[j] <= tolerance:
+                free[j] = False
+                matched += 1
+                worst = max(worst, float(candidates[j]))
+                worst_score = max(
+                    worst_score,
+                    abs(float(want["score"].iloc[i]) - float(have["score"].iloc[j])),
+                )
+    total = max(len(got), len(expected))
+    return {
+        "boxes": len(expected),
+        "package_boxes": len(got),
+        "matched": matched,
+        "box_agreement": matched / total if total else 1.0,
+        "max_abs_diff": worst,
+        "max_score_diff": worst_score,
+    }
