@@ -32,6 +32,14 @@ def tree_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, mlsmith.Ru
     return root, mlsmith.train(config)
 
 
+def untracked(config: dict[str, Any]) -> dict[str, Any]:
+    """``config`` without MLflow tracking and the report, for a test that reads neither (each
+    costs seconds a run; ``tree_run`` is tracked, and the report is tested with the run's)."""
+    config["track"] = {"enabled": False}
+    config["eval"] = {**config["eval"], "report": False}
+    return config
+
+
 def _post(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
     request = urllib.request.Request(
         url, json.dumps(body).encode(), {"Content-Type": "application/json"}
@@ -142,7 +150,7 @@ def test_a_registered_forecasting_package_loads_by_alias(
 def test_the_mlp_and_statistical_models_are_packaged_too(tmp_path: Path, model: str) -> None:
     if model == "arima":
         pytest.importorskip("statsforecast")
-    config = forecast_config(tmp_path)
+    config = untracked(forecast_config(tmp_path))
     config["model"] = {"type": model}
     config["train"] = {"epochs": 4, "batch_size": 16}
     run = mlsmith.train(config)
@@ -257,7 +265,7 @@ def test_history_without_the_known_covariates_ahead_is_a_clear_error(tmp_path: P
     table = sales()
     table["promo"] = (np.arange(len(table)) % 3 == 0).astype(float)
     table.to_csv(tmp_path / "sales.csv", index=False)
-    config = forecast_config(tmp_path, known_covariates=["promo"])
+    config = untracked(forecast_config(tmp_path, known_covariates=["promo"]))
     config["model"] = {"type": "lightgbm", "n_estimators": 30}
     run = mlsmith.train(config)
     # The package was checked on the history with its last periods as the ones to forecast.
@@ -309,7 +317,7 @@ def test_the_mlp_reads_a_whole_horizon_of_known_covariates(tmp_path: Path) -> No
     from tests.forecasting.test_forecasting_run import promotions
 
     promotions().to_csv(tmp_path / "sales.csv", index=False)
-    config = forecast_config(tmp_path, known_covariates=["promo"])
+    config = untracked(forecast_config(tmp_path, known_covariates=["promo"]))
     config["model"] = {"type": "mlp", "hidden": [16]}
     config["train"] = {"epochs": 3}
     run = mlsmith.train(config)
@@ -324,7 +332,7 @@ def test_the_mlp_reads_a_whole_horizon_of_known_covariates(tmp_path: Path) -> No
 
 
 def test_the_recursive_strategy_forecasts_step_by_step_end_to_end(tmp_path: Path, cli: Any) -> None:
-    config = forecast_config(tmp_path)
+    config = untracked(forecast_config(tmp_path))
     config["model"] = {"type": "lightgbm", "n_estimators": 60, "strategy": "recursive"}
     run = mlsmith.train(config)
     spec = json.loads((run.path / "forecaster" / "forecaster.json").read_text())
@@ -365,7 +373,7 @@ def test_the_combined_strategy_is_the_default_and_the_package_forecasts_as_the_t
     from mlsmith.forecasting.global_trees import GlobalTreeForecaster
     from mlsmith.runtime.forecaster import season_offsets
 
-    config = forecast_config(tmp_path)
+    config = untracked(forecast_config(tmp_path))
     config["model"] = {"type": "lightgbm", "n_estimators": 40}
     assert load_config(config).model.strategy == "combined"  # type: ignore[union-attr]
     run = mlsmith.train(config)
@@ -398,7 +406,7 @@ def test_the_auto_strategy_and_the_package_runs_its_choice(
     from mlsmith.config import load_config
     from mlsmith.forecasting.global_trees import GlobalTreeForecaster
 
-    config = forecast_config(tmp_path)
+    config = untracked(forecast_config(tmp_path))
     config["model"] = {"type": "lightgbm", "n_estimators": 40, "strategy": "auto"}
     assert load_config(config).model.strategy == "auto"  # type: ignore[union-attr]
     # Make auto's choice recursive, whatever the validation says: the saved forecaster must

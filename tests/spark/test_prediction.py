@@ -2,9 +2,9 @@
 the local engine predicts, row for row, with executors that have neither mlsmith nor torch.
 
 One tiny run (package on) is trained for the module. The executors' Python is a fresh venv
-holding only the package's requirements.txt and pyarrow (no --system-site-packages); the tests
-point ``PYSPARK_PYTHON`` at it. User errors are checked before Spark starts, so most of them
-cost no Spark session.
+holding only the package's requirements.txt and pyarrow (no --system-site-packages), their files
+linked from the session's inference venv; the tests point ``PYSPARK_PYTHON`` at it. User errors
+are checked before Spark starts, so most of them cost no Spark session.
 """
 
 from __future__ import annotations
@@ -13,14 +13,13 @@ import os
 import shutil
 import subprocess
 import sys
-import venv
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-from tests.conftest import config_dict, make_table
+from tests.conftest import InferenceVenv, config_dict, make_table
 
 import mlsmith
 from mlsmith.errors import ConfigError, DataError, MissingExtraError, RunError
@@ -69,22 +68,20 @@ def _stop_the_jvm() -> Iterator[None]:
 
 
 @pytest.fixture(scope="module")
-def executor_venv(run: mlsmith.Run, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def executor_venv(
+    run: mlsmith.Run, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Path:
     """The executors' Python: a new venv with the package's requirements and pyarrow only."""
     if not JAVA:
         pytest.skip("Spark needs Java 17 or 21: no java on the PATH and no JAVA_HOME")
+    inference_venv: InferenceVenv = request.getfixturevalue("inference_venv")
+    requirements = [
+        line.strip()
+        for line in (run.path / "package" / "requirements.txt").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     directory = tmp_path_factory.mktemp("executor") / "venv"
-    venv.EnvBuilder(with_pip=True, system_site_packages=False).create(directory)
-    python = directory / "bin" / "python"
-    requirements = run.path / "package" / "requirements.txt"
-    install = subprocess.run(
-        [str(python), "-m", "pip", "install", "--quiet", "-r", str(requirements), "pyarrow"],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert install.returncode == 0, install.stderr[-3000:]
-    return python
+    return inference_venv.holding([*requirements, "pyarrow"], directory)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ the checkpoints' weights.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -62,26 +63,67 @@ def _assert_same_weights(
         )
 
 
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+@pytest.fixture(scope="module")
+def one_process(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
+    """The reference of the equivalence tests, trained once: a config on a multiclass table
+    and the weights one process ends with at batch 64."""
+    from tests.conftest import config_dict, make_table
+
+    import mlsmith
+
+    root = tmp_path_factory.mktemp("one_process")
+    make_table("multiclass", 240).to_csv(root / "multiclass.csv", index=False)
+    sections: dict[str, Any] = {"model": {"type": "mlp", "hidden": [32, 16], "dropout": 0.0}}
+    config = root / "config.yaml"
+    config.write_text(
+        yaml.safe_dump(config_dict(root / "multiclass.csv", root / "runs", **sections))
+    )
+    single = mlsmith.train(config, ["train.batch_size=64", "experiment=single"], progress=False)
+    return config, _weights(single.path)
+
+
+def _assert_the_global_batch(run: Path, expected: dict[str, torch.Tensor]) -> None:
+    """The run (2 ranks x batch x accumulation = 64) ended with the weights one process ends
+    with at batch 64, on the same data order (the last, partial step included)."""
+    _assert_same_weights(expected, _weights(run))
+    history = [line.split(",")[:2] for line in (run / "history.csv").read_text().split()]
+    assert history[-1] == ["3", "9"]  # 3 epochs of 3 steps: 168 training rows / 64
+
+
+# Each strategy's job also checks the weights against one process with the global batch, one
+# without and one with gradient accumulation (the CNN tests below check both strategies
+# without it, DDP's two-node job with it; tests/training/test_distributed_dropout.py all four).
+@pytest.mark.parametrize(
+    ("strategy", "per_rank", "accumulate"),
+    [("ddp", 32, 1), ("fsdp", 16, 2)],
+    ids=["ddp", "fsdp"],
+)
 def test_two_processes_train_track_and_report_one_run(
     tmp_path: Path,
-    table_csv: Callable[..., Path],
-    write_config: Callable[..., Path],
+    one_process: tuple[Path, dict[str, torch.Tensor]],
     strategy: str,
+    per_rank: int,
+    accumulate: int,
 ) -> None:
     """``train.distributed.nproc=2``: mlsmith starts torchrun itself; rank 0 writes one run,
-    tracked in MLflow with its report, and run.json states the world and the global batch."""
+    tracked in MLflow with its report, and run.json states the world and the global batch.
+    2 ranks x ``per_rank`` x ``accumulate`` = 64 end with the weights of one process with a
+    batch of 64, on the same data order (the last, partial step included)."""
+    import mlsmith
+
+    config, expected = one_process
     store = tmp_path / "mlflow.db"
-    config = write_config(
-        table_csv("multiclass"),
-        track={"enabled": True, "uri": f"sqlite:///{store}"},
-        eval={"report": True},
-    )
     result = _mlsmith(
         "train",
         config,
         "train.distributed.nproc=2",
         f"train.distributed.strategy={strategy}",
+        f"train.batch_size={per_rank}",
+        f"train.grad_accum_steps={accumulate}",
+        "track.enabled=true",
+        f"track.uri=sqlite:///{store}",
+        "eval.report=true",
+        f"output_dir={tmp_path / 'runs'}",
         "--no-progress",
     )
     assert result.returncode == 0, result.stderr[-3000:]
@@ -93,7 +135,10 @@ def test_two_processes_train_track_and_report_one_run(
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "finished"
     assert info["world_size"] == 2 and info["global_batch_size"] == 64
-    assert "global batch 64 = batch_size 32 x 2 processes" in result.stderr
+    assert (
+        f"global batch 64 = batch_size {per_rank} x 2 processes x grad_accum_steps {accumulate}"
+        in result.stderr
+    )
     metrics = json.loads((run / "metrics.json").read_text())
     assert 0.0 <= metrics["test"]["accuracy"]["value"] <= 1.0
     assert (run / "report.html").is_file() and (run / "checkpoints" / "best.pt").is_file()
@@ -115,63 +160,10 @@ def test_two_processes_train_track_and_report_one_run(
         assert (run / "checkpoints" / last["sharded"] / ".metadata").is_file()
     else:
         assert shards == [] and "optimizer" in last
-    # The run's model predicts on one process, without torchrun.
-    predicted = _mlsmith(
-        "predict", run, "--input", table_csv("multiclass"), "--output", tmp_path / "p.csv"
-    )
-    assert predicted.returncode == 0, predicted.stderr[-2000:]
-
-
-@pytest.fixture(scope="module")
-def one_process(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, torch.Tensor]]:
-    """The reference of the equivalence tests, trained once: a config on a regression table
-    and the weights one process ends with at batch 64."""
-    from tests.conftest import config_dict, make_table
-
-    import mlsmith
-
-    root = tmp_path_factory.mktemp("one_process")
-    make_table("regression", 240).to_csv(root / "regression.csv", index=False)
-    sections: dict[str, Any] = {"model": {"type": "mlp", "hidden": [32, 16], "dropout": 0.0}}
-    config = root / "config.yaml"
-    config.write_text(
-        yaml.safe_dump(config_dict(root / "regression.csv", root / "runs", **sections))
-    )
-    single = mlsmith.train(config, ["train.batch_size=64", "experiment=single"])
-    return config, _weights(single.path)
-
-
-@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
-@pytest.mark.parametrize(
-    ("per_rank", "accumulate"),
-    [(32, 1), (16, 2)],
-    ids=["batch", "accumulation"],
-)
-def test_two_processes_end_with_the_weights_of_one_process_with_the_global_batch(
-    one_process: tuple[Path, dict[str, torch.Tensor]],
-    per_rank: int,
-    accumulate: int,
-    strategy: str,
-) -> None:
-    """2 ranks x ``per_rank`` x ``accumulate`` = 64: the same updates as one process with a
-    batch of 64, on the same data order (the last, partial step included)."""
-    config, expected = one_process
-    experiment = f"{strategy}-{per_rank}x{accumulate}"
-    result = _torchrun(
-        "train",
-        config,
-        f"train.batch_size={per_rank}",
-        f"train.grad_accum_steps={accumulate}",
-        f"train.distributed.strategy={strategy}",
-        f"experiment={experiment}",
-        "--no-progress",
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    [parallel] = _runs(config.parent / "runs", experiment)
-    assert json.loads((parallel / "run.json").read_text())["world_size"] == 2
-    _assert_same_weights(expected, _weights(parallel))
-    history = [line.split(",")[:2] for line in (parallel / "history.csv").read_text().split()]
-    assert history[-1] == ["3", "9"]  # 3 epochs of 3 steps: 168 training rows / 64
+    _assert_the_global_batch(run, expected)
+    # The run's model predicts on one process (this one), without torchrun.
+    data = config.parent / "multiclass.csv"
+    assert mlsmith.predict(run, data, tmp_path / "p.csv") == 240
 
 
 @pytest.fixture(scope="module")
@@ -189,7 +181,8 @@ def cnn_one_process(
     config = image_config(folder, root / "runs")
     config["model"] = {"type": "cnn", "channels": [8, 16], "depth": 1, "dropout": 0.0}
     config["train"] = {"epochs": 2, "batch_size": 16, "optimizer": {"lr": 0.01}}
-    config["eval"] = {"bootstrap": 0, "baseline": False}
+    # No report: seconds of plots for each of the three runs, and tested above.
+    config["eval"] = {"bootstrap": 0, "baseline": False, "report": False}
     path = root / "cnn.yaml"
     path.write_text(yaml.safe_dump(config))
     single = mlsmith.train(path, ["train.batch_size=32", "experiment=single"], progress=False)
@@ -219,16 +212,20 @@ def test_the_cnn_with_batch_norm_matches_one_process_with_the_global_batch(
 
 
 def test_two_nodes_each_with_its_own_torchrun_agent_train_one_run(
-    tmp_path: Path, table_csv: Callable[..., Path], write_config: Callable[..., Path]
+    tmp_path: Path, one_process: tuple[Path, dict[str, torch.Tensor]]
 ) -> None:
     """Multi-node as on a cluster: one torchrun agent per "node" (both on 127.0.0.1 here),
-    meeting at a static rendezvous; node 0's rank writes the run."""
+    meeting at a static rendezvous; node 0's rank writes the run. Its job is also DDP's
+    accumulation case of the global batch: 2 ranks x 16 x 2 micro-batches end with the weights
+    of one process with the global batch of 64."""
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    config = write_config(table_csv("binary"))
+    config, expected = one_process
+    settings = ["train.batch_size=16", "train.grad_accum_steps=2", "train.distributed.strategy=ddp"]
+    settings += [f"output_dir={tmp_path / 'runs'}", "train.preflight=false"]
     agents = [
         subprocess.Popen(
             [
@@ -244,6 +241,7 @@ def test_two_nodes_each_with_its_own_torchrun_agent_train_one_run(
                 "mlsmith",
                 "train",
                 str(config),
+                *settings,
                 "--no-progress",
             ],
             stdout=subprocess.PIPE,
@@ -260,8 +258,11 @@ def test_two_nodes_each_with_its_own_torchrun_agent_train_one_run(
     assert outputs[1][0].strip() == ""  # the other node's rank prints nothing
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "finished" and info["world_size"] == 2
+    _assert_the_global_batch(run, expected)
 
 
+# Resumed in this process, which has no process group: DCP says so as it reads FSDP's shards.
+@pytest.mark.filterwarnings("ignore:torch.distributed is disabled:UserWarning")
 @pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
 def test_a_killed_job_resumes_from_its_last_checkpoint_on_another_world_size(
     tmp_path: Path,
@@ -272,10 +273,18 @@ def test_a_killed_job_resumes_from_its_last_checkpoint_on_another_world_size(
     """SIGTERM to the launcher stops both ranks cleanly (run interrupted, last.pt whole); the
     run then continues on one process, and says that the world changed (under FSDP the
     optimizer's shards are read back for one process)."""
+    import mlsmith
+
     config = write_config(
         table_csv("binary", rows=2000),
-        train={"epochs": 40, "batch_size": 16, "checkpoint": {"every_n_steps": 5}},
+        train={
+            "epochs": 40,
+            "batch_size": 16,
+            "checkpoint": {"every_n_steps": 5},
+            "preflight": False,
+        },
         model={"hidden": [64, 64]},
+        eval={"bootstrap": 0},
     )
     command = [sys.executable, "-m", "mlsmith", "train", str(config)]
     command += ["train.distributed.nproc=2", f"train.distributed.strategy={strategy}"]
@@ -305,9 +314,9 @@ def test_a_killed_job_resumes_from_its_last_checkpoint_on_another_world_size(
     assert 0 < stopped_at < 40 * 63  # killed mid-training
     assert ("sharded" in saved) == (strategy == "fsdp")
 
-    result = _mlsmith("train", config, "--resume", run, "train.epochs=2", "--no-progress")
-    # train.epochs=2 may already be spent: the run then just finishes from its checkpoint.
-    assert result.returncode == 0, result.stderr[-3000:]
+    # On one process: this one (train.epochs=2 may already be spent: the run then just
+    # finishes from its checkpoint).
+    mlsmith.train(config, ["train.epochs=2"], resume=run, progress=False)
     info = json.loads((run / "run.json").read_text())
     assert info["status"] == "finished" and info["world_size"] == 1
     resumed = load_checkpoint(run / "checkpoints" / "last.pt")
@@ -315,6 +324,51 @@ def test_a_killed_job_resumes_from_its_last_checkpoint_on_another_world_size(
     assert any("from a checkpoint written by 2" in note for note in info["observations"]), info[
         "observations"
     ]
+
+
+def _marked(marker: str, *variables: str) -> list[int]:
+    """The live processes whose environment holds ``marker`` and ``variables``: a job's
+    launcher, torchrun agent and workers (each worker in a session of its own)."""
+    wanted = [marker.encode(), *(v.encode() for v in variables)]
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")  # empty for a zombie
+        except OSError:
+            continue
+        if all(variable in environ for variable in wanted):
+            found.append(int(entry.name))
+    return found
+
+
+def _worker_pid(marker: str, rank: int) -> int | None:
+    """The pid of the torchrun worker of ``rank`` whose environment holds ``marker``."""
+    found = _marked(marker, f"RANK={rank}", "TORCHELASTIC_RESTART_COUNT=0")
+    return found[0] if found else None
+
+
+def _kill_job(job: subprocess.Popen[Any], marker: str) -> None:
+    """SIGKILL the job and every process it started, as a lost machine takes them all.
+
+    torchrun starts each worker in a session of its own: killing the job's process group
+    alone leaves the workers training (and writing the run) without their agent.
+    """
+    for pid in [job.pid, *_marked(marker)]:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    job.wait()
+    deadline = time.monotonic() + 30
+    while _marked(marker):
+        assert time.monotonic() < deadline, "the job's workers outlived SIGKILL"
+        time.sleep(0.01)
+
+
+def _marker() -> tuple[str, dict[str, str]]:
+    """A variable only one job's processes hold, and the environment that gives it to them."""
+    name, value = "MLSMITH_TEST_JOB", f"{os.getpid()}-{time.monotonic_ns()}"
+    return f"{name}={value}", {**_env(), name: value}
 
 
 # FSDP's path (weights and optimizer from DCP shards) is the longer one; DDP's differs only in
@@ -329,27 +383,32 @@ def test_a_job_killed_mid_epoch_resumes_exactly_on_the_same_world(
     """Both ranks SIGKILLed inside an epoch (a lost machine: no handler runs), then resumed on
     two processes: the weights, the history and the test metrics are those of a run never
     interrupted (each rank's dropout stream, the optimizer's shards, the schedule)."""
+    epochs = 3  # of 14 steps (420 training rows / 32), a checkpoint every 4
     sections: dict[str, Any] = {
         "train": {
-            "epochs": 4,
+            "epochs": epochs,
             "batch_size": 16,
             "checkpoint": {"every_n_steps": 4},
             "scheduler": {"name": "cosine", "warmup_epochs": 1},
             "distributed": {"nproc": 2, "strategy": strategy},
+            "preflight": False,
         },
         "model": {"hidden": [32, 32], "dropout": 0.2},
         "eval": {"bootstrap": 0},
     }
-    data = table_csv("regression", rows=1200)
+    data = table_csv("regression", rows=600)
+    # Every job under torchrun itself (mlsmith's own launcher is tested above).
     reference = write_config(data, "reference.yaml", experiment="reference", **sections)
-    assert _mlsmith("train", reference, "--no-progress").returncode == 0
+    done = _torchrun("train", reference, "--no-progress")
+    assert done.returncode == 0, done.stderr[-3000:]
     [expected] = _runs(tmp_path / "runs", "reference")
 
     config = write_config(data, "killed.yaml", experiment="killed", **sections)
-    command = [sys.executable, "-m", "mlsmith", "train", str(config), "--no-progress"]
-    # Its own session: the launcher and both workers die together, as with a lost machine.
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    command += ["--nproc-per-node=2", "-m", "mlsmith", "train", str(config), "--no-progress"]
+    marker, env = _marker()
     with (tmp_path / "killed.log").open("w") as log:
-        job = subprocess.Popen(command, stdout=log, stderr=log, env=_env(), start_new_session=True)
+        job = subprocess.Popen(command, stdout=log, stderr=log, env=env, start_new_session=True)
     deadline = time.monotonic() + 120
     try:
         while True:
@@ -362,13 +421,13 @@ def test_a_job_killed_mid_epoch_resumes_exactly_on_the_same_world(
                     break
             time.sleep(0.002)
     finally:
-        os.killpg(job.pid, signal.SIGKILL)
-        job.wait()
+        _kill_job(job, marker)  # the agent and both workers, with no handler run
     [run] = _runs(tmp_path / "runs", "killed")
     killed = load_checkpoint(run / "checkpoints" / "last.pt")
-    assert killed["loop"]["step_in_epoch"] > 0 and killed["loop"]["epoch"] < 4
+    assert killed["loop"]["step_in_epoch"] > 0 and killed["loop"]["epoch"] < epochs
+    assert json.loads((run / "run.json").read_text())["status"] != "finished"
 
-    result = _mlsmith("train", config, "--resume", run, "--no-progress")
+    result = _torchrun("train", config, "--resume", run, "--no-progress")
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("last.pt", "best.pt"):
         _assert_same_weights(_weights(expected, name), _weights(run, name), atol=0.0)
@@ -379,21 +438,6 @@ def test_a_job_killed_mid_epoch_resumes_exactly_on_the_same_world(
     assert metrics[0] == metrics[1]
 
 
-def _worker_pid(marker: str, rank: int) -> int | None:
-    """The pid of the torchrun worker of ``rank`` whose environment holds ``marker``."""
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        wanted = [marker.encode(), f"RANK={rank}".encode(), b"TORCHELASTIC_RESTART_COUNT=0"]
-        if all(variable in environ for variable in wanted):
-            return int(entry.name)
-    return None
-
-
 def test_one_rank_killed_under_max_restarts_continues_the_same_run(
     tmp_path: Path, table_csv: Callable[..., Path], write_config: Callable[..., Path]
 ) -> None:
@@ -402,15 +446,19 @@ def test_one_rank_killed_under_max_restarts_continues_the_same_run(
     finished, every epoch trained) instead of starting another."""
     config = write_config(
         table_csv("binary", rows=1500),
-        train={"epochs": 6, "batch_size": 16, "checkpoint": {"every_n_steps": 5}},
+        train={
+            "epochs": 6,
+            "batch_size": 16,
+            "checkpoint": {"every_n_steps": 5},
+            "preflight": False,
+        },
         model={"hidden": [32, 32]},
         eval={"bootstrap": 0},
     )
-    marker = f"MLSMITH_TEST_JOB={os.getpid()}-{time.monotonic_ns()}"
+    marker, env = _marker()
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     command += ["--nproc-per-node=2", "--max-restarts=1", "-m", "mlsmith", "train", str(config)]
     command += ["--no-progress"]
-    env = {**_env(), marker.split("=")[0]: marker.split("=")[1]}
     with (tmp_path / "job.log").open("w") as log:
         job = subprocess.Popen(command, stdout=log, stderr=log, env=env, start_new_session=True)
     try:
@@ -425,7 +473,7 @@ def test_one_rank_killed_under_max_restarts_continues_the_same_run(
         assert job.wait(timeout=180) == 0, (tmp_path / "job.log").read_text()[-3000:]
     finally:
         if job.poll() is None:
-            os.killpg(job.pid, signal.SIGKILL)
+            _kill_job(job, marker)
     output = (tmp_path / "job.log").read_text()
     assert "torchrun restarted the workers (restart 1): continuing" in output
     [run] = _runs(tmp_path / "runs")

@@ -1,16 +1,18 @@
 """Dropout under data parallelism: each rank draws its own masks, and the update is exactly the
 one a single process computes when it replays the ranks' shares with the ranks' streams.
 
-Two gloo ranks (one spawn for every case) train a network with dropout through the real
-:class:`~mlsmith.training.trainer.Trainer`, under DDP and FSDP, with and without gradient
-accumulation. The reference, in this process, walks the same steps: for each rank in turn it
-restores that rank's RNG stream (rank 0: the seed; rank k: seed + k, as the Trainer seeds it),
-runs the rank's micro-batches through the network, and weights each micro-batch's mean loss by
-its share of the global batch; one backward pass and one update per step.
+Two gloo ranks (two forked processes, started once for every case) train a network with
+dropout through the real :class:`~mlsmith.training.trainer.Trainer`, under DDP and FSDP, with
+and without gradient accumulation. The reference, in this process, walks the same steps: for
+each rank in turn it restores that rank's RNG stream (rank 0: the seed; rank k: seed + k, as the
+Trainer seeds it), runs the rank's micro-batches through the network, and weights each
+micro-batch's mean loss by its share of the global batch; one backward pass and one update per
+step.
 """
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -109,11 +111,21 @@ def _rank(rank: int, store: str, root: str) -> None:
 def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Every case trained by two gloo ranks; returns the folder of their checkpoints."""
     root = tmp_path_factory.mktemp("dropout")
-    # The ranks import this module by its name; pytest does not put its root on sys.path.
-    package_root = Path(__file__).parents[len(__name__.split(".")) - 1]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(package_root))
-        torch.multiprocessing.spawn(_rank, args=(str(root / "store"), str(root)), nprocs=WORLD)
+    # Forked rather than spawned: the ranks start with what this process has imported (a
+    # spawned rank spends seconds importing it again), so import first what they use: the
+    # Trainer, and torch._dynamo, which torch imports on building the first optimizer. Each
+    # rank sets one thread before any work, as DataLoader workers forked the same way do.
+    # Python 3.12+ warns about any fork of a process with threads (torch's), which the suite's
+    # filterwarnings makes an error.
+    import torch._dynamo
+
+    import mlsmith.training.trainer  # noqa: F401
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "This process .* use of fork", DeprecationWarning)
+        torch.multiprocessing.start_processes(
+            _rank, args=(str(root / "store"), str(root)), nprocs=WORLD, start_method="fork"
+        )
     return root
 
 

@@ -1,7 +1,7 @@
 """SyncBatchNorm on the CPU: plain batch norm in one process, the global batch's statistics
 over two real gloo processes.
 
-The two-process tests share one spawn of two ranks (module fixture ``ranks``): each rank runs
+The two-process tests share one start of two forked ranks (module fixture ``ranks``): each rank runs
 every case on its share of a 64-row batch and saves what it computed; the tests compare that
 with one process and plain ``nn.BatchNorm`` on all 64 rows.
 """
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import datetime
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -188,14 +189,20 @@ def _rank(rank: int, store: str, out: str) -> None:
 
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory: pytest.TempPathFactory) -> list[dict[str, Any]]:
-    """What each of two gloo ranks computed, every case in one spawn (it takes seconds)."""
+    """What each of two gloo ranks computed, every case in one start of two processes."""
     root = tmp_path_factory.mktemp("sync_batchnorm")
-    # The ranks import this module by its name to find _rank; pytest imports it without adding
-    # its root to sys.path (--import-mode=importlib), so the ranks get that root added.
-    package_root = Path(__file__).parents[len(__name__.split(".")) - 1]
-    with pytest.MonkeyPatch.context() as patch:
-        patch.syspath_prepend(str(package_root))
-        torch.multiprocessing.spawn(_rank, args=(str(root / "store"), str(root)), nprocs=WORLD)
+    # Forked rather than spawned: the ranks start with what this process has imported (a
+    # spawned rank spends seconds importing it again), so import first torch._dynamo, which
+    # torch imports on building the first optimizer. Each rank sets one thread before any
+    # work, as DataLoader workers forked the same way do. Python 3.12+ warns about any fork of
+    # a process with threads (torch's), which the suite's filterwarnings makes an error.
+    import torch._dynamo
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "This process .* use of fork", DeprecationWarning)
+        torch.multiprocessing.start_processes(
+            _rank, args=(str(root / "store"), str(root)), nprocs=WORLD, start_method="fork"
+        )
     return [torch.load(root / f"rank{rank}.pt") for rank in range(WORLD)]
 
 

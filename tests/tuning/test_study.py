@@ -71,9 +71,11 @@ def test_study_prunes_fails_tracks_and_best_reproduces(tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGINT], ids=["kill-9", "ctrl-c"])
-def test_study_resumes_after_kill(tmp_path: Path, stop: signal.Signals) -> None:
+def test_study_resumes_after_kill(
+    tmp_path: Path, stop: signal.Signals, cli: Callable[..., CliResult]
+) -> None:
     """kill -9 or Ctrl-C after the first trial; the same command finishes the study, running
-    the stopped trial's attempt again."""
+    the stopped trial's attempt again (the second time by the CLI in this process)."""
     import optuna
 
     # Trials long enough, and enough of them, that the process is still busy when the first one
@@ -110,8 +112,8 @@ def test_study_resumes_after_kill(tmp_path: Path, stop: signal.Signals) -> None:
         study = optuna.load_study(study_name="t", storage=storage)
         assert not [t for t in study.get_trials() if t.state.name == "RUNNING"]
 
-    done = subprocess.run(command, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
+    done = cli(*command[3:])
+    assert done.code == 0, done.stderr[-2000:]
     trials = optuna.load_study(study_name="t", storage=storage).get_trials()
     # The budget: 4 trials finished (none fails on its own here: no pruning, a sane space). The
     # attempt the signal stopped, if it caught one, is a FAIL of its own, re-queued: a fresh
